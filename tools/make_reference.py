@@ -325,6 +325,15 @@ def fix_init(pipe):
 
 
 # --------------------------------------------------------------------------- helpers
+def clean_config(cfg):
+    """Scheduler config as a plain dict; diffusers builds `_use_default_values` from a set,
+    so sort it to keep the json byte-stable between runs."""
+    cfg = dict(cfg)
+    if "_use_default_values" in cfg:
+        cfg["_use_default_values"] = sorted(cfg["_use_default_values"])
+    return cfg
+
+
 def stats(name, x):
     x = torch.as_tensor(x, dtype=torch.float32)
     s = dict(
@@ -470,7 +479,7 @@ def generate_reference(kind, name, latents, fixes, tok_written):
                 "from_config_overrides": extra,
                 "timesteps": [float(x) for x in sch.timesteps],
                 "init_noise_sigma": float(sch.init_noise_sigma),
-                "config": dict(sch.config),
+                "config": clean_config(sch.config),
             }
             if getattr(sch, "sigmas", None) is not None:
                 t[f"sigmas_{sname}"] = sch.sigmas.float()
@@ -547,7 +556,7 @@ def generate_reference(kind, name, latents, fixes, tok_written):
         "tokenizer_files": sorted(p.name for p in (folder / "tokenizer").iterdir()),
         "tokenizer_files_written_by_script": tok_written,
         "weight_init_fixes": fixes,
-        "model_scheduler_config": dict(base_cfg),
+        "model_scheduler_config": clean_config(base_cfg),
         "tensors": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in t.items()},
         **meta,
     }
