@@ -1,1 +1,30 @@
-pub fn placeholder() {}
+//! imagine-engine: Stable Diffusion on candle, faithful to diffusers and deterministic.
+//!
+//! Load a diffusers folder (or a Hugging Face repo id) with [`StableDiffusion::load`], then
+//! call [`StableDiffusion::generate`] with a plain-data [`GenerateRequest`]. The engine knows
+//! tensors, configs and schedulers; it never knows Discord, SQL or files beyond the weights.
+//!
+//! - [`config`]: serde mirrors of the folder's config.json files, validated.
+//! - [`source`]: local folder, HF cache, or download.
+//! - [`model`]: the loaded components; [`generate`]: the sampling loop.
+//! - [`schedulers`]: Euler, Euler-a, DDIM, DPM++ 2M (Karras), as diffusers computes them.
+//! - [`noise`]: every random number, from per-image seeds.
+//! - [`pixels`]: image/tensor conversion and cheap latent previews.
+
+pub mod clip;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod noise;
+pub mod pixels;
+pub mod schedulers;
+pub mod source;
+pub mod tokenizer;
+pub mod vae;
+
+pub use error::{EngineError, Result};
+pub use generate::{GenerateRequest, Generation, InitImage, Progress};
+pub use model::{LoadOptions, ModelInfo, StableDiffusion, UNetKind};
+pub use schedulers::SchedulerKind;
+pub use source::resolve_model;

@@ -1,0 +1,88 @@
+//! Command-line surface of `imagine`. Every subcommand is a typed struct; parsing rejects bad
+//! values with a sentence saying what is accepted.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use imagine_engine::SchedulerKind;
+
+/// Imagine: a self-hosted, Midjourney-style image bot for Discord, running Stable Diffusion
+/// locally on candle.
+#[derive(Debug, Parser)]
+#[command(name = "imagine", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate an image (or a 2x2 grid) from a prompt, offline, and write a PNG.
+    Generate(GenerateArgs),
+}
+
+/// Arguments of `imagine generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The prompt. Long prompts are split into 75-token windows, never refused.
+    pub prompt: String,
+    /// A diffusers model folder, or a Hugging Face repo id (fetched into the HF cache).
+    #[arg(long, env = "IMAGINE_MODEL", default_value = "stabilityai/sd-turbo")]
+    pub model: String,
+    /// Negative prompt: what the image should not show.
+    #[arg(long, default_value = "")]
+    pub negative: String,
+    /// Seed of the first image (random when omitted; the PNG records it).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Denoising steps (default: 1 for distilled turbo models, else 25).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (default: 0 for turbo models, else 7.5).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Image size as WxH, multiples of 8 (default: the model's native size).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<(usize, usize)>,
+    /// Sampler: euler, euler-a, ddim, dpmpp-2m, dpmpp-2m-karras (default: the model's).
+    #[arg(long)]
+    pub scheduler: Option<SchedulerKind>,
+    /// Start from this image (image to image).
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+    /// How much of the init image to replace, 0 to 1.
+    #[arg(long, default_value_t = 0.6, requires = "init_image")]
+    pub strength: f64,
+    /// Inpainting mask, same size as the init image: white is repainted, black kept.
+    #[arg(long, requires = "init_image")]
+    pub mask: Option<PathBuf>,
+    /// Starting noise from a safetensors file holding one f32 tensor `latents` [N,4,H/8,W/8].
+    #[arg(long)]
+    pub init_latents: Option<PathBuf>,
+    /// Make four images (seeds seed..seed+3) and write them as a 2x2 grid.
+    #[arg(long)]
+    pub grid: bool,
+    /// Where to write the PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Parses `WxH` such as `512x768`.
+pub fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not WxH (for example 512x512)"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{s:?} is not WxH (for example 512x512)"))
+    };
+    Ok((parse(w)?, parse(h)?))
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(args) => crate::generate_cmd::run(&args),
+    }
+}

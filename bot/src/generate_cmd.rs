@@ -1,0 +1,170 @@
+//! `imagine generate`: one offline job from the command line, written as a PNG that carries its
+//! parameters. The same code path the bot's worker uses, minus Discord.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use image::{GrayImage, RgbImage};
+use imagine_engine::{GenerateRequest, InitImage, LoadOptions, StableDiffusion};
+
+use crate::cli::GenerateArgs;
+use crate::render::{grid_2x2, write_png, PngParameters};
+
+/// Largest image file we read from the command line.
+const MAX_INPUT_BYTES: u64 = 64 << 20;
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let dir = imagine_engine::resolve_model(&args.model)?;
+    let model = StableDiffusion::load(&dir, &LoadOptions::default())
+        .with_context(|| format!("loading the model from {}", dir.display()))?;
+    let info = model.info().clone();
+    if info.scheduler_fallback {
+        eprintln!(
+            "note: the model's scheduler is not one we implement; using {}",
+            info.default_scheduler
+        );
+    }
+    let count = if args.grid { 4 } else { 1 };
+    let seed = args.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
+    let seeds: Vec<u64> = (0..count).map(|i| seed.wrapping_add(i)).collect();
+    let (width, height) = args.size.unwrap_or((info.native_size, info.native_size));
+
+    let mut req = GenerateRequest::text(&args.prompt, width, height, seeds);
+    req.negative_prompt = args.negative.clone();
+    req.steps = args.steps.unwrap_or(if info.distilled { 1 } else { 25 });
+    req.guidance = args.guidance.unwrap_or(if info.distilled { 0.0 } else { 7.5 });
+    req.scheduler = args.scheduler;
+    if let Some(path) = &args.init_image {
+        req.init = Some(load_init(path, args.mask.as_deref(), args.strength, width, height)?);
+    }
+    if let Some(path) = &args.init_latents {
+        let latents = load_latents(path)?;
+        if latents.dim(0)? != count as usize {
+            bail!(
+                "{} holds {} latents but this run makes {count} image(s){}",
+                path.display(),
+                latents.dim(0)?,
+                if count == 1 { " (add --grid for four)" } else { "" }
+            );
+        }
+        req.initial_noise = Some(latents);
+    }
+
+    let mut report = |p: &imagine_engine::Progress| {
+        eprintln!("step {}/{}", p.step, p.total);
+        ControlFlow::Continue(())
+    };
+    let out = model.generate(&req, &mut report)?;
+    if out.prompt_chunks > 1 {
+        eprintln!(
+            "note: the prompt has {} tokens; it was encoded as {} windows of 75",
+            out.prompt_tokens, out.prompt_chunks
+        );
+    }
+    let image = if args.grid {
+        grid_2x2(&out.images)?
+    } else {
+        out.images[0].clone()
+    };
+    let params = PngParameters {
+        prompt: req.prompt.clone(),
+        negative_prompt: req.negative_prompt.clone(),
+        steps: req.steps,
+        sampler: out.scheduler.webui_name().into(),
+        guidance: req.guidance,
+        seed,
+        width,
+        height,
+        model: info.name.clone(),
+        strength: req.init.as_ref().map(|i| i.strength),
+    };
+    write_png(&args.out, &image, &params.to_text())?;
+    eprintln!("wrote {} (seed {seed})", args.out.display());
+    Ok(())
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    if size > MAX_INPUT_BYTES {
+        bail!("{} is {size} bytes; the limit is {MAX_INPUT_BYTES}", path.display());
+    }
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn load_image(path: &Path) -> Result<image::DynamicImage> {
+    let bytes = read_limited(path)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .context("reading the image")?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(8192);
+    limits.max_image_height = Some(8192);
+    limits.max_alloc = Some(512 << 20);
+    reader.limits(limits);
+    reader
+        .decode()
+        .with_context(|| format!("{} is not an image we can read (PNG)", path.display()))
+}
+
+/// Loads the init image (and mask), checks they match, and scales both to the output size.
+fn load_init(path: &Path, mask: Option<&Path>, strength: f64, w: usize, h: usize) -> Result<InitImage> {
+    let image = load_image(path)?.to_rgb8();
+    let mask: Option<GrayImage> = match mask {
+        Some(m) => {
+            let m = load_image(m)?.to_luma8();
+            if m.dimensions() != image.dimensions() {
+                bail!(
+                    "the mask is {}x{} but the init image is {}x{}: they must be the same size",
+                    m.width(),
+                    m.height(),
+                    image.width(),
+                    image.height()
+                );
+            }
+            Some(m)
+        }
+        None => None,
+    };
+    let fit = |img: RgbImage| -> RgbImage {
+        if img.dimensions() == (w as u32, h as u32) {
+            img
+        } else {
+            image::imageops::resize(&img, w as u32, h as u32, image::imageops::FilterType::Lanczos3)
+        }
+    };
+    let mask = mask.map(|m| {
+        if m.dimensions() == (w as u32, h as u32) {
+            m
+        } else {
+            image::imageops::resize(&m, w as u32, h as u32, image::imageops::FilterType::Nearest)
+        }
+    });
+    Ok(InitImage {
+        image: fit(image),
+        strength,
+        mask,
+    })
+}
+
+/// Reads `--init-latents`: one f32 tensor named `latents`.
+fn load_latents(path: &Path) -> Result<Tensor> {
+    read_limited(path)?;
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let latents = tensors
+        .remove("latents")
+        .with_context(|| format!("{} has no tensor named `latents`", path.display()))?;
+    if latents.dtype() != DType::F32 || latents.rank() != 4 {
+        bail!(
+            "`latents` in {} must be f32 of shape [N, 4, H/8, W/8], found {:?} {:?}",
+            path.display(),
+            latents.dtype(),
+            latents.dims()
+        );
+    }
+    Ok(latents)
+}

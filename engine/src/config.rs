@@ -1,0 +1,377 @@
+//! Serde mirrors of a diffusers folder's `config.json` files, and their translation into the
+//! component configs the engine builds. The folder on disk *is* the description of the model:
+//! nothing here is a preset. Anything we cannot run faithfully is refused with
+//! [`EngineError::UnsupportedArchitecture`] instead of being run wrongly.
+
+use std::path::Path;
+
+use candle_transformers::models::stable_diffusion::unet_2d::{
+    BlockConfig, UNet2DConditionModelConfig,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::error::{EngineError, Result};
+
+/// Reads and parses one JSON config file, naming the file in every error.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    if !path.exists() {
+        return Err(EngineError::MissingFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::bad_file(path, e))?;
+    serde_json::from_str(&text).map_err(|e| EngineError::bad_file(path, e))
+}
+
+/// A value diffusers writes either once for all blocks or once per block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock<T> {
+    One(T),
+    Each(Vec<T>),
+}
+
+impl<T: Copy> PerBlock<T> {
+    fn get(&self, index: usize) -> Option<T> {
+        match self {
+            PerBlock::One(v) => Some(*v),
+            PerBlock::Each(v) => v.get(index).copied(),
+        }
+    }
+}
+
+/// `model_index.json`: which component classes make up the pipeline.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelIndex {
+    #[serde(rename = "_class_name")]
+    pub class_name: String,
+    #[serde(default)]
+    pub text_encoder_2: Option<serde_json::Value>,
+}
+
+/// `unet/config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UNetFileConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    #[serde(default = "default_mid_block")]
+    pub mid_block_type: Option<String>,
+    pub layers_per_block: PerBlock<usize>,
+    pub attention_head_dim: PerBlock<usize>,
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock<usize>>,
+    pub cross_attention_dim: PerBlock<usize>,
+    #[serde(default)]
+    pub transformer_layers_per_block: Option<PerBlock<usize>>,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    #[serde(default)]
+    pub center_input_sample: bool,
+    #[serde(default = "yes")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default = "one_usize")]
+    pub downsample_padding: usize,
+    #[serde(default = "one_f64")]
+    pub mid_block_scale_factor: f64,
+    #[serde(default = "default_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    #[serde(default)]
+    pub addition_embed_type: Option<String>,
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    #[serde(default)]
+    pub dual_cross_attention: bool,
+    #[serde(default)]
+    pub only_cross_attention: serde_json::Value,
+    #[serde(default)]
+    pub resnet_time_scale_shift: Option<String>,
+    #[serde(default)]
+    pub act_fn: Option<String>,
+    #[serde(default)]
+    pub time_embedding_type: Option<String>,
+    #[serde(default)]
+    pub encoder_hid_dim: Option<usize>,
+}
+
+fn default_mid_block() -> Option<String> {
+    Some("UNetMidBlock2DCrossAttn".into())
+}
+fn yes() -> bool {
+    true
+}
+fn one_usize() -> usize {
+    1
+}
+fn one_f64() -> f64 {
+    1.0
+}
+fn default_groups() -> usize {
+    32
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+
+fn unsupported(what: impl Into<String>) -> EngineError {
+    EngineError::UnsupportedArchitecture(what.into())
+}
+
+impl UNetFileConfig {
+    /// Checks that the UNet is one the engine runs exactly, and builds candle's config.
+    pub fn to_candle(&self) -> Result<UNet2DConditionModelConfig> {
+        if let Some(kind) = &self.addition_embed_type {
+            return Err(unsupported(format!(
+                "UNet addition_embed_type {kind:?} (SDXL-style conditioning) is not supported yet"
+            )));
+        }
+        if let Some(kind) = &self.class_embed_type {
+            return Err(unsupported(format!(
+                "UNet class_embed_type {kind:?} (upscaler-style conditioning)"
+            )));
+        }
+        if self.encoder_hid_dim.is_some() || self.dual_cross_attention {
+            return Err(unsupported("UNet with encoder_hid_dim or dual cross-attention"));
+        }
+        if self.only_cross_attention.as_bool() == Some(true)
+            || self.only_cross_attention.is_array()
+        {
+            return Err(unsupported("UNet with only_cross_attention"));
+        }
+        let named = |field: &str, value: &Option<String>, want: &str| match value {
+            Some(v) if v != want => Err(unsupported(format!("UNet {field} {v:?}"))),
+            _ => Ok(()),
+        };
+        named("resnet_time_scale_shift", &self.resnet_time_scale_shift, "default")?;
+        named("act_fn", &self.act_fn, "silu")?;
+        named("time_embedding_type", &self.time_embedding_type, "positional")?;
+        named("mid_block_type", &self.mid_block_type, "UNetMidBlock2DCrossAttn")?;
+
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(unsupported(
+                "UNet block lists (block_out_channels, down_block_types, up_block_types) differ in length",
+            ));
+        }
+        let layers = self.uniform(&self.layers_per_block, "layers_per_block")?;
+        let cross_attention_dim =
+            self.uniform(&self.cross_attention_dim, "cross_attention_dim")?;
+        // diffusers names the head *count* `attention_head_dim` in SD 1/2 configs.
+        let heads = self
+            .num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim);
+        let mut blocks = Vec::with_capacity(n);
+        for (i, down) in self.down_block_types.iter().enumerate() {
+            let up = &self.up_block_types[n - 1 - i];
+            let cross = match (down.as_str(), up.as_str()) {
+                ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D") => true,
+                ("DownBlock2D", "UpBlock2D") => false,
+                _ => {
+                    return Err(unsupported(format!(
+                        "UNet block pair {down:?} / {up:?} (expected CrossAttnDownBlock2D/CrossAttnUpBlock2D or DownBlock2D/UpBlock2D, mirrored)"
+                    )))
+                }
+            };
+            let transformer_layers = match &self.transformer_layers_per_block {
+                None => 1,
+                Some(t) => t.get(i).ok_or_else(|| {
+                    unsupported("UNet transformer_layers_per_block shorter than the block list")
+                })?,
+            };
+            let head_count = heads
+                .get(i)
+                .ok_or_else(|| unsupported("UNet attention_head_dim shorter than the block list"))?;
+            let out = self.block_out_channels[i];
+            if head_count == 0 || out % head_count != 0 || out % self.norm_num_groups != 0 {
+                return Err(unsupported(format!(
+                    "UNet block {i}: {out} channels do not divide into {head_count} heads and {} groups",
+                    self.norm_num_groups
+                )));
+            }
+            blocks.push(BlockConfig {
+                out_channels: out,
+                use_cross_attn: cross.then_some(transformer_layers),
+                attention_head_dim: head_count,
+            });
+        }
+        Ok(UNet2DConditionModelConfig {
+            center_input_sample: self.center_input_sample,
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+            blocks,
+            layers_per_block: layers,
+            downsample_padding: self.downsample_padding,
+            mid_block_scale_factor: self.mid_block_scale_factor,
+            norm_num_groups: self.norm_num_groups,
+            norm_eps: self.norm_eps,
+            cross_attention_dim,
+            sliced_attention_size: None,
+            use_linear_projection: self.use_linear_projection,
+        })
+    }
+
+    fn uniform(&self, value: &PerBlock<usize>, name: &str) -> Result<usize> {
+        match value {
+            PerBlock::One(v) => Ok(*v),
+            PerBlock::Each(v) if !v.is_empty() && v.iter().all(|x| *x == v[0]) => Ok(v[0]),
+            PerBlock::Each(_) => Err(unsupported(format!("UNet {name} that varies by block"))),
+        }
+    }
+}
+
+/// `vae/config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VaeFileConfig {
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    #[serde(default = "three")]
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    #[serde(default)]
+    pub down_block_types: Vec<String>,
+    #[serde(default)]
+    pub up_block_types: Vec<String>,
+    pub latent_channels: usize,
+    #[serde(default = "one_usize")]
+    pub layers_per_block: usize,
+    #[serde(default = "default_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "default_scaling")]
+    pub scaling_factor: f64,
+    #[serde(default)]
+    pub shift_factor: Option<f64>,
+    #[serde(default = "yes")]
+    pub use_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub use_post_quant_conv: bool,
+    #[serde(default)]
+    pub act_fn: Option<String>,
+}
+
+fn three() -> usize {
+    3
+}
+fn default_scaling() -> f64 {
+    0.18215
+}
+
+impl VaeFileConfig {
+    /// Refuses VAEs whose blocks are not the plain KL autoencoder's.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.block_out_channels.len();
+        let plain = |types: &[String], want: &str| {
+            types.is_empty() || (types.len() == n && types.iter().all(|t| t == want))
+        };
+        if n == 0
+            || !plain(&self.down_block_types, "DownEncoderBlock2D")
+            || !plain(&self.up_block_types, "UpDecoderBlock2D")
+        {
+            return Err(unsupported(format!(
+                "VAE blocks {:?} / {:?}",
+                self.down_block_types, self.up_block_types
+            )));
+        }
+        if self.shift_factor.is_some_and(|s| s != 0.0) {
+            return Err(unsupported("VAE with a shift_factor (SD3/Flux latents)"));
+        }
+        if matches!(&self.act_fn, Some(a) if a != "silu") {
+            return Err(unsupported(format!("VAE act_fn {:?}", self.act_fn)));
+        }
+        if self.block_out_channels.iter().any(|c| c % self.norm_num_groups != 0) {
+            return Err(unsupported("VAE channels not divisible by norm_num_groups"));
+        }
+        Ok(())
+    }
+
+    /// How many pixels one latent cell covers along each side.
+    pub fn scale_factor(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+/// `text_encoder/config.json` (a transformers `CLIPTextModel`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextEncoderFileConfig {
+    #[serde(default)]
+    pub architectures: Option<Vec<String>>,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_positions() -> usize {
+    77
+}
+fn default_act() -> String {
+    "quick_gelu".into()
+}
+fn default_ln_eps() -> f64 {
+    1e-5
+}
+
+impl TextEncoderFileConfig {
+    pub fn validate(&self) -> Result<()> {
+        if let Some(arch) = &self.architectures {
+            if !arch.iter().any(|a| a == "CLIPTextModel") {
+                return Err(unsupported(format!("text encoder {arch:?} (expected CLIPTextModel)")));
+            }
+        }
+        if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(unsupported(format!("text encoder activation {:?}", self.hidden_act)));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(unsupported("text encoder hidden size not divisible by its heads"));
+        }
+        Ok(())
+    }
+}
+
+/// `scheduler/scheduler_config.json`. Absent keys take the scheduler's own default, as
+/// diffusers' `from_config` does.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct SchedulerFileConfig {
+    #[serde(rename = "_class_name", default)]
+    pub class_name: String,
+    #[serde(default)]
+    pub num_train_timesteps: Option<usize>,
+    #[serde(default)]
+    pub beta_start: Option<f64>,
+    #[serde(default)]
+    pub beta_end: Option<f64>,
+    #[serde(default)]
+    pub beta_schedule: Option<String>,
+    #[serde(default)]
+    pub trained_betas: Option<Vec<f64>>,
+    #[serde(default)]
+    pub prediction_type: Option<String>,
+    #[serde(default)]
+    pub timestep_spacing: Option<String>,
+    #[serde(default)]
+    pub steps_offset: Option<usize>,
+    #[serde(default)]
+    pub set_alpha_to_one: Option<bool>,
+    #[serde(default)]
+    pub use_karras_sigmas: Option<bool>,
+    #[serde(default)]
+    pub rescale_betas_zero_snr: Option<bool>,
+    #[serde(default)]
+    pub final_sigmas_type: Option<String>,
+    #[serde(default)]
+    pub interpolation_type: Option<String>,
+}

@@ -1,0 +1,300 @@
+//! A loaded Stable Diffusion model: tokenizer, text encoder, UNet, VAE and noise schedule,
+//! each built from its folder's own config.json. Weights are memory-mapped safetensors
+//! (fp32 or fp16 files; computation runs in the dtype the caller asks for).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
+
+use crate::clip::ClipTextModel;
+use crate::config::{
+    read_json, ModelIndex, SchedulerFileConfig, TextEncoderFileConfig, UNetFileConfig,
+    VaeFileConfig,
+};
+use crate::error::{EngineError, Result};
+use crate::schedulers::{NoiseSchedule, SchedulerKind, Spacing};
+use crate::source::weight_candidates;
+use crate::tokenizer::ClipTokenizer;
+use crate::vae::Autoencoder;
+
+/// Where and how to run a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// What kind of UNet the model has, which decides how masks are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UNetKind {
+    /// 4 latent channels in: inpainting blends masked latents between steps.
+    Standard,
+    /// 9 channels in (latents, mask, masked-image latents): a trained inpainting model.
+    Inpainting,
+}
+
+/// Everything needed to generate with one model.
+pub struct StableDiffusion {
+    pub(crate) tokenizer: ClipTokenizer,
+    pub(crate) text_encoder: ClipTextModel,
+    pub(crate) unet: UNet2DConditionModel,
+    pub(crate) vae: Autoencoder,
+    pub(crate) schedule: NoiseSchedule,
+    pub(crate) latent_channels: usize,
+    pub(crate) device: Device,
+    pub(crate) dtype: DType,
+    info: ModelInfo,
+}
+
+/// Facts about a loaded model that callers show or default from.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// The folder the model was loaded from.
+    pub dir: PathBuf,
+    /// A short display name (the folder's or repo's last component).
+    pub name: String,
+    pub unet_kind: UNetKind,
+    /// Pixels per latent cell along each side (8 for every SD VAE).
+    pub vae_scale: usize,
+    /// The UNet's native resolution in pixels (`sample_size` x `vae_scale`).
+    pub native_size: usize,
+    /// The sampler the folder's scheduler config names, or our fallback for one we lack.
+    pub default_scheduler: SchedulerKind,
+    /// True when the config named a scheduler we do not implement (e.g. PNDM).
+    pub scheduler_fallback: bool,
+    /// Few-step distilled (trailing timestep spacing, e.g. SD-Turbo): 1 step, no guidance.
+    pub distilled: bool,
+}
+
+impl StableDiffusion {
+    /// Loads a diffusers folder (see [`crate::resolve_model`] for repo ids).
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let index: ModelIndex = read_json(&dir.join("model_index.json"))?;
+        if index.text_encoder_2.as_ref().is_some_and(|v| !v.is_null())
+            || index.class_name.contains("XL")
+        {
+            return Err(EngineError::UnsupportedArchitecture(format!(
+                "{} (SDXL-family models are not supported yet; use an SD 1.x / 2.x / Turbo model)",
+                index.class_name
+            )));
+        }
+        let unet_cfg: UNetFileConfig = read_json(&dir.join("unet/config.json"))?;
+        let vae_cfg: VaeFileConfig = read_json(&dir.join("vae/config.json"))?;
+        let text_cfg: TextEncoderFileConfig = read_json(&dir.join("text_encoder/config.json"))?;
+        let sched_cfg: SchedulerFileConfig =
+            read_json(&dir.join("scheduler/scheduler_config.json"))?;
+
+        let unet_candle = unet_cfg.to_candle()?;
+        vae_cfg.validate()?;
+        text_cfg.validate()?;
+        let unet_kind = match (unet_cfg.in_channels, vae_cfg.latent_channels) {
+            (i, l) if i == l => UNetKind::Standard,
+            (i, l) if i == 2 * l + 1 => UNetKind::Inpainting,
+            (i, l) => {
+                return Err(EngineError::UnsupportedArchitecture(format!(
+                    "UNet with {i} input channels for {l} latent channels"
+                )))
+            }
+        };
+        if unet_cfg.out_channels != vae_cfg.latent_channels {
+            return Err(EngineError::UnsupportedArchitecture(
+                "UNet out_channels differ from the VAE's latent_channels".into(),
+            ));
+        }
+        if unet_candle.cross_attention_dim != text_cfg.hidden_size {
+            return Err(EngineError::UnsupportedArchitecture(format!(
+                "UNet cross_attention_dim {} does not match the text encoder's hidden size {}",
+                unet_candle.cross_attention_dim, text_cfg.hidden_size
+            )));
+        }
+        let schedule = NoiseSchedule::from_config(&sched_cfg)?;
+        let karras = sched_cfg.use_karras_sigmas == Some(true);
+        let named = SchedulerKind::from_diffusers_class(&sched_cfg.class_name, karras);
+
+        let tokenizer =
+            ClipTokenizer::load(&dir.join("tokenizer"), text_cfg.max_position_embeddings)?;
+        let (device, dtype) = (&opts.device, opts.dtype);
+        let text_encoder = ClipTextModel::new(weights(dir, "text_encoder", dtype, device)?, &text_cfg)
+            .map_err(|e| mismatch(dir, "text_encoder", e))?;
+        let unet = UNet2DConditionModel::new(
+            weights(dir, "unet", dtype, device)?,
+            unet_cfg.in_channels,
+            unet_cfg.out_channels,
+            false,
+            unet_candle,
+        )
+        .map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
+        let vae = Autoencoder::new(weights(dir, "vae", dtype, device)?, &vae_cfg)
+            .map_err(|e| mismatch(dir, "vae", e))?;
+
+        let sample_size = read_json::<serde_json::Value>(&dir.join("unet/config.json"))?
+            .get("sample_size")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(64) as usize;
+        let info = ModelInfo {
+            dir: dir.to_path_buf(),
+            name: display_name(dir),
+            unet_kind,
+            vae_scale: vae_cfg.scale_factor(),
+            native_size: sample_size * vae_cfg.scale_factor(),
+            default_scheduler: named.unwrap_or(SchedulerKind::DpmPp2mKarras),
+            scheduler_fallback: named.is_none(),
+            distilled: schedule.spacing == Some(Spacing::Trailing),
+        };
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            schedule,
+            latent_channels: vae_cfg.latent_channels,
+            device: device.clone(),
+            dtype,
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Encodes one framed token window batch `[B, 77]` into hidden states `[B, 77, D]`.
+    pub fn encode_tokens(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        let width = ids.first().map_or(0, Vec::len);
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (ids.len(), width), &self.device)?;
+        self.text_encoder.forward(&ids)
+    }
+
+    /// One UNet forward: `latents [B, C, h, w]`, timestep, context `[B, S, D]`.
+    pub fn unet_forward(&self, latents: &Tensor, t: f64, context: &Tensor) -> Result<Tensor> {
+        Ok(self.unet.forward(latents, t, context)?)
+    }
+
+    /// Scaled latents to pixels in [-1, 1].
+    pub fn vae_decode(&self, latents: &Tensor) -> Result<Tensor> {
+        self.vae.decode(latents)
+    }
+
+    /// Pixels in [-1, 1] to scaled latents (the distribution's mean).
+    pub fn vae_encode(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.vae.encode_mean(pixels)
+    }
+
+    /// The model timesteps `kind` visits in `steps` steps on this model's schedule.
+    pub fn sampler_timesteps(&self, kind: SchedulerKind, steps: usize) -> Result<Vec<f64>> {
+        Ok(kind.build(&self.schedule, steps)?.timesteps().to_vec())
+    }
+
+    /// The tokenizer, for callers that want to count or inspect tokens.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+}
+
+fn display_name(dir: &Path) -> String {
+    // HF cache snapshots live in .../models--org--name/snapshots/<hash>.
+    let parts: Vec<String> = dir
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if let Some(repo) = parts.iter().rev().find_map(|p| p.strip_prefix("models--")) {
+        return repo.replacen("--", "/", 1);
+    }
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+fn mismatch(dir: &Path, component: &str, e: EngineError) -> EngineError {
+    match e {
+        EngineError::Tensor(inner) => EngineError::bad_file(
+            dir.join(component),
+            format!("the weights do not match {component}/config.json ({inner})"),
+        ),
+        other => other,
+    }
+}
+
+/// Memory-maps a component's safetensors weights (whole, fp16 variant, or sharded).
+fn weights(dir: &Path, component: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    let folder = dir.join(component);
+    let files = weight_files(&folder, component)?;
+    for f in &files {
+        check_safetensors(f)?;
+    }
+    // SAFETY: the files are memory-mapped read-only; we never write to them while mapped.
+    unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+        .map_err(|e| EngineError::bad_file(&folder, e))
+}
+
+fn weight_files(folder: &Path, component: &str) -> Result<Vec<PathBuf>> {
+    for name in weight_candidates(component) {
+        let path = folder.join(name);
+        if path.exists() {
+            return Ok(vec![path]);
+        }
+        let index = folder.join(format!("{name}.index.json"));
+        if index.exists() {
+            let v: serde_json::Value = read_json(&index)?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| EngineError::bad_file(&index, "no weight_map"))?;
+            let mut shards: Vec<PathBuf> = map
+                .values()
+                .filter_map(|f| f.as_str())
+                .map(|f| folder.join(f))
+                .collect();
+            shards.sort();
+            shards.dedup();
+            return Ok(shards);
+        }
+    }
+    Err(EngineError::MissingFile {
+        path: folder.join(weight_candidates(component)[0]),
+    })
+}
+
+/// Checks a safetensors file's header and length without reading its data, so that a
+/// truncated or corrupt file fails here, with its name, rather than deep inside a layer.
+fn check_safetensors(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |why: String| EngineError::bad_file(path, format!("not a valid safetensors file: {why}"));
+    let mut file = std::fs::File::open(path).map_err(|e| EngineError::bad_file(path, e))?;
+    let size = file.metadata().map_err(|e| EngineError::bad_file(path, e))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| bad("shorter than its header".into()))?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > 100 << 20 || 8 + header_len > size {
+        return Err(bad(format!("header of {header_len} bytes in a {size}-byte file")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
+    let data_end = header
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    if 8 + header_len + data_end != size {
+        return Err(bad(format!(
+            "the header describes {} bytes but the file has {size} (truncated download?)",
+            8 + header_len + data_end
+        )));
+    }
+    Ok(())
+}

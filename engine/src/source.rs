@@ -1,0 +1,148 @@
+//! Where a model's files come from: a local diffusers folder, or a Hugging Face repo id
+//! resolved through the local HF cache (downloading, with a progress bar, when online).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{EngineError, Result};
+
+/// The files of each component the engine reads, beside the weights.
+const CONFIG_FILES: &[&str] = &[
+    "model_index.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "scheduler/scheduler_config.json",
+];
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+];
+
+/// Weight file names in order of preference for a component folder.
+pub fn weight_candidates(component: &str) -> &'static [&'static str] {
+    match component {
+        "text_encoder" => &["model.safetensors", "model.fp16.safetensors"],
+        _ => &[
+            "diffusion_pytorch_model.safetensors",
+            "diffusion_pytorch_model.fp16.safetensors",
+        ],
+    }
+}
+
+/// Turns `--model` into a local folder: an existing directory is used as it is; anything
+/// else is taken as a Hugging Face repo id (`org/name`).
+pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if !looks_like_repo_id(spec) {
+        return Err(EngineError::ModelNotFound(format!(
+            "{spec:?} is neither a folder nor a Hugging Face repo id like stabilityai/sd-turbo"
+        )));
+    }
+    if let Some(dir) = cached_snapshot(spec) {
+        return Ok(dir);
+    }
+    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true") {
+        return Err(EngineError::ModelNotFound(format!(
+            "{spec} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it on a machine with internet access, or point --model at a local folder"
+        )));
+    }
+    download(spec)
+}
+
+fn looks_like_repo_id(spec: &str) -> bool {
+    let mut parts = spec.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+/// A snapshot already in the cache that holds every config file and a weight file for each
+/// component.
+fn cached_snapshot(repo: &str) -> Option<PathBuf> {
+    let cache = hf_hub::Cache::from_env();
+    let repo = cache.model(repo.to_string());
+    let index = repo.get("model_index.json")?;
+    let dir = index.parent()?.to_path_buf();
+    complete(&dir).then_some(dir)
+}
+
+fn complete(dir: &Path) -> bool {
+    CONFIG_FILES.iter().all(|f| dir.join(f).exists())
+        && ["unet", "vae", "text_encoder"].iter().all(|c| {
+            weight_candidates(c)
+                .iter()
+                .any(|w| dir.join(c).join(w).exists())
+        })
+}
+
+/// Downloads the files the engine needs into the HF cache (progress bars on stderr).
+fn download(repo_id: &str) -> Result<PathBuf> {
+    let offline = |file: &str, e: &dyn std::fmt::Display| {
+        EngineError::ModelNotFound(format!(
+            "cannot fetch {file} of {repo_id} from the Hugging Face hub ({e}); check the repo id and your connection, or point --model at a local diffusers folder"
+        ))
+    };
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(|e| offline("the repo listing", &e))?;
+    let repo = api.model(repo_id.to_string());
+    let info = repo.info().map_err(|e| offline("the repo listing", &e))?;
+    let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    let mut wanted: Vec<String> = CONFIG_FILES
+        .iter()
+        .chain(TOKENIZER_FILES)
+        .map(|s| s.to_string())
+        .chain(std::iter::once("tokenizer/tokenizer.json".to_string()))
+        .filter(|f| listed.contains(&f.as_str()))
+        .collect();
+    for component in ["unet", "vae", "text_encoder"] {
+        let weights = weight_candidates(component)
+            .iter()
+            .map(|w| format!("{component}/{w}"))
+            .find(|f| listed.contains(&f.as_str()))
+            .ok_or_else(|| {
+                EngineError::ModelNotFound(format!(
+                    "{repo_id} has no safetensors weights in {component}/ (only the diffusers folder layout with .safetensors files is supported)"
+                ))
+            })?;
+        wanted.push(weights);
+    }
+    let mut dir = None;
+    for file in &wanted {
+        let path = repo.get(file).map_err(|e| offline(file, &e))?;
+        if file == "model_index.json" {
+            dir = path.parent().map(Path::to_path_buf);
+        }
+    }
+    dir.ok_or_else(|| EngineError::ModelNotFound(format!("{repo_id} has no model_index.json")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_ids_are_told_apart_from_paths() {
+        assert!(looks_like_repo_id("stabilityai/sd-turbo"));
+        assert!(!looks_like_repo_id("sd-turbo"));
+        assert!(!looks_like_repo_id("./models/x/y"));
+        assert!(!looks_like_repo_id("a/b/c"));
+    }
+
+    #[test]
+    fn an_unknown_name_gets_an_error_that_says_what_is_accepted() {
+        let err = resolve_model("no-such-model-folder").unwrap_err().to_string();
+        assert!(err.contains("neither a folder nor a Hugging Face repo id"), "{err}");
+    }
+}

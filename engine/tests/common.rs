@@ -1,0 +1,59 @@
+//! Shared helpers for the engine's integration tests: paths to the committed tiny models and
+//! diffusers references, and loading them through the real loading code.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use imagine_engine::{LoadOptions, StableDiffusion};
+
+pub const MODELS: [&str; 2] = ["tiny-sd15", "tiny-sd2-v"];
+pub const PROMPT: &str = "a brown puppy on the beach";
+pub const NEGATIVE: &str = "blurry, low quality";
+
+pub fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    assets().join("models").join(name)
+}
+
+pub fn load(name: &str) -> StableDiffusion {
+    StableDiffusion::load(&model_dir(name), &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
+pub fn reference(name: &str) -> HashMap<String, Tensor> {
+    let path = assets().join("reference").join(format!("{name}.safetensors"));
+    candle_core::safetensors::load(&path, &Device::Cpu).expect("reference tensors")
+}
+
+pub fn reference_latents() -> Tensor {
+    let path = assets().join("reference/latents_2x4x8x8.safetensors");
+    candle_core::safetensors::load(&path, &Device::Cpu).unwrap()["latents"].clone()
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a.to_dtype(candle_core::DType::F32).unwrap() - b.to_dtype(candle_core::DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Largest per-channel difference between our images and a `[N, H, W, 3]` u8 reference.
+pub fn max_pixel_diff(ours: &[image::RgbImage], reference: &Tensor) -> u8 {
+    let want = reference.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let got: Vec<u8> = ours.iter().flat_map(|i| i.as_raw().iter().copied()).collect();
+    assert_eq!(got.len(), want.len(), "image sizes differ");
+    got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap()
+}
