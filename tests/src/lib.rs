@@ -47,4 +47,6 @@ mod sim;
 pub use sim::faults::Fault;
 pub use sim::fixtures;
 pub use sim::transcript::{Direction, Entry, FileSummary, RestCall, Transcript};
-pub use sim::{Callback, Interaction, OptionValue, SimConfig, SimError, Simulator, Upload, WaitError};
+pub use sim::{
+    Callback, Interaction, OptionValue, SimConfig, SimError, Simulator, Upload, WaitError,
+};

@@ -25,7 +25,11 @@ pub struct Upload {
 
 impl Upload {
     pub fn png(filename: &str, bytes: Vec<u8>) -> Self {
-        Self { filename: filename.to_owned(), bytes, content_type: "image/png".to_owned() }
+        Self {
+            filename: filename.to_owned(),
+            bytes,
+            content_type: "image/png".to_owned(),
+        }
     }
 }
 
@@ -87,25 +91,44 @@ impl Simulator {
         let place = channel_record(shared, channel)?;
         let command = find_command(shared, &place, name)?;
         let mut resolved = Map::new();
-        let options: Vec<Value> =
-            options.into_iter().map(|(name, value)| option_json(shared, name, value, &mut resolved)).collect();
+        let options: Vec<Value> = options
+            .into_iter()
+            .map(|(name, value)| option_json(shared, name, value, &mut resolved))
+            .collect();
         let data = json!({
             "id": command["id"], "name": name, "type": command["type"], "options": options,
             "resolved": Value::Object(resolved),
         });
-        self.deliver(user, &place, None, |parts| fixtures::command_interaction(parts, data))
+        self.deliver(user, &place, None, |parts| {
+            fixtures::command_interaction(parts, data)
+        })
     }
 
     /// `user` clicks the button `custom_id` on a message the simulator holds.
-    pub fn click_button(&self, user: UserId, message: MessageId, custom_id: &str) -> Result<Interaction, SimError> {
+    pub fn click_button(
+        &self,
+        user: UserId,
+        message: MessageId,
+        custom_id: &str,
+    ) -> Result<Interaction, SimError> {
         let shared = &self.shared;
-        let stored = shared.world().messages.get(&message.get()).cloned().ok_or(SimError::UnknownMessage(message.get()))?;
+        let stored = shared
+            .world()
+            .messages
+            .get(&message.get())
+            .cloned()
+            .ok_or(SimError::UnknownMessage(message.get()))?;
         if !has_enabled_button(&stored, custom_id) {
             return Err(SimError::NoSuchButton(custom_id.to_owned()));
         }
-        let channel_id = stored["channel_id"].as_str().and_then(|id| id.parse().ok()).unwrap_or(0);
+        let channel_id = stored["channel_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(0);
         let place = channel_record(shared, ChannelId::new(channel_id))?;
-        self.deliver(user, &place, Some(message.get()), |parts| fixtures::button_interaction(parts, custom_id, &stored))
+        self.deliver(user, &place, Some(message.get()), |parts| {
+            fixtures::button_interaction(parts, custom_id, &stored)
+        })
     }
 
     /// `user` sends `text` to the bot in their DM channel (MESSAGE_CREATE).
@@ -126,16 +149,31 @@ impl Simulator {
             application_id: None,
         });
         self.shared.world().messages.insert(id, message.clone());
-        dispatch(&self.shared, "MESSAGE_CREATE", message).then_some(MessageId::new(id)).ok_or(SimError::BotNotConnected)
+        dispatch(&self.shared, "MESSAGE_CREATE", message)
+            .then_some(MessageId::new(id))
+            .ok_or(SimError::BotNotConnected)
     }
 
     /// `user` reacts to a message with a unicode `emoji` (MESSAGE_REACTION_ADD).
-    pub fn add_reaction(&self, user: UserId, message: MessageId, emoji: &str) -> Result<(), SimError> {
+    pub fn add_reaction(
+        &self,
+        user: UserId,
+        message: MessageId,
+        emoji: &str,
+    ) -> Result<(), SimError> {
         let author = user_json(&self.shared, user)?;
-        let stored = self.shared.world().messages.get(&message.get()).cloned().ok_or(SimError::UnknownMessage(message.get()))?;
+        let stored = self
+            .shared
+            .world()
+            .messages
+            .get(&message.get())
+            .cloned()
+            .ok_or(SimError::UnknownMessage(message.get()))?;
         let joined_at = self.shared.clock.timestamp();
         let reaction = fixtures::reaction_add(&author, &stored, emoji, &joined_at);
-        dispatch(&self.shared, "MESSAGE_REACTION_ADD", reaction).then_some(()).ok_or(SimError::BotNotConnected)
+        dispatch(&self.shared, "MESSAGE_REACTION_ADD", reaction)
+            .then_some(())
+            .ok_or(SimError::BotNotConnected)
     }
 
     /// Records a new interaction, dispatches INTERACTION_CREATE, and starts its 3 s watch.
@@ -178,8 +216,15 @@ impl Simulator {
         if !dispatch(shared, "INTERACTION_CREATE", payload) {
             return Err(SimError::BotNotConnected);
         }
-        self.keep_watcher(tokio::spawn(watch_deadline(self.shared.clone(), token.clone())));
-        Ok(Interaction { id: InteractionId::new(id), token, channel_id: ChannelId::new(place.id) })
+        self.keep_watcher(tokio::spawn(watch_deadline(
+            self.shared.clone(),
+            token.clone(),
+        )));
+        Ok(Interaction {
+            id: InteractionId::new(id),
+            token,
+            channel_id: ChannelId::new(place.id),
+        })
     }
 }
 
@@ -189,12 +234,16 @@ async fn watch_deadline(shared: std::sync::Arc<Shared>, token: String) {
         let now = shared.clock.elapsed();
         let failed_id = {
             let mut world = shared.world();
-            let Some(record) = world.interactions.get_mut(&token) else { return };
+            let Some(record) = world.interactions.get_mut(&token) else {
+                return;
+            };
             match record.status {
-                InteractionStatus::Pending if now.saturating_sub(record.created_at) > CALLBACK_DEADLINE => {
+                InteractionStatus::Pending
+                    if now.saturating_sub(record.created_at) > CALLBACK_DEADLINE =>
+                {
                     record.status = InteractionStatus::Failed;
                     Some(record.id)
-                },
+                }
                 InteractionStatus::Pending => None,
                 _ => return,
             }
@@ -208,48 +257,86 @@ async fn watch_deadline(shared: std::sync::Arc<Shared>, token: String) {
 }
 
 fn channel_record(shared: &Shared, channel: ChannelId) -> Result<ChannelRecord, SimError> {
-    shared.world().channels.get(&channel.get()).cloned().ok_or(SimError::UnknownChannel(channel.get()))
+    shared
+        .world()
+        .channels
+        .get(&channel.get())
+        .cloned()
+        .ok_or(SimError::UnknownChannel(channel.get()))
 }
 
 fn user_json(shared: &Shared, user: UserId) -> Result<Value, SimError> {
-    shared.world().users.get(&user.get()).map(|u| u.json()).ok_or(SimError::UnknownUser(user.get()))
+    shared
+        .world()
+        .users
+        .get(&user.get())
+        .map(|u| u.json())
+        .ok_or(SimError::UnknownUser(user.get()))
 }
 
 /// The registered command `name` usable in `place`: guild commands first, then global ones,
 /// refusing contexts the command does not allow (0 = guild, 1 = bot DM).
 fn find_command(shared: &Shared, place: &ChannelRecord, name: &str) -> Result<Value, SimError> {
     let world = shared.world();
-    let guild_commands = place.guild_id().and_then(|g| world.guild_commands.get(&g)).into_iter().flatten();
+    let guild_commands = place
+        .guild_id()
+        .and_then(|g| world.guild_commands.get(&g))
+        .into_iter()
+        .flatten();
     let command = guild_commands
         .chain(world.global_commands.iter())
         .find(|c| c["name"] == name)
         .cloned()
         .ok_or_else(|| SimError::UnknownCommand(name.to_owned()))?;
     let context = if place.guild_id().is_some() { 0 } else { 1 };
-    let allowed = command["contexts"].as_array().is_none_or(|list| list.contains(&json!(context)));
-    allowed.then_some(command).ok_or_else(|| SimError::NotAllowedHere(name.to_owned()))
+    let allowed = command["contexts"]
+        .as_array()
+        .is_none_or(|list| list.contains(&json!(context)));
+    allowed
+        .then_some(command)
+        .ok_or_else(|| SimError::NotAllowedHere(name.to_owned()))
 }
 
-fn option_json(shared: &Shared, name: &str, value: OptionValue, resolved: &mut Map<String, Value>) -> Value {
+fn option_json(
+    shared: &Shared,
+    name: &str,
+    value: OptionValue,
+    resolved: &mut Map<String, Value>,
+) -> Value {
     let (kind, value) = match value {
         OptionValue::String(s) => (3, json!(s)),
         OptionValue::Integer(i) => (4, json!(i)),
         OptionValue::Boolean(b) => (5, json!(b)),
         OptionValue::Number(n) => (10, json!(n)),
         OptionValue::User(user) => {
-            let user_value = shared.world().users.get(&user.get()).map(|u| u.json()).unwrap_or_default();
+            let user_value = shared
+                .world()
+                .users
+                .get(&user.get())
+                .map(|u| u.json())
+                .unwrap_or_default();
             insert_resolved(resolved, "users", user.get(), user_value);
             (6, json!(user.get().to_string()))
-        },
+        }
         OptionValue::Attachment(upload) => {
             let id = shared.snowflake();
             let url = shared.attachment_url(id, &upload.filename);
-            let attachment = fixtures::attachment(id, &upload.filename, upload.bytes.len(), &url, &upload.content_type);
-            let file = StoredFile { filename: upload.filename, content_type: upload.content_type, bytes: upload.bytes.into() };
+            let attachment = fixtures::attachment(
+                id,
+                &upload.filename,
+                upload.bytes.len(),
+                &url,
+                &upload.content_type,
+            );
+            let file = StoredFile {
+                filename: upload.filename,
+                content_type: upload.content_type,
+                bytes: upload.bytes.into(),
+            };
             shared.world().files.insert(id, file);
             insert_resolved(resolved, "attachments", id, attachment);
             (11, json!(id.to_string()))
-        },
+        }
     };
     json!({ "name": name, "type": kind, "value": value })
 }
@@ -260,8 +347,16 @@ fn insert_resolved(resolved: &mut Map<String, Value>, kind: &str, id: u64, value
 }
 
 fn has_enabled_button(message: &Value, custom_id: &str) -> bool {
-    let rows = message["components"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let rows = message["components"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     rows.iter()
-        .flat_map(|row| row["components"].as_array().map(Vec::as_slice).unwrap_or_default())
+        .flat_map(|row| {
+            row["components"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        })
         .any(|c| c["type"] == 2 && c["custom_id"] == custom_id && c["disabled"] != true)
 }

@@ -13,7 +13,10 @@ pub(crate) struct SimClock {
 
 impl SimClock {
     pub(crate) fn new() -> Self {
-        Self { started: Instant::now(), offset: Mutex::new(Duration::ZERO) }
+        Self {
+            started: Instant::now(),
+            offset: Mutex::new(Duration::ZERO),
+        }
     }
 
     /// Time since the simulator started, as the simulator sees it.
@@ -28,7 +31,9 @@ impl SimClock {
     /// Wall-clock milliseconds since the Unix epoch, shifted by the offset.
     pub(crate) fn unix_millis(&self) -> u64 {
         let now = SystemTime::now() + *self.offset.lock().unwrap();
-        now.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        now.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
     }
 
     /// An ISO 8601 timestamp, as Discord writes them.

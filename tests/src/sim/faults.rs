@@ -45,7 +45,7 @@ impl FaultRule {
                 return true;
             }
             match parts.next() {
-                Some(part) if want == "*" || want == part => {},
+                Some(part) if want == "*" || want == part => {}
                 _ => return false,
             }
         }
@@ -54,12 +54,18 @@ impl FaultRule {
 }
 
 fn segments(path: &str) -> impl Iterator<Item = &str> {
-    path.split('?').next().unwrap_or("").split('/').filter(|s| !s.is_empty())
+    path.split('?')
+        .next()
+        .unwrap_or("")
+        .split('/')
+        .filter(|s| !s.is_empty())
 }
 
 /// Finds the first live rule for this call, uses one of its shots, and returns its fault.
 pub(crate) fn take_fault(rules: &mut Vec<FaultRule>, method: &str, path: &str) -> Option<Fault> {
-    let index = rules.iter().position(|r| r.remaining > 0 && r.matches(method, path))?;
+    let index = rules
+        .iter()
+        .position(|r| r.remaining > 0 && r.matches(method, path))?;
     let rule = &mut rules[index];
     rule.remaining -= 1;
     let fault = rule.fault.clone();
@@ -85,7 +91,12 @@ mod tests {
 
     #[test]
     fn rules_retire_after_their_shots() {
-        let mut rules = vec![FaultRule::new("GET", "/gateway", Fault::ServerError(503), 2)];
+        let mut rules = vec![FaultRule::new(
+            "GET",
+            "/gateway",
+            Fault::ServerError(503),
+            2,
+        )];
         assert!(take_fault(&mut rules, "GET", "/gateway").is_some());
         assert!(take_fault(&mut rules, "GET", "/gateway").is_some());
         assert!(take_fault(&mut rules, "GET", "/gateway").is_none());

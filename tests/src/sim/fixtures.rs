@@ -78,9 +78,17 @@ pub fn guild_create(parts: GuildParts<'_>) -> Value {
     })
 }
 
-pub fn ready(bot: &Value, application_id: u64, guild_ids: &[u64], session: &str, url: &str) -> Value {
-    let guilds: Vec<Value> =
-        guild_ids.iter().map(|id| json!({ "id": id.to_string(), "unavailable": true })).collect();
+pub fn ready(
+    bot: &Value,
+    application_id: u64,
+    guild_ids: &[u64],
+    session: &str,
+    url: &str,
+) -> Value {
+    let guilds: Vec<Value> = guild_ids
+        .iter()
+        .map(|id| json!({ "id": id.to_string(), "unavailable": true }))
+        .collect();
     json!({
         "v": 10, "user": bot, "guilds": guilds, "session_id": session,
         "resume_gateway_url": url, "shard": [0, 1], "private_channels": [],
@@ -160,12 +168,12 @@ fn interaction(parts: &InteractionParts<'_>, kind: u8, data: Value) -> Value {
             interaction["member"] = member(parts.user, parts.member_joined_at);
             interaction["context"] = json!(0);
             interaction["authorizing_integration_owners"] = json!({ "0": guild_id.to_string() });
-        },
+        }
         None => {
             interaction["user"] = parts.user.clone();
             interaction["context"] = json!(1);
             interaction["authorizing_integration_owners"] = json!({ "1": user_id });
-        },
+        }
     }
     interaction
 }
@@ -177,7 +185,11 @@ pub fn command_interaction(parts: &InteractionParts<'_>, data: Value) -> Value {
 
 /// A MESSAGE_COMPONENT interaction (type 3) for a button on `message`.
 pub fn button_interaction(parts: &InteractionParts<'_>, custom_id: &str, message: &Value) -> Value {
-    let mut value = interaction(parts, 3, json!({ "custom_id": custom_id, "component_type": 2 }));
+    let mut value = interaction(
+        parts,
+        3,
+        json!({ "custom_id": custom_id, "component_type": 2 }),
+    );
     value["message"] = message.clone();
     value
 }
@@ -205,13 +217,22 @@ pub fn application(id: u64, bot: &Value, owner: &Value) -> Value {
 }
 
 /// A registered command, as Discord echoes it back: the bot's body plus ids and defaults.
-pub fn registered_command(body: &Value, id: u64, application_id: u64, guild_id: Option<u64>) -> Value {
+pub fn registered_command(
+    body: &Value,
+    id: u64,
+    application_id: u64,
+    guild_id: Option<u64>,
+) -> Value {
     let mut command = body.clone();
     command["id"] = json!(id.to_string());
     command["application_id"] = json!(application_id.to_string());
     command["version"] = json!(id.to_string());
     command["guild_id"] = guild_id.map_or(Value::Null, |g| json!(g.to_string()));
-    for (key, default) in [("type", json!(1)), ("description", json!("")), ("options", json!([]))] {
+    for (key, default) in [
+        ("type", json!(1)),
+        ("description", json!("")),
+        ("options", json!([])),
+    ] {
         if command.get(key).is_none_or(Value::is_null) {
             command[key] = default;
         }

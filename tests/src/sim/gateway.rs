@@ -30,7 +30,10 @@ type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 
 async fn send(shared: &Shared, sink: &mut Sink, frame: Value) -> bool {
     let text = frame.to_string();
-    shared.record(Entry::Gateway { direction: Direction::ToBot, frame });
+    shared.record(Entry::Gateway {
+        direction: Direction::ToBot,
+        frame,
+    });
     sink.send(Message::Text(text.into())).await.is_ok()
 }
 
@@ -72,7 +75,12 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket) {
         }
     }
     let mut world = shared.world();
-    if world.gateway.live.as_ref().is_some_and(|live| live.same_channel(&tx)) {
+    if world
+        .gateway
+        .live
+        .as_ref()
+        .is_some_and(|live| live.same_channel(&tx))
+    {
         world.gateway.live = None;
     }
 }
@@ -81,10 +89,10 @@ fn handle_frame(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, frame: &V
     match frame["op"].as_u64() {
         Some(1) => {
             let _ = tx.send(Outgoing::Frame(fixtures::heartbeat_ack()));
-        },
+        }
         Some(2) => identify(shared, tx, &frame["d"]),
         Some(6) => resume(shared, tx, &frame["d"]),
-        _ => {},
+        _ => {}
     }
 }
 
@@ -103,8 +111,18 @@ fn identify(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value)
     let ready = {
         let mut world = shared.world();
         let guild_ids: Vec<u64> = world.guilds.keys().copied().collect();
-        let ready = fixtures::ready(&world.bot().json(), world.application_id, &guild_ids, &session_id, &url);
-        world.gateway.session = Some(Session { id: session_id, seq: 0, sent: Vec::new() });
+        let ready = fixtures::ready(
+            &world.bot().json(),
+            world.application_id,
+            &guild_ids,
+            &session_id,
+            &url,
+        );
+        world.gateway.session = Some(Session {
+            id: session_id,
+            seq: 0,
+            sent: Vec::new(),
+        });
         world.gateway.live = Some(tx.clone());
         ready
     };
@@ -119,7 +137,11 @@ fn resume(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value) {
     let known = {
         let mut world = shared.world();
         let seen = data["seq"].as_u64().unwrap_or(0);
-        let matches = world.gateway.session.as_ref().filter(|s| data["session_id"].as_str() == Some(s.id.as_str()));
+        let matches = world
+            .gateway
+            .session
+            .as_ref()
+            .filter(|s| data["session_id"].as_str() == Some(s.id.as_str()));
         match matches {
             Some(session) => {
                 for frame in session.sent.iter().filter(|f| f["s"].as_u64() > Some(seen)) {
@@ -127,7 +149,7 @@ fn resume(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value) {
                 }
                 world.gateway.live = Some(tx.clone());
                 true
-            },
+            }
             None => false,
         }
     };
@@ -143,7 +165,9 @@ fn resume(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value) {
 pub(crate) fn dispatch(shared: &Shared, name: &str, data: Value) -> bool {
     let mut world = shared.world();
     let gateway = &mut world.gateway;
-    let Some(session) = gateway.session.as_mut() else { return false };
+    let Some(session) = gateway.session.as_mut() else {
+        return false;
+    };
     session.seq += 1;
     let frame = fixtures::dispatch(session.seq, name, data);
     session.sent.push(frame.clone());
@@ -157,11 +181,31 @@ pub(crate) fn dispatch_guild_create(shared: &Shared, guild_id: u64) {
     let joined_at = shared.clock.timestamp();
     let payload = {
         let world = shared.world();
-        let Some(guild) = world.guilds.get(&guild_id) else { return };
-        let channels = guild.channels.iter().filter_map(|id| world.channels.get(id)).map(|c| world.channel_json(c)).collect();
+        let Some(guild) = world.guilds.get(&guild_id) else {
+            return;
+        };
+        let channels = guild
+            .channels
+            .iter()
+            .filter_map(|id| world.channels.get(id))
+            .map(|c| world.channel_json(c))
+            .collect();
         let mut members = vec![fixtures::member(&world.bot().json(), &joined_at)];
-        members.extend(world.users.values().filter(|u| !u.bot).map(|u| fixtures::member(&u.json(), &joined_at)));
-        fixtures::guild_create(GuildParts { id: guild.id, name: &guild.name, owner_id: guild.owner_id, joined_at: &joined_at, channels, members })
+        members.extend(
+            world
+                .users
+                .values()
+                .filter(|u| !u.bot)
+                .map(|u| fixtures::member(&u.json(), &joined_at)),
+        );
+        fixtures::guild_create(GuildParts {
+            id: guild.id,
+            name: &guild.name,
+            owner_id: guild.owner_id,
+            joined_at: &joined_at,
+            channels,
+            members,
+        })
     };
     dispatch(shared, "GUILD_CREATE", payload);
 }

@@ -73,7 +73,9 @@ impl fmt::Display for SimError {
             SimError::UnknownUser(id) => write!(f, "no user {id} in the simulator"),
             SimError::UnknownChannel(id) => write!(f, "no channel {id} in the simulator"),
             SimError::UnknownMessage(id) => write!(f, "no message {id} in the simulator"),
-            SimError::UnknownCommand(name) => write!(f, "the bot registered no command /{name} here"),
+            SimError::UnknownCommand(name) => {
+                write!(f, "the bot registered no command /{name} here")
+            }
             SimError::NotAllowedHere(name) => write!(f, "/{name} is not allowed in this context"),
             SimError::NoSuchButton(id) => write!(f, "the message has no enabled button {id:?}"),
             SimError::BotNotConnected => write!(f, "the bot has no gateway session"),
@@ -93,7 +95,12 @@ pub struct Simulator {
 impl Drop for Simulator {
     fn drop(&mut self) {
         self.server.abort();
-        for watcher in self.watchers.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for watcher in self
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             watcher.abort();
         }
     }
@@ -106,7 +113,9 @@ impl Simulator {
 
     /// Binds 127.0.0.1 on an OS-chosen port and starts serving.
     pub async fn start_with(config: SimConfig) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let address = listener.local_addr().expect("bound address");
         let shared = Arc::new(Shared {
             world: Mutex::new(World::default()),
@@ -118,7 +127,11 @@ impl Simulator {
         let bot_id = shared.snowflake();
         {
             let mut world = shared.world();
-            let bot = UserRecord { id: bot_id, name: shared.config.bot_name.clone(), bot: true };
+            let bot = UserRecord {
+                id: bot_id,
+                name: shared.config.bot_name.clone(),
+                bot: true,
+            };
             world.users.insert(bot_id, bot.clone());
             world.bot = Some(bot);
             world.application_id = bot_id;
@@ -127,7 +140,11 @@ impl Simulator {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        Self { shared, server, watchers: Mutex::new(Vec::new()) }
+        Self {
+            shared,
+            server,
+            watchers: Mutex::new(Vec::new()),
+        }
     }
 
     /// What the bot uses instead of `https://discord.com` (`HttpBuilder::proxy`).
@@ -138,7 +155,10 @@ impl Simulator {
     /// A serenity `Http` aimed at this simulator, as the bot must build it: proxy base, rate
     /// limiter off (serenity ignores the proxy otherwise), and no HTTP(S)_PROXY from the env.
     pub fn bot_http(&self) -> serenity::http::Http {
-        let client = reqwest::Client::builder().no_proxy().build().expect("reqwest client");
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("reqwest client");
         serenity::http::HttpBuilder::new(self.token())
             .client(client)
             .proxy(self.api_base())
@@ -163,7 +183,12 @@ impl Simulator {
     pub fn add_guild(&self, name: &str) -> GuildId {
         let id = self.shared.snowflake();
         let owner_id = self.shared.world().bot().id;
-        let record = GuildRecord { id, name: name.to_owned(), owner_id, channels: Vec::new() };
+        let record = GuildRecord {
+            id,
+            name: name.to_owned(),
+            owner_id,
+            channels: Vec::new(),
+        };
         self.shared.world().guilds.insert(id, record);
         gateway::dispatch_guild_create(&self.shared, id);
         GuildId::new(id)
@@ -173,7 +198,11 @@ impl Simulator {
     pub fn add_channel(&self, guild: GuildId, name: &str) -> ChannelId {
         let id = self.shared.snowflake();
         let mut world = self.shared.world();
-        let record = ChannelRecord { id, name: name.to_owned(), kind: ChannelKind::Guild(guild.get()) };
+        let record = ChannelRecord {
+            id,
+            name: name.to_owned(),
+            kind: ChannelKind::Guild(guild.get()),
+        };
         world.channels.insert(id, record);
         if let Some(guild) = world.guilds.get_mut(&guild.get()) {
             guild.channels.push(id);
@@ -184,14 +213,21 @@ impl Simulator {
     /// Adds a (human) user; users are members of every guild.
     pub fn add_user(&self, name: &str) -> UserId {
         let id = self.shared.snowflake();
-        let record = UserRecord { id, name: name.to_owned(), bot: false };
+        let record = UserRecord {
+            id,
+            name: name.to_owned(),
+            bot: false,
+        };
         self.shared.world().users.insert(id, record);
         UserId::new(id)
     }
 
     /// The DM channel between the bot and `user`, opened on first use.
     pub fn dm_channel(&self, user: UserId) -> Result<ChannelId, SimError> {
-        rest::open_dm(&self.shared, user.get()).ok().map(ChannelId::new).ok_or(SimError::UnknownUser(user.get()))
+        rest::open_dm(&self.shared, user.get())
+            .ok()
+            .map(ChannelId::new)
+            .ok_or(SimError::UnknownUser(user.get()))
     }
 
     /// Moves the simulator's clock forward (for the 3 s and 15 min rules).
@@ -203,14 +239,20 @@ impl Simulator {
     /// Makes the next `times` calls matching `method` and `pattern` (e.g. `POST /webhooks/*/*`,
     /// `*` = one segment, trailing `**` = the rest, method `*` = any) fail with `fault`.
     pub fn fail_route(&self, method: &str, pattern: &str, fault: Fault, times: usize) {
-        self.shared.world().faults.push(FaultRule::new(method, pattern, fault, times));
+        self.shared
+            .world()
+            .faults
+            .push(FaultRule::new(method, pattern, fault, times));
     }
 
     /// Closes the bot's gateway connection (close code 4000) so it must RESUME. Dispatches sent
     /// meanwhile are replayed on RESUME. Returns false when no connection was open.
     pub fn drop_gateway(&self) -> bool {
         let live = self.shared.world().gateway.live.take();
-        live.is_some_and(|tx| tx.send(Outgoing::Close(gateway::CLOSE_UNKNOWN_ERROR)).is_ok())
+        live.is_some_and(|tx| {
+            tx.send(Outgoing::Close(gateway::CLOSE_UNKNOWN_ERROR))
+                .is_ok()
+        })
     }
 
     /// Forgets the gateway session: a later RESUME gets INVALID_SESSION and must re-identify.
@@ -226,7 +268,9 @@ impl Simulator {
 
     /// A snapshot of everything recorded so far.
     pub fn transcript(&self) -> Transcript {
-        Transcript { entries: self.shared.world().transcript.clone() }
+        Transcript {
+            entries: self.shared.world().transcript.clone(),
+        }
     }
 
     /// A message as the simulator holds it now.
@@ -237,7 +281,9 @@ impl Simulator {
 
     /// The bytes behind an attachment URL the simulator handed out.
     pub fn file_bytes(&self, url: &str) -> Option<Vec<u8>> {
-        let rest = url.strip_prefix(&self.shared.base)?.strip_prefix("/attachments/")?;
+        let rest = url
+            .strip_prefix(&self.shared.base)?
+            .strip_prefix("/attachments/")?;
         let (id, filename) = rest.split_once('/')?;
         let world = self.shared.world();
         let file = world.files.get(&id.parse().ok()?)?;

@@ -26,7 +26,10 @@ pub(crate) struct DiscordError {
 
 impl DiscordError {
     pub(crate) fn new(status: StatusCode, code: u32, message: &str) -> Self {
-        Self { status, body: json!({ "code": code, "message": message, "errors": {} }) }
+        Self {
+            status,
+            body: json!({ "code": code, "message": message, "errors": {} }),
+        }
     }
 
     fn invalid_form(errors: Value) -> Self {
@@ -49,7 +52,11 @@ impl DiscordError {
     }
 
     pub(crate) fn already_acknowledged() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, 40060, "Interaction has already been acknowledged.")
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            40060,
+            "Interaction has already been acknowledged.",
+        )
     }
 
     pub(crate) fn invalid_webhook_token() -> Self {
@@ -57,7 +64,11 @@ impl DiscordError {
     }
 
     pub(crate) fn file_too_large() -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, 40005, "Request entity too large")
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            40005,
+            "Request entity too large",
+        )
     }
 }
 
@@ -106,25 +117,41 @@ pub(crate) fn check_message(
 }
 
 fn check_components(payload: &Value, at: &dyn Fn(&[&str]) -> Vec<String>) -> Result<(), Value> {
-    let Some(rows) = payload["components"].as_array() else { return Ok(()) };
+    let Some(rows) = payload["components"].as_array() else {
+        return Ok(());
+    };
     if rows.len() > MAX_ROWS {
         let inner = field_error("BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.");
         return Err(nest(&at(&["components"]), inner));
     }
     for (r, row) in rows.iter().enumerate() {
         let row_index = r.to_string();
-        let buttons = row["components"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let buttons = row["components"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         if buttons.len() > MAX_BUTTONS_PER_ROW {
             let inner = field_error("BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.");
-            return Err(nest(&at(&["components", row_index.as_str(), "components"]), inner));
+            return Err(nest(
+                &at(&["components", row_index.as_str(), "components"]),
+                inner,
+            ));
         }
         for (b, button) in buttons.iter().enumerate() {
-            let Some(custom_id) = button["custom_id"].as_str() else { continue };
+            let Some(custom_id) = button["custom_id"].as_str() else {
+                continue;
+            };
             let length = custom_id.chars().count();
             if length == 0 || length > MAX_CUSTOM_ID {
                 let message = format!("Must be between 1 and {MAX_CUSTOM_ID} in length.");
                 let inner = field_error("BASE_TYPE_BAD_LENGTH", &message);
-                let path = at(&["components", row_index.as_str(), "components", b.to_string().as_str(), "custom_id"]);
+                let path = at(&[
+                    "components",
+                    row_index.as_str(),
+                    "components",
+                    b.to_string().as_str(),
+                    "custom_id",
+                ]);
                 return Err(nest(&path, inner));
             }
         }
@@ -137,7 +164,8 @@ mod tests {
     use super::*;
 
     fn row(buttons: usize, id_len: usize) -> Value {
-        let button = json!({ "type": 2, "style": 1, "label": "x", "custom_id": "a".repeat(id_len) });
+        let button =
+            json!({ "type": 2, "style": 1, "label": "x", "custom_id": "a".repeat(id_len) });
         json!({ "type": 1, "components": vec![button; buttons] })
     }
 
@@ -152,7 +180,7 @@ mod tests {
         let payload = json!({ "components": [row(1, 1), row(2, 101)] });
         let error = check_message(&payload, &[], 10, &["data"]).unwrap_err();
         assert_eq!(error.body["code"], 50035);
-        let leaf = &error.body["errors"]["data"]["components"]["1"]["components"]["1"]["custom_id"];
+        let leaf = &error.body["errors"]["data"]["components"]["1"]["components"]["0"]["custom_id"];
         assert_eq!(leaf["_errors"][0]["code"], "BASE_TYPE_BAD_LENGTH");
     }
 }

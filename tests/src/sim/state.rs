@@ -30,7 +30,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.world
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends to the transcript and wakes waiters.
@@ -174,17 +176,26 @@ impl World {
     }
 
     pub(crate) fn dm_channel_of(&self, user_id: u64) -> Option<u64> {
-        self.channels.values().find(|c| c.kind == ChannelKind::Dm(user_id)).map(|c| c.id)
+        self.channels
+            .values()
+            .find(|c| c.kind == ChannelKind::Dm(user_id))
+            .map(|c| c.id)
     }
 
     /// The channel object Discord puts in interactions and DM-channel answers.
     pub(crate) fn channel_json(&self, channel: &ChannelRecord) -> Value {
         match channel.kind {
-            ChannelKind::Guild(guild_id) => fixtures::guild_channel(channel.id, guild_id, &channel.name),
+            ChannelKind::Guild(guild_id) => {
+                fixtures::guild_channel(channel.id, guild_id, &channel.name)
+            }
             ChannelKind::Dm(user_id) => {
-                let recipient = self.users.get(&user_id).map(UserRecord::json).unwrap_or_default();
+                let recipient = self
+                    .users
+                    .get(&user_id)
+                    .map(UserRecord::json)
+                    .unwrap_or_default();
                 fixtures::dm_channel(channel.id, &recipient)
-            },
+            }
         }
     }
 }

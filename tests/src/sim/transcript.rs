@@ -43,7 +43,10 @@ pub enum Direction {
 #[derive(Clone, Debug)]
 pub enum Entry {
     Rest(RestCall),
-    Gateway { direction: Direction, frame: Value },
+    Gateway {
+        direction: Direction,
+        frame: Value,
+    },
     /// Something the simulator decided on its own, e.g. an interaction timing out.
     Note(String),
 }
@@ -59,7 +62,10 @@ impl Entry {
     /// The dispatch name (`t`) of a frame sent to the bot, if this is one.
     pub fn dispatch_name(&self) -> Option<&str> {
         match self {
-            Entry::Gateway { direction: Direction::ToBot, frame } => frame["t"].as_str(),
+            Entry::Gateway {
+                direction: Direction::ToBot,
+                frame,
+            } => frame["t"].as_str(),
             _ => None,
         }
     }
@@ -67,7 +73,10 @@ impl Entry {
     /// The opcode of a frame the bot sent, if this is one.
     pub fn op_from_bot(&self) -> Option<u64> {
         match self {
-            Entry::Gateway { direction: Direction::FromBot, frame } => frame["op"].as_u64(),
+            Entry::Gateway {
+                direction: Direction::FromBot,
+                frame,
+            } => frame["op"].as_u64(),
             _ => None,
         }
     }
@@ -86,11 +95,16 @@ impl Transcript {
 
     /// REST calls whose method matches and whose path starts with `prefix`.
     pub fn calls_to(&self, method: &str, prefix: &str) -> Vec<&RestCall> {
-        self.rest_calls().filter(|c| c.method == method && c.path.starts_with(prefix)).collect()
+        self.rest_calls()
+            .filter(|c| c.method == method && c.path.starts_with(prefix))
+            .collect()
     }
 
     pub fn dispatches(&self) -> Vec<&str> {
-        self.entries.iter().filter_map(Entry::dispatch_name).collect()
+        self.entries
+            .iter()
+            .filter_map(Entry::dispatch_name)
+            .collect()
     }
 }
 
@@ -101,7 +115,10 @@ fn preview(value: &Value) -> String {
     if text.len() <= BODY_PREVIEW {
         return text;
     }
-    let cut = (0..=BODY_PREVIEW).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    let cut = (0..=BODY_PREVIEW)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
     format!("{}… ({} bytes)", &text[..cut], text.len())
 }
 
@@ -114,13 +131,17 @@ impl fmt::Display for Entry {
                     write!(f, "\n      body: {}", preview(&c.body))?;
                 }
                 for file in &c.files {
-                    write!(f, "\n      file: {} {} ({} bytes)", file.field, file.filename, file.size)?;
+                    write!(
+                        f,
+                        "\n      file: {} {} ({} bytes)",
+                        file.field, file.filename, file.size
+                    )?;
                 }
                 if c.status >= 400 && !c.response.is_null() {
                     write!(f, "\n      answer: {}", preview(&c.response))?;
                 }
                 Ok(())
-            },
+            }
             Entry::Gateway { direction, frame } => {
                 let arrow = match direction {
                     Direction::ToBot => "GW  -> bot",
@@ -132,7 +153,7 @@ impl fmt::Display for Entry {
                     None if op == 2 => write!(f, "{arrow} op 2 IDENTIFY"),
                     None => write!(f, "{arrow} op {op} {}", preview(&frame["d"])),
                 }
-            },
+            }
             Entry::Note(text) => write!(f, "NOTE {text}"),
         }
     }
@@ -140,7 +161,11 @@ impl fmt::Display for Entry {
 
 impl fmt::Display for Transcript {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "--- simulator transcript ({} entries) ---", self.entries.len())?;
+        writeln!(
+            f,
+            "--- simulator transcript ({} entries) ---",
+            self.entries.len()
+        )?;
         for (index, entry) in self.entries.iter().enumerate() {
             writeln!(f, "{index:4} {entry}")?;
         }

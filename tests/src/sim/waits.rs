@@ -18,7 +18,11 @@ pub struct WaitError {
 
 impl fmt::Display for WaitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "simulator: gave up waiting for {}\n{}", self.what, self.transcript)
+        write!(
+            f,
+            "simulator: gave up waiting for {}\n{}",
+            self.what, self.transcript
+        )
     }
 }
 
@@ -45,7 +49,9 @@ pub(crate) fn failed_note(interaction_id: u64) -> String {
 }
 
 fn successful<'a>(entry: &'a Entry, method: &str, path: &str) -> Option<&'a RestCall> {
-    entry.as_rest().filter(|c| c.method == method && c.path == path && c.status < 300)
+    entry
+        .as_rest()
+        .filter(|c| c.method == method && c.path == path && c.status < 300)
 }
 
 fn as_message(value: &Value) -> Option<Message> {
@@ -67,8 +73,14 @@ impl Simulator {
             if let Some(value) = found(&self.shared.world().transcript) {
                 return Ok(value);
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
-                return Err(WaitError { what: format!("{what} (after {timeout:?})"), transcript: self.transcript() });
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Err(WaitError {
+                    what: format!("{what} (after {timeout:?})"),
+                    transcript: self.transcript(),
+                });
             }
         }
     }
@@ -79,69 +91,143 @@ impl Simulator {
         let path = format!("/applications/{}/commands", self.application_id());
         self.wait_for("READY and command registration", timeout, |entries| {
             let ready = entries.iter().any(|e| e.dispatch_name() == Some("READY"));
-            let registered = entries.iter().any(|e| successful(e, "PUT", &path).is_some());
+            let registered = entries
+                .iter()
+                .any(|e| successful(e, "PUT", &path).is_some());
             (ready && registered).then_some(())
         })
         .await
     }
 
     /// The interaction's accepted callback.
-    pub async fn wait_callback(&self, interaction: &Interaction, timeout: Duration) -> Result<Callback, WaitError> {
-        let path = format!("/interactions/{}/{}/callback", interaction.id, interaction.token);
-        self.wait_for(&format!("a callback to interaction {}", interaction.id), timeout, |entries| {
-            let call = entries.iter().find_map(|e| successful(e, "POST", &path))?;
-            Some(Callback { kind: call.body["type"].as_u64().unwrap_or(0) as u8, data: call.body["data"].clone() })
-        })
+    pub async fn wait_callback(
+        &self,
+        interaction: &Interaction,
+        timeout: Duration,
+    ) -> Result<Callback, WaitError> {
+        let path = format!(
+            "/interactions/{}/{}/callback",
+            interaction.id, interaction.token
+        );
+        self.wait_for(
+            &format!("a callback to interaction {}", interaction.id),
+            timeout,
+            |entries| {
+                let call = entries.iter().find_map(|e| successful(e, "POST", &path))?;
+                Some(Callback {
+                    kind: call.body["type"].as_u64().unwrap_or(0) as u8,
+                    data: call.body["data"].clone(),
+                })
+            },
+        )
         .await
     }
 
     /// The `n`-th (0-based) accepted follow-up message of the interaction.
-    pub async fn wait_followup_n(&self, interaction: &Interaction, n: usize, timeout: Duration) -> Result<Message, WaitError> {
+    pub async fn wait_followup_n(
+        &self,
+        interaction: &Interaction,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Message, WaitError> {
         let path = format!("/webhooks/{}/{}", self.application_id(), interaction.token);
         let what = format!("follow-up #{n} to interaction {}", interaction.id);
         self.wait_for(&what, timeout, |entries| {
-            let call = entries.iter().filter_map(|e| successful(e, "POST", &path)).nth(n)?;
+            let call = entries
+                .iter()
+                .filter_map(|e| successful(e, "POST", &path))
+                .nth(n)?;
             as_message(&call.response)
         })
         .await
     }
 
     /// The first accepted follow-up message of the interaction.
-    pub async fn wait_followup(&self, interaction: &Interaction, timeout: Duration) -> Result<Message, WaitError> {
+    pub async fn wait_followup(
+        &self,
+        interaction: &Interaction,
+        timeout: Duration,
+    ) -> Result<Message, WaitError> {
         self.wait_followup_n(interaction, 0, timeout).await
     }
 
     /// The first accepted edit of the interaction's `@original` response.
-    pub async fn wait_edit(&self, interaction: &Interaction, timeout: Duration) -> Result<Message, WaitError> {
-        let path = format!("/webhooks/{}/{}/messages/@original", self.application_id(), interaction.token);
-        self.wait_for(&format!("an edit of interaction {}'s response", interaction.id), timeout, |entries| {
-            as_message(&entries.iter().find_map(|e| successful(e, "PATCH", &path))?.response)
-        })
+    pub async fn wait_edit(
+        &self,
+        interaction: &Interaction,
+        timeout: Duration,
+    ) -> Result<Message, WaitError> {
+        let path = format!(
+            "/webhooks/{}/{}/messages/@original",
+            self.application_id(),
+            interaction.token
+        );
+        self.wait_for(
+            &format!("an edit of interaction {}'s response", interaction.id),
+            timeout,
+            |entries| {
+                as_message(
+                    &entries
+                        .iter()
+                        .find_map(|e| successful(e, "PATCH", &path))?
+                        .response,
+                )
+            },
+        )
         .await
     }
 
     /// The first message the bot posted through `POST /channels/{channel}/messages`.
-    pub async fn wait_channel_message(&self, channel: ChannelId, timeout: Duration) -> Result<Message, WaitError> {
+    pub async fn wait_channel_message(
+        &self,
+        channel: ChannelId,
+        timeout: Duration,
+    ) -> Result<Message, WaitError> {
         let path = format!("/channels/{channel}/messages");
-        self.wait_for(&format!("a bot message in channel {channel}"), timeout, |entries| {
-            as_message(&entries.iter().find_map(|e| successful(e, "POST", &path))?.response)
-        })
+        self.wait_for(
+            &format!("a bot message in channel {channel}"),
+            timeout,
+            |entries| {
+                as_message(
+                    &entries
+                        .iter()
+                        .find_map(|e| successful(e, "POST", &path))?
+                        .response,
+                )
+            },
+        )
         .await
     }
 
     /// Waits until the interaction has failed for want of a callback within 3 s.
-    pub async fn wait_interaction_failed(&self, interaction: &Interaction, timeout: Duration) -> Result<(), WaitError> {
+    pub async fn wait_interaction_failed(
+        &self,
+        interaction: &Interaction,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
         let note = failed_note(interaction.id.get());
-        self.wait_for(&format!("interaction {} to fail", interaction.id), timeout, |entries| {
-            entries.iter().any(|e| matches!(e, Entry::Note(text) if *text == note)).then_some(())
-        })
+        self.wait_for(
+            &format!("interaction {} to fail", interaction.id),
+            timeout,
+            |entries| {
+                entries
+                    .iter()
+                    .any(|e| matches!(e, Entry::Note(text) if *text == note))
+                    .then_some(())
+            },
+        )
         .await
     }
 
     /// Waits until the `count`-th RESUMED dispatch (1-based) went to the bot.
     pub async fn wait_resumed(&self, count: usize, timeout: Duration) -> Result<(), WaitError> {
         self.wait_for("the bot to resume its session", timeout, |entries| {
-            (entries.iter().filter(|e| e.dispatch_name() == Some("RESUMED")).count() >= count).then_some(())
+            (entries
+                .iter()
+                .filter(|e| e.dispatch_name() == Some("RESUMED"))
+                .count()
+                >= count)
+                .then_some(())
         })
         .await
     }

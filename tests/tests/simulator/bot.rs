@@ -39,8 +39,18 @@ async fn imagine(
     let mut content = format!("**{prompt}**");
     if let Some(image) = image {
         let client = reqwest::Client::builder().no_proxy().build()?;
-        let bytes = client.get(&image.url).send().await?.error_for_status()?.bytes().await?;
-        content.push_str(&format!(" (from {}: {} bytes)", image.filename, bytes.len()));
+        let bytes = client
+            .get(&image.url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        content.push_str(&format!(
+            " (from {}: {} bytes)",
+            image.filename,
+            bytes.len()
+        ));
     }
     let buttons = CreateActionRow::Buttons(vec![
         CreateButton::new("imagine:upscale:1").label("U1"),
@@ -55,27 +65,41 @@ async fn imagine(
 }
 
 /// Never answers: Discord shows "The application did not respond" after 3 s.
-#[poise::command(slash_command, install_context = "Guild|User", interaction_context = "Guild|BotDm")]
+#[poise::command(
+    slash_command,
+    install_context = "Guild|User",
+    interaction_context = "Guild|BotDm"
+)]
 async fn ignore(_ctx: Context<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-async fn on_event(framework: poise::FrameworkContext<'_, Data, Error>, event: &FullEvent) -> Result<(), Error> {
+async fn on_event(
+    framework: poise::FrameworkContext<'_, Data, Error>,
+    event: &FullEvent,
+) -> Result<(), Error> {
     let ctx = framework.serenity_context;
     match event {
-        FullEvent::InteractionCreate { interaction: serenity::Interaction::Component(click) } => {
-            let update = CreateInteractionResponseMessage::new().content(format!("clicked {}", click.data.custom_id));
-            click.create_response(ctx, CreateInteractionResponse::UpdateMessage(update)).await?;
-        },
-        FullEvent::Message { new_message } if !new_message.author.bot && new_message.guild_id.is_none() => {
+        FullEvent::InteractionCreate {
+            interaction: serenity::Interaction::Component(click),
+        } => {
+            let update = CreateInteractionResponseMessage::new()
+                .content(format!("clicked {}", click.data.custom_id));
+            click
+                .create_response(ctx, CreateInteractionResponse::UpdateMessage(update))
+                .await?;
+        }
+        FullEvent::Message { new_message }
+            if !new_message.author.bot && new_message.guild_id.is_none() =>
+        {
             let echo = CreateMessage::new().content(format!("You said: {}", new_message.content));
             new_message.channel_id.send_message(ctx, echo).await?;
-        },
+        }
         FullEvent::ReactionAdd { add_reaction } => {
             let note = CreateMessage::new().content(format!("reaction {}", add_reaction.emoji));
             add_reaction.channel_id.send_message(ctx, note).await?;
-        },
-        _ => {},
+        }
+        _ => {}
     }
     Ok(())
 }

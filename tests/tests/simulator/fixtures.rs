@@ -10,7 +10,8 @@ use crate::{ready_world, WAIT};
 
 /// Parses a frame and names what serenity made of it.
 fn parse(frame: &serde_json::Value) -> String {
-    let event: GatewayEvent = serde_json::from_value(frame.clone()).unwrap_or_else(|e| panic!("{e}: {frame}"));
+    let event: GatewayEvent =
+        serde_json::from_value(frame.clone()).unwrap_or_else(|e| panic!("{e}: {frame}"));
     match event {
         GatewayEvent::Dispatch(_, event) => match event {
             Event::Ready(_) => "READY".into(),
@@ -19,9 +20,13 @@ fn parse(frame: &serde_json::Value) -> String {
             Event::MessageCreate(_) => "MESSAGE_CREATE".into(),
             Event::ReactionAdd(_) => "MESSAGE_REACTION_ADD".into(),
             Event::InteractionCreate(e) => match e.interaction {
-                Interaction::Command(c) if c.guild_id.is_some() => "INTERACTION_CREATE command guild".into(),
+                Interaction::Command(c) if c.guild_id.is_some() => {
+                    "INTERACTION_CREATE command guild".into()
+                }
                 Interaction::Command(_) => "INTERACTION_CREATE command dm".into(),
-                Interaction::Component(c) if c.guild_id.is_some() => "INTERACTION_CREATE component guild".into(),
+                Interaction::Component(c) if c.guild_id.is_some() => {
+                    "INTERACTION_CREATE component guild".into()
+                }
                 Interaction::Component(_) => "INTERACTION_CREATE component dm".into(),
                 other => format!("INTERACTION_CREATE other {other:?}"),
             },
@@ -42,12 +47,21 @@ async fn every_gateway_payload_the_simulator_sent_parses_as_its_event() {
     let dm = sim.dm_channel(world.alice).unwrap();
     let image = Upload::png("in.png", vec![1, 2, 3]);
     let in_guild = sim
-        .slash_command(world.alice, world.channel, "imagine", vec![("prompt", "a".into()), ("image", image.into())])
+        .slash_command(
+            world.alice,
+            world.channel,
+            "imagine",
+            vec![("prompt", "a".into()), ("image", image.into())],
+        )
         .unwrap();
-    let in_dm = sim.slash_command(world.alice, dm, "imagine", vec![("prompt", "b".into())]).unwrap();
+    let in_dm = sim
+        .slash_command(world.alice, dm, "imagine", vec![("prompt", "b".into())])
+        .unwrap();
     for run in [&in_guild, &in_dm] {
         let result = sim.wait_followup(run, WAIT).await.unwrap();
-        let click = sim.click_button(world.alice, result.id, "imagine:reroll").unwrap();
+        let click = sim
+            .click_button(world.alice, result.id, "imagine:reroll")
+            .unwrap();
         sim.wait_callback(&click, WAIT).await.unwrap();
         sim.add_reaction(world.alice, result.id, "🎨").unwrap();
     }
@@ -56,7 +70,10 @@ async fn every_gateway_payload_the_simulator_sent_parses_as_its_event() {
     sim.drop_gateway();
     sim.wait_resumed(1, WAIT).await.unwrap();
     sim.wait_for("a heartbeat ACK", WAIT, |entries| {
-        entries.iter().any(|e| matches!(e, Entry::Gateway { frame, .. } if frame["op"] == 11)).then_some(())
+        entries
+            .iter()
+            .any(|e| matches!(e, Entry::Gateway { frame, .. } if frame["op"] == 11))
+            .then_some(())
     })
     .await
     .unwrap();
@@ -64,9 +81,16 @@ async fn every_gateway_payload_the_simulator_sent_parses_as_its_event() {
     let transcript = sim.transcript();
     let mut seen = BTreeSet::new();
     for entry in &transcript.entries {
-        if let Entry::Gateway { direction: Direction::ToBot, frame } = entry {
+        if let Entry::Gateway {
+            direction: Direction::ToBot,
+            frame,
+        } = entry
+        {
             let name = parse(frame);
-            assert!(!name.starts_with("UNKNOWN") && !name.starts_with("unexpected"), "{name}: {frame}\n{transcript}");
+            assert!(
+                !name.starts_with("UNKNOWN") && !name.starts_with("unexpected"),
+                "{name}: {frame}\n{transcript}"
+            );
             if let Some(t) = frame["t"].as_str() {
                 assert!(name.starts_with(t), "{t} parsed as {name}");
             }
@@ -74,15 +98,37 @@ async fn every_gateway_payload_the_simulator_sent_parses_as_its_event() {
         }
     }
     seen.insert(parse(&fixtures::invalid_session(false)));
-    let sequence: Vec<u64> = transcript.entries.iter().filter(|e| e.dispatch_name().is_some()).filter_map(|e| match e {
-        Entry::Gateway { frame, .. } => frame["s"].as_u64(),
-        _ => None,
-    }).collect();
-    assert_eq!(sequence, (1..=sequence.len() as u64).collect::<Vec<_>>(), "dispatches count up from 1\n{transcript}");
+    let sequence: Vec<u64> = transcript
+        .entries
+        .iter()
+        .filter(|e| e.dispatch_name().is_some())
+        .filter_map(|e| match e {
+            Entry::Gateway { frame, .. } => frame["s"].as_u64(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sequence,
+        (1..=sequence.len() as u64).collect::<Vec<_>>(),
+        "dispatches count up from 1\n{transcript}"
+    );
     let expected = [
-        "HELLO", "HEARTBEAT_ACK", "INVALID_SESSION", "READY", "RESUMED", "GUILD_CREATE", "MESSAGE_CREATE",
-        "MESSAGE_REACTION_ADD", "INTERACTION_CREATE command guild", "INTERACTION_CREATE command dm",
-        "INTERACTION_CREATE component guild", "INTERACTION_CREATE component dm",
+        "HELLO",
+        "HEARTBEAT_ACK",
+        "INVALID_SESSION",
+        "READY",
+        "RESUMED",
+        "GUILD_CREATE",
+        "MESSAGE_CREATE",
+        "MESSAGE_REACTION_ADD",
+        "INTERACTION_CREATE command guild",
+        "INTERACTION_CREATE command dm",
+        "INTERACTION_CREATE component guild",
+        "INTERACTION_CREATE component dm",
     ];
-    assert_eq!(seen, expected.iter().map(|s| s.to_string()).collect(), "{transcript}");
+    assert_eq!(
+        seen,
+        expected.iter().map(|s| s.to_string()).collect(),
+        "{transcript}"
+    );
 }

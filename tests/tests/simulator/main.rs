@@ -28,5 +28,9 @@ pub async fn ready_world() -> World {
     let alice = sim.add_user("alice");
     bot::start(&sim).await;
     sim.wait_ready(WAIT).await.unwrap();
-    World { sim, channel, alice }
+    World {
+        sim,
+        channel,
+        alice,
+    }
 }

@@ -22,17 +22,30 @@ async fn post_json(url: String, body: Value) -> (u16, Value) {
 }
 
 async fn callback(world: &World, run: &Interaction, body: Value) -> (u16, Value) {
-    let url = format!("{}/api/v10/interactions/{}/{}/callback", world.sim.api_base(), run.id, run.token);
+    let url = format!(
+        "{}/api/v10/interactions/{}/{}/callback",
+        world.sim.api_base(),
+        run.id,
+        run.token
+    );
     post_json(url, body).await
 }
 
 async fn followup(world: &World, run: &Interaction, body: Value) -> (u16, Value) {
-    let url = format!("{}/api/v10/webhooks/{}/{}", world.sim.api_base(), world.sim.application_id(), run.token);
+    let url = format!(
+        "{}/api/v10/webhooks/{}/{}",
+        world.sim.api_base(),
+        world.sim.application_id(),
+        run.token
+    );
     post_json(url, body).await
 }
 
 fn ignored(world: &World) -> Interaction {
-    world.sim.slash_command(world.alice, world.channel, "ignore", vec![]).unwrap()
+    world
+        .sim
+        .slash_command(world.alice, world.channel, "ignore", vec![])
+        .unwrap()
 }
 
 /// An interaction the test has deferred, ready for follow-ups.
@@ -59,7 +72,11 @@ async fn an_interaction_not_answered_within_three_seconds_fails() {
     world.sim.wait_interaction_failed(&run, WAIT).await.unwrap();
 
     let (status, body) = callback(&world, &run, json!({ "type": 5 })).await;
-    assert_eq!((status, body["code"].clone()), (404, json!(10062)), "{body}");
+    assert_eq!(
+        (status, body["code"].clone()),
+        (404, json!(10062)),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -74,23 +91,50 @@ async fn the_bots_unanswered_command_fails_on_the_real_clock_too() {
 async fn a_second_callback_to_the_same_interaction_is_rejected() {
     let world = ready_world().await;
     let run = deferred(&world).await;
-    let (status, body) = callback(&world, &run, json!({ "type": 4, "data": { "content": "hi" } })).await;
+    let (status, body) = callback(
+        &world,
+        &run,
+        json!({ "type": 4, "data": { "content": "hi" } }),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], 40060);
-    assert!(body.get("message").is_some() && body.get("errors").is_some(), "{body}");
+    assert!(
+        body.get("message").is_some() && body.get("errors").is_some(),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn the_interaction_token_expires_after_fifteen_minutes() {
     let world = ready_world().await;
     let run = deferred(&world).await;
-    assert_eq!(followup(&world, &run, json!({ "content": "in time" })).await.0, 200);
+    assert_eq!(
+        followup(&world, &run, json!({ "content": "in time" }))
+            .await
+            .0,
+        200
+    );
 
     world.sim.advance_clock(Duration::from_secs(15 * 60 + 1));
     let (status, body) = followup(&world, &run, json!({ "content": "too late" })).await;
-    assert_eq!((status, body["code"].clone()), (401, json!(50027)), "{body}");
-    let edit = format!("{}/api/v10/webhooks/{}/{}/messages/@original", world.sim.api_base(), world.sim.application_id(), run.token);
-    let response = client().patch(edit).json(&json!({ "content": "x" })).send().await.unwrap();
+    assert_eq!(
+        (status, body["code"].clone()),
+        (401, json!(50027)),
+        "{body}"
+    );
+    let edit = format!(
+        "{}/api/v10/webhooks/{}/{}/messages/@original",
+        world.sim.api_base(),
+        world.sim.application_id(),
+        run.token
+    );
+    let response = client()
+        .patch(edit)
+        .json(&json!({ "content": "x" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 401);
 }
 
@@ -102,7 +146,11 @@ async fn a_custom_id_over_100_characters_is_rejected() {
     assert_eq!(followup(&world, &run, ok).await.0, 200);
     let long = json!({ "components": [{ "type": 1, "components": [button(&"x".repeat(101))] }] });
     let (status, body) = followup(&world, &run, long).await;
-    assert_eq!((status, body["code"].clone()), (400, json!(50035)), "{body}");
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!(50035)),
+        "{body}"
+    );
     let leaf = &body["errors"]["components"]["0"]["components"]["0"]["custom_id"]["_errors"][0];
     assert_eq!(leaf["code"], "BASE_TYPE_BAD_LENGTH", "{body}");
 }
@@ -112,30 +160,61 @@ async fn more_than_five_rows_or_five_buttons_per_row_are_rejected() {
     let world = ready_world().await;
     let run = deferred(&world).await;
     let (status, body) = followup(&world, &run, json!({ "components": vec![row(1); 6] })).await;
-    assert_eq!((status, body["code"].clone()), (400, json!(50035)), "{body}");
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!(50035)),
+        "{body}"
+    );
     assert!(body["errors"]["components"]["_errors"].is_array(), "{body}");
 
     let (status, body) = followup(&world, &run, json!({ "components": [row(5), row(6)] })).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["errors"]["components"]["1"]["components"]["_errors"].is_array(), "{body}");
+    assert!(
+        body["errors"]["components"]["1"]["components"]["_errors"].is_array(),
+        "{body}"
+    );
 
     // The same rules hold for a message sent in the callback itself, nested under `data`.
     let fresh = ignored(&world);
-    let (status, body) = callback(&world, &fresh, json!({ "type": 4, "data": { "components": vec![row(1); 6] } })).await;
+    let (status, body) = callback(
+        &world,
+        &fresh,
+        json!({ "type": 4, "data": { "components": vec![row(1); 6] } }),
+    )
+    .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["errors"]["data"]["components"]["_errors"].is_array(), "{body}");
+    assert!(
+        body["errors"]["data"]["components"]["_errors"].is_array(),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn content_over_2000_characters_is_rejected() {
     let world = ready_world().await;
     let run = deferred(&world).await;
-    assert_eq!(followup(&world, &run, json!({ "content": "é".repeat(2000) })).await.0, 200);
+    assert_eq!(
+        followup(&world, &run, json!({ "content": "é".repeat(2000) }))
+            .await
+            .0,
+        200
+    );
     let (status, body) = followup(&world, &run, json!({ "content": "a".repeat(2001) })).await;
-    assert_eq!((status, body["code"].clone()), (400, json!(50035)), "{body}");
-    assert_eq!(body["errors"]["content"]["_errors"][0]["code"], "BASE_TYPE_MAX_LENGTH", "{body}");
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!(50035)),
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"]["content"]["_errors"][0]["code"], "BASE_TYPE_MAX_LENGTH",
+        "{body}"
+    );
 
-    let url = format!("{}/api/v10/channels/{}/messages", world.sim.api_base(), world.channel);
+    let url = format!(
+        "{}/api/v10/channels/{}/messages",
+        world.sim.api_base(),
+        world.channel
+    );
     let response = client()
         .post(url)
         .header("authorization", format!("Bot {}", world.sim.token()))
@@ -148,21 +227,40 @@ async fn content_over_2000_characters_is_rejected() {
 
 #[tokio::test]
 async fn a_file_over_the_attachment_size_limit_is_rejected() {
-    let config = SimConfig { attachment_size_limit: 1024, ..SimConfig::default() };
+    let config = SimConfig {
+        attachment_size_limit: 1024,
+        ..SimConfig::default()
+    };
     let sim = Simulator::start_with(config).await;
     let guild = sim.add_guild("g");
     let channel = sim.add_channel(guild, "c");
     let alice = sim.add_user("alice");
     bot::start(&sim).await;
     sim.wait_ready(WAIT).await.unwrap();
-    let world = World { sim, channel, alice };
+    let world = World {
+        sim,
+        channel,
+        alice,
+    };
     let run = deferred(&world).await;
 
     let send = |size: usize| {
-        let url = format!("{}/api/v10/webhooks/{}/{}", world.sim.api_base(), world.sim.application_id(), run.token);
-        let file = reqwest::multipart::Part::bytes(vec![0u8; size]).file_name("big.png").mime_str("image/png").unwrap();
+        let url = format!(
+            "{}/api/v10/webhooks/{}/{}",
+            world.sim.api_base(),
+            world.sim.application_id(),
+            run.token
+        );
+        let file = reqwest::multipart::Part::bytes(vec![0u8; size])
+            .file_name("big.png")
+            .mime_str("image/png")
+            .unwrap();
         let form = reqwest::multipart::Form::new()
-            .text("payload_json", json!({ "content": "file", "attachments": [{ "id": 0, "filename": "big.png" }] }).to_string())
+            .text(
+                "payload_json",
+                json!({ "content": "file", "attachments": [{ "id": 0, "filename": "big.png" }] })
+                    .to_string(),
+            )
             .part("files[0]", file);
         client().post(url).multipart(form).send()
     };
@@ -172,10 +270,17 @@ async fn a_file_over_the_attachment_size_limit_is_rejected() {
     assert_eq!(message["attachments"][0]["size"], 1024);
 
     let too_big = send(1025).await.unwrap();
-    assert_eq!(too_big.status().as_u16(), 413, "Discord answers 413 for oversized uploads");
+    assert_eq!(
+        too_big.status().as_u16(),
+        413,
+        "Discord answers 413 for oversized uploads"
+    );
     let body: Value = too_big.json().await.unwrap();
     assert_eq!(body["code"], 40005, "{body}");
     let calls = world.sim.transcript();
     let last = calls.rest_calls().last().unwrap();
-    assert_eq!(last.files[0].size, 1025, "the transcript records the upload\n{calls}");
+    assert_eq!(
+        last.files[0].size, 1025,
+        "the transcript records the upload\n{calls}"
+    );
 }

@@ -33,7 +33,12 @@ pub(super) async fn gateway_bot(State(shared): State<Arc<Shared>>) -> Json<Value
 pub(super) async fn application_info(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let world = shared.world();
     let bot = world.bot().json();
-    let owner = world.users.values().find(|u| !u.bot).map(|u| u.json()).unwrap_or_else(|| bot.clone());
+    let owner = world
+        .users
+        .values()
+        .find(|u| !u.bot)
+        .map(|u| u.json())
+        .unwrap_or_else(|| bot.clone());
     Json(fixtures::application(world.application_id, &bot, &owner))
 }
 
@@ -45,17 +50,31 @@ fn check_application(shared: &Shared, app: u64) -> Result<(), DiscordError> {
     if app == shared.world().application_id {
         return Ok(());
     }
-    Err(DiscordError::new(StatusCode::FORBIDDEN, 20012, "You are not authorized to perform this action on this application"))
+    Err(DiscordError::new(
+        StatusCode::FORBIDDEN,
+        20012,
+        "You are not authorized to perform this action on this application",
+    ))
 }
 
-fn register(shared: &Shared, body: &Value, guild_id: Option<u64>) -> Result<Vec<Value>, DiscordError> {
+fn register(
+    shared: &Shared,
+    body: &Value,
+    guild_id: Option<u64>,
+) -> Result<Vec<Value>, DiscordError> {
     let Some(commands) = body.as_array() else {
-        return Err(DiscordError::new(StatusCode::BAD_REQUEST, 50109, "The request body contains invalid JSON."));
+        return Err(DiscordError::new(
+            StatusCode::BAD_REQUEST,
+            50109,
+            "The request body contains invalid JSON.",
+        ));
     };
     let application_id = shared.world().application_id;
     Ok(commands
         .iter()
-        .map(|command| fixtures::registered_command(command, shared.snowflake(), application_id, guild_id))
+        .map(|command| {
+            fixtures::registered_command(command, shared.snowflake(), application_id, guild_id)
+        })
         .collect())
 }
 
@@ -81,12 +100,17 @@ pub(super) async fn create_global_command(
     let mut registered = register(&shared, &Value::Array(vec![payload.json]), None)?;
     let command = registered.remove(0);
     let mut world = shared.world();
-    world.global_commands.retain(|c| c["name"] != command["name"]);
+    world
+        .global_commands
+        .retain(|c| c["name"] != command["name"]);
     world.global_commands.push(command.clone());
     Ok(Json(command))
 }
 
-pub(super) async fn global_commands(State(shared): State<Arc<Shared>>, Path(app): Path<u64>) -> Answer {
+pub(super) async fn global_commands(
+    State(shared): State<Arc<Shared>>,
+    Path(app): Path<u64>,
+) -> Answer {
     check_application(&shared, app)?;
     Ok(Json(Value::Array(shared.world().global_commands.clone())))
 }
@@ -107,13 +131,26 @@ pub(super) async fn set_guild_commands(
     Ok(Json(Value::Array(registered)))
 }
 
-pub(super) async fn guild_commands(State(shared): State<Arc<Shared>>, Path((app, guild)): Path<(u64, u64)>) -> Answer {
+pub(super) async fn guild_commands(
+    State(shared): State<Arc<Shared>>,
+    Path((app, guild)): Path<(u64, u64)>,
+) -> Answer {
     check_application(&shared, app)?;
-    Ok(Json(Value::Array(shared.world().guild_commands.get(&guild).cloned().unwrap_or_default())))
+    Ok(Json(Value::Array(
+        shared
+            .world()
+            .guild_commands
+            .get(&guild)
+            .cloned()
+            .unwrap_or_default(),
+    )))
 }
 
 /// `POST /users/@me/channels {recipient_id}`: opens (or returns) the DM channel with a user.
-pub(super) async fn create_dm(State(shared): State<Arc<Shared>>, Extension(payload): Extension<Payload>) -> Answer {
+pub(super) async fn create_dm(
+    State(shared): State<Arc<Shared>>,
+    Extension(payload): Extension<Payload>,
+) -> Answer {
     let recipient = payload.json["recipient_id"]
         .as_str()
         .and_then(|id| id.parse::<u64>().ok())
@@ -133,7 +170,11 @@ pub(crate) fn open_dm(shared: &Shared, user_id: u64) -> Result<u64, DiscordError
         return Ok(id);
     }
     let id = shared.snowflake();
-    let record = ChannelRecord { id, name: String::new(), kind: ChannelKind::Dm(user_id) };
+    let record = ChannelRecord {
+        id,
+        name: String::new(),
+        kind: ChannelKind::Dm(user_id),
+    };
     shared.world().channels.insert(id, record);
     Ok(id)
 }

@@ -35,14 +35,18 @@ fn callback_kind_name(kind: u8) -> &'static str {
 fn claim(shared: &Shared, id: u64, token: &str) -> Result<InteractionRecord, DiscordError> {
     let now = shared.clock.elapsed();
     let mut world = shared.world();
-    let record = world.interactions.get_mut(token).filter(|r| r.id == id).ok_or_else(DiscordError::unknown_interaction)?;
+    let record = world
+        .interactions
+        .get_mut(token)
+        .filter(|r| r.id == id)
+        .ok_or_else(DiscordError::unknown_interaction)?;
     match record.status {
         InteractionStatus::Answered(_) => Err(DiscordError::already_acknowledged()),
         InteractionStatus::Failed => Err(DiscordError::unknown_interaction()),
         InteractionStatus::Pending if now.saturating_sub(record.created_at) > CALLBACK_DEADLINE => {
             record.status = InteractionStatus::Failed;
             Err(DiscordError::unknown_interaction())
-        },
+        }
         InteractionStatus::Pending => Ok(record.clone()),
     }
 }
@@ -62,33 +66,57 @@ pub(super) async fn callback(
 ) -> Result<StatusCode, DiscordError> {
     let record = claim(&shared, id, &token)?;
     let kind = payload.json["type"].as_u64().unwrap_or(0) as u8;
-    let data = payload.json.get("data").cloned().unwrap_or_else(|| json!({}));
+    let data = payload
+        .json
+        .get("data")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     let bot = shared.world().bot().json();
     let application_id = Some(shared.world().application_id);
     let original = match (kind, record.source_message) {
         (4, _) => {
             validate(&shared, &data, &payload, &["data"])?;
-            Some(create_message(&shared, record.channel_id, &bot, &data, &payload, application_id)?)
-        },
+            Some(create_message(
+                &shared,
+                record.channel_id,
+                &bot,
+                &data,
+                &payload,
+                application_id,
+            )?)
+        }
         (5, _) => {
             let flags = data["flags"].as_u64().unwrap_or(0) | FLAG_LOADING;
             let body = json!({ "content": "", "flags": flags });
-            Some(create_message(&shared, record.channel_id, &bot, &body, &Payload::default(), application_id)?)
-        },
+            Some(create_message(
+                &shared,
+                record.channel_id,
+                &bot,
+                &body,
+                &Payload::default(),
+                application_id,
+            )?)
+        }
         (6, Some(source)) => shared.world().messages.get(&source).cloned(),
         (7, Some(source)) => {
             validate(&shared, &data, &payload, &["data"])?;
             Some(edit_message(&shared, source, &data, &payload)?)
-        },
+        }
         (9, _) => None,
         _ => {
-            let message = format!("Interaction callback type {kind} is not valid for this interaction");
+            let message =
+                format!("Interaction callback type {kind} is not valid for this interaction");
             return Err(DiscordError::new(StatusCode::BAD_REQUEST, 50035, &message));
-        },
+        }
     };
-    let original_id = original.as_ref().and_then(|m| m["id"].as_str()?.parse().ok());
+    let original_id = original
+        .as_ref()
+        .and_then(|m| m["id"].as_str()?.parse().ok());
     settle(&shared, &token, kind, original_id);
-    shared.note(format!("interaction {id} answered with {kind} ({})", callback_kind_name(kind)));
+    shared.note(format!(
+        "interaction {id} answered with {kind} ({})",
+        callback_kind_name(kind)
+    ));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -99,7 +127,10 @@ fn by_token(shared: &Shared, app: u64, token: &str) -> Result<InteractionRecord,
     if app != world.application_id {
         return Err(DiscordError::not_found(10015, "Webhook"));
     }
-    let record = world.interactions.get(token).ok_or_else(DiscordError::invalid_webhook_token)?;
+    let record = world
+        .interactions
+        .get(token)
+        .ok_or_else(DiscordError::invalid_webhook_token)?;
     if now.saturating_sub(record.created_at) > TOKEN_LIFETIME {
         return Err(DiscordError::invalid_webhook_token());
     }
@@ -111,7 +142,11 @@ fn by_token(shared: &Shared, app: u64, token: &str) -> Result<InteractionRecord,
 
 fn is_loading(shared: &Shared, message_id: u64) -> bool {
     let world = shared.world();
-    world.messages.get(&message_id).and_then(|m| m["flags"].as_u64()).is_some_and(|f| f & FLAG_LOADING != 0)
+    world
+        .messages
+        .get(&message_id)
+        .and_then(|m| m["flags"].as_u64())
+        .is_some_and(|f| f & FLAG_LOADING != 0)
 }
 
 /// `POST /webhooks/{app}/{token}`: a follow-up. After a deferred reply, the first follow-up
@@ -130,7 +165,14 @@ pub(super) async fn followup(
         return Ok(Json(edit_message(&shared, original, &body, &payload)?));
     }
     let bot = shared.world().bot().json();
-    Ok(Json(create_message(&shared, record.channel_id, &bot, &payload.json, &payload, Some(app))?))
+    Ok(Json(create_message(
+        &shared,
+        record.channel_id,
+        &bot,
+        &payload.json,
+        &payload,
+        Some(app),
+    )?))
 }
 
 fn resolve(record: &InteractionRecord, message: &str) -> Result<u64, DiscordError> {
@@ -146,7 +188,14 @@ pub(super) async fn get_webhook_message(
 ) -> Answer {
     let record = by_token(&shared, app, &token)?;
     let id = resolve(&record, &message)?;
-    Ok(Json(shared.world().messages.get(&id).cloned().ok_or_else(unknown_message)?))
+    Ok(Json(
+        shared
+            .world()
+            .messages
+            .get(&id)
+            .cloned()
+            .ok_or_else(unknown_message)?,
+    ))
 }
 
 pub(super) async fn edit_webhook_message(

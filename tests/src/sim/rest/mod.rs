@@ -34,7 +34,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/gateway", get(application::gateway))
         .route("/gateway/bot", get(application::gateway_bot))
-        .route("/oauth2/applications/@me", get(application::application_info))
+        .route(
+            "/oauth2/applications/@me",
+            get(application::application_info),
+        )
         .route("/applications/@me", get(application::application_info))
         .route("/users/@me", get(application::current_user))
         .route("/users/@me/channels", post(application::create_dm))
@@ -48,7 +51,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/applications/{app}/guilds/{guild}/commands",
             put(application::set_guild_commands).get(application::guild_commands),
         )
-        .route("/interactions/{id}/{token}/callback", post(interactions::callback))
+        .route(
+            "/interactions/{id}/{token}/callback",
+            post(interactions::callback),
+        )
         .route("/webhooks/{app}/{token}", post(interactions::followup))
         .route(
             "/webhooks/{app}/{token}/messages/{message}",
@@ -60,7 +66,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/channels/{channel}/messages", post(messages::create))
         .route(
             "/channels/{channel}/messages/{message}",
-            get(messages::get).patch(messages::edit).delete(messages::delete),
+            get(messages::get)
+                .patch(messages::edit)
+                .delete(messages::delete),
         )
         .route(
             "/channels/{channel}/messages/{message}/reactions/{emoji}/@me",
@@ -71,7 +79,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .nest(API_PREFIX, api)
         .route("/attachments/{id}/{filename}", get(messages::download))
         .route("/gateway", get(super::gateway::upgrade))
-        .layer(middleware::from_fn_with_state(shared.clone(), record_and_fault))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            record_and_fault,
+        ))
         .with_state(shared)
 }
 
@@ -86,12 +97,24 @@ fn needs_bot_token(path: &str) -> bool {
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     let token = shared.config.token.as_str();
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     given == format!("Bot {token}") || given == token
 }
 
-async fn record_and_fault(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
-    let Some(path) = request.uri().path().strip_prefix(API_PREFIX).map(str::to_owned) else {
+async fn record_and_fault(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(path) = request
+        .uri()
+        .path()
+        .strip_prefix(API_PREFIX)
+        .map(str::to_owned)
+    else {
         return next.run(request).await;
     };
     let method = request.method().as_str().to_owned();
@@ -104,12 +127,14 @@ async fn record_and_fault(State(shared): State<Arc<Shared>>, request: Request, n
         Some(DiscordError::unauthorized().into_response())
     } else {
         match fault {
-            Some(Fault::RateLimited { retry_after }) => Some(rate_limited(retry_after.as_secs_f64())),
+            Some(Fault::RateLimited { retry_after }) => {
+                Some(rate_limited(retry_after.as_secs_f64()))
+            }
             Some(Fault::ServerError(status)) => Some(server_error(status)),
             Some(Fault::Latency(delay)) => {
                 tokio::time::sleep(delay).await;
                 None
-            },
+            }
             None => None,
         }
     };
@@ -118,13 +143,19 @@ async fn record_and_fault(State(shared): State<Arc<Shared>>, request: Request, n
         None => {
             parts.extensions.insert(payload.clone());
             next.run(Request::from_parts(parts, Body::empty())).await
-        },
+        }
     };
     finish(&shared, method, path, payload, response).await
 }
 
 /// Records the call and hands the answer on unchanged.
-async fn finish(shared: &Shared, method: String, path: String, payload: Payload, response: Response) -> Response {
+async fn finish(
+    shared: &Shared,
+    method: String,
+    path: String,
+    payload: Payload,
+    response: Response,
+) -> Response {
     let (parts, body) = response.into_parts();
     let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
     let answer = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -147,7 +178,10 @@ fn rate_limited(retry_after: f64) -> Response {
     headers.insert("retry-after", value(retry_after.ceil().to_string()));
     headers.insert("x-ratelimit-limit", value("5".into()));
     headers.insert("x-ratelimit-remaining", value("0".into()));
-    headers.insert("x-ratelimit-reset-after", value(format!("{retry_after:.3}")));
+    headers.insert(
+        "x-ratelimit-reset-after",
+        value(format!("{retry_after:.3}")),
+    );
     let reset = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64() + retry_after)
@@ -160,6 +194,10 @@ fn rate_limited(retry_after: f64) -> Response {
 
 fn server_error(status: u16) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let message = format!("{}: {}", status.as_u16(), status.canonical_reason().unwrap_or("Server Error"));
+    let message = format!(
+        "{}: {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Server Error")
+    );
     DiscordError::new(status, 0, &message).into_response()
 }
