@@ -153,7 +153,8 @@ impl Simulator {
     }
 
     /// A serenity `Http` aimed at this simulator, as the bot must build it: proxy base, rate
-    /// limiter off (serenity ignores the proxy otherwise), and no HTTP(S)_PROXY from the env.
+    /// limiter off (serenity ignores the proxy otherwise), no HTTP(S)_PROXY from the env, and the
+    /// application id preset (a client learns it from READY; tests calling REST directly need it).
     pub fn bot_http(&self) -> serenity::http::Http {
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -162,6 +163,7 @@ impl Simulator {
         serenity::http::HttpBuilder::new(self.token())
             .client(client)
             .proxy(self.api_base())
+            .application_id(self.application_id())
             .ratelimiter_disabled(true)
             .build()
     }

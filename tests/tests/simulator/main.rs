@@ -4,6 +4,7 @@ mod bot;
 mod faults;
 mod fixtures;
 mod flows;
+mod rest;
 mod rules;
 
 use std::time::Duration;

@@ -140,6 +140,20 @@ fn by_token(shared: &Shared, app: u64, token: &str) -> Result<InteractionRecord,
     Ok(record.clone())
 }
 
+/// The body of the edit that ends a "thinking" message: its flags (the edit's own, else the
+/// message's, e.g. ephemeral) without the loading bit.
+fn finish_loading(shared: &Shared, message_id: u64, body: &Value) -> Value {
+    let existing = shared
+        .world()
+        .messages
+        .get(&message_id)
+        .and_then(|m| m["flags"].as_u64());
+    let flags = body["flags"].as_u64().or(existing).unwrap_or(0) & !FLAG_LOADING;
+    let mut body = body.clone();
+    body["flags"] = json!(flags);
+    body
+}
+
 fn is_loading(shared: &Shared, message_id: u64) -> bool {
     let world = shared.world();
     world
@@ -159,9 +173,7 @@ pub(super) async fn followup(
     let record = by_token(&shared, app, &token)?;
     validate(&shared, &payload.json, &payload, &[])?;
     if let Some(original) = record.original.filter(|id| is_loading(&shared, *id)) {
-        let flags = payload.json["flags"].as_u64().unwrap_or(0);
-        let mut body = payload.json.clone();
-        body["flags"] = json!(flags & !FLAG_LOADING);
+        let body = finish_loading(&shared, original, &payload.json);
         return Ok(Json(edit_message(&shared, original, &body, &payload)?));
     }
     let bot = shared.world().bot().json();
@@ -206,10 +218,10 @@ pub(super) async fn edit_webhook_message(
     let record = by_token(&shared, app, &token)?;
     let id = resolve(&record, &message)?;
     validate(&shared, &payload.json, &payload, &[])?;
-    let mut body = payload.json.clone();
-    if is_loading(&shared, id) {
-        body["flags"] = json!(body["flags"].as_u64().unwrap_or(0) & !FLAG_LOADING);
-    }
+    let body = match is_loading(&shared, id) {
+        true => finish_loading(&shared, id, &payload.json),
+        false => payload.json.clone(),
+    };
     Ok(Json(edit_message(&shared, id, &body, &payload)?))
 }
 
