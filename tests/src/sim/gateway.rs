@@ -118,9 +118,11 @@ fn identify(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value)
             &session_id,
             &url,
         );
+        let intents = data["intents"].as_u64().unwrap_or(0);
         world.gateway.session = Some(Session {
             id: session_id,
             seq: 0,
+            intents,
             sent: Vec::new(),
         });
         world.gateway.live = Some(tx.clone());
@@ -160,19 +162,45 @@ fn resume(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value) {
     }
 }
 
+/// The intent (bit, name) without which Discord withholds this dispatch.
+fn required_intent(name: &str, data: &Value) -> Option<(u64, &'static str)> {
+    let in_guild = data.get("guild_id").is_some_and(|g| !g.is_null());
+    match (name, in_guild) {
+        ("MESSAGE_CREATE", true) => Some((1 << 9, "GUILD_MESSAGES")),
+        ("MESSAGE_CREATE", false) => Some((1 << 12, "DIRECT_MESSAGES")),
+        ("MESSAGE_REACTION_ADD", true) => Some((1 << 10, "GUILD_MESSAGE_REACTIONS")),
+        ("MESSAGE_REACTION_ADD", false) => Some((1 << 13, "DIRECT_MESSAGE_REACTIONS")),
+        _ => None,
+    }
+}
+
 /// Sends a dispatch in the current session (or keeps it for replay while the bot reconnects).
+/// Like Discord, withholds events the bot has no intent for (noted in the transcript).
 /// Returns false when no session exists: the bot never identified.
 pub(crate) fn dispatch(shared: &Shared, name: &str, data: Value) -> bool {
-    let mut world = shared.world();
-    let gateway = &mut world.gateway;
-    let Some(session) = gateway.session.as_mut() else {
-        return false;
+    let withheld = {
+        let mut world = shared.world();
+        let gateway = &mut world.gateway;
+        let Some(session) = gateway.session.as_mut() else {
+            return false;
+        };
+        match required_intent(name, &data) {
+            Some((bit, intent)) if session.intents & bit == 0 => Some(intent),
+            _ => {
+                session.seq += 1;
+                let frame = fixtures::dispatch(session.seq, name, data);
+                session.sent.push(frame.clone());
+                if let Some(live) = &gateway.live {
+                    let _ = live.send(Outgoing::Frame(frame));
+                }
+                None
+            }
+        }
     };
-    session.seq += 1;
-    let frame = fixtures::dispatch(session.seq, name, data);
-    session.sent.push(frame.clone());
-    if let Some(live) = &gateway.live {
-        let _ = live.send(Outgoing::Frame(frame));
+    if let Some(intent) = withheld {
+        shared.note(format!(
+            "{name} withheld: the bot did not identify with intent {intent}"
+        ));
     }
     true
 }

@@ -139,6 +139,8 @@ pub(crate) enum Outgoing {
 pub(crate) struct Session {
     pub id: String,
     pub seq: u64,
+    /// The intents bitfield the bot identified with.
+    pub intents: u64,
     /// Every dispatch of this session, for replay on RESUME.
     pub sent: Vec<Value>,
 }

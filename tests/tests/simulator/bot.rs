@@ -106,6 +106,14 @@ async fn on_event(
 
 /// Starts the bot against the simulator; it runs until the test's runtime ends.
 pub async fn start(sim: &Simulator) {
+    start_with_intents(
+        sim,
+        GatewayIntents::non_privileged() | GatewayIntents::MESSAGE_CONTENT,
+    )
+    .await;
+}
+
+pub async fn start_with_intents(sim: &Simulator, intents: GatewayIntents) {
     let framework = poise::Framework::builder()
         .options(poise::FrameworkOptions {
             commands: vec![imagine(), ignore()],
@@ -119,7 +127,6 @@ pub async fn start(sim: &Simulator) {
             })
         })
         .build();
-    let intents = GatewayIntents::non_privileged() | GatewayIntents::MESSAGE_CONTENT;
     let mut client = ClientBuilder::new_with_http(sim.bot_http(), intents)
         .framework(framework)
         .await

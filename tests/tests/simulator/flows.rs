@@ -286,3 +286,25 @@ async fn a_guild_added_while_connected_arrives_as_guild_create() {
         channel
     );
 }
+
+#[tokio::test]
+async fn events_the_bot_has_no_intent_for_are_withheld_like_discord_does() {
+    let sim = imagine_tests::Simulator::start().await;
+    sim.add_guild("Test Guild");
+    let alice = sim.add_user("alice");
+    crate::bot::start_with_intents(&sim, serenity::all::GatewayIntents::GUILDS).await;
+    sim.wait_ready(WAIT).await.unwrap();
+
+    sim.dm_text(alice, "anyone there?").unwrap();
+    sim.wait_for("the DM to be withheld", WAIT, |entries| {
+        let withheld = |e: &Entry| matches!(e, Entry::Note(n) if n.contains("DIRECT_MESSAGES"));
+        entries.iter().any(withheld).then_some(())
+    })
+    .await
+    .unwrap();
+    let transcript = sim.transcript();
+    assert!(
+        !transcript.dispatches().contains(&"MESSAGE_CREATE"),
+        "{transcript}"
+    );
+}
