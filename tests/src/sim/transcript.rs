@@ -122,6 +122,15 @@ fn preview(value: &Value) -> String {
     format!("{}… ({} bytes)", &text[..cut], text.len())
 }
 
+/// The frame data with any token blanked, so transcripts can be pasted anywhere.
+fn redacted(data: &Value) -> Value {
+    let mut data = data.clone();
+    if let Some(token) = data.get_mut("token") {
+        *token = Value::String("<redacted>".to_owned());
+    }
+    data
+}
+
 impl fmt::Display for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -151,7 +160,7 @@ impl fmt::Display for Entry {
                 match frame["t"].as_str() {
                     Some(t) => write!(f, "{arrow} op {op} {t} s={}", frame["s"]),
                     None if op == 2 => write!(f, "{arrow} op 2 IDENTIFY"),
-                    None => write!(f, "{arrow} op {op} {}", preview(&frame["d"])),
+                    None => write!(f, "{arrow} op {op} {}", preview(&redacted(&frame["d"]))),
                 }
             }
             Entry::Note(text) => write!(f, "NOTE {text}"),
@@ -170,5 +179,48 @@ impl fmt::Display for Transcript {
             writeln!(f, "{index:4} {entry}")?;
         }
         write!(f, "--- end of transcript ---")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn display_shows_calls_errors_and_frames_but_no_tokens() {
+        let rejected = RestCall {
+            method: "POST".into(),
+            path: "/webhooks/1/tok".into(),
+            body: json!({ "content": "hi" }),
+            files: vec![FileSummary {
+                field: "files[0]".into(),
+                filename: "a.png".into(),
+                size: 3,
+            }],
+            status: 400,
+            response: json!({ "code": 50035 }),
+        };
+        let resume = json!({ "op": 6, "d": { "token": "secret", "session_id": "s", "seq": 4 } });
+        let transcript = Transcript {
+            entries: vec![
+                Entry::Rest(rejected),
+                Entry::Gateway {
+                    direction: Direction::FromBot,
+                    frame: resume,
+                },
+                Entry::Gateway {
+                    direction: Direction::ToBot,
+                    frame: json!({ "op": 0, "s": 5, "t": "RESUMED", "d": {} }),
+                },
+            ],
+        };
+        let text = transcript.to_string();
+        assert!(text.contains("REST POST /webhooks/1/tok -> 400"), "{text}");
+        assert!(text.contains("file: files[0] a.png (3 bytes)"), "{text}");
+        assert!(text.contains("answer: {\"code\":50035}"), "{text}");
+        assert!(text.contains("GW  -> bot op 0 RESUMED s=5"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
     }
 }

@@ -60,6 +60,8 @@ fn as_message(value: &Value) -> Option<Message> {
 
 impl Simulator {
     /// Waits until `found` returns something for the transcript, or `timeout` passes.
+    ///
+    /// `found` runs while the simulator's state is locked: it must not call the simulator.
     pub async fn wait_for<T>(
         &self,
         what: &str,
