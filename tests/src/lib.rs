@@ -10,29 +10,35 @@
 //! ```no_run
 //! # async fn demo() {
 //! use std::time::Duration;
-//! use imagine_tests::{Simulator, OptionValue, Upload};
-//! use serenity::http::HttpBuilder;
+//! use imagine_tests::{OptionValue, Simulator, Upload};
 //!
 //! let sim = Simulator::start().await;
 //! let guild = sim.add_guild("Test Guild");
 //! let channel = sim.add_channel(guild, "general");
 //! let alice = sim.add_user("alice");
 //!
-//! // The bot builds its Http like this and hands it to `ClientBuilder::new_with_http`.
-//! let http = HttpBuilder::new(sim.token()).proxy(sim.api_base()).ratelimiter_disabled(true).build();
+//! // The bot hands this Http (proxy = `sim.api_base()`, rate limiter off, no env proxy) to
+//! // `serenity::ClientBuilder::new_with_http(http, intents)` and starts as usual.
+//! let http = sim.bot_http();
 //! # let _ = http;
-//! // ... start the bot ...
-//! sim.wait_ready(Duration::from_secs(60)).await.unwrap();
+//! sim.wait_ready(Duration::from_secs(60)).await.unwrap(); // READY sent, commands PUT
 //!
-//! let run = sim
-//!     .slash_command(alice, channel, "imagine", vec![("prompt", OptionValue::from("a cat"))])
-//!     .unwrap();
-//! let callback = sim.wait_callback(&run, Duration::from_secs(30)).await.unwrap();
-//! let followup = sim.wait_followup(&run, Duration::from_secs(30)).await.unwrap();
-//! let png = sim.file_bytes(&followup.attachments[0].url).unwrap();
-//! # let _ = (callback, png, Upload::png("x.png", vec![]));
+//! let image = Upload::png("start.png", vec![0; 16]);
+//! let options = vec![("prompt", OptionValue::from("a cat")), ("image", image.into())];
+//! let run = sim.slash_command(alice, channel, "imagine", options).unwrap();
+//! let callback = sim.wait_callback(&run, Duration::from_secs(30)).await.unwrap(); // kind 5
+//! let result = sim.wait_followup(&run, Duration::from_secs(30)).await.unwrap(); // a Message
+//! let png = sim.file_bytes(&result.attachments[0].url).unwrap();
+//! let click = sim.click_button(alice, result.id, "imagine:upscale:1").unwrap();
+//! # let _ = (callback, png, click, sim.dm_channel(alice));
 //! # }
 //! ```
+//!
+//! DMs: `sim.dm_channel(user)` gives the channel to run commands in; `dm_text` and
+//! `add_reaction` send MESSAGE_CREATE and MESSAGE_REACTION_ADD. Other waits: `wait_edit`,
+//! `wait_channel_message`, `wait_interaction_failed`, `wait_resumed`, and the general
+//! `wait_for(what, timeout, predicate)` over the transcript. Every wait returns as soon as the
+//! thing happens and, on timeout, an error whose `Debug` prints the transcript.
 //!
 //! Rules and faults: [`Simulator::advance_clock`] moves the simulator's clock (for the 3 s and
 //! 15 min rules), [`Simulator::fail_route`] injects 429/5xx/latency on chosen routes, and

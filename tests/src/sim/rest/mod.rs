@@ -121,11 +121,10 @@ async fn record_and_fault(
     let (mut parts, body) = request.into_parts();
     let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
     let payload = payload::parse(&parts.headers, bytes).await;
-    let fault = take_fault(&mut shared.world().faults, &method, &path);
-
     let refusal = if needs_bot_token(&path) && !authorized(&shared, &parts.headers) {
         Some(DiscordError::unauthorized().into_response())
     } else {
+        let fault = take_fault(&mut shared.world().faults, &method, &path);
         match fault {
             Some(Fault::RateLimited { retry_after }) => {
                 Some(rate_limited(retry_after.as_secs_f64()))
