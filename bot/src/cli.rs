@@ -57,7 +57,8 @@ pub struct GenerateArgs {
     /// Inpainting mask, same size as the init image: white is repainted, black kept.
     #[arg(long, requires = "init_image")]
     pub mask: Option<PathBuf>,
-    /// Starting noise from a safetensors file holding one f32 tensor `latents` [N,4,H/8,W/8].
+    /// Starting noise from a safetensors file holding one f32 tensor `latents` [N,4,H/8,W/8]
+    /// (N images: 1, or 2 to 4 with --grid).
     #[arg(long)]
     pub init_latents: Option<PathBuf>,
     /// Make four images (seeds seed..seed+3) and write them as a 2x2 grid.

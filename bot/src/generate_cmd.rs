@@ -26,7 +26,22 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             info.default_scheduler
         );
     }
-    let count = if args.grid { 4 } else { 1 };
+    let initial_noise = args.init_latents.as_deref().map(load_latents).transpose()?;
+    // With --init-latents the file decides how many images (a grid shows all of them).
+    let count = match &initial_noise {
+        Some(latents) => {
+            let n = latents.dim(0)?;
+            if n == 0 || n > 4 || (n > 1 && !args.grid) {
+                bail!(
+                    "{} holds {n} latents: use 1 latent, or 2 to 4 with --grid",
+                    args.init_latents.as_ref().expect("set").display()
+                );
+            }
+            n as u64
+        }
+        None if args.grid => 4,
+        None => 1,
+    };
     let seed = args.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
     let seeds: Vec<u64> = (0..count).map(|i| seed.wrapping_add(i)).collect();
     let (width, height) = args.size.unwrap_or((info.native_size, info.native_size));
@@ -34,23 +49,20 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut req = GenerateRequest::text(&args.prompt, width, height, seeds);
     req.negative_prompt = args.negative.clone();
     req.steps = args.steps.unwrap_or(if info.distilled { 1 } else { 25 });
-    req.guidance = args.guidance.unwrap_or(if info.distilled { 0.0 } else { 7.5 });
+    req.guidance = args
+        .guidance
+        .unwrap_or(if info.distilled { 0.0 } else { 7.5 });
     req.scheduler = args.scheduler;
     if let Some(path) = &args.init_image {
-        req.init = Some(load_init(path, args.mask.as_deref(), args.strength, width, height)?);
+        req.init = Some(load_init(
+            path,
+            args.mask.as_deref(),
+            args.strength,
+            width,
+            height,
+        )?);
     }
-    if let Some(path) = &args.init_latents {
-        let latents = load_latents(path)?;
-        if latents.dim(0)? != count as usize {
-            bail!(
-                "{} holds {} latents but this run makes {count} image(s){}",
-                path.display(),
-                latents.dim(0)?,
-                if count == 1 { " (add --grid for four)" } else { "" }
-            );
-        }
-        req.initial_noise = Some(latents);
-    }
+    req.initial_noise = initial_noise;
 
     let mut report = |p: &imagine_engine::Progress| {
         eprintln!("step {}/{}", p.step, p.total);
@@ -90,7 +102,10 @@ fn read_limited(path: &Path) -> Result<Vec<u8>> {
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
     if size > MAX_INPUT_BYTES {
-        bail!("{} is {size} bytes; the limit is {MAX_INPUT_BYTES}", path.display());
+        bail!(
+            "{} is {size} bytes; the limit is {MAX_INPUT_BYTES}",
+            path.display()
+        );
     }
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -111,7 +126,13 @@ fn load_image(path: &Path) -> Result<image::DynamicImage> {
 }
 
 /// Loads the init image (and mask), checks they match, and scales both to the output size.
-fn load_init(path: &Path, mask: Option<&Path>, strength: f64, w: usize, h: usize) -> Result<InitImage> {
+fn load_init(
+    path: &Path,
+    mask: Option<&Path>,
+    strength: f64,
+    w: usize,
+    h: usize,
+) -> Result<InitImage> {
     let image = load_image(path)?.to_rgb8();
     let mask: Option<GrayImage> = match mask {
         Some(m) => {
@@ -133,7 +154,12 @@ fn load_init(path: &Path, mask: Option<&Path>, strength: f64, w: usize, h: usize
         if img.dimensions() == (w as u32, h as u32) {
             img
         } else {
-            image::imageops::resize(&img, w as u32, h as u32, image::imageops::FilterType::Lanczos3)
+            image::imageops::resize(
+                &img,
+                w as u32,
+                h as u32,
+                image::imageops::FilterType::Lanczos3,
+            )
         }
     };
     let mask = mask.map(|m| {

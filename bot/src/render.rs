@@ -40,7 +40,8 @@ impl PngParameters {
     }
 }
 
-/// Tiles up to four equally sized images into a 2x2 grid (row-major: 1 2 / 3 4).
+/// Tiles up to four equally sized images two per row (row-major: 1 2 / 3 4); four images
+/// make the 2x2 grid the bot posts.
 pub fn grid_2x2(images: &[RgbImage]) -> Result<RgbImage> {
     anyhow::ensure!(
         !images.is_empty() && images.len() <= 4,
@@ -52,7 +53,8 @@ pub fn grid_2x2(images: &[RgbImage]) -> Result<RgbImage> {
         images.iter().all(|i| i.dimensions() == (w, h)),
         "grid images differ in size"
     );
-    let mut grid = RgbImage::new(w * 2, h * 2);
+    let n = images.len() as u32;
+    let mut grid = RgbImage::new(w * n.min(2), h * n.div_ceil(2));
     for (k, img) in images.iter().enumerate() {
         let (x, y) = ((k as u32 % 2) * w, (k as u32 / 2) * h);
         image::imageops::replace(&mut grid, img, x as i64, y as i64);
@@ -71,7 +73,9 @@ pub fn png_bytes(img: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
             .add_text_chunk("parameters".into(), parameters.into())
             .context("adding the parameters chunk")?;
         let mut writer = encoder.write_header().context("writing the PNG header")?;
-        writer.write_image_data(img.as_raw()).context("writing PNG data")?;
+        writer
+            .write_image_data(img.as_raw())
+            .context("writing PNG data")?;
         writer.finish().context("finishing the PNG")?;
     }
     Ok(out)
@@ -80,8 +84,8 @@ pub fn png_bytes(img: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
 /// Writes `png_bytes` to a file, creating or replacing it.
 pub fn write_png(path: &std::path::Path, img: &RgbImage, parameters: &str) -> Result<()> {
     let bytes = png_bytes(img, parameters)?;
-    let mut file = std::fs::File::create(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(&bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
@@ -130,7 +134,10 @@ mod tests {
         let img = RgbImage::from_pixel(3, 2, image::Rgb([1, 2, 3]));
         let text = params().to_text();
         let bytes = png_bytes(&img, &text).unwrap();
-        assert_eq!(read_parameters(&bytes).unwrap().as_deref(), Some(text.as_str()));
+        assert_eq!(
+            read_parameters(&bytes).unwrap().as_deref(),
+            Some(text.as_str())
+        );
         let back = image::load_from_memory(&bytes).unwrap().to_rgb8();
         assert_eq!(back, img);
     }
@@ -146,5 +153,6 @@ mod tests {
         assert_eq!(grid.get_pixel(3, 0).0[0], 60);
         assert_eq!(grid.get_pixel(0, 3).0[0], 120);
         assert_eq!(grid.get_pixel(3, 3).0[0], 180);
+        assert_eq!(grid_2x2(&imgs[..2]).unwrap().dimensions(), (4, 2));
     }
 }

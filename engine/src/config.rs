@@ -202,7 +202,10 @@ impl UNetFileConfig {
                 unsupported("UNet attention_head_dim shorter than the block list")
             })?;
             let out = self.block_out_channels[i];
-            if head_count == 0 || out % head_count != 0 || out % self.norm_num_groups != 0 {
+            if head_count == 0
+                || !out.is_multiple_of(head_count)
+                || !out.is_multiple_of(self.norm_num_groups)
+            {
                 return Err(unsupported(format!(
                     "UNet block {i}: {out} channels do not divide into {head_count} heads and {} groups",
                     self.norm_num_groups
@@ -356,7 +359,9 @@ impl TextEncoderFileConfig {
                 self.hidden_act
             )));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(unsupported(
                 "text encoder hidden size not divisible by its heads",
             ));
