@@ -47,7 +47,11 @@ impl Attention {
     fn forward(&self, xs: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let (b, s, dim) = xs.dims3()?;
         let hd = dim / self.heads;
-        let split = |t: Tensor| t.reshape((b, s, self.heads, hd))?.transpose(1, 2)?.contiguous();
+        let split = |t: Tensor| {
+            t.reshape((b, s, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
         let q = split((self.q.forward(xs)? * (hd as f64).powf(-0.5))?)?;
         let k = split(self.k.forward(xs)?)?;
         let v = split(self.v.forward(xs)?)?;
@@ -70,7 +74,9 @@ struct EncoderLayer {
 impl EncoderLayer {
     fn forward(&self, xs: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let h = (self.attn.forward(&self.ln1.forward(xs)?, mask)? + xs)?;
-        let m = self.fc2.forward(&self.act.apply(&self.fc1.forward(&self.ln2.forward(&h)?)?)?)?;
+        let m = self
+            .fc2
+            .forward(&self.act.apply(&self.fc1.forward(&self.ln2.forward(&h)?)?)?)?;
         m + h
     }
 }

@@ -138,10 +138,11 @@ impl UNetFileConfig {
             )));
         }
         if self.encoder_hid_dim.is_some() || self.dual_cross_attention {
-            return Err(unsupported("UNet with encoder_hid_dim or dual cross-attention"));
+            return Err(unsupported(
+                "UNet with encoder_hid_dim or dual cross-attention",
+            ));
         }
-        if self.only_cross_attention.as_bool() == Some(true)
-            || self.only_cross_attention.is_array()
+        if self.only_cross_attention.as_bool() == Some(true) || self.only_cross_attention.is_array()
         {
             return Err(unsupported("UNet with only_cross_attention"));
         }
@@ -149,10 +150,22 @@ impl UNetFileConfig {
             Some(v) if v != want => Err(unsupported(format!("UNet {field} {v:?}"))),
             _ => Ok(()),
         };
-        named("resnet_time_scale_shift", &self.resnet_time_scale_shift, "default")?;
+        named(
+            "resnet_time_scale_shift",
+            &self.resnet_time_scale_shift,
+            "default",
+        )?;
         named("act_fn", &self.act_fn, "silu")?;
-        named("time_embedding_type", &self.time_embedding_type, "positional")?;
-        named("mid_block_type", &self.mid_block_type, "UNetMidBlock2DCrossAttn")?;
+        named(
+            "time_embedding_type",
+            &self.time_embedding_type,
+            "positional",
+        )?;
+        named(
+            "mid_block_type",
+            &self.mid_block_type,
+            "UNetMidBlock2DCrossAttn",
+        )?;
 
         let n = self.block_out_channels.len();
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
@@ -161,8 +174,7 @@ impl UNetFileConfig {
             ));
         }
         let layers = self.uniform(&self.layers_per_block, "layers_per_block")?;
-        let cross_attention_dim =
-            self.uniform(&self.cross_attention_dim, "cross_attention_dim")?;
+        let cross_attention_dim = self.uniform(&self.cross_attention_dim, "cross_attention_dim")?;
         // diffusers names the head *count* `attention_head_dim` in SD 1/2 configs.
         let heads = self
             .num_attention_heads
@@ -186,9 +198,9 @@ impl UNetFileConfig {
                     unsupported("UNet transformer_layers_per_block shorter than the block list")
                 })?,
             };
-            let head_count = heads
-                .get(i)
-                .ok_or_else(|| unsupported("UNet attention_head_dim shorter than the block list"))?;
+            let head_count = heads.get(i).ok_or_else(|| {
+                unsupported("UNet attention_head_dim shorter than the block list")
+            })?;
             let out = self.block_out_channels[i];
             if head_count == 0 || out % head_count != 0 || out % self.norm_num_groups != 0 {
                 return Err(unsupported(format!(
@@ -285,7 +297,11 @@ impl VaeFileConfig {
         if matches!(&self.act_fn, Some(a) if a != "silu") {
             return Err(unsupported(format!("VAE act_fn {:?}", self.act_fn)));
         }
-        if self.block_out_channels.iter().any(|c| c % self.norm_num_groups != 0) {
+        if self
+            .block_out_channels
+            .iter()
+            .any(|c| c % self.norm_num_groups != 0)
+        {
             return Err(unsupported("VAE channels not divisible by norm_num_groups"));
         }
         Ok(())
@@ -329,14 +345,21 @@ impl TextEncoderFileConfig {
     pub fn validate(&self) -> Result<()> {
         if let Some(arch) = &self.architectures {
             if !arch.iter().any(|a| a == "CLIPTextModel") {
-                return Err(unsupported(format!("text encoder {arch:?} (expected CLIPTextModel)")));
+                return Err(unsupported(format!(
+                    "text encoder {arch:?} (expected CLIPTextModel)"
+                )));
             }
         }
         if !matches!(self.hidden_act.as_str(), "quick_gelu" | "gelu") {
-            return Err(unsupported(format!("text encoder activation {:?}", self.hidden_act)));
+            return Err(unsupported(format!(
+                "text encoder activation {:?}",
+                self.hidden_act
+            )));
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return Err(unsupported("text encoder hidden size not divisible by its heads"));
+            return Err(unsupported(
+                "text encoder hidden size not divisible by its heads",
+            ));
         }
         Ok(())
     }

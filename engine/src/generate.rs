@@ -11,7 +11,9 @@ use image::{GrayImage, RgbImage};
 use crate::error::{EngineError, Result};
 use crate::model::{StableDiffusion, UNetKind};
 use crate::noise::LatentNoise;
-use crate::pixels::{image_to_tensor, latent_preview, mask_to_latent, mask_to_tensor, tensor_to_images};
+use crate::pixels::{
+    image_to_tensor, latent_preview, mask_to_latent, mask_to_tensor, tensor_to_images,
+};
 use crate::schedulers::SchedulerKind;
 
 /// Largest side accepted, in pixels: beyond this a CPU job would run for hours.
@@ -190,8 +192,10 @@ impl StableDiffusion {
         // Where the schedule starts, and the latents it starts from.
         let (start, mut latents, mask) = match &req.init {
             None if info.unet_kind == UNetKind::Inpainting => {
-                let blank = RgbImage::from_pixel(req.width as u32, req.height as u32, image::Rgb([128; 3]));
-                let full = GrayImage::from_pixel(req.width as u32, req.height as u32, image::Luma([255]));
+                let blank =
+                    RgbImage::from_pixel(req.width as u32, req.height as u32, image::Rgb([128; 3]));
+                let full =
+                    GrayImage::from_pixel(req.width as u32, req.height as u32, image::Luma([255]));
                 let mask = self.mask_inputs(&blank, &full, n)?;
                 (0, (&start_noise * sampler.init_noise_sigma())?, Some(mask))
             }
@@ -253,7 +257,7 @@ impl StableDiffusion {
                     m.latents.clone()
                 };
                 let inverse = (1.0 - &m.mask)?;
-                latents = ((keep * inverse)? + (&latents * &m.mask)?)?;
+                latents = (keep.broadcast_mul(&inverse)? + latents.broadcast_mul(&m.mask)?)?;
             }
             let report = Progress {
                 step: i + 1 - start,
@@ -284,7 +288,9 @@ impl StableDiffusion {
         let mut prompt = self.tokenizer.encode(&req.prompt, 1)?;
         let mut context = None;
         if guided {
-            let negative = self.tokenizer.encode(&req.negative_prompt, prompt.chunks.len())?;
+            let negative = self
+                .tokenizer
+                .encode(&req.negative_prompt, prompt.chunks.len())?;
             if negative.chunks.len() > prompt.chunks.len() {
                 prompt = self.tokenizer.encode(&req.prompt, negative.chunks.len())?;
             }

@@ -125,8 +125,9 @@ impl StableDiffusion {
         let tokenizer =
             ClipTokenizer::load(&dir.join("tokenizer"), text_cfg.max_position_embeddings)?;
         let (device, dtype) = (&opts.device, opts.dtype);
-        let text_encoder = ClipTextModel::new(weights(dir, "text_encoder", dtype, device)?, &text_cfg)
-            .map_err(|e| mismatch(dir, "text_encoder", e))?;
+        let text_encoder =
+            ClipTextModel::new(weights(dir, "text_encoder", dtype, device)?, &text_cfg)
+                .map_err(|e| mismatch(dir, "text_encoder", e))?;
         let unet = UNet2DConditionModel::new(
             weights(dir, "unet", dtype, device)?,
             unet_cfg.in_channels,
@@ -228,7 +229,12 @@ fn mismatch(dir: &Path, component: &str, e: EngineError) -> EngineError {
 }
 
 /// Memory-maps a component's safetensors weights (whole, fp16 variant, or sharded).
-fn weights(dir: &Path, component: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+fn weights(
+    dir: &Path,
+    component: &str,
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
     let folder = dir.join(component);
     let files = weight_files(&folder, component)?;
     for f in &files {
@@ -271,17 +277,25 @@ fn weight_files(folder: &Path, component: &str) -> Result<Vec<PathBuf>> {
 /// truncated or corrupt file fails here, with its name, rather than deep inside a layer.
 fn check_safetensors(path: &Path) -> Result<()> {
     use std::io::Read;
-    let bad = |why: String| EngineError::bad_file(path, format!("not a valid safetensors file: {why}"));
+    let bad =
+        |why: String| EngineError::bad_file(path, format!("not a valid safetensors file: {why}"));
     let mut file = std::fs::File::open(path).map_err(|e| EngineError::bad_file(path, e))?;
-    let size = file.metadata().map_err(|e| EngineError::bad_file(path, e))?.len();
+    let size = file
+        .metadata()
+        .map_err(|e| EngineError::bad_file(path, e))?
+        .len();
     let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|_| bad("shorter than its header".into()))?;
+    file.read_exact(&mut len)
+        .map_err(|_| bad("shorter than its header".into()))?;
     let header_len = u64::from_le_bytes(len);
     if header_len > 100 << 20 || 8 + header_len > size {
-        return Err(bad(format!("header of {header_len} bytes in a {size}-byte file")));
+        return Err(bad(format!(
+            "header of {header_len} bytes in a {size}-byte file"
+        )));
     }
     let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    file.read_exact(&mut header)
+        .map_err(|e| bad(e.to_string()))?;
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
     let data_end = header

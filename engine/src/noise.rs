@@ -20,7 +20,10 @@ impl LatentNoise {
     /// `shape` is one image's latent shape (channels, height, width).
     pub fn new(seeds: &[u64], shape: (usize, usize, usize), device: &Device) -> Self {
         Self {
-            streams: seeds.iter().map(|s| ChaCha12Rng::seed_from_u64(*s)).collect(),
+            streams: seeds
+                .iter()
+                .map(|s| ChaCha12Rng::seed_from_u64(*s))
+                .collect(),
             shape,
             device: device.clone(),
         }
@@ -34,7 +37,11 @@ impl LatentNoise {
         for rng in &mut self.streams {
             data.extend((0..per).map(|_| -> f32 { StandardNormal.sample(rng) }));
         }
-        Ok(Tensor::from_vec(data, (self.streams.len(), c, h, w), &self.device)?)
+        Ok(Tensor::from_vec(
+            data,
+            (self.streams.len(), c, h, w),
+            &self.device,
+        )?)
     }
 }
 

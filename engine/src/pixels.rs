@@ -18,7 +18,11 @@ const LATENT_RGB: [[f32; 3]; 4] = [
 /// An RGB image to a `[1, 3, H, W]` tensor with values in [-1, 1].
 pub fn image_to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = img.dimensions();
-    let data: Vec<f32> = img.as_raw().iter().map(|v| *v as f32 / 127.5 - 1.0).collect();
+    let data: Vec<f32> = img
+        .as_raw()
+        .iter()
+        .map(|v| *v as f32 / 127.5 - 1.0)
+        .collect();
     let t = Tensor::from_vec(data, (h as usize, w as usize, 3), device)?;
     Ok(t.permute((2, 0, 1))?.unsqueeze(0)?)
 }
@@ -27,7 +31,9 @@ pub fn image_to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
 pub fn tensor_to_images(pixels: &Tensor) -> Result<Vec<RgbImage>> {
     let (n, c, h, w) = pixels.dims4()?;
     if c != 3 {
-        return Err(EngineError::invalid(format!("expected 3 colour channels, got {c}")));
+        return Err(EngineError::invalid(format!(
+            "expected 3 colour channels, got {c}"
+        )));
     }
     let bytes = ((pixels.to_dtype(DType::F32)? / 2.0)? + 0.5)?
         .clamp(0f32, 1f32)?
@@ -55,7 +61,11 @@ pub fn mask_to_tensor(mask: &GrayImage, device: &Device) -> Result<Tensor> {
         .iter()
         .map(|v| if *v >= 128 { 1.0 } else { 0.0 })
         .collect();
-    Ok(Tensor::from_vec(data, (1, 1, h as usize, w as usize), device)?)
+    Ok(Tensor::from_vec(
+        data,
+        (1, 1, h as usize, w as usize),
+        device,
+    )?)
 }
 
 /// Nearest-neighbour downsampling of a pixel mask to latent resolution (as diffusers'
@@ -114,7 +124,10 @@ mod tests {
     fn masks_are_binarised_and_downsampled_nearest() {
         let mask = GrayImage::from_fn(16, 16, |x, _| image::Luma([if x < 8 { 0 } else { 200 }]));
         let t = mask_to_latent(&mask_to_tensor(&mask, &Device::Cpu).unwrap(), 8).unwrap();
-        assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.0, 1.0, 0.0, 1.0]);
+        assert_eq!(
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![0.0, 1.0, 0.0, 1.0]
+        );
     }
 
     #[test]

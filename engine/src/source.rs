@@ -142,7 +142,12 @@ mod tests {
 
     #[test]
     fn an_unknown_name_gets_an_error_that_says_what_is_accepted() {
-        let err = resolve_model("no-such-model-folder").unwrap_err().to_string();
-        assert!(err.contains("neither a folder nor a Hugging Face repo id"), "{err}");
+        let err = resolve_model("no-such-model-folder")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("neither a folder nor a Hugging Face repo id"),
+            "{err}"
+        );
     }
 }

@@ -69,7 +69,9 @@ impl ClipTokenizer {
             .chain(pad_name.as_deref())
             .map(|t| AddedToken::from(t.to_string(), true))
             .collect();
-        inner.add_special_tokens(&specials);
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| EngineError::bad_file(dir, e))?;
         let id = |token: &str| {
             inner.token_to_id(token).ok_or_else(|| {
                 EngineError::bad_file(dir, format!("the vocabulary has no {token} token"))
@@ -139,9 +141,12 @@ fn build_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
     let bad = |e: tokenizers::Error| EngineError::bad_file(vocab, e);
     let normalizer = NormSequence::new(vec![
         NFC.into(),
-        Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
-            .map_err(bad)?
-            .into(),
+        Replace::new(
+            tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+            " ",
+        )
+        .map_err(bad)?
+        .into(),
         Lowercase.into(),
     ]);
     let split = Split::new(

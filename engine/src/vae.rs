@@ -20,7 +20,11 @@ const PAD1: Conv2dConfig = Conv2dConfig {
     cudnn_fwd_algo: None,
 };
 
-fn mid_block(vb: VarBuilder, channels: usize, groups: usize) -> candle_core::Result<UNetMidBlock2D> {
+fn mid_block(
+    vb: VarBuilder,
+    channels: usize,
+    groups: usize,
+) -> candle_core::Result<UNetMidBlock2D> {
     let cfg = UNetMidBlock2DConfig {
         resnet_eps: 1e-6,
         output_scale_factor: 1.,

@@ -26,7 +26,9 @@ pub fn load(name: &str) -> StableDiffusion {
 }
 
 pub fn reference(name: &str) -> HashMap<String, Tensor> {
-    let path = assets().join("reference").join(format!("{name}.safetensors"));
+    let path = assets()
+        .join("reference")
+        .join(format!("{name}.safetensors"));
     candle_core::safetensors::load(&path, &Device::Cpu).expect("reference tensors")
 }
 
@@ -53,7 +55,14 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// Largest per-channel difference between our images and a `[N, H, W, 3]` u8 reference.
 pub fn max_pixel_diff(ours: &[image::RgbImage], reference: &Tensor) -> u8 {
     let want = reference.flatten_all().unwrap().to_vec1::<u8>().unwrap();
-    let got: Vec<u8> = ours.iter().flat_map(|i| i.as_raw().iter().copied()).collect();
+    let got: Vec<u8> = ours
+        .iter()
+        .flat_map(|i| i.as_raw().iter().copied())
+        .collect();
     assert_eq!(got.len(), want.len(), "image sizes differ");
-    got.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap()
+    got.iter()
+        .zip(&want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap()
 }

@@ -16,7 +16,10 @@ fn request(seeds: Vec<u64>, kind: SchedulerKind) -> GenerateRequest {
 }
 
 fn run(req: &GenerateRequest) -> Vec<image::RgbImage> {
-    load("tiny-sd15").generate(req, &mut |_| ControlFlow::Continue(())).unwrap().images
+    load("tiny-sd15")
+        .generate(req, &mut |_| ControlFlow::Continue(()))
+        .unwrap()
+        .images
 }
 
 #[test]
@@ -43,7 +46,12 @@ fn an_images_pixels_do_not_depend_on_the_batch_it_ran_in() {
 }
 
 fn image_tensor(img: &image::RgbImage) -> candle_core::Tensor {
-    candle_core::Tensor::from_vec(img.as_raw().clone(), (1, 64, 64, 3), &candle_core::Device::Cpu).unwrap()
+    candle_core::Tensor::from_vec(
+        img.as_raw().clone(),
+        (1, 64, 64, 3),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -60,7 +68,9 @@ fn a_prompt_past_77_tokens_is_chunked_and_changes_the_image() {
     let sd = load("tiny-sd15");
     let mut req = request(vec![3], SchedulerKind::Euler);
     req.prompt = long;
-    let out = sd.generate(&req, &mut |_| ControlFlow::Continue(())).unwrap();
+    let out = sd
+        .generate(&req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
     assert!(out.prompt_tokens > 75 && out.prompt_chunks >= 2, "{out:?}");
     assert_ne!(out.images, run(&request(vec![3], SchedulerKind::Euler)));
 }
@@ -93,8 +103,11 @@ fn progress_reports_each_step_with_previews_and_cancel_stops_between_steps() {
 
 #[test]
 fn inpainting_keeps_the_unmasked_half() {
-    let init = image::open(assets().join("reference/init_64.png")).unwrap().to_rgb8();
-    let mask = image::GrayImage::from_fn(64, 64, |x, _| image::Luma([if x < 32 { 0 } else { 255 }]));
+    let init = image::open(assets().join("reference/init_64.png"))
+        .unwrap()
+        .to_rgb8();
+    let mask =
+        image::GrayImage::from_fn(64, 64, |x, _| image::Luma([if x < 32 { 0 } else { 255 }]));
     let mut req = request(vec![4], SchedulerKind::Euler);
     req.steps = 8;
     req.init = Some(InitImage {
@@ -119,5 +132,8 @@ fn inpainting_keeps_the_unmasked_half() {
     };
     let kept = diff(&out, &init, 4..28);
     let changed = diff(&unmasked, &init, 4..28);
-    assert!(kept < changed, "masked area drifted: {kept} vs unmasked run {changed}");
+    assert!(
+        kept < changed,
+        "masked area drifted: {kept} vs unmasked run {changed}"
+    );
 }

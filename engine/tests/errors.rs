@@ -39,7 +39,9 @@ fn a_missing_weight_file_is_named() {
     let tmp = copy_model("tiny-sd15");
     std::fs::remove_file(tmp.path().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
     match load_err(tmp.path()) {
-        EngineError::MissingFile { path } => assert!(path.ends_with("unet/diffusion_pytorch_model.safetensors")),
+        EngineError::MissingFile { path } => {
+            assert!(path.ends_with("unet/diffusion_pytorch_model.safetensors"))
+        }
         other => panic!("unexpected {other}"),
     }
 }
@@ -58,7 +60,11 @@ fn a_truncated_weight_file_is_reported_not_loaded() {
 #[test]
 fn garbage_in_a_weight_file_is_reported() {
     let tmp = copy_model("tiny-sd15");
-    std::fs::write(tmp.path().join("text_encoder/model.safetensors"), b"not safetensors at all").unwrap();
+    std::fs::write(
+        tmp.path().join("text_encoder/model.safetensors"),
+        b"not safetensors at all",
+    )
+    .unwrap();
     assert!(matches!(load_err(tmp.path()), EngineError::BadFile { .. }));
 }
 
@@ -66,10 +72,14 @@ fn garbage_in_a_weight_file_is_reported() {
 fn an_unknown_architecture_is_refused_by_name() {
     let tmp = copy_model("tiny-sd15");
     let cfg = tmp.path().join("unet/config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"CrossAttnDownBlock2D\"", "\"SimpleCrossAttnDownBlock2D\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"CrossAttnDownBlock2D\"", "\"SimpleCrossAttnDownBlock2D\"");
     std::fs::write(&cfg, text).unwrap();
     match load_err(tmp.path()) {
-        EngineError::UnsupportedArchitecture(msg) => assert!(msg.contains("SimpleCrossAttnDownBlock2D"), "{msg}"),
+        EngineError::UnsupportedArchitecture(msg) => {
+            assert!(msg.contains("SimpleCrossAttnDownBlock2D"), "{msg}")
+        }
         other => panic!("unexpected {other}"),
     }
 }
@@ -87,20 +97,32 @@ fn a_corrupt_config_names_its_file() {
 #[test]
 fn fp16_weight_files_load_and_generate() {
     let tmp = copy_model("tiny-sd15");
-    for (dir, name) in [("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")] {
+    for (dir, name) in [
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ] {
         let src = tmp.path().join(dir).join(format!("{name}.safetensors"));
         let tensors = candle_core::safetensors::load(&src, &candle_core::Device::Cpu).unwrap();
         let half: std::collections::HashMap<String, candle_core::Tensor> = tensors
             .into_iter()
             .map(|(k, v)| (k, v.to_dtype(candle_core::DType::F16).unwrap()))
             .collect();
-        candle_core::safetensors::save(&half, tmp.path().join(dir).join(format!("{name}.fp16.safetensors"))).unwrap();
+        candle_core::safetensors::save(
+            &half,
+            tmp.path()
+                .join(dir)
+                .join(format!("{name}.fp16.safetensors")),
+        )
+        .unwrap();
         std::fs::remove_file(src).unwrap();
     }
     let sd = StableDiffusion::load(tmp.path(), &LoadOptions::default()).unwrap();
     let mut req = GenerateRequest::text(PROMPT, 64, 64, vec![1]);
     req.steps = 2;
-    let out = sd.generate(&req, &mut |_| ControlFlow::Continue(())).unwrap();
+    let out = sd
+        .generate(&req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(out.images[0].dimensions(), (64, 64));
 }
 
@@ -124,14 +146,29 @@ fn impossible_requests_are_refused_with_the_reason() {
     let init = image::RgbImage::new(64, 64);
     for strength in [-0.1, 1.5, f64::NAN] {
         let mut r = base.clone();
-        r.init = Some(InitImage { image: init.clone(), strength, mask: None });
+        r.init = Some(InitImage {
+            image: init.clone(),
+            strength,
+            mask: None,
+        });
         assert!(gen_err(&r).contains("strength"), "{strength}");
     }
     let mut r = base.clone();
-    r.init = Some(InitImage { image: init.clone(), strength: 0.5, mask: Some(image::GrayImage::new(32, 64)) });
+    r.init = Some(InitImage {
+        image: init.clone(),
+        strength: 0.5,
+        mask: Some(image::GrayImage::new(32, 64)),
+    });
     assert!(gen_err(&r).contains("mask"));
     let mut r = base.clone();
-    r.initial_noise = Some(candle_core::Tensor::zeros((2, 4, 8, 8), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap());
+    r.initial_noise = Some(
+        candle_core::Tensor::zeros(
+            (2, 4, 8, 8),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap(),
+    );
     assert!(gen_err(&r).contains("shape"));
     let mut r = base;
     r.seeds.clear();

@@ -18,7 +18,9 @@ fn txt2img(model: &str, kind: SchedulerKind) -> Vec<image::RgbImage> {
     req.guidance = 7.5;
     req.scheduler = Some(kind);
     req.initial_noise = Some(reference_latents());
-    sd.generate(&req, &mut |_| ControlFlow::Continue(())).unwrap().images
+    sd.generate(&req, &mut |_| ControlFlow::Continue(()))
+        .unwrap()
+        .images
 }
 
 #[test]
@@ -32,11 +34,19 @@ fn tokenizer_matches_transformers_on_every_reference_prompt() {
         for p in prompts {
             let prompt = p["prompt"].as_str().unwrap();
             let ids = |k: &str| -> Vec<u32> {
-                p[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+                p[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect()
             };
             let untruncated = ids("untruncated_ids");
             let inner = &untruncated[1..untruncated.len() - 1];
-            assert_eq!(sd.tokenizer().tokens(prompt).unwrap(), inner, "{model}: {prompt:?}");
+            assert_eq!(
+                sd.tokenizer().tokens(prompt).unwrap(),
+                inner,
+                "{model}: {prompt:?}"
+            );
             // The first window is exactly what diffusers feeds the text encoder.
             let ours = sd.tokenizer().encode(prompt, 1).unwrap();
             assert_eq!(ours.chunks[0], ids("input_ids"), "{model}: {prompt:?}");
@@ -50,7 +60,10 @@ fn text_embeddings_match_diffusers() {
     for model in MODELS {
         let sd = load(model);
         let r = reference(model);
-        for (ids, want) in [("input_ids_cond", "text_cond"), ("input_ids_uncond", "text_uncond")] {
+        for (ids, want) in [
+            ("input_ids_cond", "text_cond"),
+            ("input_ids_uncond", "text_uncond"),
+        ] {
             let ids: Vec<u32> = r[ids]
                 .flatten_all()
                 .unwrap()
@@ -100,7 +113,11 @@ fn euler_images_match_diffusers_within_2_levels() {
 #[test]
 fn dpmpp_2m_karras_images_match_diffusers_within_2_levels() {
     for model in MODELS {
-        assert_pixels_match(model, SchedulerKind::DpmPp2mKarras, "image_dpmpp_2m_karras_u8");
+        assert_pixels_match(
+            model,
+            SchedulerKind::DpmPp2mKarras,
+            "image_dpmpp_2m_karras_u8",
+        );
     }
 }
 
@@ -115,7 +132,12 @@ fn scheduler_timesteps_match_diffusers() {
             (SchedulerKind::DpmPp2mKarras, "timesteps_dpmpp_2m_karras"),
         ] {
             let want = r[key].to_vec1::<f32>().unwrap();
-            let got: Vec<f32> = sd.sampler_timesteps(kind, 8).unwrap().iter().map(|t| *t as f32).collect();
+            let got: Vec<f32> = sd
+                .sampler_timesteps(kind, 8)
+                .unwrap()
+                .iter()
+                .map(|t| *t as f32)
+                .collect();
             assert_eq!(got, want, "{model} {kind}");
         }
     }
@@ -123,7 +145,9 @@ fn scheduler_timesteps_match_diffusers() {
 
 #[test]
 fn image_to_image_at_strength_0_6_matches_diffusers() {
-    let init = image::open(assets().join("reference/init_64.png")).unwrap().to_rgb8();
+    let init = image::open(assets().join("reference/init_64.png"))
+        .unwrap()
+        .to_rgb8();
     for model in MODELS {
         let sd = load(model);
         let r = reference(model);
@@ -150,9 +174,14 @@ fn image_to_image_at_strength_0_6_matches_diffusers() {
         assert!(diff <= 2, "{model} img2img: max pixel diff {diff}/255");
         // The encoder's mean, as diffusers computes it.
         let latents = sd
-            .vae_encode(&imagine_engine::pixels::image_to_tensor(&init, &candle_core::Device::Cpu).unwrap())
+            .vae_encode(
+                &imagine_engine::pixels::image_to_tensor(&init, &candle_core::Device::Cpu).unwrap(),
+            )
             .unwrap();
         let want: Tensor = r["img2img_init_latents"].narrow(0, 0, 1).unwrap();
-        assert!(max_abs_diff(&latents, &want) < 1e-4, "{model}: VAE mean differs");
+        assert!(
+            max_abs_diff(&latents, &want) < 1e-4,
+            "{model}: VAE mean differs"
+        );
     }
 }

@@ -2,7 +2,9 @@
 
 use candle_core::Tensor;
 
-use super::schedule::{linspace, round_half_even, spaced_timesteps, NoiseSchedule, Prediction, Spacing};
+use super::schedule::{
+    linspace, round_half_even, spaced_timesteps, NoiseSchedule, Prediction, Spacing,
+};
 use super::{axpby, Sampler, StepOutput};
 use crate::error::Result;
 use crate::noise::LatentNoise;
@@ -85,7 +87,12 @@ impl Sampler for Ddim {
                 axpby(alpha.sqrt(), model_output, beta.sqrt(), sample)?,
             ),
         };
-        let prev_sample = axpby(alpha_prev.sqrt(), &denoised, (1.0 - alpha_prev).sqrt(), &eps)?;
+        let prev_sample = axpby(
+            alpha_prev.sqrt(),
+            &denoised,
+            (1.0 - alpha_prev).sqrt(),
+            &eps,
+        )?;
         Ok(StepOutput {
             prev_sample,
             denoised,

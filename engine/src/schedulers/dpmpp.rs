@@ -5,7 +5,10 @@
 
 use candle_core::Tensor;
 
-use super::schedule::{interp, karras_sigmas, linspace, round_half_even, sigma_to_t, NoiseSchedule, Prediction, Spacing};
+use super::schedule::{
+    interp, karras_sigmas, linspace, round_half_even, sigma_to_t, NoiseSchedule, Prediction,
+    Spacing,
+};
 use super::{axpby, Sampler, StepOutput};
 use crate::error::Result;
 use crate::noise::LatentNoise;
@@ -69,7 +72,10 @@ impl DpmPp2m {
                 .collect();
             s
         } else {
-            timesteps.iter().map(|t| interp(*t, &train_sigmas)).collect()
+            timesteps
+                .iter()
+                .map(|t| interp(*t, &train_sigmas))
+                .collect()
         };
         sigmas.push(0.0);
         Self {

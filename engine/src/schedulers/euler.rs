@@ -4,7 +4,9 @@
 
 use candle_core::Tensor;
 
-use super::schedule::{interp, karras_sigmas, sigma_to_t, spaced_timesteps, NoiseSchedule, Prediction, Spacing};
+use super::schedule::{
+    interp, karras_sigmas, sigma_to_t, spaced_timesteps, NoiseSchedule, Prediction, Spacing,
+};
 use super::{axpby, Sampler, StepOutput};
 use crate::error::Result;
 use crate::noise::LatentNoise;
@@ -22,16 +24,23 @@ impl Euler {
     pub fn new(schedule: &NoiseSchedule, steps: usize, ancestral: bool) -> Self {
         let spacing = schedule.spacing.unwrap_or(Spacing::Linspace);
         let train = schedule.train_steps();
-        let mut timesteps: Vec<f64> = spaced_timesteps(spacing, train, steps, schedule.steps_offset)
-            .into_iter()
-            .map(|t| t as f32 as f64)
-            .collect();
+        let mut timesteps: Vec<f64> =
+            spaced_timesteps(spacing, train, steps, schedule.steps_offset)
+                .into_iter()
+                .map(|t| t as f32 as f64)
+                .collect();
         let train_sigmas = schedule.train_sigmas();
-        let mut sigmas: Vec<f64> = timesteps.iter().map(|t| interp(*t, &train_sigmas)).collect();
+        let mut sigmas: Vec<f64> = timesteps
+            .iter()
+            .map(|t| interp(*t, &train_sigmas))
+            .collect();
         if !ancestral && schedule.use_karras_sigmas == Some(true) {
             let log_sigmas: Vec<f64> = train_sigmas.iter().map(|s| s.ln()).collect();
             sigmas = karras_sigmas(&sigmas, steps);
-            timesteps = sigmas.iter().map(|s| sigma_to_t(*s, &log_sigmas) as f32 as f64).collect();
+            timesteps = sigmas
+                .iter()
+                .map(|s| sigma_to_t(*s, &log_sigmas) as f32 as f64)
+                .collect();
         }
         sigmas.push(0.0);
         let sigmas: Vec<f64> = sigmas.into_iter().map(|s| s as f32 as f64).collect();

@@ -35,7 +35,8 @@ pub struct NoiseSchedule {
 
 impl NoiseSchedule {
     pub fn from_config(cfg: &SchedulerFileConfig) -> Result<Self> {
-        let bad = |msg: String| EngineError::UnsupportedArchitecture(format!("scheduler config: {msg}"));
+        let bad =
+            |msg: String| EngineError::UnsupportedArchitecture(format!("scheduler config: {msg}"));
         let n = cfg.num_train_timesteps.unwrap_or(1000);
         if n < 2 {
             return Err(bad(format!("num_train_timesteps {n}")));
@@ -44,7 +45,9 @@ impl NoiseSchedule {
         let end = cfg.beta_end.unwrap_or(0.02);
         let betas: Vec<f32> = match (&cfg.trained_betas, cfg.beta_schedule.as_deref()) {
             (Some(b), _) if !b.is_empty() => b.iter().map(|x| *x as f32).collect(),
-            (_, None | Some("linear")) => linspace(start, end, n).iter().map(|x| *x as f32).collect(),
+            (_, None | Some("linear")) => {
+                linspace(start, end, n).iter().map(|x| *x as f32).collect()
+            }
             (_, Some("scaled_linear")) => linspace(start.sqrt(), end.sqrt(), n)
                 .iter()
                 .map(|x| (*x as f32) * (*x as f32))
@@ -113,7 +116,13 @@ pub fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
         _ => {
             let step = (end - start) / (n - 1) as f64;
             (0..n)
-                .map(|i| if i == n - 1 { end } else { start + step * i as f64 })
+                .map(|i| {
+                    if i == n - 1 {
+                        end
+                    } else {
+                        start + step * i as f64
+                    }
+                })
                 .collect()
         }
     }
@@ -175,7 +184,10 @@ pub fn round_half_even(x: f64) -> f64 {
 /// Inference timesteps as diffusers' DDIM/Euler compute them for `n` steps.
 pub fn spaced_timesteps(spacing: Spacing, train: usize, n: usize, offset: usize) -> Vec<f64> {
     match spacing {
-        Spacing::Linspace => linspace(0.0, (train - 1) as f64, n).into_iter().rev().collect(),
+        Spacing::Linspace => linspace(0.0, (train - 1) as f64, n)
+            .into_iter()
+            .rev()
+            .collect(),
         Spacing::Leading => {
             let ratio = train / n;
             (0..n).rev().map(|i| (i * ratio + offset) as f64).collect()

@@ -1,0 +1,239 @@
+//! The gateway: one WebSocket per connection, speaking Discord's opcodes.
+//!
+//! HELLO on connect; IDENTIFY starts a session (READY, then GUILD_CREATE per guild); heartbeats
+//! get ACKs; RESUME of a known session replays what the bot missed and ends with RESUMED, while
+//! an unknown session gets INVALID_SESSION so the bot identifies afresh. Dispatches carry one
+//! increasing sequence number per session and are kept for replay.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::fixtures::{self, GuildParts};
+use super::state::{Outgoing, Session, Shared};
+use super::transcript::{Direction, Entry};
+
+/// Close code Discord uses for "unknown error, reconnect".
+pub(crate) const CLOSE_UNKNOWN_ERROR: u16 = 4000;
+const CLOSE_AUTHENTICATION_FAILED: u16 = 4004;
+
+pub(super) async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| connection(shared, socket))
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+async fn send(shared: &Shared, sink: &mut Sink, frame: Value) -> bool {
+    let text = frame.to_string();
+    shared.record(Entry::Gateway {
+        direction: Direction::ToBot,
+        frame,
+    });
+    sink.send(Message::Text(text.into())).await.is_ok()
+}
+
+async fn connection(shared: Arc<Shared>, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    shared.world().gateway.connections += 1;
+    let interval = shared.config.heartbeat_interval.as_millis() as u64;
+    if !send(&shared, &mut sink, fixtures::hello(interval)).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            incoming = stream.next() => {
+                let Some(Ok(message)) = incoming else { break };
+                let text = match message {
+                    Message::Text(text) => text.to_string(),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                shared.record(Entry::Gateway { direction: Direction::FromBot, frame: frame.clone() });
+                handle_frame(&shared, &tx, &frame);
+            },
+            outgoing = rx.recv() => match outgoing {
+                Some(Outgoing::Frame(frame)) => {
+                    if !send(&shared, &mut sink, frame).await {
+                        break;
+                    }
+                },
+                Some(Outgoing::Close(code)) => {
+                    shared.note(format!("gateway closed by the simulator with code {code}"));
+                    let frame = CloseFrame { code, reason: "simulated disconnect".into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    break;
+                },
+                None => break,
+            },
+        }
+    }
+    let mut world = shared.world();
+    if world
+        .gateway
+        .live
+        .as_ref()
+        .is_some_and(|live| live.same_channel(&tx))
+    {
+        world.gateway.live = None;
+    }
+}
+
+fn handle_frame(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, frame: &Value) {
+    match frame["op"].as_u64() {
+        Some(1) => {
+            let _ = tx.send(Outgoing::Frame(fixtures::heartbeat_ack()));
+        }
+        Some(2) => identify(shared, tx, &frame["d"]),
+        Some(6) => resume(shared, tx, &frame["d"]),
+        _ => {}
+    }
+}
+
+fn token_matches(shared: &Shared, given: &str) -> bool {
+    let token = shared.config.token.as_str();
+    given == token || given.strip_prefix("Bot ") == Some(token)
+}
+
+fn identify(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value) {
+    if !token_matches(shared, data["token"].as_str().unwrap_or("")) {
+        let _ = tx.send(Outgoing::Close(CLOSE_AUTHENTICATION_FAILED));
+        return;
+    }
+    let session_id = format!("simulated-session-{}", shared.snowflake());
+    let url = super::rest::gateway_url(shared);
+    let ready = {
+        let mut world = shared.world();
+        let guild_ids: Vec<u64> = world.guilds.keys().copied().collect();
+        let ready = fixtures::ready(
+            &world.bot().json(),
+            world.application_id,
+            &guild_ids,
+            &session_id,
+            &url,
+        );
+        let intents = data["intents"].as_u64().unwrap_or(0);
+        world.gateway.session = Some(Session {
+            id: session_id,
+            seq: 0,
+            intents,
+            sent: Vec::new(),
+        });
+        world.gateway.live = Some(tx.clone());
+        ready
+    };
+    dispatch(shared, "READY", ready);
+    let guild_ids: Vec<u64> = shared.world().guilds.keys().copied().collect();
+    for guild_id in guild_ids {
+        dispatch_guild_create(shared, guild_id);
+    }
+}
+
+fn resume(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value) {
+    let known = {
+        let mut world = shared.world();
+        let seen = data["seq"].as_u64().unwrap_or(0);
+        let matches = world
+            .gateway
+            .session
+            .as_ref()
+            .filter(|s| data["session_id"].as_str() == Some(s.id.as_str()));
+        match matches {
+            Some(session) => {
+                for frame in session.sent.iter().filter(|f| f["s"].as_u64() > Some(seen)) {
+                    let _ = tx.send(Outgoing::Frame(frame.clone()));
+                }
+                world.gateway.live = Some(tx.clone());
+                true
+            }
+            None => false,
+        }
+    };
+    if known {
+        dispatch(shared, "RESUMED", serde_json::json!({}));
+    } else {
+        let _ = tx.send(Outgoing::Frame(fixtures::invalid_session(false)));
+    }
+}
+
+/// The intent (bit, name) without which Discord withholds this dispatch.
+fn required_intent(name: &str, data: &Value) -> Option<(u64, &'static str)> {
+    let in_guild = data.get("guild_id").is_some_and(|g| !g.is_null());
+    match (name, in_guild) {
+        ("MESSAGE_CREATE", true) => Some((1 << 9, "GUILD_MESSAGES")),
+        ("MESSAGE_CREATE", false) => Some((1 << 12, "DIRECT_MESSAGES")),
+        ("MESSAGE_REACTION_ADD", true) => Some((1 << 10, "GUILD_MESSAGE_REACTIONS")),
+        ("MESSAGE_REACTION_ADD", false) => Some((1 << 13, "DIRECT_MESSAGE_REACTIONS")),
+        _ => None,
+    }
+}
+
+/// Sends a dispatch in the current session (or keeps it for replay while the bot reconnects).
+/// Like Discord, withholds events the bot has no intent for (noted in the transcript).
+/// Returns false when no session exists: the bot never identified.
+pub(crate) fn dispatch(shared: &Shared, name: &str, data: Value) -> bool {
+    let withheld = {
+        let mut world = shared.world();
+        let gateway = &mut world.gateway;
+        let Some(session) = gateway.session.as_mut() else {
+            return false;
+        };
+        match required_intent(name, &data) {
+            Some((bit, intent)) if session.intents & bit == 0 => Some(intent),
+            _ => {
+                session.seq += 1;
+                let frame = fixtures::dispatch(session.seq, name, data);
+                session.sent.push(frame.clone());
+                if let Some(live) = &gateway.live {
+                    let _ = live.send(Outgoing::Frame(frame));
+                }
+                None
+            }
+        }
+    };
+    if let Some(intent) = withheld {
+        shared.note(format!(
+            "{name} withheld: the bot did not identify with intent {intent}"
+        ));
+    }
+    true
+}
+
+pub(crate) fn dispatch_guild_create(shared: &Shared, guild_id: u64) {
+    let joined_at = shared.clock.timestamp();
+    let payload = {
+        let world = shared.world();
+        let Some(guild) = world.guilds.get(&guild_id) else {
+            return;
+        };
+        let channels = guild
+            .channels
+            .iter()
+            .filter_map(|id| world.channels.get(id))
+            .map(|c| world.channel_json(c))
+            .collect();
+        let mut members = vec![fixtures::member(&world.bot().json(), &joined_at)];
+        members.extend(
+            world
+                .users
+                .values()
+                .filter(|u| !u.bot)
+                .map(|u| fixtures::member(&u.json(), &joined_at)),
+        );
+        fixtures::guild_create(GuildParts {
+            id: guild.id,
+            name: &guild.name,
+            owner_id: guild.owner_id,
+            joined_at: &joined_at,
+            channels,
+            members,
+        })
+    };
+    dispatch(shared, "GUILD_CREATE", payload);
+}

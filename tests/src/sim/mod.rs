@@ -1,0 +1,300 @@
+//! The simulator: the public handle tests hold, wiring the REST server, the gateway and the
+//! simulated world together. Scripted user actions live in `actions`, awaiting in `waits`.
+
+mod actions;
+mod clock;
+pub mod faults;
+pub mod fixtures;
+mod gateway;
+mod rest;
+mod rules;
+mod state;
+pub mod transcript;
+mod waits;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serenity::all::{ApplicationId, ChannelId, GuildId, Message, MessageId, UserId};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use actions::{Interaction, OptionValue, Upload};
+pub use waits::{Callback, WaitError};
+
+use clock::SimClock;
+use faults::{Fault, FaultRule};
+use state::{ChannelKind, ChannelRecord, GuildRecord, Outgoing, Shared, UserRecord, World};
+use transcript::Transcript;
+
+/// How a simulator starts. `Default` is what Discord does, with a short heartbeat so tests see
+/// heartbeats quickly.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The bot token the simulator accepts. Fake, never a real one.
+    pub token: String,
+    pub heartbeat_interval: Duration,
+    /// Per-file upload limit, also sent to the bot as `attachment_size_limit`.
+    pub attachment_size_limit: usize,
+    /// The bot user's name.
+    pub bot_name: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            token: "simulated.bot-token.not-a-real-discord-token".to_owned(),
+            heartbeat_interval: Duration::from_millis(1000),
+            attachment_size_limit: 10 * 1024 * 1024,
+            bot_name: "Imagine".to_owned(),
+        }
+    }
+}
+
+/// A scripted action Discord itself would not allow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimError {
+    UnknownUser(u64),
+    UnknownChannel(u64),
+    UnknownMessage(u64),
+    /// No registered command by that name for that place.
+    UnknownCommand(String),
+    /// The command's `contexts` do not include this kind of place (guild or DM).
+    NotAllowedHere(String),
+    NoSuchButton(String),
+    /// The bot has no gateway session, so nothing can be delivered to it.
+    BotNotConnected,
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimError::UnknownUser(id) => write!(f, "no user {id} in the simulator"),
+            SimError::UnknownChannel(id) => write!(f, "no channel {id} in the simulator"),
+            SimError::UnknownMessage(id) => write!(f, "no message {id} in the simulator"),
+            SimError::UnknownCommand(name) => {
+                write!(f, "the bot registered no command /{name} here")
+            }
+            SimError::NotAllowedHere(name) => write!(f, "/{name} is not allowed in this context"),
+            SimError::NoSuchButton(id) => write!(f, "the message has no enabled button {id:?}"),
+            SimError::BotNotConnected => write!(f, "the bot has no gateway session"),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+/// A running Discord simulator on 127.0.0.1. Dropping it stops the server.
+pub struct Simulator {
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+    watchers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.server.abort();
+        for watcher in self
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            watcher.abort();
+        }
+    }
+}
+
+impl Simulator {
+    pub async fn start() -> Self {
+        Self::start_with(SimConfig::default()).await
+    }
+
+    /// Binds 127.0.0.1 on an OS-chosen port and starts serving.
+    pub async fn start_with(config: SimConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let address = listener.local_addr().expect("bound address");
+        let shared = Arc::new(Shared {
+            world: Mutex::new(World::default()),
+            clock: SimClock::new(),
+            changed: watch::channel(0).0,
+            base: format!("http://{address}"),
+            config,
+        });
+        let bot_id = shared.snowflake();
+        {
+            let mut world = shared.world();
+            let bot = UserRecord {
+                id: bot_id,
+                name: shared.config.bot_name.clone(),
+                bot: true,
+            };
+            world.users.insert(bot_id, bot.clone());
+            world.bot = Some(bot);
+            world.application_id = bot_id;
+        }
+        let router = rest::router(shared.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self {
+            shared,
+            server,
+            watchers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// What the bot uses instead of `https://discord.com` (`HttpBuilder::proxy`).
+    pub fn api_base(&self) -> &str {
+        &self.shared.base
+    }
+
+    /// A serenity `Http` aimed at this simulator, as the bot must build it: proxy base, rate
+    /// limiter off (serenity ignores the proxy otherwise), no HTTP(S)_PROXY from the env, and the
+    /// application id preset (a client learns it from READY; tests calling REST directly need it).
+    pub fn bot_http(&self) -> serenity::http::Http {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("reqwest client");
+        serenity::http::HttpBuilder::new(self.token())
+            .client(client)
+            .proxy(self.api_base())
+            .application_id(self.application_id())
+            .ratelimiter_disabled(true)
+            .build()
+    }
+
+    pub fn token(&self) -> &str {
+        &self.shared.config.token
+    }
+
+    pub fn application_id(&self) -> ApplicationId {
+        ApplicationId::new(self.shared.world().application_id)
+    }
+
+    pub fn bot_user_id(&self) -> UserId {
+        UserId::new(self.shared.world().bot().id)
+    }
+
+    /// Adds a guild the bot is in. If the bot is already connected it gets GUILD_CREATE now,
+    /// otherwise on IDENTIFY.
+    pub fn add_guild(&self, name: &str) -> GuildId {
+        let id = self.shared.snowflake();
+        let owner_id = self.shared.world().bot().id;
+        let record = GuildRecord {
+            id,
+            name: name.to_owned(),
+            owner_id,
+            channels: Vec::new(),
+        };
+        self.shared.world().guilds.insert(id, record);
+        gateway::dispatch_guild_create(&self.shared, id);
+        GuildId::new(id)
+    }
+
+    /// Adds a text channel to a guild.
+    pub fn add_channel(&self, guild: GuildId, name: &str) -> ChannelId {
+        let id = self.shared.snowflake();
+        let mut world = self.shared.world();
+        let record = ChannelRecord {
+            id,
+            name: name.to_owned(),
+            kind: ChannelKind::Guild(guild.get()),
+        };
+        world.channels.insert(id, record);
+        if let Some(guild) = world.guilds.get_mut(&guild.get()) {
+            guild.channels.push(id);
+        }
+        ChannelId::new(id)
+    }
+
+    /// Adds a (human) user; users are members of every guild.
+    pub fn add_user(&self, name: &str) -> UserId {
+        let id = self.shared.snowflake();
+        let record = UserRecord {
+            id,
+            name: name.to_owned(),
+            bot: false,
+        };
+        self.shared.world().users.insert(id, record);
+        UserId::new(id)
+    }
+
+    /// The DM channel between the bot and `user`, opened on first use.
+    pub fn dm_channel(&self, user: UserId) -> Result<ChannelId, SimError> {
+        rest::open_dm(&self.shared, user.get())
+            .ok()
+            .map(ChannelId::new)
+            .ok_or(SimError::UnknownUser(user.get()))
+    }
+
+    /// Moves the simulator's clock forward (for the 3 s and 15 min rules).
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.clock.advance(by);
+        self.shared.note(format!("clock advanced by {by:?}"));
+    }
+
+    /// Makes the next `times` calls matching `method` and `pattern` (e.g. `POST /webhooks/*/*`,
+    /// `*` = one segment, trailing `**` = the rest, method `*` = any) fail with `fault`.
+    pub fn fail_route(&self, method: &str, pattern: &str, fault: Fault, times: usize) {
+        self.shared
+            .world()
+            .faults
+            .push(FaultRule::new(method, pattern, fault, times));
+    }
+
+    /// Closes the bot's gateway connection (close code 4000) so it must RESUME. Dispatches sent
+    /// meanwhile are replayed on RESUME. Returns false when no connection was open.
+    pub fn drop_gateway(&self) -> bool {
+        let live = self.shared.world().gateway.live.take();
+        live.is_some_and(|tx| {
+            tx.send(Outgoing::Close(gateway::CLOSE_UNKNOWN_ERROR))
+                .is_ok()
+        })
+    }
+
+    /// Forgets the gateway session: a later RESUME gets INVALID_SESSION and must re-identify.
+    pub fn forget_session(&self) {
+        self.shared.world().gateway.session = None;
+        self.shared.note("gateway session forgotten");
+    }
+
+    /// How many WebSocket connections the bot has opened so far.
+    pub fn gateway_connections(&self) -> u64 {
+        self.shared.world().gateway.connections
+    }
+
+    /// A snapshot of everything recorded so far.
+    pub fn transcript(&self) -> Transcript {
+        Transcript {
+            entries: self.shared.world().transcript.clone(),
+        }
+    }
+
+    /// A message as the simulator holds it now.
+    pub fn message(&self, id: MessageId) -> Option<Message> {
+        let value = self.shared.world().messages.get(&id.get()).cloned()?;
+        serde_json::from_value(value).ok()
+    }
+
+    /// The bytes behind an attachment URL the simulator handed out.
+    pub fn file_bytes(&self, url: &str) -> Option<Vec<u8>> {
+        let rest = url
+            .strip_prefix(&self.shared.base)?
+            .strip_prefix("/attachments/")?;
+        let (id, filename) = rest.split_once('/')?;
+        let world = self.shared.world();
+        let file = world.files.get(&id.parse().ok()?)?;
+        (file.filename == filename).then(|| file.bytes.to_vec())
+    }
+
+    fn keep_watcher(&self, task: JoinHandle<()>) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers.retain(|w| !w.is_finished());
+        watchers.push(task);
+    }
+}

@@ -1,0 +1,186 @@
+//! Discord's rules, and its error answers when a request breaks them.
+//!
+//! Every rejection carries Discord's error shape, `{"code", "message", "errors"}`, so the bot's
+//! error handling sees what it would see in production.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+pub(crate) const MAX_CONTENT: usize = 2000;
+pub(crate) const MAX_ROWS: usize = 5;
+pub(crate) const MAX_BUTTONS_PER_ROW: usize = 5;
+pub(crate) const MAX_CUSTOM_ID: usize = 100;
+/// How long an interaction may go unanswered.
+pub(crate) const CALLBACK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long an interaction token opens the webhook routes.
+pub(crate) const TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// A refusal in Discord's words.
+#[derive(Debug, Clone)]
+pub(crate) struct DiscordError {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl DiscordError {
+    pub(crate) fn new(status: StatusCode, code: u32, message: &str) -> Self {
+        Self {
+            status,
+            body: json!({ "code": code, "message": message, "errors": {} }),
+        }
+    }
+
+    fn invalid_form(errors: Value) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({ "code": 50035, "message": "Invalid Form Body", "errors": errors }),
+        }
+    }
+
+    pub(crate) fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, 0, "401: Unauthorized")
+    }
+
+    pub(crate) fn not_found(code: u32, what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, &format!("Unknown {what}"))
+    }
+
+    pub(crate) fn unknown_interaction() -> Self {
+        Self::not_found(10062, "interaction")
+    }
+
+    pub(crate) fn already_acknowledged() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            40060,
+            "Interaction has already been acknowledged.",
+        )
+    }
+
+    pub(crate) fn invalid_webhook_token() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, 50027, "Invalid Webhook Token")
+    }
+
+    pub(crate) fn file_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            40005,
+            "Request entity too large",
+        )
+    }
+}
+
+impl IntoResponse for DiscordError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+fn field_error(code: &str, message: &str) -> Value {
+    json!({ "_errors": [{ "code": code, "message": message }] })
+}
+
+/// Wraps `inner` in the nested objects named by `path`, as Discord nests form errors.
+fn nest(path: &[String], inner: Value) -> Value {
+    path.iter().rev().fold(inner, |acc, key| {
+        let mut map = Map::new();
+        map.insert(key.clone(), acc);
+        Value::Object(map)
+    })
+}
+
+/// Checks a message payload (content and components) and uploaded file sizes.
+///
+/// `prefix` is where the message sits in the request (`["data"]` for interaction callbacks).
+pub(crate) fn check_message(
+    payload: &Value,
+    file_sizes: &[usize],
+    size_limit: usize,
+    prefix: &[&str],
+) -> Result<(), DiscordError> {
+    if file_sizes.iter().any(|size| *size > size_limit) {
+        return Err(DiscordError::file_too_large());
+    }
+    let at = |rest: &[&str]| -> Vec<String> {
+        prefix.iter().chain(rest).map(|s| (*s).to_owned()).collect()
+    };
+    if let Some(content) = payload["content"].as_str() {
+        if content.chars().count() > MAX_CONTENT {
+            let message = format!("Must be {MAX_CONTENT} or fewer in length.");
+            let inner = field_error("BASE_TYPE_MAX_LENGTH", &message);
+            return Err(DiscordError::invalid_form(nest(&at(&["content"]), inner)));
+        }
+    }
+    check_components(payload, &at).map_err(DiscordError::invalid_form)
+}
+
+fn check_components(payload: &Value, at: &dyn Fn(&[&str]) -> Vec<String>) -> Result<(), Value> {
+    let Some(rows) = payload["components"].as_array() else {
+        return Ok(());
+    };
+    if rows.len() > MAX_ROWS {
+        let inner = field_error("BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.");
+        return Err(nest(&at(&["components"]), inner));
+    }
+    for (r, row) in rows.iter().enumerate() {
+        let row_index = r.to_string();
+        let buttons = row["components"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if buttons.len() > MAX_BUTTONS_PER_ROW {
+            let inner = field_error("BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.");
+            return Err(nest(
+                &at(&["components", row_index.as_str(), "components"]),
+                inner,
+            ));
+        }
+        for (b, button) in buttons.iter().enumerate() {
+            let Some(custom_id) = button["custom_id"].as_str() else {
+                continue;
+            };
+            let length = custom_id.chars().count();
+            if length == 0 || length > MAX_CUSTOM_ID {
+                let message = format!("Must be between 1 and {MAX_CUSTOM_ID} in length.");
+                let inner = field_error("BASE_TYPE_BAD_LENGTH", &message);
+                let path = at(&[
+                    "components",
+                    row_index.as_str(),
+                    "components",
+                    b.to_string().as_str(),
+                    "custom_id",
+                ]);
+                return Err(nest(&path, inner));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(buttons: usize, id_len: usize) -> Value {
+        let button =
+            json!({ "type": 2, "style": 1, "label": "x", "custom_id": "a".repeat(id_len) });
+        json!({ "type": 1, "components": vec![button; buttons] })
+    }
+
+    #[test]
+    fn accepts_a_full_but_legal_message() {
+        let payload = json!({ "content": "é".repeat(2000), "components": vec![row(5, 100); 5] });
+        assert!(check_message(&payload, &[10], 10, &[]).is_ok());
+    }
+
+    #[test]
+    fn nests_errors_where_discord_puts_them() {
+        let payload = json!({ "components": [row(1, 1), row(2, 101)] });
+        let error = check_message(&payload, &[], 10, &["data"]).unwrap_err();
+        assert_eq!(error.body["code"], 50035);
+        let leaf = &error.body["errors"]["data"]["components"]["1"]["components"]["0"]["custom_id"];
+        assert_eq!(leaf["_errors"][0]["code"], "BASE_TYPE_BAD_LENGTH");
+    }
+}
