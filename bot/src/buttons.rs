@@ -61,8 +61,7 @@ impl ButtonAction {
     ];
 
     /// The buttons under a single (upscaled) image.
-    pub const SINGLE_ROW: &[ButtonAction] =
-        &[ButtonAction::VarySubtle, ButtonAction::VaryStrong];
+    pub const SINGLE_ROW: &[ButtonAction] = &[ButtonAction::VarySubtle, ButtonAction::VaryStrong];
 
     /// The button's text, or `None` for the emoji-only reroll button.
     pub fn label(&self) -> Option<String> {

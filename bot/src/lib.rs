@@ -8,9 +8,9 @@
 //! - [`buttons`]: the `custom_id` codec of result buttons (U1..U4, V1..V4, reroll, vary).
 //! - [`store`]: the SQLite store of jobs and images, the single source of truth.
 
+pub mod buttons;
 pub mod cli;
 pub mod generate_cmd;
-pub mod buttons;
 pub mod logging;
 pub mod params;
 pub mod render;

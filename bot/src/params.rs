@@ -438,7 +438,9 @@ impl SizeTarget {
         };
         order(self.cost(a), self.cost(b))
             .or_else(|| order(self.ratio_error(a), self.ratio_error(b)))
-            .unwrap_or((u64::from(a.0) * u64::from(a.1), a.0) < (u64::from(b.0) * u64::from(b.1), b.0))
+            .unwrap_or(
+                (u64::from(a.0) * u64::from(a.1), a.0) < (u64::from(b.0) * u64::from(b.1), b.0),
+            )
     }
 }
 
@@ -538,7 +540,10 @@ mod tests {
             (Some(u32::MAX), Some(100), Some(1000), 100)
         );
         let p = parse("x --seed 0 --steps 1 --stylize 0 --chaos 0");
-        assert_eq!((p.seed, p.steps, p.stylize, p.chaos), (Some(0), Some(1), Some(0), 0));
+        assert_eq!(
+            (p.seed, p.steps, p.stylize, p.chaos),
+            (Some(0), Some(1), Some(0), 0)
+        );
         assert_eq!(parse("x --seed +5").seed, Some(5));
     }
 
@@ -590,7 +595,10 @@ mod tests {
             e.to_string(),
             "Unknown parameter `--foo`. Accepted: --ar, --seed, --no, --steps, --stylize, --chaos, --model."
         );
-        assert_eq!(error("cat —quality 2"), ParamError::UnknownFlag("—quality".into()));
+        assert_eq!(
+            error("cat —quality 2"),
+            ParamError::UnknownFlag("—quality".into())
+        );
     }
 
     #[test]
@@ -643,7 +651,11 @@ mod tests {
         for (input, flag, value) in [
             ("cat --seed 4294967296", Flag::Seed, "4294967296"),
             ("cat --seed -1", Flag::Seed, "-1"),
-            ("cat --seed 99999999999999999999999", Flag::Seed, "99999999999999999999999"),
+            (
+                "cat --seed 99999999999999999999999",
+                Flag::Seed,
+                "99999999999999999999999",
+            ),
             ("cat --steps 0", Flag::Steps, "0"),
             ("cat --steps 101", Flag::Steps, "101"),
             ("cat --stylize 1001", Flag::Stylize, "1001"),
@@ -694,7 +706,9 @@ mod tests {
 
     #[test]
     fn malformed_ratios_are_refused() {
-        for value in ["3x2", "3:", ":2", "3:2:1", "a:b", "1.5:1", "-3:2", "3", "3 :2"] {
+        for value in [
+            "3x2", "3:", ":2", "3:2:1", "a:b", "1.5:1", "-3:2", "3", "3 :2",
+        ] {
             let input = format!("cat --ar {value}");
             let e = error(&input);
             let expected_value = value.split_whitespace().next().unwrap();
@@ -714,7 +728,15 @@ mod tests {
 
     #[test]
     fn extreme_ratios_are_refused() {
-        for value in ["100:1", "1:100", "5:1", "9:2", "1:5", "21:5", "99999999999999999999999:1"] {
+        for value in [
+            "100:1",
+            "1:100",
+            "5:1",
+            "9:2",
+            "1:5",
+            "21:5",
+            "99999999999999999999999:1",
+        ] {
             assert_eq!(
                 error(&format!("cat --ar {value}")),
                 ParamError::AspectTooExtreme {
@@ -763,7 +785,10 @@ mod tests {
 
     #[test]
     fn the_first_error_from_the_left_wins() {
-        assert_eq!(error("cat --bogus --seed x"), ParamError::UnknownFlag("--bogus".into()));
+        assert_eq!(
+            error("cat --bogus --seed x"),
+            ParamError::UnknownFlag("--bogus".into())
+        );
         assert_eq!(
             error("cat --seed x --bogus"),
             ParamError::NotANumber {
@@ -843,9 +868,15 @@ mod tests {
                     let (pw, ph) = size(w, h, native);
                     assert!(pw % 64 == 0 && ph % 64 == 0 && pw >= 64 && ph >= 64);
                     let area = f64::from(pw * ph) / f64::from(native * native);
-                    assert!((0.8..=1.25).contains(&area), "{w}:{h}@{native} -> {pw}x{ph}");
+                    assert!(
+                        (0.8..=1.25).contains(&area),
+                        "{w}:{h}@{native} -> {pw}x{ph}"
+                    );
                     let ratio = f64::from(pw) / f64::from(ph) / (f64::from(w) / f64::from(h));
-                    assert!((0.88..=1.13).contains(&ratio), "{w}:{h}@{native} -> {pw}x{ph}");
+                    assert!(
+                        (0.88..=1.13).contains(&ratio),
+                        "{w}:{h}@{native} -> {pw}x{ph}"
+                    );
                     // Wider asked means at least as wide given.
                     if w > h {
                         assert!(pw >= ph, "{w}:{h}@{native} -> {pw}x{ph}");

@@ -161,7 +161,12 @@ async fn a_job_runs_then_finishes_with_its_images() {
 
     let images: Vec<ImageRecord> = (0..4).map(|i| image(i, 100 + u32::from(i))).collect();
     // Given out of order, read back by index.
-    let shuffled = [images[2].clone(), images[0].clone(), images[3].clone(), images[1].clone()];
+    let shuffled = [
+        images[2].clone(),
+        images[0].clone(),
+        images[3].clone(),
+        images[1].clone(),
+    ];
     store.finish_job(id, &shuffled).await.unwrap();
 
     let done = store.job(id).await.unwrap().unwrap();
@@ -195,9 +200,21 @@ async fn illegal_transitions_are_refused() {
         JobStatus::Done,
         JobStatus::Done,
     );
-    assert_illegal(store.fail_job(done, "late").await, JobStatus::Done, JobStatus::Failed);
-    assert_illegal(store.cancel_job(done).await, JobStatus::Done, JobStatus::Cancelled);
-    assert_illegal(store.mark_running(done).await, JobStatus::Done, JobStatus::Running);
+    assert_illegal(
+        store.fail_job(done, "late").await,
+        JobStatus::Done,
+        JobStatus::Failed,
+    );
+    assert_illegal(
+        store.cancel_job(done).await,
+        JobStatus::Done,
+        JobStatus::Cancelled,
+    );
+    assert_illegal(
+        store.mark_running(done).await,
+        JobStatus::Done,
+        JobStatus::Running,
+    );
     // The refused attempts changed nothing.
     let job = store.job(done).await.unwrap().unwrap();
     assert_eq!((job.status, job.error), (JobStatus::Done, None));
@@ -285,7 +302,9 @@ async fn images_are_stored_with_their_job_or_not_at_all() {
     store.mark_running(id).await.unwrap();
 
     // A duplicate index fails the insert half-way: the job must stay running, with no images.
-    let result = store.finish_job(id, &[image(0, 1), image(1, 2), image(1, 3)]).await;
+    let result = store
+        .finish_job(id, &[image(0, 1), image(1, 2), image(1, 3)])
+        .await;
     assert!(matches!(result, Err(StoreError::Database(_))), "{result:?}");
     assert_eq!(status(&store, id).await, JobStatus::Running);
     assert!(store.images(id).await.unwrap().is_empty());
@@ -298,7 +317,10 @@ async fn images_are_stored_with_their_job_or_not_at_all() {
     assert_eq!(status(&store, id).await, JobStatus::Running);
 
     // The retry succeeds.
-    store.finish_job(id, &[image(0, 1), image(1, 2)]).await.unwrap();
+    store
+        .finish_job(id, &[image(0, 1), image(1, 2)])
+        .await
+        .unwrap();
     assert_eq!(status(&store, id).await, JobStatus::Done);
     assert_eq!(store.images(id).await.unwrap().len(), 2);
 }
@@ -314,7 +336,10 @@ async fn non_utf8_image_paths_are_refused_atomically() {
     let mut bad = image(1, 2);
     bad.path = PathBuf::from(OsStr::from_bytes(b"/tmp/\xff.png"));
     let result = store.finish_job(id, &[image(0, 1), bad]).await;
-    assert!(matches!(result, Err(StoreError::NonUtf8Path(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(StoreError::NonUtf8Path(_))),
+        "{result:?}"
+    );
     assert_eq!(status(&store, id).await, JobStatus::Running);
     assert!(store.images(id).await.unwrap().is_empty());
 }
@@ -344,7 +369,9 @@ async fn unfinished_jobs_are_listed_oldest_first() {
             ("fifth", JobStatus::Queued),
         ]
     );
-    assert!(unfinished.windows(2).all(|w| w[0].created_at <= w[1].created_at));
+    assert!(unfinished
+        .windows(2)
+        .all(|w| w[0].created_at <= w[1].created_at));
 }
 
 #[tokio::test]
@@ -355,7 +382,12 @@ async fn active_jobs_are_counted_per_user() {
     let a: Vec<JobId> = {
         let mut ids = Vec::new();
         for i in 0..4 {
-            ids.push(store.insert_job(&new_job(alice, &format!("a{i}"))).await.unwrap());
+            ids.push(
+                store
+                    .insert_job(&new_job(alice, &format!("a{i}")))
+                    .await
+                    .unwrap(),
+            );
         }
         ids
     };
