@@ -4,8 +4,14 @@
 //! - [`generate_cmd`]: the offline `generate` subcommand.
 //! - [`render`]: grids and PNG files with their `parameters` text chunk.
 //! - [`logging`]: tracing setup.
+//! - [`params`]: Midjourney-style prompt parameters (`--ar 3:2 --seed 42`) and image sizes.
+//! - [`buttons`]: the `custom_id` codec of result buttons (U1..U4, V1..V4, reroll, vary).
+//! - [`store`]: the SQLite store of jobs and images, the single source of truth.
 
+pub mod buttons;
 pub mod cli;
 pub mod generate_cmd;
 pub mod logging;
+pub mod params;
 pub mod render;
+pub mod store;

@@ -1,0 +1,93 @@
+//! The SQLite store: the single source of truth for jobs and their images.
+//!
+//! Everything a button or a restart needs is here, so the bot holds no state worth losing in
+//! memory. The schema lives in `migrations/` at the repository root, embedded in the binary and
+//! applied by [`Store::open`].
+//!
+//! - [`types`]: ids, kinds, statuses and the records read and written.
+//! - [`jobs`]: inserting jobs, moving them through their statuses, reading them back.
+//!
+//! Status changes are single conditional `UPDATE`s (`... WHERE status IN (allowed sources)`),
+//! so two tasks racing on one job cannot both win, and the legal transitions are written once,
+//! in [`JobStatus::allowed_sources`].
+
+mod jobs;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use types::{
+    ImageRecord, Job, JobId, JobKind, JobParams, JobStatus, NewJob, Parent, StoreError,
+};
+
+/// How long a connection waits for another writer before giving up with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A handle on the database. Cheap to clone: clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database file at `path` and brings its schema up to
+    /// date. WAL mode, so readers never block the writer; foreign keys enforced.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable across application crashes in WAL mode; only a power loss can
+            // drop the last transactions.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        Store::migrated(pool).await
+    }
+
+    /// A private database in memory, for tests. It lives as long as the store: one connection
+    /// that is never closed (every in-memory connection would be a database of its own).
+    pub async fn open_in_memory() -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .in_memory(true)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Store::migrated(pool).await
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<Store, StoreError> {
+        sqlx::migrate!("../migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Closes every connection, waiting for those in use. Later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Now, in unix milliseconds.
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
