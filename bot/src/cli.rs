@@ -18,6 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Connect to Discord and serve /imagine (DISCORD_TOKEN must be set).
+    Bot(crate::config::BotArgs),
     /// Generate an image (or a 2x2 grid) from a prompt, offline, and write a PNG.
     Generate(GenerateArgs),
 }
@@ -85,5 +87,10 @@ pub fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => crate::generate_cmd::run(&args),
+        Command::Bot(args) => {
+            let config = crate::config::Config::resolve(&args)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(crate::discord::run(config))
+        }
     }
 }

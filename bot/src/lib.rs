@@ -10,8 +10,13 @@
 
 pub mod buttons;
 pub mod cli;
+pub mod config;
+pub mod discord;
 pub mod generate_cmd;
+pub mod jobs;
 pub mod logging;
 pub mod params;
+pub mod queue;
 pub mod render;
 pub mod store;
+pub mod worker;

@@ -99,6 +99,8 @@ pub struct UNetFileConfig {
     pub time_embedding_type: Option<String>,
     #[serde(default)]
     pub encoder_hid_dim: Option<usize>,
+    #[serde(default)]
+    pub sample_size: Option<usize>,
 }
 
 fn default_mid_block() -> Option<String> {

@@ -67,6 +67,8 @@ pub struct ModelInfo {
     pub unet_kind: UNetKind,
     /// Pixels per latent cell along each side (8 for every SD VAE).
     pub vae_scale: usize,
+    /// Channels of the latent space (4 for SD 1.x/2.x).
+    pub latent_channels: usize,
     /// The UNet's native resolution in pixels (`sample_size` x `vae_scale`).
     pub native_size: usize,
     /// The sampler the folder's scheduler config names, or our fallback for one we lack.
@@ -78,50 +80,21 @@ pub struct ModelInfo {
 }
 
 impl StableDiffusion {
+    /// Reads a folder's configs (no weights) and says what model it is, or why we cannot run it.
+    pub fn describe(dir: &Path) -> Result<ModelInfo> {
+        Ok(Configs::read(dir)?.info)
+    }
+
     /// Loads a diffusers folder (see [`crate::resolve_model`] for repo ids).
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        let index: ModelIndex = read_json(&dir.join("model_index.json"))?;
-        if index.text_encoder_2.as_ref().is_some_and(|v| !v.is_null())
-            || index.class_name.contains("XL")
-        {
-            return Err(EngineError::UnsupportedArchitecture(format!(
-                "{} (SDXL-family models are not supported yet; use an SD 1.x / 2.x / Turbo model)",
-                index.class_name
-            )));
-        }
-        let unet_cfg: UNetFileConfig = read_json(&dir.join("unet/config.json"))?;
-        let vae_cfg: VaeFileConfig = read_json(&dir.join("vae/config.json"))?;
-        let text_cfg: TextEncoderFileConfig = read_json(&dir.join("text_encoder/config.json"))?;
-        let sched_cfg: SchedulerFileConfig =
-            read_json(&dir.join("scheduler/scheduler_config.json"))?;
-
+        let Configs {
+            unet_cfg,
+            vae_cfg,
+            text_cfg,
+            schedule,
+            info,
+        } = Configs::read(dir)?;
         let unet_candle = unet_cfg.to_candle()?;
-        vae_cfg.validate()?;
-        text_cfg.validate()?;
-        let unet_kind = match (unet_cfg.in_channels, vae_cfg.latent_channels) {
-            (i, l) if i == l => UNetKind::Standard,
-            (i, l) if i == 2 * l + 1 => UNetKind::Inpainting,
-            (i, l) => {
-                return Err(EngineError::UnsupportedArchitecture(format!(
-                    "UNet with {i} input channels for {l} latent channels"
-                )))
-            }
-        };
-        if unet_cfg.out_channels != vae_cfg.latent_channels {
-            return Err(EngineError::UnsupportedArchitecture(
-                "UNet out_channels differ from the VAE's latent_channels".into(),
-            ));
-        }
-        if unet_candle.cross_attention_dim != text_cfg.hidden_size {
-            return Err(EngineError::UnsupportedArchitecture(format!(
-                "UNet cross_attention_dim {} does not match the text encoder's hidden size {}",
-                unet_candle.cross_attention_dim, text_cfg.hidden_size
-            )));
-        }
-        let schedule = NoiseSchedule::from_config(&sched_cfg)?;
-        let karras = sched_cfg.use_karras_sigmas == Some(true);
-        let named = SchedulerKind::from_diffusers_class(&sched_cfg.class_name, karras);
-
         let tokenizer =
             ClipTokenizer::load(&dir.join("tokenizer"), text_cfg.max_position_embeddings)?;
         let (device, dtype) = (&opts.device, opts.dtype);
@@ -138,21 +111,6 @@ impl StableDiffusion {
         .map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
         let vae = Autoencoder::new(weights(dir, "vae", dtype, device)?, &vae_cfg)
             .map_err(|e| mismatch(dir, "vae", e))?;
-
-        let sample_size = read_json::<serde_json::Value>(&dir.join("unet/config.json"))?
-            .get("sample_size")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(64) as usize;
-        let info = ModelInfo {
-            dir: dir.to_path_buf(),
-            name: display_name(dir),
-            unet_kind,
-            vae_scale: vae_cfg.scale_factor(),
-            native_size: sample_size * vae_cfg.scale_factor(),
-            default_scheduler: named.unwrap_or(SchedulerKind::DpmPp2mKarras),
-            scheduler_fallback: named.is_none(),
-            distilled: schedule.spacing == Some(Spacing::Trailing),
-        };
         Ok(Self {
             tokenizer,
             text_encoder,
@@ -311,4 +269,76 @@ fn check_safetensors(path: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A folder's parsed and cross-checked configs.
+struct Configs {
+    unet_cfg: UNetFileConfig,
+    vae_cfg: VaeFileConfig,
+    text_cfg: TextEncoderFileConfig,
+    schedule: NoiseSchedule,
+    info: ModelInfo,
+}
+
+impl Configs {
+    fn read(dir: &Path) -> Result<Self> {
+        let index: ModelIndex = read_json(&dir.join("model_index.json"))?;
+        if index.text_encoder_2.as_ref().is_some_and(|v| !v.is_null())
+            || index.class_name.contains("XL")
+        {
+            return Err(EngineError::UnsupportedArchitecture(format!(
+                "{} (SDXL-family models are not supported yet; use an SD 1.x / 2.x / Turbo model)",
+                index.class_name
+            )));
+        }
+        let unet_cfg: UNetFileConfig = read_json(&dir.join("unet/config.json"))?;
+        let vae_cfg: VaeFileConfig = read_json(&dir.join("vae/config.json"))?;
+        let text_cfg: TextEncoderFileConfig = read_json(&dir.join("text_encoder/config.json"))?;
+        let sched_cfg: SchedulerFileConfig =
+            read_json(&dir.join("scheduler/scheduler_config.json"))?;
+        let unet_candle = unet_cfg.to_candle()?;
+        vae_cfg.validate()?;
+        text_cfg.validate()?;
+        let unet_kind = match (unet_cfg.in_channels, vae_cfg.latent_channels) {
+            (i, l) if i == l => UNetKind::Standard,
+            (i, l) if i == 2 * l + 1 => UNetKind::Inpainting,
+            (i, l) => {
+                return Err(EngineError::UnsupportedArchitecture(format!(
+                    "UNet with {i} input channels for {l} latent channels"
+                )))
+            }
+        };
+        if unet_cfg.out_channels != vae_cfg.latent_channels {
+            return Err(EngineError::UnsupportedArchitecture(
+                "UNet out_channels differ from the VAE's latent_channels".into(),
+            ));
+        }
+        if unet_candle.cross_attention_dim != text_cfg.hidden_size {
+            return Err(EngineError::UnsupportedArchitecture(format!(
+                "UNet cross_attention_dim {} does not match the text encoder's hidden size {}",
+                unet_candle.cross_attention_dim, text_cfg.hidden_size
+            )));
+        }
+        let schedule = NoiseSchedule::from_config(&sched_cfg)?;
+        let karras = sched_cfg.use_karras_sigmas == Some(true);
+        let named = SchedulerKind::from_diffusers_class(&sched_cfg.class_name, karras);
+        let info = ModelInfo {
+            dir: dir.to_path_buf(),
+            name: display_name(dir),
+            unet_kind,
+            vae_scale: vae_cfg.scale_factor(),
+            latent_channels: vae_cfg.latent_channels,
+            native_size: unet_cfg.sample_size.unwrap_or(64) * vae_cfg.scale_factor(),
+            default_scheduler: named.unwrap_or(SchedulerKind::DpmPp2mKarras),
+            scheduler_fallback: named.is_none(),
+            distilled: schedule.spacing == Some(Spacing::Trailing),
+        };
+        Ok(Self {
+            unet_cfg,
+            vae_cfg,
+            text_cfg,
+            schedule,
+            info,
+        })
+    }
 }

@@ -135,6 +135,9 @@ pub struct JobParams {
     /// img2img strength for variations and vary jobs; `None` for text-to-image.
     #[serde(default)]
     pub strength: Option<f32>,
+    /// The image prompt (`/imagine` attachment) saved in the data dir, for image-to-image.
+    #[serde(default)]
+    pub init_image: Option<String>,
 }
 
 /// The job a button was pressed under, and which of its images (U/V buttons).

@@ -1,0 +1,226 @@
+//! The bot's configuration: command-line flags and environment variables, over an optional
+//! TOML file, over defaults that run with nothing set but a token. The Discord token is held in
+//! a [`Secret`] whose `Debug` and `Display` never show it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+/// A string that must never reach a log or an error message.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// `imagine bot` flags. Each also reads an environment variable; flags win over variables,
+/// variables over the TOML file, the file over defaults.
+#[derive(Debug, Args)]
+pub struct BotArgs {
+    /// TOML file with any of the settings below (lower-case names, e.g. `queue_capacity = 8`)
+    /// and a `[models]` table of name = folder or repo id, for `--model NAME` in prompts.
+    #[arg(long, env = "IMAGINE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The bot token from the Discord developer portal (never logged).
+    #[arg(long, env = "DISCORD_TOKEN", hide_env_values = true)]
+    pub discord_token: Option<String>,
+    /// Default model: a diffusers folder or HF repo id [default: stabilityai/sd-turbo].
+    #[arg(long, env = "IMAGINE_MODEL")]
+    pub model: Option<String>,
+    /// SQLite database file [default: ./imagine.db].
+    #[arg(long, env = "IMAGINE_DB")]
+    pub db: Option<PathBuf>,
+    /// Where images are kept [default: ./imagine-data].
+    #[arg(long, env = "IMAGINE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Jobs that may wait in the queue [default: 32].
+    #[arg(long, env = "IMAGINE_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Queued or running jobs one user may have [default: 3].
+    #[arg(long, env = "IMAGINE_USER_CAP")]
+    pub user_cap: Option<usize>,
+    /// A Discord-compatible API base URL (a proxy, or the test simulator); the gateway URL
+    /// then comes from that API [default: https://discord.com].
+    #[arg(long, env = "DISCORD_API_BASE")]
+    pub discord_api_base: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    discord_token: Option<String>,
+    model: Option<String>,
+    db: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    queue_capacity: Option<usize>,
+    user_cap: Option<usize>,
+    discord_api_base: Option<String>,
+    #[serde(default)]
+    models: BTreeMap<String, String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub token: Secret,
+    /// Name of the default model (a key of `models`).
+    pub default_model: String,
+    /// Model name → folder or repo id.
+    pub models: BTreeMap<String, String>,
+    pub db: PathBuf,
+    pub data_dir: PathBuf,
+    pub queue_capacity: usize,
+    pub user_cap: usize,
+    pub api_base: Option<String>,
+}
+
+impl Config {
+    pub fn resolve(args: &BotArgs) -> Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let token = args
+            .discord_token
+            .clone()
+            .or(file.discord_token)
+            .filter(|t| !t.trim().is_empty())
+            .context("no Discord token: set DISCORD_TOKEN (Discord developer portal → your application → Bot → Reset Token)")?;
+        let spec = args
+            .model
+            .clone()
+            .or(file.model)
+            .unwrap_or_else(|| "stabilityai/sd-turbo".into());
+        let mut models = file.models;
+        let default_model = short_name(&spec);
+        models.insert(default_model.clone(), spec);
+        let queue_capacity = args.queue_capacity.or(file.queue_capacity).unwrap_or(32);
+        let user_cap = args.user_cap.or(file.user_cap).unwrap_or(3);
+        if queue_capacity == 0 || user_cap == 0 {
+            bail!("queue capacity and per-user cap must be at least 1");
+        }
+        let api_base = args.discord_api_base.clone().or(file.discord_api_base);
+        if let Some(base) = &api_base {
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                bail!("DISCORD_API_BASE must be an http(s) URL, got {base:?}");
+            }
+        }
+        Ok(Config {
+            token: Secret::new(token.trim()),
+            default_model,
+            models,
+            db: args
+                .db
+                .clone()
+                .or(file.db)
+                .unwrap_or_else(|| "imagine.db".into()),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| "imagine-data".into()),
+            queue_capacity,
+            user_cap,
+            api_base: api_base.map(|b| b.trim_end_matches('/').to_string()),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// The name a model spec is known by in prompts: its last path component.
+pub fn short_name(spec: &str) -> String {
+    spec.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(spec)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> BotArgs {
+        BotArgs {
+            config: None,
+            discord_token: Some("tok".into()),
+            model: None,
+            db: None,
+            data_dir: None,
+            queue_capacity: None,
+            user_cap: None,
+            discord_api_base: None,
+        }
+    }
+
+    #[test]
+    fn defaults_need_only_a_token() {
+        let c = Config::resolve(&args()).unwrap();
+        assert_eq!(c.default_model, "sd-turbo");
+        assert_eq!(c.models["sd-turbo"], "stabilityai/sd-turbo");
+        assert_eq!((c.queue_capacity, c.user_cap), (32, 3));
+        assert_eq!(c.db, PathBuf::from("imagine.db"));
+    }
+
+    #[test]
+    fn the_token_never_prints() {
+        let c = Config::resolve(&args()).unwrap();
+        assert!(!format!("{c:?}").contains("tok\""));
+        assert_eq!(c.token.to_string(), "***");
+    }
+
+    #[test]
+    fn a_missing_token_says_where_to_get_one() {
+        let mut a = args();
+        a.discord_token = None;
+        let err = Config::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("DISCORD_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_leave_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imagine.toml");
+        std::fs::write(
+            &path,
+            "queue_capacity = 8\nuser_cap = 2\n[models]\nsd15 = \"./sd15\"\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        a.user_cap = Some(5);
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!((c.queue_capacity, c.user_cap), (8, 5));
+        assert_eq!(c.models["sd15"], "./sd15");
+        std::fs::write(dir.path().join("bad.toml"), "queue_size = 8\n").unwrap();
+        a.config = Some(dir.path().join("bad.toml"));
+        assert!(Config::resolve(&a).is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! `/imagine prompt [image]`, and plain-text DMs taken as prompts. Input is parsed and checked
+//! before anything is queued; a problem gets a short private reply and nothing is lost.
+
+use anyhow::{Context as _, Result};
+use poise::serenity_prelude::{self as serenity, CreateMessage};
+use poise::CreateReply;
+
+use super::{Context, Data, Error};
+use crate::jobs::{imagine_job, Requester};
+use crate::params::parse_prompt;
+use crate::store::NewJob;
+
+/// Largest image prompt accepted.
+const MAX_IMAGE_BYTES: u32 = 10 << 20;
+const MAX_IMAGE_SIDE: u32 = 4096;
+
+/// Draw four pictures from a prompt. Parameters go inline: --ar 3:2 --seed 42 --no text
+#[poise::command(
+    slash_command,
+    install_context = "Guild|User",
+    interaction_context = "Guild|BotDm|PrivateChannel"
+)]
+pub async fn imagine(
+    ctx: Context<'_>,
+    #[description = "What to draw, with optional --ar, --seed, --no, --steps, --stylize, --chaos, --model"]
+    prompt: String,
+    #[description = "An image to start from (PNG, JPEG or WebP, up to 10 MB)"] image: Option<
+        serenity::Attachment,
+    >,
+) -> Result<(), Error> {
+    let data = ctx.data();
+    let poise::Context::Application(app) = ctx else {
+        return Ok(());
+    };
+    let interaction = app.interaction;
+    let who = Requester {
+        user_id: interaction.user.id.get(),
+        channel_id: interaction.channel_id.get(),
+        guild_id: interaction.guild_id.map(|g| g.get()),
+        is_dm: interaction.guild_id.is_none(),
+        interaction_token: Some(interaction.token.clone()),
+        application_id: Some(interaction.application_id.get()),
+    };
+    if let Some(att) = &image {
+        if let Err(msg) = check_attachment(att) {
+            return private(ctx, msg).await;
+        }
+    }
+    let new_job = match prepare(data, &prompt, who, image.is_some()) {
+        Ok(job) => job,
+        Err(msg) => return private(ctx, msg).await,
+    };
+    let reservation = match data.queue.reserve(new_job.user_id) {
+        Ok(r) => r,
+        Err(e) => return private(ctx, e.to_string()).await,
+    };
+    let id = data.store.insert_job(&new_job).await?;
+    let expected = reservation.expected_position();
+    let job = data
+        .store
+        .job(id)
+        .await?
+        .context("the job just written is missing")?;
+    let reply = ctx
+        .send(CreateReply::default().content(super::messages::queued(&job, expected)))
+        .await?;
+    if let Ok(message) = reply.message().await {
+        data.store.set_message(id, message.id.get()).await?;
+    }
+    if let (Some(att), Some(path)) = (&image, &new_job.params.init_image) {
+        if let Err(e) = super::download_image(data, &att.url, path).await {
+            data.store.fail_job(id, &e).await?;
+            let _ = data.courier().failed(&job, &e).await;
+            return Ok(());
+        }
+    }
+    let position = reservation.commit(id);
+    if position != expected {
+        let _ = data.courier().queued(&job, position).await;
+    }
+    Ok(())
+}
+
+/// Parses the prompt and picks the model; an `Err` is the user's private reply.
+pub fn prepare(
+    data: &Data,
+    text: &str,
+    who: Requester,
+    with_image: bool,
+) -> Result<NewJob, String> {
+    let parsed = parse_prompt(text).map_err(|e| e.to_string())?;
+    let name = parsed
+        .model
+        .clone()
+        .unwrap_or_else(|| data.config.default_model.clone());
+    let info = data.models.get(&name).ok_or_else(|| {
+        let names: Vec<&str> = data.models.keys().map(String::as_str).collect();
+        format!("Unknown model `{name}`. Available: {}.", names.join(", "))
+    })?;
+    let init = with_image.then(|| {
+        data.data_dir
+            .join("inputs")
+            .join(format!("{}-{}.png", who.user_id, rand::random::<u64>()))
+            .to_string_lossy()
+            .into_owned()
+    });
+    Ok(imagine_job(&parsed, &name, info, who, init, rand::random()))
+}
+
+fn check_attachment(att: &serenity::Attachment) -> Result<(), String> {
+    let kind = att.content_type.as_deref().unwrap_or("");
+    if !matches!(kind, "image/png" | "image/jpeg" | "image/webp") {
+        return Err(format!(
+            "`{}` is not an image I can use: attach a PNG, JPEG or WebP.",
+            att.filename
+        ));
+    }
+    if att.size > MAX_IMAGE_BYTES {
+        return Err("That image is larger than 10 MB: attach a smaller one.".into());
+    }
+    if att.width.unwrap_or(0) > MAX_IMAGE_SIDE || att.height.unwrap_or(0) > MAX_IMAGE_SIDE {
+        return Err(format!(
+            "That image is larger than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels: attach a smaller one."
+        ));
+    }
+    Ok(())
+}
+
+async fn private(ctx: Context<'_>, msg: String) -> Result<(), Error> {
+    ctx.send(CreateReply::default().content(msg).ephemeral(true))
+        .await?;
+    Ok(())
+}
+
+/// A plain DM to the bot is an `/imagine` prompt.
+pub async fn dm_prompt(
+    ctx: &serenity::Context,
+    data: &Data,
+    message: &serenity::Message,
+) -> Result<(), Error> {
+    let who = Requester {
+        user_id: message.author.id.get(),
+        channel_id: message.channel_id.get(),
+        guild_id: None,
+        is_dm: true,
+        interaction_token: None,
+        application_id: None,
+    };
+    let say = |text: String| {
+        message
+            .channel_id
+            .send_message(&ctx.http, CreateMessage::new().content(text))
+    };
+    let new_job = match prepare(data, &message.content, who, false) {
+        Ok(job) => job,
+        Err(msg) => {
+            say(msg).await?;
+            return Ok(());
+        }
+    };
+    let reservation = match data.queue.reserve(new_job.user_id) {
+        Ok(r) => r,
+        Err(e) => {
+            say(e.to_string()).await?;
+            return Ok(());
+        }
+    };
+    let id = data.store.insert_job(&new_job).await?;
+    let expected = reservation.expected_position();
+    let job = data
+        .store
+        .job(id)
+        .await?
+        .context("the job just written is missing")?;
+    let posted = say(super::messages::queued(&job, expected)).await?;
+    data.store.set_message(id, posted.id.get()).await?;
+    let position = reservation.commit(id);
+    if position != expected {
+        let job = data.store.job(id).await?.context("job missing")?;
+        let _ = data.courier().queued(&job, position).await;
+    }
+    Ok(())
+}

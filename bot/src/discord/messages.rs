@@ -1,0 +1,75 @@
+//! What the bot's messages say and which buttons they carry, for each state of a job. One
+//! place, so the queued, running, finished and failed views stay consistent.
+
+use poise::serenity_prelude::{ButtonStyle, CreateActionRow, CreateButton, ReactionType};
+
+use crate::buttons::{ButtonAction, ButtonId};
+use crate::store::{Job, JobId, JobKind};
+
+/// Discord's message limit, less room for the status line.
+const MAX_PROMPT_SHOWN: usize = 1800;
+
+fn headline(job: &Job) -> String {
+    let prompt: String = job.request.prompt.chars().take(MAX_PROMPT_SHOWN).collect();
+    let ellipsis = if prompt.len() < job.request.prompt.len() {
+        "…"
+    } else {
+        ""
+    };
+    let what = match (job.request.kind, job.request.parent.and_then(|p| p.index)) {
+        (JobKind::Upscale, Some(i)) => format!(" - Image #{}", i + 1),
+        (JobKind::Variation, _) => " - Variations".to_string(),
+        (JobKind::VarySubtle, _) => " - Variations (Subtle)".to_string(),
+        (JobKind::VaryStrong, _) => " - Variations (Strong)".to_string(),
+        _ => String::new(),
+    };
+    format!("**{prompt}{ellipsis}**{what} - <@{}>", job.request.user_id)
+}
+
+pub fn queued(job: &Job, position: usize) -> String {
+    format!(
+        "{} (Waiting to start, position {position} in the queue)",
+        headline(job)
+    )
+}
+
+pub fn running(job: &Job, percent: u8) -> String {
+    format!("{} ({percent}%)", headline(job))
+}
+
+pub fn done(job: &Job) -> String {
+    headline(job)
+}
+
+pub fn failed(job: &Job, error: &str) -> String {
+    format!("{} - failed: {error}", headline(job))
+}
+
+/// The buttons under a finished job: U1–U4 + 🔄 and V1–V4 under a grid, Vary under a single
+/// image.
+pub fn buttons(job: JobId, kind: JobKind) -> Vec<CreateActionRow> {
+    let rows: Vec<&[ButtonAction]> = if kind == JobKind::Upscale {
+        vec![ButtonAction::SINGLE_ROW]
+    } else {
+        ButtonAction::GRID_ROWS.to_vec()
+    };
+    rows.into_iter()
+        .map(|row| {
+            CreateActionRow::Buttons(
+                row.iter()
+                    .map(|action| {
+                        let mut b = CreateButton::new(ButtonId::new(*action, job).encode())
+                            .style(ButtonStyle::Secondary);
+                        if let Some(label) = action.label() {
+                            b = b.label(label);
+                        }
+                        if let Some(emoji) = action.emoji() {
+                            b = b.emoji(ReactionType::Unicode(emoji.into()));
+                        }
+                        b
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}

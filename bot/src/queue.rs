@@ -1,0 +1,206 @@
+//! The bounded job queue: at most `capacity` jobs wait, at most `user_cap` jobs per user are
+//! waiting or running, and every waiting job knows its position. Admission is a two-step
+//! [`Reservation`]: the slot is taken (and the caps checked) before the job is written to the
+//! store, and the job enters the line only once everything it needs is ready.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::store::JobId;
+
+/// Why a job was not admitted; each says what the user can do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("The queue is full ({0} jobs waiting). Please try again in a few minutes.")]
+    Full(usize),
+    #[error(
+        "You already have {0} jobs queued or running. Wait for one to finish, then try again."
+    )]
+    UserCap(usize),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    waiting: VecDeque<(JobId, u64)>,
+    running: Option<(JobId, u64)>,
+    /// Slots taken by admissions not yet committed, per user.
+    reserved: Vec<u64>,
+}
+
+impl State {
+    fn active_for(&self, user: u64) -> usize {
+        self.waiting.iter().filter(|(_, u)| *u == user).count()
+            + self.running.iter().filter(|(_, u)| *u == user).count()
+            + self.reserved.iter().filter(|u| **u == user).count()
+    }
+}
+
+/// Shared handle on the queue.
+#[derive(Clone)]
+pub struct JobQueue {
+    state: Arc<Mutex<State>>,
+    ready: Arc<Notify>,
+    capacity: usize,
+    user_cap: usize,
+}
+
+/// A taken slot; dropped without [`Reservation::commit`], it is given back.
+pub struct Reservation {
+    queue: JobQueue,
+    user: u64,
+    committed: bool,
+}
+
+impl Reservation {
+    /// The position the job would get if committed now (1 = next).
+    pub fn expected_position(&self) -> usize {
+        self.queue.lock().waiting.len() + 1
+    }
+
+    /// Puts the job in line; returns its position (1 = next).
+    pub fn commit(mut self, job: JobId) -> usize {
+        self.committed = true;
+        let mut s = self.queue.lock();
+        release(&mut s, self.user);
+        s.waiting.push_back((job, self.user));
+        let position = s.waiting.len();
+        drop(s);
+        self.queue.ready.notify_one();
+        position
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.committed {
+            release(&mut self.queue.lock(), self.user);
+        }
+    }
+}
+
+fn release(s: &mut State, user: u64) {
+    if let Some(i) = s.reserved.iter().position(|u| *u == user) {
+        s.reserved.swap_remove(i);
+    }
+}
+
+impl JobQueue {
+    pub fn new(capacity: usize, user_cap: usize) -> Self {
+        Self {
+            state: Arc::default(),
+            ready: Arc::new(Notify::new()),
+            capacity,
+            user_cap,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a slot for `user`, or says why not.
+    pub fn reserve(&self, user: u64) -> Result<Reservation, QueueError> {
+        let mut s = self.lock();
+        if s.waiting.len() + s.reserved.len() >= self.capacity {
+            return Err(QueueError::Full(self.capacity));
+        }
+        if s.active_for(user) >= self.user_cap {
+            return Err(QueueError::UserCap(self.user_cap));
+        }
+        s.reserved.push(user);
+        Ok(Reservation {
+            queue: self.clone(),
+            user,
+            committed: false,
+        })
+    }
+
+    /// Puts a job back in line without checking caps (jobs resumed after a restart).
+    pub fn resume(&self, job: JobId, user: u64) {
+        self.lock().waiting.push_back((job, user));
+        self.ready.notify_one();
+    }
+
+    /// Waits for the next job and marks it running.
+    pub async fn next(&self) -> JobId {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut s = self.lock();
+                if s.running.is_none() {
+                    if let Some(next) = s.waiting.pop_front() {
+                        s.running = Some(next);
+                        return next.0;
+                    }
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The running job ended; the next may start.
+    pub fn finish(&self, job: JobId) {
+        let mut s = self.lock();
+        if s.running.is_some_and(|(j, _)| j == job) {
+            s.running = None;
+        }
+        drop(s);
+        self.ready.notify_one();
+    }
+
+    /// Waiting jobs with their positions (1 = next).
+    pub fn positions(&self) -> Vec<(JobId, usize)> {
+        self.lock()
+            .waiting
+            .iter()
+            .enumerate()
+            .map(|(i, (job, _))| (*job, i + 1))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_run_in_order_one_at_a_time() {
+        let q = JobQueue::new(4, 4);
+        assert_eq!(q.reserve(1).unwrap().commit(JobId(1)), 1);
+        assert_eq!(q.reserve(2).unwrap().commit(JobId(2)), 2);
+        assert_eq!(q.next().await, JobId(1));
+        assert_eq!(q.positions(), vec![(JobId(2), 1)]);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), q.next()).await;
+        assert!(
+            waiting.is_err(),
+            "a second job must not start while one runs"
+        );
+        q.finish(JobId(1));
+        assert_eq!(q.next().await, JobId(2));
+    }
+
+    #[test]
+    fn a_full_queue_and_a_busy_user_are_refused() {
+        let q = JobQueue::new(2, 2);
+        let a = q.reserve(1).unwrap();
+        let _b = q.reserve(1).unwrap();
+        assert_eq!(q.reserve(1).err(), Some(QueueError::UserCap(2)));
+        assert_eq!(q.reserve(2).err(), Some(QueueError::Full(2)));
+        drop(a);
+        assert!(
+            q.reserve(2).is_ok(),
+            "a dropped reservation gives its slot back"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_running_job_counts_toward_the_user_cap_but_not_the_queue() {
+        let q = JobQueue::new(1, 1);
+        q.reserve(7).unwrap().commit(JobId(1));
+        assert_eq!(q.next().await, JobId(1));
+        assert_eq!(q.reserve(7).err(), Some(QueueError::UserCap(1)));
+        assert!(q.reserve(8).is_ok());
+    }
+}

@@ -1,0 +1,552 @@
+//! The real `imagine bot` binary against the Discord simulator, with the committed tiny
+//! model: /imagine in a guild and a DM, plain DMs, every button, restarts, queue limits, bad
+//! parameters and delivery after the interaction token expired.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imagine_tests::{Entry, OptionValue, Simulator};
+use serde_json::Value;
+use serenity::all::{ChannelId, Message, UserId};
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Bot {
+    child: Child,
+}
+
+/// Starts `imagine bot` on `dir`'s database and data folder, and waits until it is ready.
+async fn start_bot(sim: &Simulator, dir: &Path, env: &[(&str, &str)]) -> Bot {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagine"));
+    cmd.arg("bot")
+        .env("DISCORD_TOKEN", sim.token())
+        .env("DISCORD_API_BASE", sim.api_base())
+        .env("IMAGINE_MODEL", root().join("assets/models/tiny-sd15"))
+        .env("IMAGINE_DB", dir.join("imagine.db"))
+        .env("IMAGINE_DATA_DIR", dir.join("data"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("NO_PROXY", "127.0.0.1")
+        .env("RUST_LOG", "warn,imagine=info")
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("bot.log"))
+                .unwrap(),
+        )
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("start imagine bot");
+    let registrations = count_registrations(sim);
+    sim.wait_for("the bot to register /imagine", WAIT, |entries| {
+        (count(entries, |c| {
+            c.method == "PUT" && c.path.ends_with("/commands") && c.status < 300
+        }) > registrations)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    Bot { child }
+}
+
+impl Bot {
+    async fn stop(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+fn count(entries: &[Entry], f: impl Fn(&imagine_tests::RestCall) -> bool) -> usize {
+    entries
+        .iter()
+        .filter_map(Entry::as_rest)
+        .filter(|c| f(c))
+        .count()
+}
+
+fn count_registrations(sim: &Simulator) -> usize {
+    count(&sim.transcript().entries, |c| {
+        c.method == "PUT" && c.path.ends_with("/commands") && c.status < 300
+    })
+}
+
+fn has_buttons(v: &Value) -> bool {
+    v["components"]
+        .as_array()
+        .is_some_and(|rows| !rows.is_empty())
+}
+
+/// The first edit of an interaction's message (or of a channel message) that carries buttons:
+/// the finished job.
+async fn finished(sim: &Simulator, paths: &[String]) -> Message {
+    sim.wait_for("a finished job (a message with buttons)", WAIT, |entries| {
+        entries.iter().filter_map(Entry::as_rest).find_map(|c| {
+            let relevant =
+                paths.iter().any(|p| c.path == *p) && (c.method == "PATCH" || c.method == "POST");
+            (relevant && c.status < 300 && has_buttons(&c.response))
+                .then(|| serde_json::from_value(c.response.clone()).unwrap())
+        })
+    })
+    .await
+    .unwrap()
+}
+
+fn original_path(sim: &Simulator, token: &str) -> String {
+    format!(
+        "/webhooks/{}/{}/messages/@original",
+        sim.application_id(),
+        token
+    )
+}
+
+fn button(msg: &Message, label: &str) -> String {
+    let v = serde_json::to_value(&msg.components).unwrap();
+    for row in v.as_array().unwrap() {
+        for b in row["components"].as_array().unwrap() {
+            let shown = b["label"]
+                .as_str()
+                .or(b["emoji"]["name"].as_str())
+                .unwrap_or("");
+            if shown == label {
+                return b["custom_id"].as_str().unwrap().to_string();
+            }
+        }
+    }
+    panic!("no button {label} in {v}");
+}
+
+fn png_of(sim: &Simulator, msg: &Message) -> image::RgbImage {
+    assert_eq!(msg.attachments.len(), 1, "one image attached: {msg:?}");
+    let bytes = sim
+        .file_bytes(&msg.attachments[0].url)
+        .expect("the uploaded file");
+    assert!(
+        imagine::render::read_parameters(&bytes).unwrap().is_some(),
+        "parameters chunk"
+    );
+    image::load_from_memory(&bytes).unwrap().to_rgb8()
+}
+
+struct World {
+    sim: Simulator,
+    channel: ChannelId,
+    alice: UserId,
+    bob: UserId,
+    dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let sim = Simulator::start().await;
+    let guild = sim.add_guild("Imagine Club");
+    let channel = sim.add_channel(guild, "art");
+    let alice = sim.add_user("alice");
+    let bob = sim.add_user("bob");
+    World {
+        sim,
+        channel,
+        alice,
+        bob,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Runs `/imagine prompt` and returns the finished message.
+async fn imagine(w: &World, user: UserId, channel: ChannelId, prompt: &str) -> Message {
+    let run = w
+        .sim
+        .slash_command(
+            user,
+            channel,
+            "imagine",
+            vec![("prompt", OptionValue::from(prompt))],
+        )
+        .unwrap();
+    let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
+    assert_eq!(cb.kind, 4, "answered at once with the queue position");
+    assert!(
+        cb.data["content"].as_str().unwrap().contains("position"),
+        "{}",
+        cb.data
+    );
+    finished(&w.sim, &[original_path(&w.sim, &run.token)]).await
+}
+
+async fn click(w: &World, user: UserId, msg: &Message, label: &str) -> Message {
+    let run = w
+        .sim
+        .click_button(user, msg.id, &button(msg, label))
+        .unwrap();
+    let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
+    assert_eq!(cb.kind, 4, "{label}: a new message for the new job");
+    finished(&w.sim, &[original_path(&w.sim, &run.token)]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imagine_in_a_guild_then_every_grid_button() {
+    let w = world().await;
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    let grid = imagine(
+        &w,
+        w.alice,
+        w.channel,
+        "a brown puppy on the beach --seed 42 --steps 4",
+    )
+    .await;
+    assert!(
+        grid.content.contains("a brown puppy on the beach"),
+        "{}",
+        grid.content
+    );
+    assert!(grid.content.contains(&format!("<@{}>", w.alice)));
+    assert_eq!(
+        png_of(&w.sim, &grid).dimensions(),
+        (128, 128),
+        "2x2 grid of 64x64"
+    );
+    let labels: Vec<String> = ["U1", "U2", "U3", "U4", "🔄", "V1", "V2", "V3", "V4"]
+        .iter()
+        .map(|l| button(&grid, l))
+        .collect();
+    assert_eq!(labels.len(), 9);
+
+    // U: the image alone; anyone may press, and the new job is theirs.
+    let single = click(&w, w.bob, &grid, "U2").await;
+    assert_eq!(png_of(&w.sim, &single).dimensions(), (64, 64));
+    assert!(
+        single.content.contains("Image #2") && single.content.contains(&format!("<@{}>", w.bob))
+    );
+    for vary in ["Vary (Subtle)", "Vary (Strong)"] {
+        let varied = click(&w, w.alice, &single, vary).await;
+        assert_eq!(
+            png_of(&w.sim, &varied).dimensions(),
+            (128, 128),
+            "{vary} makes a grid"
+        );
+    }
+    let variations = click(&w, w.alice, &grid, "V3").await;
+    assert_eq!(png_of(&w.sim, &variations).dimensions(), (128, 128));
+    let reroll = click(&w, w.alice, &grid, "🔄").await;
+    assert_ne!(
+        png_of(&w.sim, &reroll),
+        png_of(&w.sim, &grid),
+        "new seeds, new images"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imagine_in_a_dm_and_a_plain_dm_prompt() {
+    let w = world().await;
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    let dm = w.sim.dm_channel(w.alice).unwrap();
+    let grid = imagine(&w, w.alice, dm, "a lighthouse --steps 3").await;
+    assert_eq!(png_of(&w.sim, &grid).dimensions(), (128, 128));
+    click(&w, w.alice, &grid, "U1").await;
+
+    w.sim
+        .dm_text(w.alice, "a red fox in snow --steps 3 --ar 2:1")
+        .unwrap();
+    let path = format!("/channels/{dm}/messages");
+    let posted = w.sim.wait_channel_message(dm, WAIT).await.unwrap();
+    assert!(posted.content.contains("position"), "{}", posted.content);
+    let done = finished(&w.sim, &[format!("{path}/{}", posted.id)]).await;
+    let img = png_of(&w.sim, &done);
+    assert!(
+        img.width() > img.height(),
+        "--ar 2:1 is wide: {:?}",
+        img.dimensions()
+    );
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_parameters_get_a_private_reply_and_nothing_is_queued() {
+    let w = world().await;
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    for (prompt, needle) in [
+        ("a cat --ar 100:1", "--ar"),
+        ("a cat --foo 3", "Unknown parameter"),
+        ("a cat --steps 500", "--steps"),
+        ("a cat --model nope", "Unknown model"),
+    ] {
+        let run = w
+            .sim
+            .slash_command(
+                w.alice,
+                w.channel,
+                "imagine",
+                vec![("prompt", OptionValue::from(prompt))],
+            )
+            .unwrap();
+        let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
+        assert_eq!(cb.kind, 4);
+        assert_eq!(
+            cb.data["flags"].as_u64().unwrap_or(0) & 64,
+            64,
+            "private (ephemeral): {}",
+            cb.data
+        );
+        assert!(
+            cb.data["content"].as_str().unwrap().contains(needle),
+            "{prompt}: {}",
+            cb.data
+        );
+    }
+    bot.stop().await;
+    let store = imagine::store::Store::open(w.dir.path().join("imagine.db"))
+        .await
+        .unwrap();
+    assert!(store.unfinished_jobs().await.unwrap().is_empty());
+    assert!(
+        store.job(imagine::store::JobId(1)).await.unwrap().is_none(),
+        "nothing was written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn buttons_work_after_a_restart_and_interrupted_jobs_are_delivered() {
+    let w = world().await;
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    let grid = imagine(&w, w.alice, w.channel, "a castle --steps 3").await;
+    // A long job, interrupted while it runs.
+    let slow = w
+        .sim
+        .slash_command(
+            w.alice,
+            w.channel,
+            "imagine",
+            vec![("prompt", OptionValue::from("a slow castle --steps 100"))],
+        )
+        .unwrap();
+    w.sim.wait_callback(&slow, WAIT).await.unwrap();
+    let path = original_path(&w.sim, &slow.token);
+    w.sim
+        .wait_for("the slow job to report progress", WAIT, |entries| {
+            entries
+                .iter()
+                .filter_map(Entry::as_rest)
+                .any(|c| {
+                    c.path == path
+                        && c.method == "PATCH"
+                        && c.body["content"].as_str().is_some_and(|t| t.contains('%'))
+                })
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    bot.stop().await;
+
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    let resumed = finished(&w.sim, &[path]).await;
+    assert_eq!(
+        png_of(&w.sim, &resumed).dimensions(),
+        (128, 128),
+        "the interrupted job was resumed and delivered"
+    );
+    let single = click(&w, w.bob, &grid, "U4").await;
+    assert_eq!(
+        png_of(&w.sim, &single).dimensions(),
+        (64, 64),
+        "an old button works after the restart"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_and_a_busy_user_are_told_privately() {
+    let w = world().await;
+    let bot = start_bot(
+        &w.sim,
+        w.dir.path(),
+        &[("IMAGINE_QUEUE_CAPACITY", "2"), ("IMAGINE_USER_CAP", "2")],
+    )
+    .await;
+    let send = |user, prompt: &str| {
+        w.sim
+            .slash_command(
+                user,
+                w.channel,
+                "imagine",
+                vec![("prompt", OptionValue::from(prompt))],
+            )
+            .unwrap()
+    };
+    let first = send(w.alice, "one --steps 100");
+    w.sim.wait_callback(&first, WAIT).await.unwrap();
+    let path = original_path(&w.sim, &first.token);
+    w.sim
+        .wait_for("the first job to start", WAIT, |entries| {
+            entries
+                .iter()
+                .filter_map(Entry::as_rest)
+                .any(|c| {
+                    c.path == path
+                        && c.method == "PATCH"
+                        && c.body["content"].as_str().is_some_and(|t| t.contains('%'))
+                })
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    let second = send(w.alice, "two --steps 2");
+    let cb = w.sim.wait_callback(&second, WAIT).await.unwrap();
+    assert!(
+        cb.data["content"].as_str().unwrap().contains("position 1"),
+        "{}",
+        cb.data
+    );
+    let over_cap = send(w.alice, "three");
+    let cb = w.sim.wait_callback(&over_cap, WAIT).await.unwrap();
+    assert_eq!(cb.data["flags"].as_u64().unwrap_or(0) & 64, 64);
+    assert!(
+        cb.data["content"]
+            .as_str()
+            .unwrap()
+            .contains("already have 2 jobs"),
+        "{}",
+        cb.data
+    );
+    let fourth = send(w.bob, "four --steps 2");
+    let cb = w.sim.wait_callback(&fourth, WAIT).await.unwrap();
+    assert!(
+        cb.data["content"].as_str().unwrap().contains("position 2"),
+        "{}",
+        cb.data
+    );
+    let full = send(w.bob, "five");
+    let cb = w.sim.wait_callback(&full, WAIT).await.unwrap();
+    assert_eq!(cb.data["flags"].as_u64().unwrap_or(0) & 64, 64);
+    assert!(
+        cb.data["content"]
+            .as_str()
+            .unwrap()
+            .contains("queue is full"),
+        "{}",
+        cb.data
+    );
+    // The admitted jobs still finish.
+    finished(&w.sim, &[original_path(&w.sim, &second.token)]).await;
+    finished(&w.sim, &[original_path(&w.sim, &fourth.token)]).await;
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_finishing_after_the_token_expired_is_posted_to_the_channel() {
+    let w = world().await;
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    let run = w
+        .sim
+        .slash_command(
+            w.alice,
+            w.channel,
+            "imagine",
+            vec![("prompt", OptionValue::from("a late owl --steps 30"))],
+        )
+        .unwrap();
+    w.sim.wait_callback(&run, WAIT).await.unwrap();
+    w.sim.advance_clock(Duration::from_secs(16 * 60));
+    let posted = finished(&w.sim, &[format!("/channels/{}/messages", w.channel)]).await;
+    assert!(
+        posted.content.contains(&format!("<@{}>", w.alice)),
+        "{}",
+        posted.content
+    );
+    assert_eq!(png_of(&w.sim, &posted).dimensions(), (128, 128));
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_prompt_starts_from_the_attachment_and_a_non_image_is_refused() {
+    let w = world().await;
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    let png = std::fs::read(root().join("assets/reference/init_64.png")).unwrap();
+    let upload = imagine_tests::Upload::png("start.png", png);
+    let run = w
+        .sim
+        .slash_command(
+            w.alice,
+            w.channel,
+            "imagine",
+            vec![
+                ("prompt", OptionValue::from("the same, at night --steps 4")),
+                ("image", upload.into()),
+            ],
+        )
+        .unwrap();
+    assert_eq!(w.sim.wait_callback(&run, WAIT).await.unwrap().kind, 4);
+    let done = finished(&w.sim, &[original_path(&w.sim, &run.token)]).await;
+    let grid = png_of(&w.sim, &done);
+    let bytes = w.sim.file_bytes(&done.attachments[0].url).unwrap();
+    let params = imagine::render::read_parameters(&bytes).unwrap().unwrap();
+    assert!(
+        params.contains("Denoising strength: 0.75"),
+        "image to image from the attachment: {params}"
+    );
+    assert_eq!(grid.dimensions(), (128, 128));
+
+    let text = imagine_tests::Upload {
+        filename: "notes.txt".into(),
+        bytes: b"hello".to_vec(),
+        content_type: "text/plain".into(),
+    };
+    let run = w
+        .sim
+        .slash_command(
+            w.alice,
+            w.channel,
+            "imagine",
+            vec![
+                ("prompt", OptionValue::from("a cat")),
+                ("image", text.into()),
+            ],
+        )
+        .unwrap();
+    let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
+    assert_eq!(cb.data["flags"].as_u64().unwrap_or(0) & 64, 64);
+    assert!(
+        cb.data["content"]
+            .as_str()
+            .unwrap()
+            .contains("not an image"),
+        "{}",
+        cb.data
+    );
+
+    // A file that claims to be a PNG but is not: the job fails and says why.
+    let fake = imagine_tests::Upload::png("fake.png", b"not really a png".to_vec());
+    let run = w
+        .sim
+        .slash_command(
+            w.alice,
+            w.channel,
+            "imagine",
+            vec![
+                ("prompt", OptionValue::from("a dog")),
+                ("image", fake.into()),
+            ],
+        )
+        .unwrap();
+    w.sim.wait_callback(&run, WAIT).await.unwrap();
+    let path = original_path(&w.sim, &run.token);
+    let failed = w
+        .sim
+        .wait_for("the failure to be shown", WAIT, |entries| {
+            entries.iter().filter_map(Entry::as_rest).find_map(|c| {
+                (c.path == path && c.method == "PATCH")
+                    .then(|| c.body["content"].as_str().unwrap_or("").to_string())
+            })
+        })
+        .await
+        .unwrap();
+    assert!(
+        failed.contains("could not use the attached image"),
+        "{failed}"
+    );
+    bot.stop().await;
+}
