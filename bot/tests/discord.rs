@@ -87,8 +87,7 @@ fn has_buttons(v: &Value) -> bool {
 async fn finished(sim: &Simulator, paths: &[String]) -> Message {
     sim.wait_for("a finished job (a message with buttons)", WAIT, |entries| {
         entries.iter().filter_map(Entry::as_rest).find_map(|c| {
-            let relevant =
-                paths.iter().any(|p| c.path == *p) && (c.method == "PATCH" || c.method == "POST");
+            let relevant = paths.contains(&c.path) && (c.method == "PATCH" || c.method == "POST");
             (relevant && c.status < 300 && has_buttons(&c.response))
                 .then(|| serde_json::from_value(c.response.clone()).unwrap())
         })
