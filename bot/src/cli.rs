@@ -10,7 +10,22 @@ use imagine_engine::SchedulerKind;
 /// Imagine: a self-hosted, Midjourney-style image bot for Discord, running Stable Diffusion
 /// locally on candle.
 #[derive(Debug, Parser)]
-#[command(name = "imagine", version, about, long_about = None)]
+#[command(
+    name = "imagine",
+    version,
+    about,
+    long_about = None,
+    after_help = "The bot reads its settings from flags, environment variables or a TOML file:\n  \
+DISCORD_TOKEN            bot token (required for `imagine bot`; never logged)\n  \
+IMAGINE_MODEL            default model folder or HF repo id (stabilityai/sd-turbo)\n  \
+IMAGINE_DB               SQLite file (./imagine.db)\n  \
+IMAGINE_DATA_DIR         where images are kept (./imagine-data)\n  \
+IMAGINE_QUEUE_CAPACITY   jobs that may wait (32)\n  \
+IMAGINE_USER_CAP         queued or running jobs per user (3)\n  \
+DISCORD_API_BASE         Discord-compatible API base URL (https://discord.com)\n  \
+IMAGINE_CONFIG           TOML file with the same settings and a [models] table\n\
+See `imagine bot --help` for details."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -1,0 +1,107 @@
+//! Try the real bot by hand, without Discord: starts the Discord simulator, runs `imagine bot`
+//! against it with a model of your choice, sends one `/imagine`, presses U1 and V1, and saves
+//! every image the bot posted.
+//!
+//! ```sh
+//! cargo build -p imagine && cargo run -p imagine --example simulate -- \
+//!     "a brown puppy on the beach --seed 42" out/ [model folder, default assets/models/tiny-sd15]
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use imagine_tests::{Entry, OptionValue, Simulator};
+use serenity::all::Message;
+
+const WAIT: Duration = Duration::from_secs(600);
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "a brown puppy on the beach".into());
+    let out = PathBuf::from(args.next().unwrap_or_else(|| "simulate-out".into()));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = args
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("assets/models/tiny-sd15"));
+    std::fs::create_dir_all(&out).expect("output folder");
+    let work = tempfile::tempdir().expect("temp dir");
+
+    let sim = Simulator::start().await;
+    let guild = sim.add_guild("Imagine Club");
+    let channel = sim.add_channel(guild, "art");
+    let alice = sim.add_user("alice");
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("imagine");
+    let _bot = tokio::process::Command::new(&bin)
+        .arg("bot")
+        .env("DISCORD_TOKEN", sim.token())
+        .env("DISCORD_API_BASE", sim.api_base())
+        .env("IMAGINE_MODEL", &model)
+        .env("IMAGINE_DB", work.path().join("imagine.db"))
+        .env("IMAGINE_DATA_DIR", work.path().join("data"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {} ({e}): build it first", bin.display()));
+    sim.wait_ready(WAIT).await.expect("the bot connects");
+
+    let run = sim
+        .slash_command(
+            alice,
+            channel,
+            "imagine",
+            vec![("prompt", OptionValue::from(prompt.as_str()))],
+        )
+        .unwrap();
+    let grid = finished(&sim, &run.token).await;
+    save(&sim, &grid, &out.join("grid.png"));
+    for (label, name) in [("U1", "u1.png"), ("V1", "v1-grid.png")] {
+        let click = sim
+            .click_button(alice, grid.id, &custom_id(&grid, label))
+            .unwrap();
+        let msg = finished(&sim, &click.token).await;
+        save(&sim, &msg, &out.join(name));
+    }
+    println!("{}", sim.transcript());
+}
+
+async fn finished(sim: &Simulator, token: &str) -> Message {
+    let path = format!(
+        "/webhooks/{}/{token}/messages/@original",
+        sim.application_id()
+    );
+    sim.wait_for("a finished job", WAIT, |entries| {
+        entries.iter().filter_map(Entry::as_rest).find_map(|c| {
+            let done = c.path == path
+                && c.status < 300
+                && c.response["components"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty());
+            done.then(|| serde_json::from_value(c.response.clone()).unwrap())
+        })
+    })
+    .await
+    .expect("the job finishes")
+}
+
+fn custom_id(msg: &Message, label: &str) -> String {
+    let rows = serde_json::to_value(&msg.components).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["components"].as_array().unwrap().clone())
+        .find(|b| b["label"].as_str() == Some(label))
+        .and_then(|b| b["custom_id"].as_str().map(str::to_owned))
+        .expect("the button")
+}
+
+fn save(sim: &Simulator, msg: &Message, path: &std::path::Path) {
+    let bytes = sim
+        .file_bytes(&msg.attachments[0].url)
+        .expect("the posted file");
+    std::fs::write(path, bytes).unwrap();
+    println!("{} -> {}", msg.content, path.display());
+}
