@@ -185,10 +185,9 @@ fn build_request(model: &StableDiffusion, item: &WorkItem) -> Result<GenerateReq
     Ok(req)
 }
 
-/// Starting noise with `--chaos`: each image's noise mixes a component shared by the batch (30%
-/// of the variance at chaos 0, none at 100)
-/// with its own. Chaos 0 keeps the four related (same composition, different details); 100
-/// makes them fully independent. Deterministic in the seeds.
+/// Starting noise with `--chaos`: each image's noise mixes a component shared by the batch
+/// (30% of the variance at chaos 0, none at 100) with its own. Low chaos keeps the four
+/// related; 100 makes them fully independent. Deterministic in the seeds.
 fn chaos_noise(model: &StableDiffusion, req: &GenerateRequest, chaos: u32) -> Result<Tensor> {
     let info = model.info();
     let shape = (
