@@ -43,8 +43,49 @@ async fn start_bot(sim: &Simulator, dir: &Path, env: &[(&str, &str)]) -> Bot {
     for (k, v) in env {
         cmd.env(k, v);
     }
+    let before = count_registrations(sim);
     let child = cmd.spawn().expect("start imagine bot");
-    let registrations = count_registrations(sim);
+    wait_registered(sim, before).await;
+    Bot { child }
+}
+
+/// Discord being slow to accept edits of one interaction's message: keeps that job running
+/// (the dispatcher waits for its progress edit) long enough to observe the queue around it.
+fn slow_edits(sim: &Simulator, token: &str) {
+    let route = format!("/webhooks/*/{token}/messages/@original");
+    sim.fail_route(
+        "PATCH",
+        &route,
+        imagine_tests::Fault::Latency(Duration::from_secs(8)),
+        1,
+    );
+}
+
+/// Waits until the job's status in the bot's database is `status` (read beside the running
+/// bot: the database is in WAL mode).
+async fn wait_status(dir: &Path, job: i64, status: imagine::store::JobStatus) {
+    let store = imagine::store::Store::open(dir.join("imagine.db"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = store
+            .job(imagine::store::JobId(job))
+            .await
+            .unwrap()
+            .map(|j| j.status);
+        if now == Some(status) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {job} never became {status:?} (is {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_registered(sim: &Simulator, registrations: usize) {
     sim.wait_for("the bot to register /imagine", WAIT, |entries| {
         (count(entries, |c| {
             c.method == "PUT" && c.path.ends_with("/commands") && c.status < 300
@@ -53,7 +94,6 @@ async fn start_bot(sim: &Simulator, dir: &Path, env: &[(&str, &str)]) -> Bot {
     })
     .await
     .unwrap();
-    Bot { child }
 }
 
 impl Bot {
@@ -85,12 +125,22 @@ fn has_buttons(v: &Value) -> bool {
 /// The first edit of an interaction's message (or of a channel message) that carries buttons:
 /// the finished job.
 async fn finished(sim: &Simulator, paths: &[String]) -> Message {
+    finished_after(sim, paths, 0).await
+}
+
+/// Like [`finished`], among transcript entries from index `from` on.
+async fn finished_after(sim: &Simulator, paths: &[String], from: usize) -> Message {
     sim.wait_for("a finished job (a message with buttons)", WAIT, |entries| {
-        entries.iter().filter_map(Entry::as_rest).find_map(|c| {
-            let relevant = paths.contains(&c.path) && (c.method == "PATCH" || c.method == "POST");
-            (relevant && c.status < 300 && has_buttons(&c.response))
-                .then(|| serde_json::from_value(c.response.clone()).unwrap())
-        })
+        entries
+            .iter()
+            .skip(from)
+            .filter_map(Entry::as_rest)
+            .find_map(|c| {
+                let relevant =
+                    paths.contains(&c.path) && (c.method == "PATCH" || c.method == "POST");
+                (relevant && c.status < 300 && has_buttons(&c.response))
+                    .then(|| serde_json::from_value(c.response.clone()).unwrap())
+            })
     })
     .await
     .unwrap()
@@ -320,29 +370,18 @@ async fn buttons_work_after_a_restart_and_interrupted_jobs_are_delivered() {
             w.alice,
             w.channel,
             "imagine",
-            vec![("prompt", OptionValue::from("a slow castle --steps 100"))],
+            vec![("prompt", OptionValue::from("a slow castle --steps 20"))],
         )
         .unwrap();
+    slow_edits(&w.sim, &slow.token);
     w.sim.wait_callback(&slow, WAIT).await.unwrap();
     let path = original_path(&w.sim, &slow.token);
-    w.sim
-        .wait_for("the slow job to report progress", WAIT, |entries| {
-            entries
-                .iter()
-                .filter_map(Entry::as_rest)
-                .any(|c| {
-                    c.path == path
-                        && c.method == "PATCH"
-                        && c.body["content"].as_str().is_some_and(|t| t.contains('%'))
-                })
-                .then_some(())
-        })
-        .await
-        .unwrap();
+    wait_status(w.dir.path(), 2, imagine::store::JobStatus::Running).await;
     bot.stop().await;
 
+    let restarted_at = w.sim.transcript().entries.len();
     let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
-    let resumed = finished(&w.sim, &[path]).await;
+    let resumed = finished_after(&w.sim, &[path], restarted_at).await;
     assert_eq!(
         png_of(&w.sim, &resumed).dimensions(),
         (128, 128),
@@ -376,23 +415,10 @@ async fn a_full_queue_and_a_busy_user_are_told_privately() {
             )
             .unwrap()
     };
-    let first = send(w.alice, "one --steps 100");
+    let first = send(w.alice, "one --steps 20");
+    slow_edits(&w.sim, &first.token);
     w.sim.wait_callback(&first, WAIT).await.unwrap();
-    let path = original_path(&w.sim, &first.token);
-    w.sim
-        .wait_for("the first job to start", WAIT, |entries| {
-            entries
-                .iter()
-                .filter_map(Entry::as_rest)
-                .any(|c| {
-                    c.path == path
-                        && c.method == "PATCH"
-                        && c.body["content"].as_str().is_some_and(|t| t.contains('%'))
-                })
-                .then_some(())
-        })
-        .await
-        .unwrap();
+    wait_status(w.dir.path(), 1, imagine::store::JobStatus::Running).await;
     let second = send(w.alice, "two --steps 2");
     let cb = w.sim.wait_callback(&second, WAIT).await.unwrap();
     assert!(
@@ -448,6 +474,8 @@ async fn a_job_finishing_after_the_token_expired_is_posted_to_the_channel() {
             vec![("prompt", OptionValue::from("a late owl --steps 30"))],
         )
         .unwrap();
+    // The job cannot finish before the clock moves: its first edit is held back.
+    slow_edits(&w.sim, &run.token);
     w.sim.wait_callback(&run, WAIT).await.unwrap();
     w.sim.advance_clock(Duration::from_secs(16 * 60));
     let posted = finished(&w.sim, &[format!("/channels/{}/messages", w.channel)]).await;

@@ -2,12 +2,12 @@
 //! read from the store by the job id in the custom_id, so they work after a restart) and plain
 //! DMs.
 
-use anyhow::Context as _;
 use poise::serenity_prelude::{
     self as serenity, ComponentInteraction, CreateInteractionResponse,
     CreateInteractionResponseMessage, FullEvent,
 };
 
+use super::admission::{admit, Admission};
 use super::{Data, Error};
 use crate::buttons::ButtonId;
 use crate::jobs::{button_job, Requester};
@@ -75,28 +75,15 @@ async fn on_click(
         Ok(job) => job,
         Err(msg) => return reply_private(ctx, click, &msg).await,
     };
-    let reservation = match data.queue.reserve(new_job.user_id) {
-        Ok(r) => r,
-        Err(e) => return reply_private(ctx, click, &e.to_string()).await,
+    let announce = |text: String| async move {
+        let msg = CreateInteractionResponseMessage::new().content(text);
+        click
+            .create_response(&ctx.http, CreateInteractionResponse::Message(msg))
+            .await?;
+        Ok(click.get_response(&ctx.http).await.ok().map(|m| m.id.get()))
     };
-    let id = data.store.insert_job(&new_job).await?;
-    let expected = reservation.expected_position();
-    let job = data
-        .store
-        .job(id)
-        .await?
-        .context("the job just written is missing")?;
-    let msg =
-        CreateInteractionResponseMessage::new().content(super::messages::queued(&job, expected));
-    click
-        .create_response(&ctx.http, CreateInteractionResponse::Message(msg))
-        .await?;
-    if let Ok(message) = click.get_response(&ctx.http).await {
-        data.store.set_message(id, message.id.get()).await?;
-    }
-    let position = reservation.commit(id);
-    if position != expected {
-        let _ = data.courier().queued(&job, position).await;
+    if let Admission::Refused(msg) = admit(data, &new_job, None, announce).await? {
+        return reply_private(ctx, click, &msg).await;
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! `/imagine prompt [image]`, and plain-text DMs taken as prompts. Input is parsed and checked
 //! before anything is queued; a problem gets a short private reply and nothing is lost.
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use poise::serenity_prelude::{self as serenity, CreateMessage};
 use poise::CreateReply;
 
+use super::admission::{admit, Admission};
 use super::{Context, Data, Error};
 use crate::jobs::{imagine_job, Requester};
 use crate::params::parse_prompt;
@@ -50,33 +51,13 @@ pub async fn imagine(
         Ok(job) => job,
         Err(msg) => return private(ctx, msg).await,
     };
-    let reservation = match data.queue.reserve(new_job.user_id) {
-        Ok(r) => r,
-        Err(e) => return private(ctx, e.to_string()).await,
+    let announce = |text: String| async move {
+        let reply = ctx.send(CreateReply::default().content(text)).await?;
+        Ok(reply.message().await.ok().map(|m| m.id.get()))
     };
-    let id = data.store.insert_job(&new_job).await?;
-    let expected = reservation.expected_position();
-    let job = data
-        .store
-        .job(id)
-        .await?
-        .context("the job just written is missing")?;
-    let reply = ctx
-        .send(CreateReply::default().content(super::messages::queued(&job, expected)))
-        .await?;
-    if let Ok(message) = reply.message().await {
-        data.store.set_message(id, message.id.get()).await?;
-    }
-    if let (Some(att), Some(path)) = (&image, &new_job.params.init_image) {
-        if let Err(e) = super::download_image(data, &att.url, path).await {
-            data.store.fail_job(id, &e).await?;
-            let _ = data.courier().failed(&job, &e).await;
-            return Ok(());
-        }
-    }
-    let position = reservation.commit(id);
-    if position != expected {
-        let _ = data.courier().queued(&job, position).await;
+    let url = image.as_ref().map(|a| a.url.as_str());
+    if let Admission::Refused(msg) = admit(data, &new_job, url, announce).await? {
+        return private(ctx, msg).await;
     }
     Ok(())
 }
@@ -158,26 +139,9 @@ pub async fn dm_prompt(
             return Ok(());
         }
     };
-    let reservation = match data.queue.reserve(new_job.user_id) {
-        Ok(r) => r,
-        Err(e) => {
-            say(e.to_string()).await?;
-            return Ok(());
-        }
-    };
-    let id = data.store.insert_job(&new_job).await?;
-    let expected = reservation.expected_position();
-    let job = data
-        .store
-        .job(id)
-        .await?
-        .context("the job just written is missing")?;
-    let posted = say(super::messages::queued(&job, expected)).await?;
-    data.store.set_message(id, posted.id.get()).await?;
-    let position = reservation.commit(id);
-    if position != expected {
-        let job = data.store.job(id).await?.context("job missing")?;
-        let _ = data.courier().queued(&job, position).await;
+    let announce = |text: String| async move { Ok(Some(say(text).await?.id.get())) };
+    if let Admission::Refused(msg) = admit(data, &new_job, None, announce).await? {
+        say(msg).await?;
     }
     Ok(())
 }

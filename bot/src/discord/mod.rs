@@ -3,10 +3,12 @@
 //! resumes unfinished jobs and every old button still works.
 //!
 //! - [`imagine_cmd`]: `/imagine` and DM prompts; [`events`]: buttons and DMs.
+//! - [`admission`]: queue slot, store, first message, then the line.
 //! - [`dispatcher`]: queue → worker thread → store → Discord.
 //! - [`courier`]: editing or posting messages (late delivery after 15 minutes).
 //! - [`messages`]: the text and buttons of each job state.
 
+pub mod admission;
 pub mod courier;
 pub mod dispatcher;
 pub mod events;
