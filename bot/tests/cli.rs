@@ -175,3 +175,72 @@ fn bad_input_fails_with_a_message() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("neither a folder"));
 }
+
+/// Lays out `tiny-sd15` as the Hugging Face cache would hold repo `test-org/tiny-sd15`.
+fn fake_hf_cache(home: &Path) -> PathBuf {
+    let repo = home.join("hub/models--test-org--tiny-sd15");
+    let snapshot = repo.join("snapshots/0123456789abcdef");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
+    let src = root().join("assets/models/tiny-sd15");
+    for entry in walk(&src) {
+        let target = snapshot.join(entry.strip_prefix(&src).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, target).unwrap();
+    }
+    snapshot
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_repo_id_loads_from_the_hugging_face_cache_offline() {
+    let home = tempfile::tempdir().unwrap();
+    let snapshot = fake_hf_cache(home.path());
+    let out = home.path().join("o.png").display().to_string();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_imagine"))
+            .args([
+                "generate",
+                "a cat",
+                "--model",
+                "test-org/tiny-sd15",
+                "--steps",
+                "2",
+                "--out",
+                &out,
+            ])
+            .env("HF_HOME", home.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = std::fs::read(&out).unwrap();
+    assert!(
+        parameters(&png).ends_with("Model: test-org/tiny-sd15"),
+        "{}",
+        parameters(&png)
+    );
+
+    std::fs::remove_file(snapshot.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("vae/diffusion_pytorch_model.safetensors") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+}

@@ -43,12 +43,17 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
             "{spec:?} is neither a folder nor a Hugging Face repo id like stabilityai/sd-turbo"
         )));
     }
-    if let Some(dir) = cached_snapshot(spec) {
-        return Ok(dir);
+    let cached = cached_snapshot(spec);
+    if let Some(Ok(dir)) = &cached {
+        return Ok(dir.clone());
     }
     if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true") {
+        let what = match cached {
+            Some(Err(missing)) => format!("its cached copy lacks {}", missing.display()),
+            _ => "it is not in the Hugging Face cache".to_string(),
+        };
         return Err(EngineError::ModelNotFound(format!(
-            "{spec} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it on a machine with internet access, or point --model at a local folder"
+            "{spec}: {what}, and HF_HUB_OFFLINE is set: download it on a machine with internet access, or point --model at a local folder"
         )));
     }
     download(spec)
@@ -66,23 +71,32 @@ fn looks_like_repo_id(spec: &str) -> bool {
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
 
-/// A snapshot already in the cache that holds every config file and a weight file for each
-/// component.
-fn cached_snapshot(repo: &str) -> Option<PathBuf> {
+/// The cached snapshot of `repo`, if one exists: `Ok` when it holds every config file and a
+/// weight file for each component, else `Err` with the first file it lacks.
+fn cached_snapshot(repo: &str) -> Option<std::result::Result<PathBuf, PathBuf>> {
     let cache = hf_hub::Cache::from_env();
     let repo = cache.model(repo.to_string());
     let index = repo.get("model_index.json")?;
     let dir = index.parent()?.to_path_buf();
-    complete(&dir).then_some(dir)
+    Some(match first_missing(&dir) {
+        None => Ok(dir),
+        Some(missing) => Err(missing),
+    })
 }
 
-fn complete(dir: &Path) -> bool {
-    CONFIG_FILES.iter().all(|f| dir.join(f).exists())
-        && ["unet", "vae", "text_encoder"].iter().all(|c| {
-            weight_candidates(c)
+fn first_missing(dir: &Path) -> Option<PathBuf> {
+    let config = CONFIG_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| !p.exists());
+    config.or_else(|| {
+        ["unet", "vae", "text_encoder"].iter().find_map(|c| {
+            let present = weight_candidates(c)
                 .iter()
-                .any(|w| dir.join(c).join(w).exists())
+                .any(|w| dir.join(c).join(w).exists());
+            (!present).then(|| dir.join(c).join(weight_candidates(c)[0]))
         })
+    })
 }
 
 /// Downloads the files the engine needs into the HF cache (progress bars on stderr).
