@@ -73,6 +73,7 @@ fn text_embeddings_match_diffusers() {
                 .unwrap();
             let got = sd.encode_tokens(&[ids]).unwrap();
             let diff = max_abs_diff(&got, &r[want]);
+            eprintln!("{model} {want}: max abs difference {diff:e}");
             assert!(diff < 1e-4, "{model} {want}: max diff {diff}");
         }
     }
@@ -86,6 +87,7 @@ fn one_unet_forward_matches_diffusers() {
         let t = r["unet_t"].to_vec1::<f32>().unwrap()[0] as f64;
         let got = sd.unet_forward(&r["unet_in"], t, &r["unet_ctx"]).unwrap();
         let diff = max_abs_diff(&got, &r["unet_out"]);
+        eprintln!("{model} UNet: max abs difference {diff:e}");
         assert!(diff < 1e-4, "{model}: UNet max diff {diff}");
     }
 }
@@ -93,6 +95,7 @@ fn one_unet_forward_matches_diffusers() {
 fn assert_pixels_match(model: &str, kind: SchedulerKind, key: &str) {
     let images = txt2img(model, kind);
     let diff = max_pixel_diff(&images, &reference(model)[key]);
+    eprintln!("{model} {kind}: max pixel difference {diff}/255");
     assert!(diff <= 2, "{model} {kind}: max pixel diff {diff}/255");
 }
 
@@ -171,6 +174,7 @@ fn image_to_image_at_strength_0_6_matches_diffusers() {
             .unwrap();
         assert_eq!(steps, 4, "strength 0.6 of 8 steps runs 4");
         let diff = max_pixel_diff(&out.images, &r["image_img2img_u8"]);
+        eprintln!("{model} img2img: max pixel difference {diff}/255");
         assert!(diff <= 2, "{model} img2img: max pixel diff {diff}/255");
         // The encoder's mean, as diffusers computes it.
         let latents = sd
