@@ -131,7 +131,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         rows.push(bench.measure(Row::Text, None, &mut per_row_rss)?);
     }
     for &size in &args.sizes {
-        if size == 0 || size % 8 != 0 {
+        if size == 0 || !size.is_multiple_of(8) {
             bail!("size {size} is not a positive multiple of 8");
         }
         for row in ORDER
@@ -261,7 +261,9 @@ impl Bench<'_> {
         let window = model.tokenizer().encode(PROMPT, 1)?.chunks.remove(0);
         let empty = model.tokenizer().encode("", 1)?.chunks.remove(0);
         let context = |n: usize| -> Result<Tensor> {
-            Ok(model.encode_tokens(&[window.clone()])?.repeat((n, 1, 1))?)
+            Ok(model
+                .encode_tokens(std::slice::from_ref(&window))?
+                .repeat((n, 1, 1))?)
         };
         let unet = |n: usize| -> Result<Work<'_>> {
             let (x, ctx) = (latents(n)?, context(n)?);
@@ -325,7 +327,7 @@ impl Bench<'_> {
         eprint!(
             "{:<8} {:>5}: ",
             row.name(),
-            size.map_or("-".into(), |s| s.to_string())
+            size.map_or_else(|| "-".into(), |s| s.to_string())
         );
         *per_row_rss &= report::reset_peak_rss();
         for _ in 0..warmup {
