@@ -37,6 +37,8 @@ pub enum Command {
     Bot(crate::config::BotArgs),
     /// Generate an image (or a 2x2 grid) from a prompt, offline, and write a PNG.
     Generate(GenerateArgs),
+    /// Time the engine (text encoder, UNet, VAE, preview, grid job) on a model folder.
+    Bench(crate::bench_cmd::BenchArgs),
 }
 
 /// Arguments of `imagine generate`.
@@ -102,6 +104,7 @@ pub fn parse_size(s: &str) -> std::result::Result<(usize, usize), String> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => crate::generate_cmd::run(&args),
+        Command::Bench(args) => crate::bench_cmd::run(&args),
         Command::Bot(args) => {
             let config = crate::config::Config::resolve(&args)?;
             let runtime = tokio::runtime::Runtime::new()?;

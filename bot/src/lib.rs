@@ -2,12 +2,14 @@
 //!
 //! - [`cli`]: argument parsing and dispatch (`imagine generate`).
 //! - [`generate_cmd`]: the offline `generate` subcommand.
+//! - [`bench_cmd`]: `imagine bench`, timings of the engine's pieces on a model folder.
 //! - [`render`]: grids and PNG files with their `parameters` text chunk.
 //! - [`logging`]: tracing setup.
 //! - [`params`]: Midjourney-style prompt parameters (`--ar 3:2 --seed 42`) and image sizes.
 //! - [`buttons`]: the `custom_id` codec of result buttons (U1..U4, V1..V4, reroll, vary).
 //! - [`store`]: the SQLite store of jobs and images, the single source of truth.
 
+pub mod bench_cmd;
 pub mod buttons;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,357 @@
+//! `imagine bench`: times the engine's pieces on a diffusers folder, after warm-up, as the
+//! median of several runs: text encoding, one UNet forward (batch 1 and 4), VAE decode, the
+//! latent preview, and the whole 2x2 grid job (4 images, 1 step, no guidance: SD-Turbo's job).
+//!
+//! The folder is usually a full-size architecture with seeded random weights written by
+//! `tools/make_random_model.py`; `tools/bench_compare.py` times diffusers on the same folder.
+//! Random weights produce subnormal floats, which x86 CPUs process ~2x slower, so by default
+//! flush-to-zero / denormals-are-zero is set on every computing thread (the compare script
+//! sets the same in PyTorch). Achieved GFLOP/s use the analytic costs in DESIGN.md §3.
+
+mod report;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use clap::{Args, ValueEnum};
+use imagine_engine::noise::LatentNoise;
+use imagine_engine::pixels::latent_preview;
+use imagine_engine::{GenerateRequest, LoadOptions, StableDiffusion};
+use serde_json::Value;
+
+use report::{Measurement, Report};
+
+/// One timed piece of work.
+type Work<'a> = Box<dyn FnMut() -> Result<()> + 'a>;
+
+/// The prompt every row encodes (its token count does not matter: windows are 77 tokens).
+const PROMPT: &str = "a photograph of an astronaut riding a horse on the moon, highly detailed";
+
+/// Arguments of `imagine bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A diffusers model folder; for a full-size one with seeded random weights run
+    /// `tools/make_random_model.py --arch sd-turbo --out DIR`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Image sides to measure, in pixels.
+    #[arg(long, value_delimiter = ',', default_value = "512,256")]
+    pub sizes: Vec<usize>,
+    /// Timed runs per row (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Untimed runs before each row's timed runs.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed runs of the grid job (default: --runs). It gets no warm-up of its own: it runs
+    /// after the other rows at the same size, which already warmed every kernel it uses.
+    #[arg(long)]
+    pub grid_runs: Option<usize>,
+    /// Rows to run (default: all): text, preview, unet1, vae, unet4, grid.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<Row>,
+    /// Keep the CPU's default denormal handling instead of flushing to zero.
+    #[arg(long)]
+    pub keep_denormals: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// A measured piece of work; the names are shared with `tools/bench_compare.py`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Row {
+    /// Text encoder on a CFG pair (prompt + empty negative), batch 2.
+    Text,
+    /// `latent_preview` of 4 latents (the bot's per-step preview).
+    Preview,
+    /// One UNet forward, batch 1.
+    Unet1,
+    /// VAE decode of one image.
+    Vae,
+    /// One UNet forward, batch 4.
+    Unet4,
+    /// `generate`: 4 seeds, 1 step, guidance 0, decoded to images.
+    Grid,
+}
+
+impl Row {
+    fn name(self) -> &'static str {
+        match self {
+            Row::Text => "text",
+            Row::Preview => "preview",
+            Row::Unet1 => "unet1",
+            Row::Vae => "vae",
+            Row::Unet4 => "unet4",
+            Row::Grid => "grid",
+        }
+    }
+}
+
+/// Rows in the order they run at each size: cheap first, the whole job last.
+const ORDER: [Row; 6] = [
+    Row::Text,
+    Row::Preview,
+    Row::Unet1,
+    Row::Vae,
+    Row::Unet4,
+    Row::Grid,
+];
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let flush = !args.keep_denormals;
+    install_thread_pool(flush)?;
+    let threads = rayon::current_num_threads();
+    eprintln!(
+        "{threads} compute threads; flush-to-zero/denormals-are-zero {}",
+        if flush { "ON on every thread" } else { "off" }
+    );
+
+    let model = StableDiffusion::load(&args.model, &LoadOptions::default())
+        .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let cost = Cost::of(&args.model)?;
+    let selected = |r: Row| args.only.is_empty() || args.only.contains(&r);
+    let bench = Bench {
+        model: &model,
+        warmup: args.warmup,
+        runs: args.runs,
+        grid_runs: args.grid_runs.unwrap_or(args.runs),
+        cost: &cost,
+    };
+
+    let mut rows = Vec::new();
+    let mut per_row_rss = true;
+    if selected(Row::Text) {
+        rows.push(bench.measure(Row::Text, None, &mut per_row_rss)?);
+    }
+    for &size in &args.sizes {
+        if size == 0 || !size.is_multiple_of(8) {
+            bail!("size {size} is not a positive multiple of 8");
+        }
+        for row in ORDER
+            .into_iter()
+            .filter(|r| *r != Row::Text && selected(*r))
+        {
+            rows.push(bench.measure(row, Some(size), &mut per_row_rss)?);
+        }
+    }
+
+    let report = Report {
+        tool: "imagine",
+        model: args.model.display().to_string(),
+        threads,
+        flush_denormals: flush,
+        warmup: args.warmup,
+        runs: args.runs,
+        grid_runs: bench.grid_runs,
+        peak_rss_per_row: per_row_rss,
+        rows,
+    };
+    report.print_table();
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    Ok(())
+}
+
+/// Builds rayon's global pool (which candle's CPU kernels and gemm use) so that every worker
+/// sets the denormal mode when it starts; the main thread sets it too.
+fn install_thread_pool(flush: bool) -> Result<()> {
+    if flush {
+        report::set_flush_denormals();
+    }
+    rayon::ThreadPoolBuilder::new()
+        .start_handler(move |_| {
+            if flush {
+                report::set_flush_denormals();
+            }
+        })
+        .build_global()
+        .context("the compute thread pool was already started")?;
+    if flush {
+        let all = rayon::broadcast(|_| report::flushes_denormals());
+        if !report::flushes_denormals() || all.contains(&false) {
+            bail!("could not set flush-to-zero on every compute thread");
+        }
+    }
+    Ok(())
+}
+
+/// Analytic work per call in GFLOP, for the architectures whose cost we know.
+struct Cost {
+    /// Text encoder, one 77-token window.
+    text_per_window: f64,
+    /// UNet forward, one image at 512x512 (None: not the SD 1.x/2.x UNet).
+    unet_512: Option<f64>,
+    /// VAE decode, one image at 512x512 (None: not the SD VAE).
+    vae_512: Option<f64>,
+}
+
+impl Cost {
+    fn of(dir: &Path) -> Result<Self> {
+        let read = |p: &str| -> Result<Value> {
+            let path = dir.join(p);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(serde_json::from_str(&text)?)
+        };
+        let (unet, vae, text) = (
+            read("unet/config.json")?,
+            read("vae/config.json")?,
+            read("text_encoder/config.json")?,
+        );
+        let sd_unet = unet["block_out_channels"] == serde_json::json!([320, 640, 1280, 1280])
+            && unet["layers_per_block"] == 2;
+        let sd_vae = vae["block_out_channels"] == serde_json::json!([128, 256, 512, 512])
+            && vae["layers_per_block"] == 2;
+        let num = |k: &str| text[k].as_f64().unwrap_or(0.0);
+        // Per layer and token: q, k, v, out projections (4 d^2 MACs) and the MLP (2 d I MACs);
+        // per layer, attention scores and weighted sum (2 S^2 d MACs). 1 MAC = 2 FLOP.
+        // Embeddings, layer norms, softmax and activations are left out (< 1%).
+        let (d, i, l, s) = (
+            num("hidden_size"),
+            num("intermediate_size"),
+            num("num_hidden_layers"),
+            77.0,
+        );
+        let text_per_window = l * (2.0 * s * (4.0 * d * d + 2.0 * d * i) + 4.0 * s * s * d) / 1e9;
+        Ok(Self {
+            text_per_window,
+            unet_512: sd_unet.then_some(800.0),
+            vae_512: sd_vae.then_some(2500.0),
+        })
+    }
+
+    /// UNet / VAE cost at `size`, scaled from 512 by pixel count (attention grows faster, so
+    /// this slightly under-counts above 512 and over-counts below).
+    fn scaled(at_512: Option<f64>, size: usize) -> Option<f64> {
+        let f = (size as f64 / 512.0).powi(2);
+        at_512.map(|g| g * f)
+    }
+}
+
+struct Bench<'a> {
+    model: &'a StableDiffusion,
+    warmup: usize,
+    runs: usize,
+    grid_runs: usize,
+    cost: &'a Cost,
+}
+
+impl Bench<'_> {
+    fn measure(
+        &self,
+        row: Row,
+        size: Option<usize>,
+        per_row_rss: &mut bool,
+    ) -> Result<Measurement> {
+        let s = size.unwrap_or(512);
+        let latents = |n: usize| -> Result<Tensor> {
+            let seeds: Vec<u64> = (0..n as u64).collect();
+            let lat = self.model.info().latent_channels;
+            Ok(LatentNoise::new(&seeds, (lat, s / 8, s / 8), &candle_core::Device::Cpu).draw()?)
+        };
+        let model = self.model;
+        let window = model.tokenizer().encode(PROMPT, 1)?.chunks.remove(0);
+        let empty = model.tokenizer().encode("", 1)?.chunks.remove(0);
+        let context = |n: usize| -> Result<Tensor> {
+            Ok(model
+                .encode_tokens(std::slice::from_ref(&window))?
+                .repeat((n, 1, 1))?)
+        };
+        let unet = |n: usize| -> Result<Work<'_>> {
+            let (x, ctx) = (latents(n)?, context(n)?);
+            Ok(Box::new(move || {
+                model.unet_forward(&x, 999.0, &ctx)?;
+                Ok(())
+            }))
+        };
+        let c = self.cost;
+        let (batch, gflop, mut work): (usize, Option<f64>, Work<'_>) = match row {
+            Row::Text => {
+                let pair = vec![empty.clone(), window.clone()];
+                let f = move || -> Result<()> {
+                    model.encode_tokens(&pair)?;
+                    Ok(())
+                };
+                (2, Some(2.0 * c.text_per_window), Box::new(f))
+            }
+            Row::Preview => {
+                let x = latents(4)?;
+                let f = move || -> Result<()> {
+                    latent_preview(&x)?;
+                    Ok(())
+                };
+                (4, None, Box::new(f))
+            }
+            Row::Unet1 => (1, Cost::scaled(c.unet_512, s), unet(1)?),
+            Row::Unet4 => (4, Cost::scaled(c.unet_512, s).map(|g| 4.0 * g), unet(4)?),
+            Row::Vae => {
+                let x = latents(1)?;
+                let f = move || -> Result<()> {
+                    model.vae_decode(&x)?;
+                    Ok(())
+                };
+                (1, Cost::scaled(c.vae_512, s), Box::new(f))
+            }
+            Row::Grid => {
+                let mut req = GenerateRequest::text(PROMPT, s, s, vec![1, 2, 3, 4]);
+                req.steps = 1;
+                req.guidance = 0.0;
+                let f = move || -> Result<()> {
+                    let out = model.generate(&req, &mut |_| ControlFlow::Continue(()))?;
+                    anyhow::ensure!(out.images.len() == 4, "the grid job made no 4 images");
+                    Ok(())
+                };
+                let per_image = Cost::scaled(c.unet_512, s)
+                    .zip(Cost::scaled(c.vae_512, s))
+                    .map(|(u, v)| u + v);
+                (
+                    4,
+                    per_image.map(|g| 4.0 * g + c.text_per_window),
+                    Box::new(f),
+                )
+            }
+        };
+
+        let (warmup, runs) = match row {
+            Row::Grid => (0, self.grid_runs),
+            _ => (self.warmup, self.runs),
+        };
+        eprint!(
+            "{:<8} {:>5}: ",
+            row.name(),
+            size.map_or_else(|| "-".into(), |s| s.to_string())
+        );
+        *per_row_rss &= report::reset_peak_rss();
+        for _ in 0..warmup {
+            work()?;
+            eprint!("w ");
+        }
+        let mut all = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let start = Instant::now();
+            work()?;
+            all.push(start.elapsed().as_secs_f64());
+            eprint!("{:.3}s ", all.last().expect("pushed"));
+        }
+        eprintln!();
+        let seconds = report::median(&all);
+        Ok(Measurement {
+            row: row.name(),
+            size,
+            batch,
+            seconds,
+            all_seconds: all,
+            gflop,
+            gflops_per_s: gflop.map(|g| g / seconds),
+            peak_rss_mib: report::peak_rss_mib(),
+        })
+    }
+}

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Side-by-side timings: `imagine bench` against diffusers on the same model folder.
+
+Runs ``imagine bench --model DIR --json ...`` first (as a subprocess, alone on the CPU),
+then loads the same folder with diffusers' ``StableDiffusionPipeline`` and times the same
+rows at the same sizes, fp32, with the same thread count and the same denormal mode
+(flush-to-zero on both sides unless ``--keep-denormals``), then prints one table with the
+ratio ours / diffusers per row (below 1.0: we are faster).
+
+Rows (names shared with ``imagine bench``):
+  text    text encoder on a CFG pair (empty negative + prompt), batch 2, 77 tokens
+  preview our per-step latent preview (diffusers has none: not compared)
+  unet1   one UNet forward, batch 1, timestep 999
+  vae     VAE decode of one latent
+  unet4   one UNet forward, batch 4
+  grid    the whole 2x2 job: 4 images, 1 step, guidance 0, decoded to PIL images
+
+Peak RSS is measured the same way on both sides: the kernel's VmHWM is reset through
+/proc/self/clear_refs at the start of each row and read at its end.
+
+Run by hand, never in CI (needs torch + diffusers; see tools/README.md):
+    cargo build --release -p imagine
+    /work/pyenv/bin/python tools/make_random_model.py --arch sd-turbo --out /tmp/sd-turbo-random
+    /work/pyenv/bin/python tools/bench_compare.py --model /tmp/sd-turbo-random --sizes 512,256 --runs 3
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
+ORDER = ["text", "preview", "unet1", "vae", "unet4", "grid"]
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--sizes", default="512,256")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--grid-runs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="", help="comma-separated rows (default: all)")
+    ap.add_argument("--keep-denormals", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="also time diffusers under bf16 autocast")
+    ap.add_argument("--imagine", type=Path, default=REPO / "target" / "release" / "imagine")
+    ap.add_argument("--imagine-json", type=Path, help="reuse this imagine bench JSON, skip running it")
+    ap.add_argument("--out", type=Path, help="write both sides' results as JSON here")
+    return ap.parse_args()
+
+
+def loadavg():
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def run_imagine(args, sizes, only):
+    if args.imagine_json:
+        return json.loads(args.imagine_json.read_text())
+    out = Path(tempfile.mkdtemp()) / "imagine.json"
+    cmd = [
+        str(args.imagine), "bench", "--model", str(args.model),
+        "--sizes", ",".join(map(str, sizes)),
+        "--runs", str(args.runs), "--warmup", str(args.warmup), "--json", str(out),
+    ]
+    if args.grid_runs is not None:
+        cmd += ["--grid-runs", str(args.grid_runs)]
+    if only:
+        cmd += ["--only", ",".join(only)]
+    if args.keep_denormals:
+        cmd.append("--keep-denormals")
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    print("$ RAYON_NUM_THREADS=%d %s" % (args.threads, " ".join(cmd)), flush=True)
+    print("before imagine:", loadavg(), flush=True)
+    subprocess.run(cmd, check=True, env=env)
+    return json.loads(out.read_text())
+
+
+def reset_peak_rss():
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return None
+
+
+def time_row(fn, warmup, runs):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def diffusers_rows(args, sizes, only, precision):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(args.model), torch_dtype=torch.float32, safety_checker=None
+    )
+    pipe.set_progress_bar_config(disable=True)
+    ids = pipe.tokenizer(
+        ["", PROMPT], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    grid_runs = args.grid_runs if args.grid_runs is not None else args.runs
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if precision == "bf16"
+        else torch.autocast("cpu", enabled=False)
+    )
+
+    def latents(n, s):
+        g = torch.Generator().manual_seed(0)
+        return torch.randn((n, 4, s // 8, s // 8), generator=g)
+
+    with torch.inference_mode():
+        ctx1 = pipe.text_encoder(ids[1:])[0]
+    results = []
+    plan = [("text", None)] if "text" in only else []
+    plan += [(r, s) for s in sizes for r in ORDER if r not in ("text", "preview") and r in only]
+    for row, size in plan:
+        if row == "text":
+            batch, fn = 2, lambda: pipe.text_encoder(ids)[0]
+        elif row in ("unet1", "unet4"):
+            batch = 1 if row == "unet1" else 4
+            x, ctx = latents(batch, size), ctx1.repeat(batch, 1, 1)
+            fn = lambda x=x, ctx=ctx: pipe.unet(x, 999, encoder_hidden_states=ctx).sample
+        elif row == "vae":
+            batch, x = 1, latents(1, size)
+            fn = lambda x=x: pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample
+        else:  # grid
+            batch = 4
+
+            def fn(size=size):
+                out = pipe(
+                    PROMPT,
+                    height=size,
+                    width=size,
+                    num_inference_steps=1,
+                    guidance_scale=0.0,
+                    num_images_per_prompt=4,
+                    generator=torch.Generator().manual_seed(1),
+                    output_type="pil",
+                ).images
+                assert len(out) == 4
+
+        print("diffusers %s %-7s %5s: " % (precision, row, size or "-"), end="", flush=True)
+        reset_peak_rss()
+        with torch.inference_mode(), autocast:
+            warm, runs = (0, grid_runs) if row == "grid" else (args.warmup, args.runs)
+            times = time_row(fn, warm, runs)
+        print(" ".join("%.3fs" % t for t in times), flush=True)
+        results.append({
+            "row": row,
+            "size": size,
+            "batch": batch,
+            "precision": precision,
+            "seconds": statistics.median(times),
+            "all_seconds": times,
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    return results
+
+
+def print_table(ours, theirs, bf16):
+    key = lambda r: (r["row"], r["size"])
+    theirs_fp32 = {key(r): r for r in theirs if r["precision"] == "fp32"}
+    theirs_bf16 = {key(r): r for r in theirs if r["precision"] == "bf16"}
+    fmt = lambda v, p: "-" if v is None else "%.*f" % (p, v)
+    head = "%-8s %5s %5s | %9s %9s %7s | %9s %9s | %8s %8s" % (
+        "row", "size", "batch", "ours s", "diff. s", "ratio", "ours GF/s", "diff GF/s",
+        "ours MiB", "diff MiB")
+    if bf16:
+        head += " | %9s" % "diff bf16 s"
+    print("\n" + head)
+    print("-" * len(head))
+    for r in ours["rows"]:
+        t = theirs_fp32.get(key(r))
+        ts = t["seconds"] if t else None
+        gf = r.get("gflop")
+        line = "%-8s %5s %5d | %9.3f %9s %7s | %9s %9s | %8s %8s" % (
+            r["row"], r["size"] or "-", r["batch"], r["seconds"], fmt(ts, 3),
+            fmt(r["seconds"] / ts if ts else None, 2),
+            fmt(r.get("gflops_per_s"), 1), fmt(gf / ts if gf and ts else None, 1),
+            fmt(r.get("peak_rss_mib"), 0), fmt(t["peak_rss_mib"] if t else None, 0))
+        if bf16:
+            b = theirs_bf16.get(key(r))
+            line += " | %9s" % fmt(b["seconds"] if b else None, 3)
+        print(line)
+    print("ratio = ours / diffusers fp32 (below 1.0: Imagine is faster); GF/s from the same "
+          "analytic GFLOP on both sides; MiB = peak RSS during the row (VmHWM reset per row)")
+
+
+def main():
+    args = parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    only = [r for r in args.only.split(",") if r] or ORDER
+
+    # Threads and denormal mode are fixed before torch starts any pool.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+    print("start:", loadavg(), flush=True)
+    ours = run_imagine(args, sizes, only)
+
+    import torch
+
+    # Worker threads inherit the creating thread's MXCSR: set it before any parallel op.
+    torch.set_num_threads(args.threads)
+    flush = not args.keep_denormals
+    if flush and not torch.set_flush_denormal(True):
+        sys.exit("torch cannot flush denormals on this CPU")
+    # A large elementwise op runs on every intra-op thread: a subnormal input must give 0.
+    tiny = torch.full((1 << 22,), 1e-39) * 1.5
+    if flush and bool(tiny.ne(0).any()):
+        sys.exit("flush-to-zero is not set on every torch thread")
+
+    import diffusers
+    import transformers
+
+    print("diffusers %s, transformers %s, torch %s: %d threads, flush denormals %s"
+          % (diffusers.__version__, transformers.__version__, torch.__version__,
+             torch.get_num_threads(), "ON" if flush else "off"), flush=True)
+    print("before diffusers:", loadavg(), flush=True)
+    theirs = diffusers_rows(args, sizes, only, "fp32")
+    if args.bf16:
+        theirs += diffusers_rows(args, sizes, [r for r in only if r != "text"], "bf16")
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print("end:", loadavg())
+
+    print("\nimagine: %d threads, flush-to-zero %s, warm-up %d, median of %d (grid: %d, "
+          "no extra warm-up)" % (ours["threads"], "ON" if ours["flush_denormals"] else "off",
+                                 ours["warmup"], ours["runs"], ours["grid_runs"]))
+    print_table(ours, theirs, args.bf16)
+    print("diffusers process peak RSS (getrusage ru_maxrss, whole run): %.0f MiB" % maxrss)
+    if args.out:
+        args.out.write_text(json.dumps({
+            "imagine": ours,
+            "diffusers": theirs,
+            "diffusers_ru_maxrss_mib": maxrss,
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                         "transformers": transformers.__version__},
+        }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
