@@ -116,6 +116,18 @@ fn count_registrations(sim: &Simulator) -> usize {
     })
 }
 
+/// The callback's message says `needle`; `private` also asks that only the user sees it.
+fn assert_reply(cb: &imagine_tests::Callback, needle: &str, private: bool) {
+    let content = cb.data["content"].as_str().unwrap_or("");
+    assert!(
+        content.contains(needle),
+        "expected {needle:?} in {}",
+        cb.data
+    );
+    let ephemeral = cb.data["flags"].as_u64().unwrap_or(0) & 64 == 64;
+    assert_eq!(ephemeral, private, "ephemeral flag: {}", cb.data);
+}
+
 fn has_buttons(v: &Value) -> bool {
     v["components"]
         .as_array()
@@ -335,17 +347,7 @@ async fn bad_parameters_get_a_private_reply_and_nothing_is_queued() {
             .unwrap();
         let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
         assert_eq!(cb.kind, 4);
-        assert_eq!(
-            cb.data["flags"].as_u64().unwrap_or(0) & 64,
-            64,
-            "private (ephemeral): {}",
-            cb.data
-        );
-        assert!(
-            cb.data["content"].as_str().unwrap().contains(needle),
-            "{prompt}: {}",
-            cb.data
-        );
+        assert_reply(&cb, needle, true);
     }
     bot.stop().await;
     let store = imagine::store::Store::open(w.dir.path().join("imagine.db"))
@@ -421,40 +423,16 @@ async fn a_full_queue_and_a_busy_user_are_told_privately() {
     wait_status(w.dir.path(), 1, imagine::store::JobStatus::Running).await;
     let second = send(w.alice, "two --steps 2");
     let cb = w.sim.wait_callback(&second, WAIT).await.unwrap();
-    assert!(
-        cb.data["content"].as_str().unwrap().contains("position 1"),
-        "{}",
-        cb.data
-    );
+    assert_reply(&cb, "position 1", false);
     let over_cap = send(w.alice, "three");
     let cb = w.sim.wait_callback(&over_cap, WAIT).await.unwrap();
-    assert_eq!(cb.data["flags"].as_u64().unwrap_or(0) & 64, 64);
-    assert!(
-        cb.data["content"]
-            .as_str()
-            .unwrap()
-            .contains("already have 2 jobs"),
-        "{}",
-        cb.data
-    );
+    assert_reply(&cb, "already have 2 jobs", true);
     let fourth = send(w.bob, "four --steps 2");
     let cb = w.sim.wait_callback(&fourth, WAIT).await.unwrap();
-    assert!(
-        cb.data["content"].as_str().unwrap().contains("position 2"),
-        "{}",
-        cb.data
-    );
+    assert_reply(&cb, "position 2", false);
     let full = send(w.bob, "five");
     let cb = w.sim.wait_callback(&full, WAIT).await.unwrap();
-    assert_eq!(cb.data["flags"].as_u64().unwrap_or(0) & 64, 64);
-    assert!(
-        cb.data["content"]
-            .as_str()
-            .unwrap()
-            .contains("queue is full"),
-        "{}",
-        cb.data
-    );
+    assert_reply(&cb, "queue is full", true);
     // The admitted jobs still finish.
     finished(&w.sim, &[original_path(&w.sim, &second.token)]).await;
     finished(&w.sim, &[original_path(&w.sim, &fourth.token)]).await;
@@ -535,15 +513,7 @@ async fn an_image_prompt_starts_from_the_attachment_and_a_non_image_is_refused()
         )
         .unwrap();
     let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
-    assert_eq!(cb.data["flags"].as_u64().unwrap_or(0) & 64, 64);
-    assert!(
-        cb.data["content"]
-            .as_str()
-            .unwrap()
-            .contains("not an image"),
-        "{}",
-        cb.data
-    );
+    assert_reply(&cb, "not an image", true);
 
     // A file that claims to be a PNG but is not: the job fails and says why.
     let fake = imagine_tests::Upload::png("fake.png", b"not really a png".to_vec());
