@@ -217,17 +217,24 @@ async fn world() -> World {
     }
 }
 
+/// Sends `/imagine prompt [image]` as `user` in `channel`.
+fn run_imagine(
+    w: &World,
+    user: UserId,
+    channel: ChannelId,
+    prompt: &str,
+    image: Option<imagine_tests::Upload>,
+) -> imagine_tests::Interaction {
+    let mut options = vec![("prompt", OptionValue::from(prompt))];
+    options.extend(image.map(|i| ("image", i.into())));
+    w.sim
+        .slash_command(user, channel, "imagine", options)
+        .unwrap()
+}
+
 /// Runs `/imagine prompt` and returns the finished message.
 async fn imagine(w: &World, user: UserId, channel: ChannelId, prompt: &str) -> Message {
-    let run = w
-        .sim
-        .slash_command(
-            user,
-            channel,
-            "imagine",
-            vec![("prompt", OptionValue::from(prompt))],
-        )
-        .unwrap();
+    let run = run_imagine(&w, user, channel, prompt, None);
     let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
     assert_eq!(cb.kind, 4, "answered at once with the queue position");
     assert!(
@@ -336,15 +343,7 @@ async fn bad_parameters_get_a_private_reply_and_nothing_is_queued() {
         ("a cat --steps 500", "--steps"),
         ("a cat --model nope", "Unknown model"),
     ] {
-        let run = w
-            .sim
-            .slash_command(
-                w.alice,
-                w.channel,
-                "imagine",
-                vec![("prompt", OptionValue::from(prompt))],
-            )
-            .unwrap();
+        let run = run_imagine(&w, w.alice, w.channel, prompt, None);
         let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
         assert_eq!(cb.kind, 4);
         assert_reply(&cb, needle, true);
@@ -366,15 +365,7 @@ async fn buttons_work_after_a_restart_and_interrupted_jobs_are_delivered() {
     let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
     let grid = imagine(&w, w.alice, w.channel, "a castle --steps 3").await;
     // A long job, interrupted while it runs.
-    let slow = w
-        .sim
-        .slash_command(
-            w.alice,
-            w.channel,
-            "imagine",
-            vec![("prompt", OptionValue::from("a slow castle --steps 20"))],
-        )
-        .unwrap();
+    let slow = run_imagine(&w, w.alice, w.channel, "a slow castle --steps 20", None);
     slow_edits(&w.sim, &slow.token);
     w.sim.wait_callback(&slow, WAIT).await.unwrap();
     let path = original_path(&w.sim, &slow.token);
@@ -407,16 +398,7 @@ async fn a_full_queue_and_a_busy_user_are_told_privately() {
         &[("IMAGINE_QUEUE_CAPACITY", "2"), ("IMAGINE_USER_CAP", "2")],
     )
     .await;
-    let send = |user, prompt: &str| {
-        w.sim
-            .slash_command(
-                user,
-                w.channel,
-                "imagine",
-                vec![("prompt", OptionValue::from(prompt))],
-            )
-            .unwrap()
-    };
+    let send = |user, prompt: &str| run_imagine(&w, user, w.channel, prompt, None);
     let first = send(w.alice, "one --steps 20");
     slow_edits(&w.sim, &first.token);
     w.sim.wait_callback(&first, WAIT).await.unwrap();
@@ -443,15 +425,7 @@ async fn a_full_queue_and_a_busy_user_are_told_privately() {
 async fn a_job_finishing_after_the_token_expired_is_posted_to_the_channel() {
     let w = world().await;
     let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
-    let run = w
-        .sim
-        .slash_command(
-            w.alice,
-            w.channel,
-            "imagine",
-            vec![("prompt", OptionValue::from("a late owl --steps 30"))],
-        )
-        .unwrap();
+    let run = run_imagine(&w, w.alice, w.channel, "a late owl --steps 30", None);
     // The job cannot finish before the clock moves: its first edit is held back.
     slow_edits(&w.sim, &run.token);
     w.sim.wait_callback(&run, WAIT).await.unwrap();
@@ -472,18 +446,13 @@ async fn an_image_prompt_starts_from_the_attachment_and_a_non_image_is_refused()
     let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
     let png = std::fs::read(root().join("assets/reference/init_64.png")).unwrap();
     let upload = imagine_tests::Upload::png("start.png", png);
-    let run = w
-        .sim
-        .slash_command(
-            w.alice,
-            w.channel,
-            "imagine",
-            vec![
-                ("prompt", OptionValue::from("the same, at night --steps 4")),
-                ("image", upload.into()),
-            ],
-        )
-        .unwrap();
+    let run = run_imagine(
+        &w,
+        w.alice,
+        w.channel,
+        "the same, at night --steps 4",
+        Some(upload),
+    );
     assert_eq!(w.sim.wait_callback(&run, WAIT).await.unwrap().kind, 4);
     let done = finished(&w.sim, &[original_path(&w.sim, &run.token)]).await;
     let grid = png_of(&w.sim, &done);
@@ -500,35 +469,13 @@ async fn an_image_prompt_starts_from_the_attachment_and_a_non_image_is_refused()
         bytes: b"hello".to_vec(),
         content_type: "text/plain".into(),
     };
-    let run = w
-        .sim
-        .slash_command(
-            w.alice,
-            w.channel,
-            "imagine",
-            vec![
-                ("prompt", OptionValue::from("a cat")),
-                ("image", text.into()),
-            ],
-        )
-        .unwrap();
+    let run = run_imagine(&w, w.alice, w.channel, "a cat", Some(text));
     let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
     assert_reply(&cb, "not an image", true);
 
     // A file that claims to be a PNG but is not: the job fails and says why.
     let fake = imagine_tests::Upload::png("fake.png", b"not really a png".to_vec());
-    let run = w
-        .sim
-        .slash_command(
-            w.alice,
-            w.channel,
-            "imagine",
-            vec![
-                ("prompt", OptionValue::from("a dog")),
-                ("image", fake.into()),
-            ],
-        )
-        .unwrap();
+    let run = run_imagine(&w, w.alice, w.channel, "a dog", Some(fake));
     w.sim.wait_callback(&run, WAIT).await.unwrap();
     let path = original_path(&w.sim, &run.token);
     let failed = w
