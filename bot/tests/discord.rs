@@ -234,7 +234,7 @@ fn run_imagine(
 
 /// Runs `/imagine prompt` and returns the finished message.
 async fn imagine(w: &World, user: UserId, channel: ChannelId, prompt: &str) -> Message {
-    let run = run_imagine(&w, user, channel, prompt, None);
+    let run = run_imagine(w, user, channel, prompt, None);
     let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
     assert_eq!(cb.kind, 4, "answered at once with the queue position");
     assert!(
