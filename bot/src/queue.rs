@@ -54,9 +54,12 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// The position the job would get if committed now (1 = next).
+    /// The position the job will most likely get: behind the waiting jobs and the other
+    /// admissions still in progress (this one counts itself among them). If the guess turns
+    /// out wrong, the caller re-shows the real position after [`Reservation::commit`].
     pub fn expected_position(&self) -> usize {
-        self.queue.lock().waiting.len() + 1
+        let s = self.queue.lock();
+        s.waiting.len() + s.reserved.len()
     }
 
     /// Puts the job in line; returns its position (1 = next).
@@ -168,7 +171,16 @@ mod tests {
     #[tokio::test]
     async fn jobs_run_in_order_one_at_a_time() {
         let q = JobQueue::new(4, 4);
-        assert_eq!(q.reserve(1).unwrap().commit(JobId(1)), 1);
+        let r = q.reserve(1).unwrap();
+        assert_eq!(r.expected_position(), 1);
+        assert_eq!(r.commit(JobId(1)), 1);
+        let pending = q.reserve(3).unwrap();
+        assert_eq!(
+            q.reserve(4).unwrap().expected_position(),
+            3,
+            "behind a pending admission"
+        );
+        drop(pending);
         assert_eq!(q.reserve(2).unwrap().commit(JobId(2)), 2);
         assert_eq!(q.next().await, JobId(1));
         assert_eq!(q.positions(), vec![(JobId(2), 1)]);

@@ -51,14 +51,9 @@ async fn start_bot(sim: &Simulator, dir: &Path, env: &[(&str, &str)]) -> Bot {
 
 /// Discord being slow to accept edits of one interaction's message: keeps that job running
 /// (the dispatcher waits for its progress edit) long enough to observe the queue around it.
-fn slow_edits(sim: &Simulator, token: &str) {
+fn slow_edits(sim: &Simulator, token: &str, hold: Duration) {
     let route = format!("/webhooks/*/{token}/messages/@original");
-    sim.fail_route(
-        "PATCH",
-        &route,
-        imagine_tests::Fault::Latency(Duration::from_secs(8)),
-        1,
-    );
+    sim.fail_route("PATCH", &route, imagine_tests::Fault::Latency(hold), 1);
 }
 
 /// Waits until the job's status in the bot's database is `status` (read beside the running
@@ -366,7 +361,7 @@ async fn buttons_work_after_a_restart_and_interrupted_jobs_are_delivered() {
     let grid = imagine(&w, w.alice, w.channel, "a castle --steps 3").await;
     // A long job, interrupted while it runs.
     let slow = run_imagine(&w, w.alice, w.channel, "a slow castle --steps 20", None);
-    slow_edits(&w.sim, &slow.token);
+    slow_edits(&w.sim, &slow.token, Duration::from_secs(8));
     w.sim.wait_callback(&slow, WAIT).await.unwrap();
     let path = original_path(&w.sim, &slow.token);
     wait_status(w.dir.path(), 2, imagine::store::JobStatus::Running).await;
@@ -400,7 +395,8 @@ async fn a_full_queue_and_a_busy_user_are_told_privately() {
     .await;
     let send = |user, prompt: &str| run_imagine(&w, user, w.channel, prompt, None);
     let first = send(w.alice, "one --steps 20");
-    slow_edits(&w.sim, &first.token);
+    // Long enough for the four requests below even on a loaded machine.
+    slow_edits(&w.sim, &first.token, Duration::from_secs(30));
     w.sim.wait_callback(&first, WAIT).await.unwrap();
     wait_status(w.dir.path(), 1, imagine::store::JobStatus::Running).await;
     let second = send(w.alice, "two --steps 2");
@@ -427,7 +423,7 @@ async fn a_job_finishing_after_the_token_expired_is_posted_to_the_channel() {
     let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
     let run = run_imagine(&w, w.alice, w.channel, "a late owl --steps 30", None);
     // The job cannot finish before the clock moves: its first edit is held back.
-    slow_edits(&w.sim, &run.token);
+    slow_edits(&w.sim, &run.token, Duration::from_secs(8));
     w.sim.wait_callback(&run, WAIT).await.unwrap();
     w.sim.advance_clock(Duration::from_secs(16 * 60));
     let posted = finished(&w.sim, &[format!("/channels/{}/messages", w.channel)]).await;
