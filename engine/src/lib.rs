@@ -15,12 +15,16 @@ pub mod clip;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod kernels;
+pub mod layers;
+pub mod blocks;
 pub mod model;
 pub mod noise;
 pub mod pixels;
 pub mod schedulers;
 pub mod source;
 pub mod tokenizer;
+pub mod unet;
 pub mod vae;
 
 pub use error::{EngineError, Result};

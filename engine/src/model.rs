@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 
 use crate::clip::ClipTextModel;
 use crate::config::{
@@ -17,6 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::schedulers::{NoiseSchedule, SchedulerKind, Spacing};
 use crate::source::weight_candidates;
 use crate::tokenizer::ClipTokenizer;
+use crate::unet::UNet;
 use crate::vae::Autoencoder;
 
 /// Where and how to run a model.
@@ -48,7 +48,7 @@ pub enum UNetKind {
 pub struct StableDiffusion {
     pub(crate) tokenizer: ClipTokenizer,
     pub(crate) text_encoder: ClipTextModel,
-    pub(crate) unet: UNet2DConditionModel,
+    pub(crate) unet: UNet,
     pub(crate) vae: Autoencoder,
     pub(crate) schedule: NoiseSchedule,
     pub(crate) latent_channels: usize,
@@ -101,12 +101,11 @@ impl StableDiffusion {
         let text_encoder =
             ClipTextModel::new(weights(dir, "text_encoder", dtype, device)?, &text_cfg)
                 .map_err(|e| mismatch(dir, "text_encoder", e))?;
-        let unet = UNet2DConditionModel::new(
+        let unet = UNet::load(
             weights(dir, "unet", dtype, device)?,
             unet_cfg.in_channels,
             unet_cfg.out_channels,
-            false,
-            unet_candle,
+            &unet_candle,
         )
         .map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
         let vae = Autoencoder::new(weights(dir, "vae", dtype, device)?, &vae_cfg)

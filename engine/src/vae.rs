@@ -1,136 +1,132 @@
-//! The KL autoencoder between pixels and latents. candle's `AutoEncoderKL` hides the encoder's
-//! mean (it only offers a sample drawn from its unseedable RNG), so this assembles the same
-//! network from candle's public blocks and exposes the deterministic mean for image-to-image.
+//! The KL autoencoder between pixels and latents (diffusers `AutoencoderKL`), built from
+//! [`crate::blocks`]. Our own rather than candle's: candle's hides the encoder's mean (it only
+//! offers a sample from its unseedable RNG), and ours runs on our kernels.
 
-use candle_core::{Module, Tensor};
-use candle_nn::{conv2d, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
-    UpDecoderBlock2D, UpDecoderBlock2DConfig,
-};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 
+use crate::blocks::{Downsample, ResnetBlock, Upsample, VaeAttention};
 use crate::config::VaeFileConfig;
 use crate::error::Result;
+use crate::layers::{Conv2d, GroupNorm};
 
-const PAD1: Conv2dConfig = Conv2dConfig {
-    padding: 1,
-    stride: 1,
-    dilation: 1,
-    groups: 1,
-    cudnn_fwd_algo: None,
-};
+type CResult<T> = candle_core::Result<T>;
 
-fn mid_block(
-    vb: VarBuilder,
-    channels: usize,
-    groups: usize,
-) -> candle_core::Result<UNetMidBlock2D> {
-    let cfg = UNetMidBlock2DConfig {
-        resnet_eps: 1e-6,
-        output_scale_factor: 1.,
-        attn_num_head_channels: None,
-        resnet_groups: Some(groups),
-        ..Default::default()
-    };
-    UNetMidBlock2D::new(vb, channels, None, cfg)
+const EPS: f64 = 1e-6;
+
+/// resnet, attention, resnet at the lowest resolution.
+struct MidBlock {
+    resnet0: ResnetBlock,
+    attention: VaeAttention,
+    resnet1: ResnetBlock,
+}
+
+impl MidBlock {
+    fn load(vb: VarBuilder, channels: usize, groups: usize) -> CResult<Self> {
+        Ok(Self {
+            resnet0: ResnetBlock::load(vb.pp("resnets.0"), channels, channels, None, groups, EPS, 1.0)?,
+            attention: VaeAttention::load(vb.pp("attentions.0"), channels, groups, EPS)?,
+            resnet1: ResnetBlock::load(vb.pp("resnets.1"), channels, channels, None, groups, EPS, 1.0)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let x = self.resnet0.forward(x, None)?;
+        let x = self.attention.forward(&x)?;
+        self.resnet1.forward(&x, None)
+    }
+}
+
+fn resnets(vb: VarBuilder, count: usize, cin: usize, cout: usize, groups: usize) -> CResult<Vec<ResnetBlock>> {
+    (0..count)
+        .map(|j| ResnetBlock::load(vb.pp("resnets").pp(j), if j == 0 { cin } else { cout }, cout, None, groups, EPS, 1.0))
+        .collect()
 }
 
 struct Encoder {
     conv_in: Conv2d,
-    down: Vec<DownEncoderBlock2D>,
-    mid: UNetMidBlock2D,
+    down: Vec<(Vec<ResnetBlock>, Option<Downsample>)>,
+    mid: MidBlock,
     norm_out: GroupNorm,
     conv_out: Conv2d,
 }
 
 impl Encoder {
-    fn new(vb: VarBuilder, cfg: &VaeFileConfig) -> candle_core::Result<Self> {
+    fn new(vb: VarBuilder, cfg: &VaeFileConfig) -> CResult<Self> {
         let ch = &cfg.block_out_channels;
-        let conv_in = conv2d(cfg.in_channels, ch[0], 3, PAD1, vb.pp("conv_in"))?;
+        let groups = cfg.norm_num_groups;
         let mut down = Vec::with_capacity(ch.len());
-        for (i, out) in ch.iter().enumerate() {
-            let block_cfg = DownEncoderBlock2DConfig {
-                num_layers: cfg.layers_per_block,
-                resnet_eps: 1e-6,
-                resnet_groups: cfg.norm_num_groups,
-                add_downsample: i + 1 < ch.len(),
-                downsample_padding: 0,
-                ..Default::default()
-            };
+        for (i, &out) in ch.iter().enumerate() {
+            let vb = vb.pp("down_blocks").pp(i);
             let input = if i == 0 { ch[0] } else { ch[i - 1] };
-            down.push(DownEncoderBlock2D::new(
-                vb.pp("down_blocks").pp(i.to_string()),
-                input,
-                *out,
-                block_cfg,
-            )?);
+            let sampler = (i + 1 < ch.len()).then(|| Downsample::load(vb.pp("downsamplers.0"), out, 0)).transpose()?;
+            down.push((resnets(vb, cfg.layers_per_block, input, out, groups)?, sampler));
         }
         let last = *ch.last().expect("validated non-empty");
         Ok(Self {
-            conv_in,
+            conv_in: Conv2d::load(vb.pp("conv_in"), cfg.in_channels, ch[0], 3, 1, 1)?,
             down,
-            mid: mid_block(vb.pp("mid_block"), last, cfg.norm_num_groups)?,
-            norm_out: group_norm(cfg.norm_num_groups, last, 1e-6, vb.pp("conv_norm_out"))?,
-            conv_out: conv2d(last, 2 * cfg.latent_channels, 3, PAD1, vb.pp("conv_out"))?,
+            mid: MidBlock::load(vb.pp("mid_block"), last, groups)?,
+            norm_out: GroupNorm::load(vb.pp("conv_norm_out"), groups, last, EPS)?,
+            conv_out: Conv2d::load(vb.pp("conv_out"), last, 2 * cfg.latent_channels, 3, 1, 1)?,
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let mut xs = self.conv_in.forward(xs)?;
-        for block in &self.down {
-            xs = block.forward(&xs)?;
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let mut x = self.conv_in.forward(x)?;
+        for (resnets, sampler) in &self.down {
+            for r in resnets {
+                x = r.forward(&x, None)?;
+            }
+            if let Some(d) = sampler {
+                x = d.forward(&x)?;
+            }
         }
-        let xs = self.norm_out.forward(&self.mid.forward(&xs, None)?)?;
-        self.conv_out.forward(&candle_nn::ops::silu(&xs)?)
+        let x = self.mid.forward(&x)?;
+        self.conv_out.forward(&self.norm_out.forward_silu(&x)?)
     }
 }
 
 struct Decoder {
     conv_in: Conv2d,
-    mid: UNetMidBlock2D,
-    up: Vec<UpDecoderBlock2D>,
+    mid: MidBlock,
+    up: Vec<(Vec<ResnetBlock>, Option<Upsample>)>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
 }
 
 impl Decoder {
-    fn new(vb: VarBuilder, cfg: &VaeFileConfig) -> candle_core::Result<Self> {
+    fn new(vb: VarBuilder, cfg: &VaeFileConfig) -> CResult<Self> {
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let first = cfg.block_out_channels[0];
-        let conv_in = conv2d(cfg.latent_channels, rev[0], 3, PAD1, vb.pp("conv_in"))?;
+        let groups = cfg.norm_num_groups;
         let mut up = Vec::with_capacity(rev.len());
-        for (i, out) in rev.iter().enumerate() {
-            let block_cfg = UpDecoderBlock2DConfig {
-                num_layers: cfg.layers_per_block + 1,
-                resnet_eps: 1e-6,
-                resnet_groups: cfg.norm_num_groups,
-                add_upsample: i + 1 < rev.len(),
-                ..Default::default()
-            };
+        for (i, &out) in rev.iter().enumerate() {
+            let vb = vb.pp("up_blocks").pp(i);
             let input = if i == 0 { rev[0] } else { rev[i - 1] };
-            up.push(UpDecoderBlock2D::new(
-                vb.pp("up_blocks").pp(i.to_string()),
-                input,
-                *out,
-                block_cfg,
-            )?);
+            let sampler = (i + 1 < rev.len()).then(|| Upsample::load(vb.pp("upsamplers.0"), out)).transpose()?;
+            up.push((resnets(vb, cfg.layers_per_block + 1, input, out, groups)?, sampler));
         }
         Ok(Self {
-            conv_in,
-            mid: mid_block(vb.pp("mid_block"), rev[0], cfg.norm_num_groups)?,
+            conv_in: Conv2d::load(vb.pp("conv_in"), cfg.latent_channels, rev[0], 3, 1, 1)?,
+            mid: MidBlock::load(vb.pp("mid_block"), rev[0], groups)?,
             up,
-            norm_out: group_norm(cfg.norm_num_groups, first, 1e-6, vb.pp("conv_norm_out"))?,
-            conv_out: conv2d(first, cfg.out_channels, 3, PAD1, vb.pp("conv_out"))?,
+            norm_out: GroupNorm::load(vb.pp("conv_norm_out"), groups, first, EPS)?,
+            conv_out: Conv2d::load(vb.pp("conv_out"), first, cfg.out_channels, 3, 1, 1)?,
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let mut xs = self.mid.forward(&self.conv_in.forward(xs)?, None)?;
-        for block in &self.up {
-            xs = block.forward(&xs)?;
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let mut x = self.mid.forward(&self.conv_in.forward(x)?)?;
+        for (resnets, sampler) in &self.up {
+            for r in resnets {
+                x = r.forward(&x, None)?;
+            }
+            if let Some(u) = sampler {
+                x = u.forward(&x, None)?;
+            }
         }
-        let xs = self.norm_out.forward(&xs)?;
-        self.conv_out.forward(&candle_nn::ops::silu(&xs)?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&x)?)
     }
 }
 
@@ -147,17 +143,14 @@ pub struct Autoencoder {
 impl Autoencoder {
     pub fn new(vb: VarBuilder, cfg: &VaeFileConfig) -> Result<Self> {
         let l = cfg.latent_channels;
-        let one = Conv2dConfig::default();
-        let quant_conv = if cfg.use_quant_conv {
-            Some(conv2d(2 * l, 2 * l, 1, one, vb.pp("quant_conv"))?)
-        } else {
-            None
-        };
-        let post_quant_conv = if cfg.use_post_quant_conv {
-            Some(conv2d(l, l, 1, one, vb.pp("post_quant_conv"))?)
-        } else {
-            None
-        };
+        let quant_conv = cfg
+            .use_quant_conv
+            .then(|| Conv2d::load(vb.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0))
+            .transpose()?;
+        let post_quant_conv = cfg
+            .use_post_quant_conv
+            .then(|| Conv2d::load(vb.pp("post_quant_conv"), l, l, 1, 1, 0))
+            .transpose()?;
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"), cfg)?,
             decoder: Decoder::new(vb.pp("decoder"), cfg)?,

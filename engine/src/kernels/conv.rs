@@ -1,0 +1,417 @@
+//! 2-D convolution in NCHW as one GEMM per tile: `out[co, p] = W[co, (ci,ky,kx)] · col[(ci,ky,kx), p]`.
+//!
+//! The weight is already `[Cout, Cin·kh·kw]` row-major, and the column matrix is built with the
+//! pixel index fastest, so every column row is a (shifted) copy of input rows and the product
+//! lands directly in the NCHW output: no transposes, unlike candle's im2col. 1x1 convolutions
+//! use the input as the column matrix itself. The bias is written first and the GEMM adds to it.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
+use rayon::prelude::*;
+
+use super::matmul::{self, AOperand, PackB, PackedA, NR};
+use super::{contiguous, gemm_f32, Mat, MatMut};
+
+/// Column matrices (fallback path) are built in tiles of at most this many floats (16 MiB).
+const COL_BUDGET: usize = 4 << 20;
+/// Below this many output pixels per image, a batch is convolved as one wide GEMM.
+const SMALL_IMAGE: usize = 1024;
+
+/// `conv2d(x [B,Cin,H,W], w [Cout,Cin,kh,kw], bias [Cout])`, square stride and padding.
+pub struct Conv2dOp {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// The same convolution with weights pre-packed for our GEMM: `conv2d(x, bias)`.
+pub struct PackedConv2dOp<'a> {
+    pub weights: &'a PackedA,
+    /// `(Cout, Cin, kh, kw)`.
+    pub kernel: (usize, usize, usize, usize),
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// Packs a `[Cout, Cin, kh, kw]` weight (contiguous f32) for [`PackedConv2dOp`].
+pub fn pack_weights(w: &[f32], cout: usize) -> PackedA {
+    let k = w.len() / cout.max(1);
+    PackedA::pack(Mat { data: w, rows: cout, cols: k, row_stride: k, col_stride: 1 })
+}
+
+#[derive(Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn new(x: &Layout, kernel: (usize, usize, usize, usize), stride: usize, pad: usize) -> Result<Self> {
+        let (batch, cin, h, w) = x.shape().dims4()?;
+        let (cout, wcin, kh, kw) = kernel;
+        if wcin != cin {
+            candle_core::bail!("conv2d: input has {cin} channels, the weight expects {wcin}");
+        }
+        let stride = stride.max(1);
+        if h + 2 * pad < kh || w + 2 * pad < kw {
+            candle_core::bail!("conv2d: {h}x{w} input is smaller than the {kh}x{kw} kernel");
+        }
+        Ok(Self {
+            batch,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            stride,
+            pad,
+            ho: (h + 2 * pad - kh) / stride + 1,
+            wo: (w + 2 * pad - kw) / stride + 1,
+        })
+    }
+    fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+}
+
+/// The weight operand: packed for our kernel, or plain for the gemm crate.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    Packed(&'a PackedA),
+    Plain(&'a [f32]),
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "imagine-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, bias) = (contiguous(xs, xl)?, contiguous(ws, wl)?, contiguous(bs, bl)?);
+        let g = Geometry::new(xl, wl.shape().dims4()?, self.stride, self.padding)?;
+        if bias.len() != g.cout {
+            candle_core::bail!("conv2d: bias of {} for {} output channels", bias.len(), g.cout);
+        }
+        let out = conv(&g, x, Weights::Plain(w), bias, None, COL_BUDGET);
+        Ok((CpuStorage::F32(out), Shape::from((g.batch, g.cout, g.ho, g.wo))))
+    }
+}
+
+impl CustomOp2 for PackedConv2dOp<'_> {
+    fn name(&self) -> &'static str {
+        "imagine-conv2d-packed"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(contiguous(xs, xl)?, xl, contiguous(bs, bl)?, None)
+    }
+}
+
+/// `conv2d(x, bias) + extra`, where `extra` is `[B, Cout]` (a per-image channel offset: the
+/// UNet's time embedding) or `[B, Cout, Ho, Wo]` (a residual): added while initialising the
+/// output, which saves a full pass over it and an allocation.
+impl CustomOp3 for PackedConv2dOp<'_> {
+    fn name(&self) -> &'static str {
+        "imagine-conv2d-packed-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+        es: &CpuStorage,
+        el: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(contiguous(xs, xl)?, xl, contiguous(bs, bl)?, Some(contiguous(es, el)?))
+    }
+}
+
+impl PackedConv2dOp<'_> {
+    fn run(&self, x: &[f32], xl: &Layout, bias: &[f32], extra: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(xl, self.kernel, self.stride, self.padding)?;
+        if bias.len() != g.cout || self.weights.rows() != g.cout || self.weights.cols() != g.k() {
+            candle_core::bail!("conv2d: packed weights do not match kernel {:?}", self.kernel);
+        }
+        let out_len = g.batch * g.cout * g.ho * g.wo;
+        if let Some(e) = extra {
+            if e.len() != g.batch * g.cout && e.len() != out_len {
+                candle_core::bail!("conv2d: {} values to add to a [{}, {}, {}, {}] output", e.len(), g.batch, g.cout, g.ho, g.wo);
+            }
+        }
+        let out = conv(&g, x, Weights::Packed(self.weights), bias, extra, COL_BUDGET);
+        Ok((CpuStorage::F32(out), Shape::from((g.batch, g.cout, g.ho, g.wo))))
+    }
+}
+
+/// The convolution input seen as its im2col matrix `[(ci,ky,kx), (image, oy, ox)]`, packed
+/// straight from the image (implicit GEMM: the column matrix never exists).
+struct Im2Col<'a> {
+    g: &'a Geometry,
+    x: &'a [f32],
+    first_image: usize,
+    images: usize,
+}
+
+impl PackB for Im2Col<'_> {
+    fn k(&self) -> usize {
+        self.g.k()
+    }
+
+    fn n(&self) -> usize {
+        self.images * self.g.ho * self.g.wo
+    }
+
+    fn pack(&self, pc: usize, kc: usize, j0: usize, cols: usize, out: &mut Vec<f32>) {
+        let g = self.g;
+        let hw = g.ho * g.wo;
+        out.clear();
+        out.resize(cols.div_ceil(NR) * NR * kc, 0.0);
+        let mut row = vec![0f32; g.wo];
+        for p in 0..kc {
+            let r = pc + p;
+            let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+            let mut j = j0;
+            while j < j0 + cols {
+                let (img, pix) = (self.first_image + j / hw, j % hw);
+                let (oy, ox0) = (pix / g.wo, pix % g.wo);
+                let run = (g.wo - ox0).min(j0 + cols - j);
+                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                if iy >= 0 && (iy as usize) < g.h {
+                    let input = &self.x[((img * g.cin + ci) * g.h + iy as usize) * g.w..][..g.w];
+                    im2col_row(g, input, kx, &mut row);
+                    // Scatter the run into its panels (a run may cross panel boundaries).
+                    let mut t = j - j0;
+                    let mut src = &row[ox0..ox0 + run];
+                    while !src.is_empty() {
+                        let take = (NR - t % NR).min(src.len());
+                        out[(t / NR) * kc * NR + p * NR + t % NR..][..take].copy_from_slice(&src[..take]);
+                        src = &src[take..];
+                        t += take;
+                    }
+                }
+                j += run;
+            }
+        }
+    }
+}
+
+/// One output row's values of im2col row (ci, ky, kx): `out[ox] = input[ox·s + kx - pad]`.
+fn im2col_row(g: &Geometry, input: &[f32], kx: usize, out: &mut [f32]) {
+    if g.stride == 1 {
+        let first = g.pad.saturating_sub(kx).min(g.wo);
+        let last = (g.w + g.pad).saturating_sub(kx).min(g.wo).max(first);
+        out[..first].fill(0.0);
+        out[last..].fill(0.0);
+        let src0 = first + kx - g.pad;
+        out[first..last].copy_from_slice(&input[src0..src0 + (last - first)]);
+    } else {
+        for (ox, v) in out.iter_mut().enumerate() {
+            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+            *v = if ix < 0 || ix >= g.w as isize { 0.0 } else { input[ix as usize] };
+        }
+    }
+}
+
+fn conv(g: &Geometry, x: &[f32], w: Weights, bias: &[f32], extra: Option<&[f32]>, col_budget: usize) -> Vec<f32> {
+    let hw_out = g.ho * g.wo;
+    let mut out = vec![0f32; g.batch * g.cout * hw_out];
+    // The output starts as bias (+ extra); the products accumulate onto it.
+    out.par_chunks_mut(hw_out.max(1)).enumerate().for_each(|(plane_index, plane)| {
+        let b = bias[plane_index % g.cout];
+        match extra {
+            Some(e) if e.len() == g.batch * g.cout => plane.fill(b + e[plane_index]),
+            Some(e) => {
+                for (o, v) in plane.iter_mut().zip(&e[plane_index * hw_out..]) {
+                    *o = b + v;
+                }
+            }
+            None => plane.fill(b),
+        }
+    });
+    let image_in = g.cin * g.h * g.w;
+    let image_out = g.cout * hw_out;
+
+    let packed = match w {
+        Weights::Packed(p) if matmul::available() => p,
+        Weights::Packed(_) => unreachable!("weights are only packed where our kernel runs"),
+        Weights::Plain(w) => {
+            conv_with_columns(g, x, w, col_budget, &mut out);
+            return out;
+        }
+    };
+    let a = AOperand::Packed(packed);
+    if g.pointwise() {
+        for b in 0..g.batch {
+            let input = &x[b * image_in..][..image_in];
+            let rhs = Mat { data: input, rows: g.cin, cols: hw_out, row_stride: hw_out, col_stride: 1 };
+            let dst = MatMut::new(&mut out[b * image_out..][..image_out], g.cout, hw_out, hw_out);
+            matmul::gemm(dst, a, &rhs, 1.0, true);
+        }
+    } else if hw_out < SMALL_IMAGE && g.batch > 1 {
+        // Small maps (the UNet's 8x8..32x32 levels): one GEMM over the whole batch.
+        let n = g.batch * hw_out;
+        let mut tmp = vec![0f32; g.cout * n];
+        let source = Im2Col { g, x, first_image: 0, images: g.batch };
+        matmul::gemm(MatMut::new(&mut tmp, g.cout, n, n), a, &source, 1.0, false);
+        add_batch(g, &tmp, &mut out);
+    } else {
+        for b in 0..g.batch {
+            let source = Im2Col { g, x, first_image: b, images: 1 };
+            let dst = MatMut::new(&mut out[b * image_out..][..image_out], g.cout, hw_out, hw_out);
+            matmul::gemm(dst, a, &source, 1.0, true);
+        }
+    }
+    out
+}
+
+/// `out [B, Cout, HW] += tmp [Cout, B·HW]`.
+fn add_batch(g: &Geometry, tmp: &[f32], out: &mut [f32]) {
+    let hw_out = g.ho * g.wo;
+    let n = g.batch * hw_out;
+    out.par_chunks_mut(hw_out).enumerate().for_each(|(i, plane)| {
+        let (b, co) = (i / g.cout, i % g.cout);
+        for (o, t) in plane.iter_mut().zip(&tmp[co * n + b * hw_out..][..hw_out]) {
+            *o += t;
+        }
+    });
+}
+
+/// Without our GEMM kernel: explicit column tiles and the gemm crate. `out` holds the bias.
+fn conv_with_columns(g: &Geometry, x: &[f32], w: &[f32], col_budget: usize, out: &mut [f32]) {
+    let hw_out = g.ho * g.wo;
+    let image_in = g.cin * g.h * g.w;
+    let image_out = g.cout * hw_out;
+    let weights = Mat { data: w, rows: g.cout, cols: g.k(), row_stride: g.k(), col_stride: 1 };
+
+    if g.pointwise() {
+        for b in 0..g.batch {
+            let input = &x[b * image_in..][..image_in];
+            let rhs = Mat { data: input, rows: g.cin, cols: hw_out, row_stride: hw_out, col_stride: 1 };
+            let dst = MatMut::new(&mut out[b * image_out..][..image_out], g.cout, hw_out, hw_out);
+            gemm_f32(dst, weights, rhs, 1.0, true);
+        }
+        return;
+    }
+    let rows_per_tile = (col_budget / (g.k() * g.wo).max(1)).clamp(1, g.ho);
+    let mut col = vec![0f32; g.k() * rows_per_tile * g.wo];
+    for b in 0..g.batch {
+        let plane = &mut out[b * image_out..][..image_out];
+        let mut row0 = 0;
+        while row0 < g.ho {
+            let rows = rows_per_tile.min(g.ho - row0);
+            let n = rows * g.wo;
+            let col = &mut col[..g.k() * n];
+            im2col(g, x, b, row0..row0 + rows, col);
+            let rhs = Mat { data: col, rows: g.k(), cols: n, row_stride: n, col_stride: 1 };
+            let dst = MatMut::new(&mut plane[row0 * g.wo..], g.cout, n, hw_out);
+            gemm_f32(dst, weights, rhs, 1.0, true);
+            row0 += rows;
+        }
+    }
+}
+
+/// Fills `col[(ci,ky,kx), (oy, ox)]` for image `b` and output rows `rows`.
+fn im2col(g: &Geometry, x: &[f32], b: usize, rows: std::ops::Range<usize>, col: &mut [f32]) {
+    let n = rows.len() * g.wo;
+    let image_in = g.cin * g.h * g.w;
+    col.par_chunks_mut(n).enumerate().for_each(|(r, dst)| {
+        let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+        let channel = &x[b * image_in + ci * g.h * g.w..][..g.h * g.w];
+        for (ri, oy) in rows.clone().enumerate() {
+            let out_row = &mut dst[ri * g.wo..][..g.wo];
+            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+            if iy < 0 || iy >= g.h as isize {
+                out_row.fill(0.0);
+            } else {
+                im2col_row(g, &channel[iy as usize * g.w..][..g.w], kx, out_row);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct 7-loop convolution, the definition.
+    fn reference(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; g.batch * g.cout * g.ho * g.wo];
+        for b in 0..g.batch {
+            for co in 0..g.cout {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        let mut acc = bias[co] as f64;
+                        for ci in 0..g.cin {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize];
+                                    let wv = w[((co * g.cin + ci) * g.kh + ky) * g.kw + kx];
+                                    acc += (xv * wv) as f64;
+                                }
+                            }
+                        }
+                        out[((b * g.cout + co) * g.ho + oy) * g.wo + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check(batch: usize, cin: usize, h: usize, w: usize, cout: usize, k: usize, stride: usize, pad: usize) {
+        let ho = (h + 2 * pad - k) / stride + 1;
+        let wo = (w + 2 * pad - k) / stride + 1;
+        let g = Geometry { batch, cin, h, w, cout, kh: k, kw: k, stride, pad, ho, wo };
+        let x: Vec<f32> = (0..batch * cin * h * w).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let wt: Vec<f32> = (0..cout * cin * k * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 97.0).collect();
+        let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.3).collect();
+        let want = reference(&g, &x, &wt, &bias);
+        // Column tiles (default, and 2 rows: several tiles per image), and packed weights.
+        let packed = pack_weights(&wt, cout);
+        let mut runs = vec![conv(&g, &x, Weights::Plain(&wt), &bias, None, COL_BUDGET), conv(&g, &x, Weights::Plain(&wt), &bias, None, 2 * g.k() * g.wo)];
+        if matmul::available() {
+            runs.push(conv(&g, &x, Weights::Packed(&packed), &bias, None, COL_BUDGET));
+        }
+        for ours in runs {
+            let worst = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{batch}x{cin}x{h}x{w} k{k} s{stride} p{pad}: diff {worst}");
+        }
+    }
+
+    #[test]
+    fn matches_the_definition() {
+        check(1, 3, 9, 7, 5, 3, 1, 1); // per-image tiles
+        check(2, 4, 6, 6, 3, 3, 1, 1); // small maps, batched
+        check(2, 4, 7, 9, 3, 3, 2, 1); // stride 2 (downsampler)
+        check(2, 4, 7, 9, 3, 3, 2, 0);
+        check(3, 5, 4, 4, 6, 1, 1, 0); // pointwise
+        check(1, 2, 11, 5, 3, 3, 1, 1); // odd sizes, last tile shorter
+        check(1, 3, 40, 45, 14, 3, 1, 1); // runs crossing NR panels, m past one MR panel
+    }
+}

@@ -1,0 +1,284 @@
+//! The network layers the UNet and VAE are built from. On the CPU in f32 they run our kernels
+//! ([`crate::kernels`]); on other devices or dtypes they fall back to candle's generic ops,
+//! which compute the same functions.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::kernels::matmul::{self, PackedA, PackedB};
+use crate::kernels::{attention::AttentionOp, conv, elementwise, norm::GroupNormOp};
+
+type Result<T> = candle_core::Result<T>;
+
+fn fast_path(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
+
+/// Whether a weight should be packed for our GEMM at load time: on the CPU, in f32, where the
+/// kernel runs. The packed copy replaces the tensor (same size), so memory does not grow.
+fn packable(w: &Tensor) -> bool {
+    fast_path(w) && matmul::available()
+}
+
+/// The f32 data of a contiguous CPU tensor.
+fn host_data(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+/// A 2-D convolution with square kernel, stride and padding, and a bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: ConvWeight,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+#[derive(Clone)]
+enum ConvWeight {
+    Tensor(Tensor),
+    /// Packed for our GEMM, with the `(Cout, Cin, kh, kw)` shape.
+    Packed(Arc<PackedA>, (usize, usize, usize, usize)),
+}
+
+impl std::fmt::Debug for ConvWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tensor(t) => write!(f, "Tensor({:?})", t.shape()),
+            Self::Packed(_, dims) => write!(f, "Packed({dims:?})"),
+        }
+    }
+}
+
+impl Conv2d {
+    pub fn load(vb: VarBuilder, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+        let weight = vb.get((cout, cin, kernel, kernel), "weight")?;
+        let bias = match vb.get(cout, "bias") {
+            Ok(b) => b,
+            Err(_) if !vb.contains_tensor("bias") => Tensor::zeros(cout, weight.dtype(), weight.device())?,
+            Err(e) => return Err(e),
+        };
+        let weight = if packable(&weight) {
+            let packed = conv::pack_weights(&host_data(&weight)?, cout);
+            ConvWeight::Packed(Arc::new(packed), (cout, cin, kernel, kernel))
+        } else {
+            ConvWeight::Tensor(weight)
+        };
+        Ok(Self { weight, bias, stride, padding })
+    }
+
+    /// `conv(x) + extra`, with `extra` `[B, Cout]` (per image and channel) or the output's
+    /// shape (a residual); fused into the convolution on our fast path.
+    pub fn forward_add(&self, x: &Tensor, extra: &Tensor) -> Result<Tensor> {
+        if let ConvWeight::Packed(packed, kernel) = &self.weight {
+            if fast_path(x) && fast_path(extra) {
+                return x.contiguous()?.apply_op3_no_bwd(
+                    &self.bias,
+                    &extra.contiguous()?,
+                    &conv::PackedConv2dOp { weights: packed, kernel: *kernel, stride: self.stride, padding: self.padding },
+                );
+            }
+        }
+        let y = self.forward(x)?;
+        match extra.rank() {
+            2 => y.broadcast_add(&extra.unsqueeze(2)?.unsqueeze(3)?),
+            _ => y + extra,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            ConvWeight::Packed(packed, kernel) if fast_path(x) => x.contiguous()?.apply_op2_no_bwd(
+                &self.bias,
+                &conv::PackedConv2dOp { weights: packed, kernel: *kernel, stride: self.stride, padding: self.padding },
+            ),
+            ConvWeight::Packed(..) => candle_core::bail!("conv2d: weights packed for f32 CPU, input is {:?} on {:?}", x.dtype(), x.device()),
+            ConvWeight::Tensor(w) if fast_path(x) => x.contiguous()?.apply_op3_no_bwd(
+                w,
+                &self.bias,
+                &conv::Conv2dOp { stride: self.stride, padding: self.padding },
+            ),
+            ConvWeight::Tensor(w) => x
+                .conv2d(w, self.padding, self.stride, 1, 1)?
+                .broadcast_add(&self.bias.reshape((1, (), 1, 1))?),
+        }
+    }
+}
+
+/// `x · wᵀ + b` over the last dimension.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: LinearWeight,
+    bias: Tensor,
+}
+
+#[derive(Clone)]
+enum LinearWeight {
+    Tensor(Tensor),
+    Packed(Arc<PackedB>),
+}
+
+impl std::fmt::Debug for LinearWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tensor(t) => write!(f, "Tensor({:?})", t.shape()),
+            Self::Packed(p) => write!(f, "Packed([{}, {}])", p.n(), p.k()),
+        }
+    }
+}
+
+impl Linear {
+    fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
+        let weight = if packable(&weight) {
+            let (outs, ins) = weight.dims2()?;
+            LinearWeight::Packed(Arc::new(elementwise::pack_linear(&host_data(&weight)?, outs, ins)))
+        } else {
+            LinearWeight::Tensor(weight)
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn load(vb: VarBuilder, ins: usize, outs: usize) -> Result<Self> {
+        Self::new(vb.get((outs, ins), "weight")?, vb.get(outs, "bias")?)
+    }
+
+    pub fn load_no_bias(vb: VarBuilder, ins: usize, outs: usize) -> Result<Self> {
+        let weight = vb.get((outs, ins), "weight")?;
+        let bias = Tensor::zeros(outs, weight.dtype(), weight.device())?;
+        Self::new(weight, bias)
+    }
+
+    /// From a 1x1 convolution's `[out, in, 1, 1]` weight or a plain `[out, in]` one (old VAE
+    /// checkpoints store attention projections as convolutions).
+    pub fn load_flexible(vb: VarBuilder, ins: usize, outs: usize) -> Result<Self> {
+        let weight = match vb.get((outs, ins), "weight") {
+            Ok(w) => w,
+            Err(_) => vb.get((outs, ins, 1, 1), "weight")?.reshape((outs, ins))?,
+        };
+        Self::new(weight, vb.get(outs, "bias")?)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Packed(w) if fast_path(x) => {
+                x.contiguous()?.apply_op2_no_bwd(&self.bias, &elementwise::PackedLinearOp { weight: w })
+            }
+            LinearWeight::Packed(_) => candle_core::bail!("linear: weights packed for f32 CPU, input is {:?} on {:?}", x.dtype(), x.device()),
+            LinearWeight::Tensor(w) if fast_path(x) => {
+                x.contiguous()?.apply_op3_no_bwd(w, &self.bias, &elementwise::LinearOp)
+            }
+            LinearWeight::Tensor(w) => candle_nn::Linear::new(w.clone(), Some(self.bias.clone())).forward(x),
+        }
+    }
+}
+
+/// Group normalisation, optionally with SiLU applied to its output.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn load(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        if groups == 0 || channels % groups != 0 {
+            candle_core::bail!("group norm: {channels} channels are not divisible into {groups} groups");
+        }
+        Ok(Self { weight: vb.get(channels, "weight")?, bias: vb.get(channels, "bias")?, groups, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, false)
+    }
+
+    /// `silu(group_norm(x))` in one pass.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, true)
+    }
+
+    fn run(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if fast_path(x) {
+            return x.contiguous()?.apply_op3_no_bwd(
+                &self.weight,
+                &self.bias,
+                &GroupNormOp { groups: self.groups, eps: self.eps, silu },
+            );
+        }
+        let channels = self.weight.dim(0)?;
+        let y = candle_nn::GroupNorm::new(self.weight.clone(), self.bias.clone(), channels, self.groups, self.eps)?
+            .forward(x)?;
+        if silu {
+            candle_nn::ops::silu(&y)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// Layer normalisation over the last dimension (candle's fused op is already parallel).
+pub fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<candle_nn::LayerNorm> {
+    candle_nn::layer_norm(dim, eps, vb)
+}
+
+/// Multi-head attention over `[B, S, heads·D]` tensors, output in the same layout.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    if fast_path(q) {
+        return q.contiguous()?.apply_op3_no_bwd(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            &AttentionOp { heads, scale: scale as f32 },
+        );
+    }
+    let split = |t: &Tensor| -> Result<Tensor> {
+        let (b, s, w) = t.dims3()?;
+        t.reshape((b, s, heads, w / heads))?.transpose(1, 2)?.contiguous()
+    };
+    let (b, s, w) = q.dims3()?;
+    let (qh, kh, vh) = (split(q)?.to_dtype(DType::F32)?, split(k)?.to_dtype(DType::F32)?, split(v)?.to_dtype(DType::F32)?);
+    let probs = candle_nn::ops::softmax_last_dim(&(qh.matmul(&kh.t()?)? * scale)?)?;
+    probs.matmul(&vh)?.to_dtype(q.dtype())?.transpose(1, 2)?.reshape((b, s, w))
+}
+
+/// diffusers' GEGLU activation: `x[..., :n] * gelu(x[..., n:])`.
+pub fn geglu(x: &Tensor) -> Result<Tensor> {
+    if fast_path(x) {
+        return x.contiguous()?.apply_op1_no_bwd(&elementwise::GegluOp);
+    }
+    let halves = x.chunk(2, D::Minus1)?;
+    &halves[0] * halves[1].gelu_erf()?
+}
+
+/// `[B, C, H, W]` to `[B, H·W, C]`, contiguous.
+pub fn to_tokens(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let flat = x.reshape((b, c, h * w))?;
+    if fast_path(x) {
+        return flat.contiguous()?.apply_op1_no_bwd(&elementwise::TransposeOp);
+    }
+    flat.transpose(1, 2)?.contiguous()
+}
+
+/// `[B, H·W, C]` back to `[B, C, H, W]`, contiguous.
+pub fn from_tokens(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (b, _, c) = x.dims3()?;
+    let t = if fast_path(x) {
+        x.contiguous()?.apply_op1_no_bwd(&elementwise::TransposeOp)?
+    } else {
+        x.transpose(1, 2)?.contiguous()?
+    };
+    t.reshape((b, c, h, w))
+}
+
+/// Nearest-neighbour upsampling to `size`, 2x when `size` is `None`.
+pub fn upsample_nearest(x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    match size {
+        None if fast_path(x) => x.contiguous()?.apply_op1_no_bwd(&elementwise::Upsample2xOp),
+        None => x.upsample_nearest2d(2 * h, 2 * w),
+        Some((th, tw)) => x.upsample_nearest2d(th, tw),
+    }
+}

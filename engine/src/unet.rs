@@ -1,0 +1,173 @@
+//! The SD 1.x / 2.x conditional UNet (diffusers `UNet2DConditionModel`), built from
+//! [`crate::blocks`] so its convolutions, norms and attention run on our kernels. The wiring
+//! follows diffusers; the validated configuration is candle's `UNet2DConditionModelConfig`,
+//! produced from the folder's config.json by [`crate::config::UNetFileConfig::to_candle`].
+
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
+use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
+
+use crate::blocks::{Downsample, ResnetBlock, SpatialTransformer, Upsample};
+use crate::layers::{Conv2d, GroupNorm};
+
+type Result<T> = candle_core::Result<T>;
+
+/// One level of the UNet: resnets, each optionally followed by a spatial transformer.
+#[derive(Debug)]
+struct Level {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<SpatialTransformer>,
+}
+
+impl Level {
+    fn layer(&self, i: usize, x: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let x = self.resnets[i].forward(x, Some(temb))?;
+        match self.attentions.get(i) {
+            Some(attn) => attn.forward(&x, context),
+            None => Ok(x),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct UNet {
+    conv_in: Conv2d,
+    time_proj: Timesteps,
+    time_embedding: TimestepEmbedding,
+    down: Vec<(Level, Option<Downsample>)>,
+    mid_resnets: [ResnetBlock; 2],
+    mid_attention: SpatialTransformer,
+    up: Vec<(Level, Option<Upsample>)>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    center_input: bool,
+}
+
+impl UNet {
+    pub fn load(vb: VarBuilder, in_channels: usize, out_channels: usize, cfg: &UNet2DConditionModelConfig) -> Result<Self> {
+        let blocks = &cfg.blocks;
+        let n = blocks.len();
+        if n == 0 {
+            candle_core::bail!("UNet without blocks");
+        }
+        let ch0 = blocks[0].out_channels;
+        let temb = ch0 * 4;
+        let (groups, eps) = (cfg.norm_num_groups, cfg.norm_eps);
+        let transformer = |vb: VarBuilder, channels: usize, heads: usize, depth: usize| {
+            SpatialTransformer::load(vb, channels, heads, depth, cfg.cross_attention_dim, groups, cfg.use_linear_projection)
+        };
+
+        let mut down = Vec::with_capacity(n);
+        for (i, block) in blocks.iter().enumerate() {
+            let vb = vb.pp("down_blocks").pp(i);
+            let cin = if i == 0 { ch0 } else { blocks[i - 1].out_channels };
+            let cout = block.out_channels;
+            let mut level = Level { resnets: vec![], attentions: vec![] };
+            for j in 0..cfg.layers_per_block {
+                let c = if j == 0 { cin } else { cout };
+                level.resnets.push(ResnetBlock::load(vb.pp("resnets").pp(j), c, cout, Some(temb), groups, eps, 1.0)?);
+                if let Some(depth) = block.use_cross_attn {
+                    level.attentions.push(transformer(vb.pp("attentions").pp(j), cout, block.attention_head_dim, depth)?);
+                }
+            }
+            let sampler = (i + 1 < n)
+                .then(|| Downsample::load(vb.pp("downsamplers.0"), cout, cfg.downsample_padding))
+                .transpose()?;
+            down.push((level, sampler));
+        }
+
+        let last = blocks[n - 1];
+        let mid = vb.pp("mid_block");
+        let mid_scale = cfg.mid_block_scale_factor;
+        let mid_resnets = [
+            ResnetBlock::load(mid.pp("resnets.0"), last.out_channels, last.out_channels, Some(temb), groups, eps, mid_scale)?,
+            ResnetBlock::load(mid.pp("resnets.1"), last.out_channels, last.out_channels, Some(temb), groups, eps, mid_scale)?,
+        ];
+        let mid_attention = transformer(
+            mid.pp("attentions.0"),
+            last.out_channels,
+            last.attention_head_dim,
+            last.use_cross_attn.unwrap_or(1),
+        )?;
+
+        let mut up = Vec::with_capacity(n);
+        for i in 0..n {
+            let vb = vb.pp("up_blocks").pp(i);
+            let block = blocks[n - 1 - i];
+            let cout = block.out_channels;
+            let prev = if i == 0 { last.out_channels } else { blocks[n - i].out_channels };
+            let skip_in = blocks[if i == n - 1 { 0 } else { n - i - 2 }].out_channels;
+            let layers = cfg.layers_per_block + 1;
+            let mut level = Level { resnets: vec![], attentions: vec![] };
+            for j in 0..layers {
+                let skip = if j == layers - 1 { skip_in } else { cout };
+                let c = if j == 0 { prev } else { cout };
+                level.resnets.push(ResnetBlock::load(vb.pp("resnets").pp(j), c + skip, cout, Some(temb), groups, eps, 1.0)?);
+                if let Some(depth) = block.use_cross_attn {
+                    level.attentions.push(transformer(vb.pp("attentions").pp(j), cout, block.attention_head_dim, depth)?);
+                }
+            }
+            let sampler = (i + 1 < n).then(|| Upsample::load(vb.pp("upsamplers.0"), cout)).transpose()?;
+            up.push((level, sampler));
+        }
+
+        Ok(Self {
+            conv_in: Conv2d::load(vb.pp("conv_in"), in_channels, ch0, 3, 1, 1)?,
+            time_proj: Timesteps::new(ch0, cfg.flip_sin_to_cos, cfg.freq_shift),
+            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch0, temb)?,
+            down,
+            mid_resnets,
+            mid_attention,
+            up,
+            norm_out: GroupNorm::load(vb.pp("conv_norm_out"), groups, ch0, eps)?,
+            conv_out: Conv2d::load(vb.pp("conv_out"), ch0, out_channels, 3, 1, 1)?,
+            center_input: cfg.center_input_sample,
+        })
+    }
+
+    /// Predicts noise (or v) for `x [B, C, h, w]` at `timestep` given `context [B, S, D]`.
+    pub fn forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        let (batch, _, h, w) = x.dims4()?;
+        let x = if self.center_input { ((x * 2.0)? - 1.0)? } else { x.clone() };
+        let t = (Tensor::ones(batch, x.dtype(), x.device())? * timestep)?;
+        let temb = self.time_embedding.forward(&self.time_proj.forward(&t)?)?;
+        // Every resnet applies SiLU to the embedding before its projection: do it once.
+        let temb = candle_nn::ops::silu(&temb)?;
+
+        let mut x = self.conv_in.forward(&x)?;
+        let mut skips = vec![x.clone()];
+        for (level, sampler) in &self.down {
+            for i in 0..level.resnets.len() {
+                x = level.layer(i, &x, &temb, context)?;
+                skips.push(x.clone());
+            }
+            if let Some(down) = sampler {
+                x = down.forward(&x)?;
+                skips.push(x.clone());
+            }
+        }
+
+        x = self.mid_resnets[0].forward(&x, Some(&temb))?;
+        x = self.mid_attention.forward(&x, context)?;
+        x = self.mid_resnets[1].forward(&x, Some(&temb))?;
+
+        // Sizes not divisible by 2^levels upsample to the skip's size, as diffusers does.
+        let factor = 1usize << (self.up.len() - 1);
+        let exact = h % factor == 0 && w % factor == 0;
+        for (level, sampler) in &self.up {
+            for i in 0..level.resnets.len() {
+                let skip = skips.pop().expect("one skip per up-block resnet");
+                x = level.layer(i, &Tensor::cat(&[&x, &skip], 1)?, &temb, context)?;
+            }
+            if let Some(up) = sampler {
+                let size = match (exact, skips.last()) {
+                    (false, Some(s)) => Some((s.dim(2)?, s.dim(3)?)),
+                    _ => None,
+                };
+                x = up.forward(&x, size)?;
+            }
+        }
+        self.conv_out.forward(&self.norm_out.forward_silu(&x)?)
+    }
+}
