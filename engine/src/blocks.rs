@@ -34,10 +34,14 @@ impl ResnetBlock {
         Ok(Self {
             norm1: GroupNorm::load(vb.pp("norm1"), groups, cin, eps)?,
             conv1: Conv2d::load(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
-            time_emb_proj: temb.map(|t| Linear::load(vb.pp("time_emb_proj"), t, cout)).transpose()?,
+            time_emb_proj: temb
+                .map(|t| Linear::load(vb.pp("time_emb_proj"), t, cout))
+                .transpose()?,
             norm2: GroupNorm::load(vb.pp("norm2"), groups, cout, eps)?,
             conv2: Conv2d::load(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
-            shortcut: (cin != cout).then(|| Conv2d::load(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)).transpose()?,
+            shortcut: (cin != cout)
+                .then(|| Conv2d::load(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0))
+                .transpose()?,
             output_scale,
         })
     }
@@ -55,7 +59,9 @@ impl ResnetBlock {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        let out = self.conv2.forward_add(&self.norm2.forward_silu(&h)?, &skip)?;
+        let out = self
+            .conv2
+            .forward_add(&self.norm2.forward_silu(&h)?, &skip)?;
         if self.output_scale == 1.0 {
             Ok(out)
         } else {
@@ -74,7 +80,10 @@ pub struct Downsample {
 
 impl Downsample {
     pub fn load(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
-        Ok(Self { conv: Conv2d::load(vb.pp("conv"), channels, channels, 3, 2, padding)?, asymmetric: padding == 0 })
+        Ok(Self {
+            conv: Conv2d::load(vb.pp("conv"), channels, channels, 3, 2, padding)?,
+            asymmetric: padding == 0,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -95,7 +104,9 @@ pub struct Upsample {
 
 impl Upsample {
     pub fn load(vb: VarBuilder, channels: usize) -> Result<Self> {
-        Ok(Self { conv: Conv2d::load(vb.pp("conv"), channels, channels, 3, 1, 1)? })
+        Ok(Self {
+            conv: Conv2d::load(vb.pp("conv"), channels, channels, 3, 1, 1)?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
@@ -115,7 +126,13 @@ struct CrossAttention {
 }
 
 impl CrossAttention {
-    fn load(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
             to_q: Linear::load_no_bias(vb.pp("to_q"), dim, inner)?,
@@ -132,7 +149,8 @@ impl CrossAttention {
         let q = self.to_q.forward(x)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
-        self.to_out.forward(&layers::attention(&q, &k, &v, self.heads, self.scale)?)
+        self.to_out
+            .forward(&layers::attention(&q, &k, &v, self.heads, self.scale)?)
     }
 }
 
@@ -149,7 +167,13 @@ struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn load(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize, head_dim: usize) -> Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
         let inner_ff = dim * 4;
         Ok(Self {
             norm1: layers::layer_norm(vb.pp("norm1"), dim, 1e-5)?,
@@ -164,8 +188,13 @@ impl TransformerBlock {
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(context))? + x)?;
-        let ff = self.ff_out.forward(&layers::geglu(&self.ff_in.forward(&self.norm3.forward(&x)?)?)?)?;
+        let x = (self
+            .attn2
+            .forward(&self.norm2.forward(&x)?, Some(context))?
+            + x)?;
+        let ff = self.ff_out.forward(&layers::geglu(
+            &self.ff_in.forward(&self.norm3.forward(&x)?)?,
+        )?)?;
         ff + x
     }
 }
@@ -196,7 +225,7 @@ impl SpatialTransformer {
         groups: usize,
         linear_projection: bool,
     ) -> Result<Self> {
-        if heads == 0 || channels % heads != 0 {
+        if heads == 0 || !channels.is_multiple_of(heads) {
             candle_core::bail!("transformer: {channels} channels do not split into {heads} heads");
         }
         let head_dim = channels / heads;
@@ -208,7 +237,15 @@ impl SpatialTransformer {
             })
         };
         let blocks = (0..depth)
-            .map(|i| TransformerBlock::load(vb.pp("transformer_blocks").pp(i), channels, context_dim, heads, head_dim))
+            .map(|i| {
+                TransformerBlock::load(
+                    vb.pp("transformer_blocks").pp(i),
+                    channels,
+                    context_dim,
+                    heads,
+                    head_dim,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             norm: GroupNorm::load(vb.pp("norm"), groups, channels, 1e-6)?,
@@ -256,7 +293,11 @@ impl VaeAttention {
         } else {
             ("query", "key", "value", "proj_attn")
         };
-        let norm_name = if vb.contains_tensor("group_norm.weight") { "group_norm" } else { "norm" };
+        let norm_name = if vb.contains_tensor("group_norm.weight") {
+            "group_norm"
+        } else {
+            "norm"
+        };
         Ok(Self {
             norm: GroupNorm::load(vb.pp(norm_name), groups, channels, eps)?,
             to_q: Linear::load_flexible(vb.pp(q), channels, channels)?,
@@ -274,7 +315,9 @@ impl VaeAttention {
         let q = self.to_q.forward(&tokens)?;
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
-        let out = self.to_out.forward(&layers::attention(&q, &k, &v, self.heads, self.scale)?)?;
+        let out = self
+            .to_out
+            .forward(&layers::attention(&q, &k, &v, self.heads, self.scale)?)?;
         layers::from_tokens(&out, h, w)? + x
     }
 }

@@ -53,11 +53,20 @@ impl std::fmt::Debug for ConvWeight {
 }
 
 impl Conv2d {
-    pub fn load(vb: VarBuilder, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
         let weight = vb.get((cout, cin, kernel, kernel), "weight")?;
         let bias = match vb.get(cout, "bias") {
             Ok(b) => b,
-            Err(_) if !vb.contains_tensor("bias") => Tensor::zeros(cout, weight.dtype(), weight.device())?,
+            Err(_) if !vb.contains_tensor("bias") => {
+                Tensor::zeros(cout, weight.dtype(), weight.device())?
+            }
             Err(e) => return Err(e),
         };
         let weight = if packable(&weight) {
@@ -66,7 +75,12 @@ impl Conv2d {
         } else {
             ConvWeight::Tensor(weight)
         };
-        Ok(Self { weight, bias, stride, padding })
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
     }
 
     /// `conv(x) + extra`, with `extra` `[B, Cout]` (per image and channel) or the output's
@@ -77,7 +91,12 @@ impl Conv2d {
                 return x.contiguous()?.apply_op3_no_bwd(
                     &self.bias,
                     &extra.contiguous()?,
-                    &conv::PackedConv2dOp { weights: packed, kernel: *kernel, stride: self.stride, padding: self.padding },
+                    &conv::PackedConv2dOp {
+                        weights: packed,
+                        kernel: *kernel,
+                        stride: self.stride,
+                        padding: self.padding,
+                    },
                 );
             }
         }
@@ -92,13 +111,25 @@ impl Conv2d {
         match &self.weight {
             ConvWeight::Packed(packed, kernel) if fast_path(x) => x.contiguous()?.apply_op2_no_bwd(
                 &self.bias,
-                &conv::PackedConv2dOp { weights: packed, kernel: *kernel, stride: self.stride, padding: self.padding },
+                &conv::PackedConv2dOp {
+                    weights: packed,
+                    kernel: *kernel,
+                    stride: self.stride,
+                    padding: self.padding,
+                },
             ),
-            ConvWeight::Packed(..) => candle_core::bail!("conv2d: weights packed for f32 CPU, input is {:?} on {:?}", x.dtype(), x.device()),
+            ConvWeight::Packed(..) => candle_core::bail!(
+                "conv2d: weights packed for f32 CPU, input is {:?} on {:?}",
+                x.dtype(),
+                x.device()
+            ),
             ConvWeight::Tensor(w) if fast_path(x) => x.contiguous()?.apply_op3_no_bwd(
                 w,
                 &self.bias,
-                &conv::Conv2dOp { stride: self.stride, padding: self.padding },
+                &conv::Conv2dOp {
+                    stride: self.stride,
+                    padding: self.padding,
+                },
             ),
             ConvWeight::Tensor(w) => x
                 .conv2d(w, self.padding, self.stride, 1, 1)?
@@ -133,7 +164,11 @@ impl Linear {
     fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
         let weight = if packable(&weight) {
             let (outs, ins) = weight.dims2()?;
-            LinearWeight::Packed(Arc::new(elementwise::pack_linear(&host_data(&weight)?, outs, ins)))
+            LinearWeight::Packed(Arc::new(elementwise::pack_linear(
+                &host_data(&weight)?,
+                outs,
+                ins,
+            )))
         } else {
             LinearWeight::Tensor(weight)
         };
@@ -162,14 +197,21 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.weight {
-            LinearWeight::Packed(w) if fast_path(x) => {
-                x.contiguous()?.apply_op2_no_bwd(&self.bias, &elementwise::PackedLinearOp { weight: w })
-            }
-            LinearWeight::Packed(_) => candle_core::bail!("linear: weights packed for f32 CPU, input is {:?} on {:?}", x.dtype(), x.device()),
+            LinearWeight::Packed(w) if fast_path(x) => x
+                .contiguous()?
+                .apply_op2_no_bwd(&self.bias, &elementwise::PackedLinearOp { weight: w }),
+            LinearWeight::Packed(_) => candle_core::bail!(
+                "linear: weights packed for f32 CPU, input is {:?} on {:?}",
+                x.dtype(),
+                x.device()
+            ),
             LinearWeight::Tensor(w) if fast_path(x) => {
-                x.contiguous()?.apply_op3_no_bwd(w, &self.bias, &elementwise::LinearOp)
+                x.contiguous()?
+                    .apply_op3_no_bwd(w, &self.bias, &elementwise::LinearOp)
             }
-            LinearWeight::Tensor(w) => candle_nn::Linear::new(w.clone(), Some(self.bias.clone())).forward(x),
+            LinearWeight::Tensor(w) => {
+                candle_nn::Linear::new(w.clone(), Some(self.bias.clone())).forward(x)
+            }
         }
     }
 }
@@ -185,10 +227,17 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn load(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
-            candle_core::bail!("group norm: {channels} channels are not divisible into {groups} groups");
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            candle_core::bail!(
+                "group norm: {channels} channels are not divisible into {groups} groups"
+            );
         }
-        Ok(Self { weight: vb.get(channels, "weight")?, bias: vb.get(channels, "bias")?, groups, eps })
+        Ok(Self {
+            weight: vb.get(channels, "weight")?,
+            bias: vb.get(channels, "bias")?,
+            groups,
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -205,12 +254,22 @@ impl GroupNorm {
             return x.contiguous()?.apply_op3_no_bwd(
                 &self.weight,
                 &self.bias,
-                &GroupNormOp { groups: self.groups, eps: self.eps, silu },
+                &GroupNormOp {
+                    groups: self.groups,
+                    eps: self.eps,
+                    silu,
+                },
             );
         }
         let channels = self.weight.dim(0)?;
-        let y = candle_nn::GroupNorm::new(self.weight.clone(), self.bias.clone(), channels, self.groups, self.eps)?
-            .forward(x)?;
+        let y = candle_nn::GroupNorm::new(
+            self.weight.clone(),
+            self.bias.clone(),
+            channels,
+            self.groups,
+            self.eps,
+        )?
+        .forward(x)?;
         if silu {
             candle_nn::ops::silu(&y)
         } else {
@@ -230,17 +289,30 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -
         return q.contiguous()?.apply_op3_no_bwd(
             &k.contiguous()?,
             &v.contiguous()?,
-            &AttentionOp { heads, scale: scale as f32 },
+            &AttentionOp {
+                heads,
+                scale: scale as f32,
+            },
         );
     }
     let split = |t: &Tensor| -> Result<Tensor> {
         let (b, s, w) = t.dims3()?;
-        t.reshape((b, s, heads, w / heads))?.transpose(1, 2)?.contiguous()
+        t.reshape((b, s, heads, w / heads))?
+            .transpose(1, 2)?
+            .contiguous()
     };
     let (b, s, w) = q.dims3()?;
-    let (qh, kh, vh) = (split(q)?.to_dtype(DType::F32)?, split(k)?.to_dtype(DType::F32)?, split(v)?.to_dtype(DType::F32)?);
+    let (qh, kh, vh) = (
+        split(q)?.to_dtype(DType::F32)?,
+        split(k)?.to_dtype(DType::F32)?,
+        split(v)?.to_dtype(DType::F32)?,
+    );
     let probs = candle_nn::ops::softmax_last_dim(&(qh.matmul(&kh.t()?)? * scale)?)?;
-    probs.matmul(&vh)?.to_dtype(q.dtype())?.transpose(1, 2)?.reshape((b, s, w))
+    probs
+        .matmul(&vh)?
+        .to_dtype(q.dtype())?
+        .transpose(1, 2)?
+        .reshape((b, s, w))
 }
 
 /// diffusers' GEGLU activation: `x[..., :n] * gelu(x[..., n:])`.
@@ -257,7 +329,9 @@ pub fn to_tokens(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let flat = x.reshape((b, c, h * w))?;
     if fast_path(x) {
-        return flat.contiguous()?.apply_op1_no_bwd(&elementwise::TransposeOp);
+        return flat
+            .contiguous()?
+            .apply_op1_no_bwd(&elementwise::TransposeOp);
     }
     flat.transpose(1, 2)?.contiguous()
 }
@@ -266,7 +340,8 @@ pub fn to_tokens(x: &Tensor) -> Result<Tensor> {
 pub fn from_tokens(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (b, _, c) = x.dims3()?;
     let t = if fast_path(x) {
-        x.contiguous()?.apply_op1_no_bwd(&elementwise::TransposeOp)?
+        x.contiguous()?
+            .apply_op1_no_bwd(&elementwise::TransposeOp)?
     } else {
         x.transpose(1, 2)?.contiguous()?
     };

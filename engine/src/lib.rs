@@ -11,13 +11,13 @@
 //! - [`noise`]: every random number, from per-image seeds.
 //! - [`pixels`]: image/tensor conversion and cheap latent previews.
 
+pub mod blocks;
 pub mod clip;
 pub mod config;
 pub mod error;
 pub mod generate;
 pub mod kernels;
 pub mod layers;
-pub mod blocks;
 pub mod model;
 pub mod noise;
 pub mod pixels;

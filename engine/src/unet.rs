@@ -45,7 +45,12 @@ pub struct UNet {
 }
 
 impl UNet {
-    pub fn load(vb: VarBuilder, in_channels: usize, out_channels: usize, cfg: &UNet2DConditionModelConfig) -> Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        cfg: &UNet2DConditionModelConfig,
+    ) -> Result<Self> {
         let blocks = &cfg.blocks;
         let n = blocks.len();
         if n == 0 {
@@ -55,20 +60,48 @@ impl UNet {
         let temb = ch0 * 4;
         let (groups, eps) = (cfg.norm_num_groups, cfg.norm_eps);
         let transformer = |vb: VarBuilder, channels: usize, heads: usize, depth: usize| {
-            SpatialTransformer::load(vb, channels, heads, depth, cfg.cross_attention_dim, groups, cfg.use_linear_projection)
+            SpatialTransformer::load(
+                vb,
+                channels,
+                heads,
+                depth,
+                cfg.cross_attention_dim,
+                groups,
+                cfg.use_linear_projection,
+            )
         };
 
         let mut down = Vec::with_capacity(n);
         for (i, block) in blocks.iter().enumerate() {
             let vb = vb.pp("down_blocks").pp(i);
-            let cin = if i == 0 { ch0 } else { blocks[i - 1].out_channels };
+            let cin = if i == 0 {
+                ch0
+            } else {
+                blocks[i - 1].out_channels
+            };
             let cout = block.out_channels;
-            let mut level = Level { resnets: vec![], attentions: vec![] };
+            let mut level = Level {
+                resnets: vec![],
+                attentions: vec![],
+            };
             for j in 0..cfg.layers_per_block {
                 let c = if j == 0 { cin } else { cout };
-                level.resnets.push(ResnetBlock::load(vb.pp("resnets").pp(j), c, cout, Some(temb), groups, eps, 1.0)?);
+                level.resnets.push(ResnetBlock::load(
+                    vb.pp("resnets").pp(j),
+                    c,
+                    cout,
+                    Some(temb),
+                    groups,
+                    eps,
+                    1.0,
+                )?);
                 if let Some(depth) = block.use_cross_attn {
-                    level.attentions.push(transformer(vb.pp("attentions").pp(j), cout, block.attention_head_dim, depth)?);
+                    level.attentions.push(transformer(
+                        vb.pp("attentions").pp(j),
+                        cout,
+                        block.attention_head_dim,
+                        depth,
+                    )?);
                 }
             }
             let sampler = (i + 1 < n)
@@ -81,8 +114,24 @@ impl UNet {
         let mid = vb.pp("mid_block");
         let mid_scale = cfg.mid_block_scale_factor;
         let mid_resnets = [
-            ResnetBlock::load(mid.pp("resnets.0"), last.out_channels, last.out_channels, Some(temb), groups, eps, mid_scale)?,
-            ResnetBlock::load(mid.pp("resnets.1"), last.out_channels, last.out_channels, Some(temb), groups, eps, mid_scale)?,
+            ResnetBlock::load(
+                mid.pp("resnets.0"),
+                last.out_channels,
+                last.out_channels,
+                Some(temb),
+                groups,
+                eps,
+                mid_scale,
+            )?,
+            ResnetBlock::load(
+                mid.pp("resnets.1"),
+                last.out_channels,
+                last.out_channels,
+                Some(temb),
+                groups,
+                eps,
+                mid_scale,
+            )?,
         ];
         let mid_attention = transformer(
             mid.pp("attentions.0"),
@@ -96,19 +145,41 @@ impl UNet {
             let vb = vb.pp("up_blocks").pp(i);
             let block = blocks[n - 1 - i];
             let cout = block.out_channels;
-            let prev = if i == 0 { last.out_channels } else { blocks[n - i].out_channels };
+            let prev = if i == 0 {
+                last.out_channels
+            } else {
+                blocks[n - i].out_channels
+            };
             let skip_in = blocks[if i == n - 1 { 0 } else { n - i - 2 }].out_channels;
             let layers = cfg.layers_per_block + 1;
-            let mut level = Level { resnets: vec![], attentions: vec![] };
+            let mut level = Level {
+                resnets: vec![],
+                attentions: vec![],
+            };
             for j in 0..layers {
                 let skip = if j == layers - 1 { skip_in } else { cout };
                 let c = if j == 0 { prev } else { cout };
-                level.resnets.push(ResnetBlock::load(vb.pp("resnets").pp(j), c + skip, cout, Some(temb), groups, eps, 1.0)?);
+                level.resnets.push(ResnetBlock::load(
+                    vb.pp("resnets").pp(j),
+                    c + skip,
+                    cout,
+                    Some(temb),
+                    groups,
+                    eps,
+                    1.0,
+                )?);
                 if let Some(depth) = block.use_cross_attn {
-                    level.attentions.push(transformer(vb.pp("attentions").pp(j), cout, block.attention_head_dim, depth)?);
+                    level.attentions.push(transformer(
+                        vb.pp("attentions").pp(j),
+                        cout,
+                        block.attention_head_dim,
+                        depth,
+                    )?);
                 }
             }
-            let sampler = (i + 1 < n).then(|| Upsample::load(vb.pp("upsamplers.0"), cout)).transpose()?;
+            let sampler = (i + 1 < n)
+                .then(|| Upsample::load(vb.pp("upsamplers.0"), cout))
+                .transpose()?;
             up.push((level, sampler));
         }
 
@@ -129,7 +200,11 @@ impl UNet {
     /// Predicts noise (or v) for `x [B, C, h, w]` at `timestep` given `context [B, S, D]`.
     pub fn forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
         let (batch, _, h, w) = x.dims4()?;
-        let x = if self.center_input { ((x * 2.0)? - 1.0)? } else { x.clone() };
+        let x = if self.center_input {
+            ((x * 2.0)? - 1.0)?
+        } else {
+            x.clone()
+        };
         let t = (Tensor::ones(batch, x.dtype(), x.device())? * timestep)?;
         let temb = self.time_embedding.forward(&self.time_proj.forward(&t)?)?;
         // Every resnet applies SiLU to the embedding before its projection: do it once.

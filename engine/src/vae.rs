@@ -24,9 +24,25 @@ struct MidBlock {
 impl MidBlock {
     fn load(vb: VarBuilder, channels: usize, groups: usize) -> CResult<Self> {
         Ok(Self {
-            resnet0: ResnetBlock::load(vb.pp("resnets.0"), channels, channels, None, groups, EPS, 1.0)?,
+            resnet0: ResnetBlock::load(
+                vb.pp("resnets.0"),
+                channels,
+                channels,
+                None,
+                groups,
+                EPS,
+                1.0,
+            )?,
             attention: VaeAttention::load(vb.pp("attentions.0"), channels, groups, EPS)?,
-            resnet1: ResnetBlock::load(vb.pp("resnets.1"), channels, channels, None, groups, EPS, 1.0)?,
+            resnet1: ResnetBlock::load(
+                vb.pp("resnets.1"),
+                channels,
+                channels,
+                None,
+                groups,
+                EPS,
+                1.0,
+            )?,
         })
     }
 
@@ -37,9 +53,25 @@ impl MidBlock {
     }
 }
 
-fn resnets(vb: VarBuilder, count: usize, cin: usize, cout: usize, groups: usize) -> CResult<Vec<ResnetBlock>> {
+fn resnets(
+    vb: VarBuilder,
+    count: usize,
+    cin: usize,
+    cout: usize,
+    groups: usize,
+) -> CResult<Vec<ResnetBlock>> {
     (0..count)
-        .map(|j| ResnetBlock::load(vb.pp("resnets").pp(j), if j == 0 { cin } else { cout }, cout, None, groups, EPS, 1.0))
+        .map(|j| {
+            ResnetBlock::load(
+                vb.pp("resnets").pp(j),
+                if j == 0 { cin } else { cout },
+                cout,
+                None,
+                groups,
+                EPS,
+                1.0,
+            )
+        })
         .collect()
 }
 
@@ -59,8 +91,13 @@ impl Encoder {
         for (i, &out) in ch.iter().enumerate() {
             let vb = vb.pp("down_blocks").pp(i);
             let input = if i == 0 { ch[0] } else { ch[i - 1] };
-            let sampler = (i + 1 < ch.len()).then(|| Downsample::load(vb.pp("downsamplers.0"), out, 0)).transpose()?;
-            down.push((resnets(vb, cfg.layers_per_block, input, out, groups)?, sampler));
+            let sampler = (i + 1 < ch.len())
+                .then(|| Downsample::load(vb.pp("downsamplers.0"), out, 0))
+                .transpose()?;
+            down.push((
+                resnets(vb, cfg.layers_per_block, input, out, groups)?,
+                sampler,
+            ));
         }
         let last = *ch.last().expect("validated non-empty");
         Ok(Self {
@@ -104,8 +141,13 @@ impl Decoder {
         for (i, &out) in rev.iter().enumerate() {
             let vb = vb.pp("up_blocks").pp(i);
             let input = if i == 0 { rev[0] } else { rev[i - 1] };
-            let sampler = (i + 1 < rev.len()).then(|| Upsample::load(vb.pp("upsamplers.0"), out)).transpose()?;
-            up.push((resnets(vb, cfg.layers_per_block + 1, input, out, groups)?, sampler));
+            let sampler = (i + 1 < rev.len())
+                .then(|| Upsample::load(vb.pp("upsamplers.0"), out))
+                .transpose()?;
+            up.push((
+                resnets(vb, cfg.layers_per_block + 1, input, out, groups)?,
+                sampler,
+            ));
         }
         Ok(Self {
             conv_in: Conv2d::load(vb.pp("conv_in"), cfg.latent_channels, rev[0], 3, 1, 1)?,

@@ -8,8 +8,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::simd::{exp, vectorized};
 use super::matmul::{self, AOperand, PackedA, PackedB};
+use super::simd::{exp, vectorized};
 use super::{contiguous, gemm_f32_serial, Mat, MatMut, SendPtr};
 
 pub struct AttentionOp {
@@ -31,10 +31,19 @@ impl CustomOp3 for AttentionOp {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (contiguous(qs, ql)?, contiguous(ks, kl)?, contiguous(vs, vl)?);
+        let (q, k, v) = (
+            contiguous(qs, ql)?,
+            contiguous(ks, kl)?,
+            contiguous(vs, vl)?,
+        );
         let (batch, sq, width) = ql.shape().dims3()?;
         let (kb, sk, kw) = kl.shape().dims3()?;
-        if kl.shape() != vl.shape() || kb != batch || kw != width || self.heads == 0 || width % self.heads != 0 {
+        if kl.shape() != vl.shape()
+            || kb != batch
+            || kw != width
+            || self.heads == 0
+            || width % self.heads != 0
+        {
             candle_core::bail!(
                 "attention: q {:?}, k {:?}, v {:?} with {} heads do not fit",
                 ql.shape(),
@@ -49,7 +58,17 @@ impl CustomOp3 for AttentionOp {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, sq: usize, sk: usize, width: usize, heads: usize, scale: f32) -> Vec<f32> {
+fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    batch: usize,
+    sq: usize,
+    sk: usize,
+    width: usize,
+    heads: usize,
+    scale: f32,
+) -> Vec<f32> {
     let d = width / heads;
     let tile = if sk >= 1024 { 128 } else { 256 }.min(sq.max(1));
     let mut out = vec![0f32; batch * sq * width];
@@ -60,7 +79,10 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, sq: usize, sk: usize
     // SAFETY (both paths): a task owns rows q0..q0+rows, columns h·d..(h+1)·d of image b; no
     // other task writes them, and `out` outlives the parallel loop.
     let out_tile = |b: usize, h: usize, q0: usize, rows: usize| unsafe {
-        std::slice::from_raw_parts_mut(dst.get().add((b * sq + q0) * width + h * d), (rows - 1) * width + d)
+        std::slice::from_raw_parts_mut(
+            dst.get().add((b * sq + q0) * width + h * d),
+            (rows - 1) * width + d,
+        )
     };
 
     if !matmul::available() {
@@ -68,8 +90,20 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, sq: usize, sk: usize
             || (vec![0f32; tile * sk], vec![0f32; tile]),
             |(scores, inv_sums), &(b, h, q0)| {
                 let rows = tile.min(sq - q0);
-                let q_tile = Mat { data: &q[(b * sq + q0) * width + h * d..], rows, cols: d, row_stride: width, col_stride: 1 };
-                let k_t = Mat { data: &k[b * sk * width + h * d..], rows: d, cols: sk, row_stride: 1, col_stride: width };
+                let q_tile = Mat {
+                    data: &q[(b * sq + q0) * width + h * d..],
+                    rows,
+                    cols: d,
+                    row_stride: width,
+                    col_stride: 1,
+                };
+                let k_t = Mat {
+                    data: &k[b * sk * width + h * d..],
+                    rows: d,
+                    cols: sk,
+                    row_stride: 1,
+                    col_stride: width,
+                };
                 let scores = &mut scores[..rows * sk];
                 gemm_f32_serial(MatMut::new(scores, rows, sk, sk), q_tile, k_t, scale, false);
                 vectorized(|| {
@@ -78,8 +112,20 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, sq: usize, sk: usize
                     }
                 });
                 let out = out_tile(b, h, q0, rows);
-                let probs = Mat { data: scores, rows, cols: sk, row_stride: sk, col_stride: 1 };
-                gemm_f32_serial(MatMut::new(out, rows, d, width), probs, head(v, b, h, sk, width, d), 1.0, false);
+                let probs = Mat {
+                    data: scores,
+                    rows,
+                    cols: sk,
+                    row_stride: sk,
+                    col_stride: 1,
+                };
+                gemm_f32_serial(
+                    MatMut::new(out, rows, d, width),
+                    probs,
+                    head(v, b, h, sk, width, d),
+                    1.0,
+                    false,
+                );
                 normalize(out, inv_sums, rows, width, d);
             },
         );
@@ -94,7 +140,10 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, sq: usize, sk: usize
         .into_par_iter()
         .map(|bh| {
             let (b, h) = (bh / heads, bh % heads);
-            (PackedA::pack(head(k, b, h, sk, width, d)), PackedB::pack(head(v, b, h, sk, width, d)))
+            (
+                PackedA::pack(head(k, b, h, sk, width, d)),
+                PackedB::pack(head(v, b, h, sk, width, d)),
+            )
         })
         .collect();
     tasks.par_iter().for_each_init(
@@ -102,13 +151,37 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, sq: usize, sk: usize
         |(scores_t, max, inv_sums), &(b, h, q0)| {
             let rows = tile.min(sq - q0);
             let (k_packed, v_packed) = &packed[b * heads + h];
-            let q_t = Mat { data: &q[(b * sq + q0) * width + h * d..], rows: d, cols: rows, row_stride: 1, col_stride: width };
+            let q_t = Mat {
+                data: &q[(b * sq + q0) * width + h * d..],
+                rows: d,
+                cols: rows,
+                row_stride: 1,
+                col_stride: width,
+            };
             let scores_t = &mut scores_t[..sk * rows];
-            matmul::gemm_serial(MatMut::new(scores_t, sk, rows, rows), AOperand::Packed(k_packed), &q_t, scale, false);
+            matmul::gemm_serial(
+                MatMut::new(scores_t, sk, rows, rows),
+                AOperand::Packed(k_packed),
+                &q_t,
+                scale,
+                false,
+            );
             vectorized(|| softmax_columns(scores_t, rows, &mut max[..rows], &mut inv_sums[..rows]));
             let out = out_tile(b, h, q0, rows);
-            let probs = Mat { data: scores_t, rows, cols: sk, row_stride: 1, col_stride: rows };
-            matmul::gemm_packed(MatMut::new(out, rows, d, width), probs, v_packed, 1.0, false);
+            let probs = Mat {
+                data: scores_t,
+                rows,
+                cols: sk,
+                row_stride: 1,
+                col_stride: rows,
+            };
+            matmul::gemm_packed(
+                MatMut::new(out, rows, d, width),
+                probs,
+                v_packed,
+                1.0,
+                false,
+            );
             normalize(out, inv_sums, rows, width, d);
         },
     );
@@ -117,7 +190,13 @@ fn attention(q: &[f32], k: &[f32], v: &[f32], batch: usize, sq: usize, sk: usize
 
 /// Head h of image b of a `[B, s, width]` tensor, as an `[s, d]` matrix.
 fn head(x: &[f32], b: usize, h: usize, s: usize, width: usize, d: usize) -> Mat<'_> {
-    Mat { data: &x[b * s * width + h * d..], rows: s, cols: d, row_stride: width, col_stride: 1 }
+    Mat {
+        data: &x[b * s * width + h * d..],
+        rows: s,
+        cols: d,
+        row_stride: width,
+        col_stride: 1,
+    }
 }
 
 /// Divides each output row by its softmax sum.
@@ -163,7 +242,10 @@ fn softmax_unnormalized(row: &mut [f32]) -> f32 {
             lanes[l] = lanes[l].max(c[l]);
         }
     }
-    let max = chunks.remainder().iter().fold(lanes.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)), |m, v| m.max(*v));
+    let max = chunks.remainder().iter().fold(
+        lanes.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)),
+        |m, v| m.max(*v),
+    );
     let mut sums = [0f32; L];
     let mut chunks = row.chunks_exact_mut(L);
     for c in &mut chunks {
@@ -188,8 +270,16 @@ mod tests {
     fn matches_naive_attention() {
         let (batch, sq, sk, heads, d) = (2, 300, 77, 3, 8);
         let width = heads * d;
-        let gen = |n: usize, m: usize| -> Vec<f32> { (0..n).map(|i| ((i * m % 113) as f32 - 56.0) / 40.0).collect() };
-        let (q, k, v) = (gen(batch * sq * width, 31), gen(batch * sk * width, 17), gen(batch * sk * width, 7));
+        let gen = |n: usize, m: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * m % 113) as f32 - 56.0) / 40.0)
+                .collect()
+        };
+        let (q, k, v) = (
+            gen(batch * sq * width, 31),
+            gen(batch * sk * width, 17),
+            gen(batch * sk * width, 7),
+        );
         let scale = 1.0 / (d as f32).sqrt();
         let ours = attention(&q, &k, &v, batch, sq, sk, width, heads, scale);
         let mut worst = 0f32;
@@ -197,14 +287,27 @@ mod tests {
             for h in 0..heads {
                 for i in 0..sq {
                     let s: Vec<f64> = (0..sk)
-                        .map(|j| (0..d).map(|c| (q[(b * sq + i) * width + h * d + c] * k[(b * sk + j) * width + h * d + c]) as f64).sum::<f64>() * scale as f64)
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| {
+                                    (q[(b * sq + i) * width + h * d + c]
+                                        * k[(b * sk + j) * width + h * d + c])
+                                        as f64
+                                })
+                                .sum::<f64>()
+                                * scale as f64
+                        })
                         .collect();
                     let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
                     let total: f64 = e.iter().sum();
                     for c in 0..d {
-                        let want: f64 = (0..sk).map(|j| e[j] * v[(b * sk + j) * width + h * d + c] as f64).sum::<f64>() / total;
-                        worst = worst.max((ours[(b * sq + i) * width + h * d + c] - want as f32).abs());
+                        let want: f64 = (0..sk)
+                            .map(|j| e[j] * v[(b * sk + j) * width + h * d + c] as f64)
+                            .sum::<f64>()
+                            / total;
+                        worst =
+                            worst.max((ours[(b * sq + i) * width + h * d + c] - want as f32).abs());
                     }
                 }
             }

@@ -34,7 +34,13 @@ pub struct PackedConv2dOp<'a> {
 /// Packs a `[Cout, Cin, kh, kw]` weight (contiguous f32) for [`PackedConv2dOp`].
 pub fn pack_weights(w: &[f32], cout: usize) -> PackedA {
     let k = w.len() / cout.max(1);
-    PackedA::pack(Mat { data: w, rows: cout, cols: k, row_stride: k, col_stride: 1 })
+    PackedA::pack(Mat {
+        data: w,
+        rows: cout,
+        cols: k,
+        row_stride: k,
+        col_stride: 1,
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -53,7 +59,12 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(x: &Layout, kernel: (usize, usize, usize, usize), stride: usize, pad: usize) -> Result<Self> {
+    fn new(
+        x: &Layout,
+        kernel: (usize, usize, usize, usize),
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
         let (batch, cin, h, w) = x.shape().dims4()?;
         let (cout, wcin, kh, kw) = kernel;
         if wcin != cin {
@@ -106,13 +117,24 @@ impl CustomOp3 for Conv2dOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, bias) = (contiguous(xs, xl)?, contiguous(ws, wl)?, contiguous(bs, bl)?);
+        let (x, w, bias) = (
+            contiguous(xs, xl)?,
+            contiguous(ws, wl)?,
+            contiguous(bs, bl)?,
+        );
         let g = Geometry::new(xl, wl.shape().dims4()?, self.stride, self.padding)?;
         if bias.len() != g.cout {
-            candle_core::bail!("conv2d: bias of {} for {} output channels", bias.len(), g.cout);
+            candle_core::bail!(
+                "conv2d: bias of {} for {} output channels",
+                bias.len(),
+                g.cout
+            );
         }
         let out = conv(&g, x, Weights::Plain(w), bias, None, COL_BUDGET);
-        Ok((CpuStorage::F32(out), Shape::from((g.batch, g.cout, g.ho, g.wo))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((g.batch, g.cout, g.ho, g.wo)),
+        ))
     }
 }
 
@@ -121,7 +143,13 @@ impl CustomOp2 for PackedConv2dOp<'_> {
         "imagine-conv2d-packed"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.run(contiguous(xs, xl)?, xl, contiguous(bs, bl)?, None)
     }
 }
@@ -143,24 +171,55 @@ impl CustomOp3 for PackedConv2dOp<'_> {
         es: &CpuStorage,
         el: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run(contiguous(xs, xl)?, xl, contiguous(bs, bl)?, Some(contiguous(es, el)?))
+        self.run(
+            contiguous(xs, xl)?,
+            xl,
+            contiguous(bs, bl)?,
+            Some(contiguous(es, el)?),
+        )
     }
 }
 
 impl PackedConv2dOp<'_> {
-    fn run(&self, x: &[f32], xl: &Layout, bias: &[f32], extra: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+    fn run(
+        &self,
+        x: &[f32],
+        xl: &Layout,
+        bias: &[f32],
+        extra: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(xl, self.kernel, self.stride, self.padding)?;
         if bias.len() != g.cout || self.weights.rows() != g.cout || self.weights.cols() != g.k() {
-            candle_core::bail!("conv2d: packed weights do not match kernel {:?}", self.kernel);
+            candle_core::bail!(
+                "conv2d: packed weights do not match kernel {:?}",
+                self.kernel
+            );
         }
         let out_len = g.batch * g.cout * g.ho * g.wo;
         if let Some(e) = extra {
             if e.len() != g.batch * g.cout && e.len() != out_len {
-                candle_core::bail!("conv2d: {} values to add to a [{}, {}, {}, {}] output", e.len(), g.batch, g.cout, g.ho, g.wo);
+                candle_core::bail!(
+                    "conv2d: {} values to add to a [{}, {}, {}, {}] output",
+                    e.len(),
+                    g.batch,
+                    g.cout,
+                    g.ho,
+                    g.wo
+                );
             }
         }
-        let out = conv(&g, x, Weights::Packed(self.weights), bias, extra, COL_BUDGET);
-        Ok((CpuStorage::F32(out), Shape::from((g.batch, g.cout, g.ho, g.wo))))
+        let out = conv(
+            &g,
+            x,
+            Weights::Packed(self.weights),
+            bias,
+            extra,
+            COL_BUDGET,
+        );
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((g.batch, g.cout, g.ho, g.wo)),
+        ))
     }
 }
 
@@ -185,8 +244,9 @@ impl PackB for Im2Col<'_> {
     fn pack(&self, pc: usize, kc: usize, j0: usize, cols: usize, out: &mut Vec<f32>) {
         let g = self.g;
         let hw = g.ho * g.wo;
-        out.clear();
-        out.resize(cols.div_ceil(NR) * NR * kc, 0.0);
+        // Every column < cols is written below (zeros included); padding columns of the last
+        // panel only feed output columns that are discarded, so no clearing pass.
+        super::matmul::reuse(out, cols.div_ceil(NR) * NR * kc);
         let mut row = vec![0f32; g.wo];
         for p in 0..kc {
             let r = pc + p;
@@ -197,21 +257,45 @@ impl PackB for Im2Col<'_> {
                 let (oy, ox0) = (pix / g.wo, pix % g.wo);
                 let run = (g.wo - ox0).min(j0 + cols - j);
                 let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                if iy >= 0 && (iy as usize) < g.h {
+                let src: &[f32] = if iy >= 0 && (iy as usize) < g.h {
                     let input = &self.x[((img * g.cin + ci) * g.h + iy as usize) * g.w..][..g.w];
-                    im2col_row(g, input, kx, &mut row);
-                    // Scatter the run into its panels (a run may cross panel boundaries).
-                    let mut t = j - j0;
-                    let mut src = &row[ox0..ox0 + run];
-                    while !src.is_empty() {
-                        let take = (NR - t % NR).min(src.len());
-                        out[(t / NR) * kc * NR + p * NR + t % NR..][..take].copy_from_slice(&src[..take]);
-                        src = &src[take..];
-                        t += take;
+                    let first = g.pad.saturating_sub(kx);
+                    let last = (g.w + g.pad).saturating_sub(kx).min(g.wo);
+                    if g.stride == 1 && ox0 >= first && ox0 + run <= last {
+                        // Interior run: straight from the input row.
+                        &input[ox0 + kx - g.pad..][..run]
+                    } else {
+                        im2col_row(g, input, kx, &mut row);
+                        &row[ox0..ox0 + run]
                     }
-                }
+                } else {
+                    row.fill(0.0);
+                    &row[ox0..ox0 + run]
+                };
+                scatter_into_panels(out, kc, p, j - j0, src);
                 j += run;
             }
+        }
+    }
+}
+
+/// Writes `src` as columns `t..t+len` of k row `p` of NR-wide panels `[kc][NR]`.
+#[inline(always)]
+fn scatter_into_panels(out: &mut [f32], kc: usize, p: usize, mut t: usize, mut src: &[f32]) {
+    while !src.is_empty() {
+        let slot = t % NR;
+        let at = (t / NR) * kc * NR + p * NR + slot;
+        if slot == 0 && src.len() >= NR {
+            // Whole panel row: a fixed-size copy the compiler inlines as vector moves.
+            let dst: &mut [f32; NR] = (&mut out[at..at + NR]).try_into().expect("NR floats");
+            dst.copy_from_slice(&src[..NR]);
+            src = &src[NR..];
+            t += NR;
+        } else {
+            let take = (NR - slot).min(src.len());
+            out[at..at + take].copy_from_slice(&src[..take]);
+            src = &src[take..];
+            t += take;
         }
     }
 }
@@ -228,27 +312,40 @@ fn im2col_row(g: &Geometry, input: &[f32], kx: usize, out: &mut [f32]) {
     } else {
         for (ox, v) in out.iter_mut().enumerate() {
             let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-            *v = if ix < 0 || ix >= g.w as isize { 0.0 } else { input[ix as usize] };
+            *v = if ix < 0 || ix >= g.w as isize {
+                0.0
+            } else {
+                input[ix as usize]
+            };
         }
     }
 }
 
-fn conv(g: &Geometry, x: &[f32], w: Weights, bias: &[f32], extra: Option<&[f32]>, col_budget: usize) -> Vec<f32> {
+fn conv(
+    g: &Geometry,
+    x: &[f32],
+    w: Weights,
+    bias: &[f32],
+    extra: Option<&[f32]>,
+    col_budget: usize,
+) -> Vec<f32> {
     let hw_out = g.ho * g.wo;
     let mut out = vec![0f32; g.batch * g.cout * hw_out];
     // The output starts as bias (+ extra); the products accumulate onto it.
-    out.par_chunks_mut(hw_out.max(1)).enumerate().for_each(|(plane_index, plane)| {
-        let b = bias[plane_index % g.cout];
-        match extra {
-            Some(e) if e.len() == g.batch * g.cout => plane.fill(b + e[plane_index]),
-            Some(e) => {
-                for (o, v) in plane.iter_mut().zip(&e[plane_index * hw_out..]) {
-                    *o = b + v;
+    out.par_chunks_mut(hw_out.max(1))
+        .enumerate()
+        .for_each(|(plane_index, plane)| {
+            let b = bias[plane_index % g.cout];
+            match extra {
+                Some(e) if e.len() == g.batch * g.cout => plane.fill(b + e[plane_index]),
+                Some(e) => {
+                    for (o, v) in plane.iter_mut().zip(&e[plane_index * hw_out..]) {
+                        *o = b + v;
+                    }
                 }
+                None => plane.fill(b),
             }
-            None => plane.fill(b),
-        }
-    });
+        });
     let image_in = g.cin * g.h * g.w;
     let image_out = g.cout * hw_out;
 
@@ -264,21 +361,47 @@ fn conv(g: &Geometry, x: &[f32], w: Weights, bias: &[f32], extra: Option<&[f32]>
     if g.pointwise() {
         for b in 0..g.batch {
             let input = &x[b * image_in..][..image_in];
-            let rhs = Mat { data: input, rows: g.cin, cols: hw_out, row_stride: hw_out, col_stride: 1 };
-            let dst = MatMut::new(&mut out[b * image_out..][..image_out], g.cout, hw_out, hw_out);
+            let rhs = Mat {
+                data: input,
+                rows: g.cin,
+                cols: hw_out,
+                row_stride: hw_out,
+                col_stride: 1,
+            };
+            let dst = MatMut::new(
+                &mut out[b * image_out..][..image_out],
+                g.cout,
+                hw_out,
+                hw_out,
+            );
             matmul::gemm(dst, a, &rhs, 1.0, true);
         }
     } else if hw_out < SMALL_IMAGE && g.batch > 1 {
         // Small maps (the UNet's 8x8..32x32 levels): one GEMM over the whole batch.
         let n = g.batch * hw_out;
         let mut tmp = vec![0f32; g.cout * n];
-        let source = Im2Col { g, x, first_image: 0, images: g.batch };
+        let source = Im2Col {
+            g,
+            x,
+            first_image: 0,
+            images: g.batch,
+        };
         matmul::gemm(MatMut::new(&mut tmp, g.cout, n, n), a, &source, 1.0, false);
         add_batch(g, &tmp, &mut out);
     } else {
         for b in 0..g.batch {
-            let source = Im2Col { g, x, first_image: b, images: 1 };
-            let dst = MatMut::new(&mut out[b * image_out..][..image_out], g.cout, hw_out, hw_out);
+            let source = Im2Col {
+                g,
+                x,
+                first_image: b,
+                images: 1,
+            };
+            let dst = MatMut::new(
+                &mut out[b * image_out..][..image_out],
+                g.cout,
+                hw_out,
+                hw_out,
+            );
             matmul::gemm(dst, a, &source, 1.0, true);
         }
     }
@@ -289,12 +412,14 @@ fn conv(g: &Geometry, x: &[f32], w: Weights, bias: &[f32], extra: Option<&[f32]>
 fn add_batch(g: &Geometry, tmp: &[f32], out: &mut [f32]) {
     let hw_out = g.ho * g.wo;
     let n = g.batch * hw_out;
-    out.par_chunks_mut(hw_out).enumerate().for_each(|(i, plane)| {
-        let (b, co) = (i / g.cout, i % g.cout);
-        for (o, t) in plane.iter_mut().zip(&tmp[co * n + b * hw_out..][..hw_out]) {
-            *o += t;
-        }
-    });
+    out.par_chunks_mut(hw_out)
+        .enumerate()
+        .for_each(|(i, plane)| {
+            let (b, co) = (i / g.cout, i % g.cout);
+            for (o, t) in plane.iter_mut().zip(&tmp[co * n + b * hw_out..][..hw_out]) {
+                *o += t;
+            }
+        });
 }
 
 /// Without our GEMM kernel: explicit column tiles and the gemm crate. `out` holds the bias.
@@ -302,13 +427,30 @@ fn conv_with_columns(g: &Geometry, x: &[f32], w: &[f32], col_budget: usize, out:
     let hw_out = g.ho * g.wo;
     let image_in = g.cin * g.h * g.w;
     let image_out = g.cout * hw_out;
-    let weights = Mat { data: w, rows: g.cout, cols: g.k(), row_stride: g.k(), col_stride: 1 };
+    let weights = Mat {
+        data: w,
+        rows: g.cout,
+        cols: g.k(),
+        row_stride: g.k(),
+        col_stride: 1,
+    };
 
     if g.pointwise() {
         for b in 0..g.batch {
             let input = &x[b * image_in..][..image_in];
-            let rhs = Mat { data: input, rows: g.cin, cols: hw_out, row_stride: hw_out, col_stride: 1 };
-            let dst = MatMut::new(&mut out[b * image_out..][..image_out], g.cout, hw_out, hw_out);
+            let rhs = Mat {
+                data: input,
+                rows: g.cin,
+                cols: hw_out,
+                row_stride: hw_out,
+                col_stride: 1,
+            };
+            let dst = MatMut::new(
+                &mut out[b * image_out..][..image_out],
+                g.cout,
+                hw_out,
+                hw_out,
+            );
             gemm_f32(dst, weights, rhs, 1.0, true);
         }
         return;
@@ -323,7 +465,13 @@ fn conv_with_columns(g: &Geometry, x: &[f32], w: &[f32], col_budget: usize, out:
             let n = rows * g.wo;
             let col = &mut col[..g.k() * n];
             im2col(g, x, b, row0..row0 + rows, col);
-            let rhs = Mat { data: col, rows: g.k(), cols: n, row_stride: n, col_stride: 1 };
+            let rhs = Mat {
+                data: col,
+                rows: g.k(),
+                cols: n,
+                row_stride: n,
+                col_stride: 1,
+            };
             let dst = MatMut::new(&mut plane[row0 * g.wo..], g.cout, n, hw_out);
             gemm_f32(dst, weights, rhs, 1.0, true);
             row0 += rows;
@@ -367,10 +515,12 @@ mod tests {
                                 for kx in 0..g.kw {
                                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                                     let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
                                         continue;
                                     }
-                                    let xv = x[((b * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize];
+                                    let xv = x[((b * g.cin + ci) * g.h + iy as usize) * g.w
+                                        + ix as usize];
                                     let wv = w[((co * g.cin + ci) * g.kh + ky) * g.kw + kx];
                                     acc += (xv * wv) as f64;
                                 }
@@ -384,23 +534,66 @@ mod tests {
         out
     }
 
-    fn check(batch: usize, cin: usize, h: usize, w: usize, cout: usize, k: usize, stride: usize, pad: usize) {
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        batch: usize,
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) {
         let ho = (h + 2 * pad - k) / stride + 1;
         let wo = (w + 2 * pad - k) / stride + 1;
-        let g = Geometry { batch, cin, h, w, cout, kh: k, kw: k, stride, pad, ho, wo };
-        let x: Vec<f32> = (0..batch * cin * h * w).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-        let wt: Vec<f32> = (0..cout * cin * k * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 97.0).collect();
+        let g = Geometry {
+            batch,
+            cin,
+            h,
+            w,
+            cout,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+            ho,
+            wo,
+        };
+        let x: Vec<f32> = (0..batch * cin * h * w)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let wt: Vec<f32> = (0..cout * cin * k * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 97.0)
+            .collect();
         let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.3).collect();
         let want = reference(&g, &x, &wt, &bias);
         // Column tiles (default, and 2 rows: several tiles per image), and packed weights.
         let packed = pack_weights(&wt, cout);
-        let mut runs = vec![conv(&g, &x, Weights::Plain(&wt), &bias, None, COL_BUDGET), conv(&g, &x, Weights::Plain(&wt), &bias, None, 2 * g.k() * g.wo)];
+        let mut runs = vec![
+            conv(&g, &x, Weights::Plain(&wt), &bias, None, COL_BUDGET),
+            conv(&g, &x, Weights::Plain(&wt), &bias, None, 2 * g.k() * g.wo),
+        ];
         if matmul::available() {
-            runs.push(conv(&g, &x, Weights::Packed(&packed), &bias, None, COL_BUDGET));
+            runs.push(conv(
+                &g,
+                &x,
+                Weights::Packed(&packed),
+                &bias,
+                None,
+                COL_BUDGET,
+            ));
         }
         for ours in runs {
-            let worst = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst < 1e-4, "{batch}x{cin}x{h}x{w} k{k} s{stride} p{pad}: diff {worst}");
+            let worst = ours
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "{batch}x{cin}x{h}x{w} k{k} s{stride} p{pad}: diff {worst}"
+            );
         }
     }
 

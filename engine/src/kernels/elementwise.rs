@@ -4,8 +4,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::simd::{gelu, vectorized};
 use super::matmul::{self, PackedB};
+use super::simd::{gelu, vectorized};
 use super::{contiguous, gemm_f32, Mat, MatMut};
 
 /// `x[..., :n] * gelu(x[..., n:])` for `x [..., 2n]` (diffusers' GEGLU, exact GELU).
@@ -19,21 +19,25 @@ impl CustomOp1 for GegluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s, l)?;
         let mut dims = l.shape().dims().to_vec();
-        let Some(last) = dims.last_mut() else { candle_core::bail!("geglu: scalar input") };
+        let Some(last) = dims.last_mut() else {
+            candle_core::bail!("geglu: scalar input")
+        };
         if *last % 2 != 0 {
             candle_core::bail!("geglu: last dimension {last} is odd");
         }
         *last /= 2;
         let n = *last;
         let mut out = vec![0f32; x.len() / 2];
-        out.par_chunks_mut(n.max(1)).zip(x.par_chunks(2 * n.max(1))).for_each(|(dst, src)| {
-            let (h, gate) = src.split_at(n);
-            vectorized(|| {
-                for ((d, h), g) in dst.iter_mut().zip(h).zip(gate) {
-                    *d = h * gelu(*g);
-                }
-            })
-        });
+        out.par_chunks_mut(n.max(1))
+            .zip(x.par_chunks(2 * n.max(1)))
+            .for_each(|(dst, src)| {
+                let (h, gate) = src.split_at(n);
+                vectorized(|| {
+                    for ((d, h), g) in dst.iter_mut().zip(h).zip(gate) {
+                        *d = h * gelu(*g);
+                    }
+                })
+            });
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
@@ -55,17 +59,22 @@ impl CustomOp1 for TransposeOp {
             return Ok((CpuStorage::F32(out), Shape::from((b, n, m))));
         }
         // Each task writes a band of BLOCK output rows (input columns) of one image.
-        out.par_chunks_mut(n * m).zip(x.par_chunks(m * n)).for_each(|(dst_img, src)| {
-            dst_img.par_chunks_mut(BLOCK * m).enumerate().for_each(|(band, dst)| {
-                let c0 = band * BLOCK;
-                let cols = BLOCK.min(n - c0);
-                for r in 0..m {
-                    for (c, v) in src[r * n + c0..][..cols].iter().enumerate() {
-                        dst[c * m + r] = *v;
-                    }
-                }
-            })
-        });
+        out.par_chunks_mut(n * m)
+            .zip(x.par_chunks(m * n))
+            .for_each(|(dst_img, src)| {
+                dst_img
+                    .par_chunks_mut(BLOCK * m)
+                    .enumerate()
+                    .for_each(|(band, dst)| {
+                        let c0 = band * BLOCK;
+                        let cols = BLOCK.min(n - c0);
+                        for r in 0..m {
+                            for (c, v) in src[r * n + c0..][..cols].iter().enumerate() {
+                                dst[c * m + r] = *v;
+                            }
+                        }
+                    })
+            });
         Ok((CpuStorage::F32(out), Shape::from((b, n, m))))
     }
 }
@@ -83,14 +92,16 @@ impl CustomOp1 for Upsample2xOp {
         let (b, c, h, w) = l.shape().dims4()?;
         let mut out = vec![0f32; x.len() * 4];
         if w > 0 {
-            out.par_chunks_mut(4 * w).zip(x.par_chunks(w)).for_each(|(dst, row)| {
-                let (top, bottom) = dst.split_at_mut(2 * w);
-                for (pair, v) in top.chunks_exact_mut(2).zip(row) {
-                    pair[0] = *v;
-                    pair[1] = *v;
-                }
-                bottom.copy_from_slice(top);
-            });
+            out.par_chunks_mut(4 * w)
+                .zip(x.par_chunks(w))
+                .for_each(|(dst, row)| {
+                    let (top, bottom) = dst.split_at_mut(2 * w);
+                    for (pair, v) in top.chunks_exact_mut(2).zip(row) {
+                        pair[0] = *v;
+                        pair[1] = *v;
+                    }
+                    bottom.copy_from_slice(top);
+                });
         }
         Ok((CpuStorage::F32(out), Shape::from((b, c, 2 * h, 2 * w))))
     }
@@ -113,20 +124,40 @@ impl CustomOp3 for LinearOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, bias) = (contiguous(xs, xl)?, contiguous(ws, wl)?, contiguous(bs, bl)?);
+        let (x, w, bias) = (
+            contiguous(xs, xl)?,
+            contiguous(ws, wl)?,
+            contiguous(bs, bl)?,
+        );
         let (outs, ins) = wl.shape().dims2()?;
         let mut dims = xl.shape().dims().to_vec();
         if dims.last() != Some(&ins) || bias.len() != outs {
-            candle_core::bail!("linear: input {dims:?} for weight [{outs}, {ins}], bias {}", bias.len());
+            candle_core::bail!(
+                "linear: input {dims:?} for weight [{outs}, {ins}], bias {}",
+                bias.len()
+            );
         }
         let rows = x.len() / ins.max(1);
         *dims.last_mut().expect("checked above") = outs;
         let mut out = vec![0f32; rows * outs];
-        out.par_chunks_mut(outs.max(1)).for_each(|r| r.copy_from_slice(bias));
+        out.par_chunks_mut(outs.max(1))
+            .for_each(|r| r.copy_from_slice(bias));
         gemm_f32(
             MatMut::new(&mut out, rows, outs, outs),
-            Mat { data: x, rows, cols: ins, row_stride: ins, col_stride: 1 },
-            Mat { data: w, rows: ins, cols: outs, row_stride: 1, col_stride: ins },
+            Mat {
+                data: x,
+                rows,
+                cols: ins,
+                row_stride: ins,
+                col_stride: 1,
+            },
+            Mat {
+                data: w,
+                rows: ins,
+                cols: outs,
+                row_stride: 1,
+                col_stride: ins,
+            },
             1.0,
             true,
         );
@@ -136,7 +167,13 @@ impl CustomOp3 for LinearOp {
 
 /// Packs a linear layer's `[out, in]` weight as the B operand `wᵀ` of [`PackedLinearOp`].
 pub fn pack_linear(w: &[f32], outs: usize, ins: usize) -> PackedB {
-    PackedB::pack(Mat { data: w, rows: ins, cols: outs, row_stride: 1, col_stride: ins })
+    PackedB::pack(Mat {
+        data: w,
+        rows: ins,
+        cols: outs,
+        row_stride: 1,
+        col_stride: ins,
+    })
 }
 
 /// [`LinearOp`] with the weight pre-packed: `linear(x, bias)`; rows split between threads.
@@ -149,20 +186,36 @@ impl CustomOp2 for PackedLinearOp<'_> {
         "imagine-linear-packed"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, bias) = (contiguous(xs, xl)?, contiguous(bs, bl)?);
         let (ins, outs) = (self.weight.k(), self.weight.n());
         let mut dims = xl.shape().dims().to_vec();
         if dims.last() != Some(&ins) || bias.len() != outs {
-            candle_core::bail!("linear: input {dims:?} for weight [{outs}, {ins}], bias {}", bias.len());
+            candle_core::bail!(
+                "linear: input {dims:?} for weight [{outs}, {ins}], bias {}",
+                bias.len()
+            );
         }
         let rows = x.len() / ins.max(1);
         *dims.last_mut().expect("checked above") = outs;
         let mut out = vec![0f32; rows * outs];
-        out.par_chunks_mut(outs.max(1)).for_each(|r| r.copy_from_slice(bias));
+        out.par_chunks_mut(outs.max(1))
+            .for_each(|r| r.copy_from_slice(bias));
         matmul::gemm_packed_rows(
             MatMut::new(&mut out, rows, outs, outs),
-            Mat { data: x, rows, cols: ins, row_stride: ins, col_stride: 1 },
+            Mat {
+                data: x,
+                rows,
+                cols: ins,
+                row_stride: ins,
+                col_stride: 1,
+            },
             self.weight,
             1.0,
             true,

@@ -48,8 +48,7 @@ impl PackB for Mat<'_> {
         self.cols
     }
     fn pack(&self, pc: usize, kc: usize, j0: usize, cols: usize, out: &mut Vec<f32>) {
-        out.clear();
-        out.resize(cols.div_ceil(NR) * NR * kc, 0.0);
+        reuse(out, cols.div_ceil(NR) * NR * kc);
         for (jp, panel) in out.chunks_mut(kc * NR).enumerate() {
             let j = j0 + jp * NR;
             let width = NR.min(j0 + cols - j);
@@ -159,11 +158,19 @@ impl AOperand<'_> {
     }
 }
 
+/// Sizes a packing buffer to `len` without clearing it: packers write every element that
+/// feeds a kept output; padding rows/columns of a panel only produce discarded outputs.
+pub(crate) fn reuse(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    buf.truncate(len);
+}
+
 /// Packs rows `i0..i0+mc` and k range `pc..pc+kc` of A into MR-row panels `[kc][MR]`.
 fn pack_a(a: &Mat, i0: usize, mc: usize, pc: usize, kc: usize, out: &mut Vec<f32>) {
     let panels = mc.div_ceil(MR);
-    out.clear();
-    out.resize(panels * kc * MR, 0.0);
+    reuse(out, panels * kc * MR);
     for (ip, panel) in out.chunks_mut(kc * MR).enumerate() {
         let rows = MR.min(mc - ip * MR);
         let base = (i0 + ip * MR) * a.row_stride + pc * a.col_stride;
@@ -186,10 +193,20 @@ fn pack_a(a: &Mat, i0: usize, mc: usize, pc: usize, kc: usize, out: &mut Vec<f32
 }
 
 fn check(dst: &MatMut, a: &AOperand, k: usize, n: usize) {
-    assert!(available(), "matmul: AVX-512 kernel on a CPU without AVX-512");
-    assert!(a.rows() == dst.rows && a.cols() == k && n == dst.cols, "matmul: shapes do not chain");
+    assert!(
+        available(),
+        "matmul: AVX-512 kernel on a CPU without AVX-512"
+    );
+    assert!(
+        a.rows() == dst.rows && a.cols() == k && n == dst.cols,
+        "matmul: shapes do not chain"
+    );
     if let AOperand::Plain(a) = a {
-        assert!(a.rows == 0 || a.cols == 0 || (a.rows - 1) * a.row_stride + (a.cols - 1) * a.col_stride < a.data.len());
+        assert!(
+            a.rows == 0
+                || a.cols == 0
+                || (a.rows - 1) * a.row_stride + (a.cols - 1) * a.col_stride < a.data.len()
+        );
     }
     assert!(dst.rows == 0 || (dst.rows - 1) * dst.row_stride + dst.cols <= dst.data.len());
 }
@@ -238,7 +255,17 @@ fn run_block(
                 // by the callers); the panels hold kc·MR and kc·NR floats.
                 unsafe {
                     let tile = c.add((i0 + ip * MR) * dst.row_stride + jp * NR);
-                    tile_kernel(kc, a_panel, b_panel, tile, dst.row_stride, rows, cols, alpha, accumulate);
+                    tile_kernel(
+                        kc,
+                        a_panel,
+                        b_panel,
+                        tile,
+                        dst.row_stride,
+                        rows,
+                        cols,
+                        alpha,
+                        accumulate,
+                    );
                 }
             }
         }
@@ -258,7 +285,17 @@ pub fn gemm_packed(mut dst: MatMut, a: Mat, b: &PackedB, alpha: f32, accumulate:
     let mut a_pack = Vec::new();
     for pc in (0..b.k).step_by(KC) {
         let kc = KC.min(b.k - pc);
-        run_block(&mut dst, &a, 0, pc, kc, b.block(pc), alpha, accumulate || pc > 0, &mut a_pack);
+        run_block(
+            &mut dst,
+            &a,
+            0,
+            pc,
+            kc,
+            b.block(pc),
+            alpha,
+            accumulate || pc > 0,
+            &mut a_pack,
+        );
     }
 }
 
@@ -276,9 +313,21 @@ pub fn gemm_packed_rows(dst: MatMut, a: Mat, b: &PackedB, alpha: f32, accumulate
         let r0 = ci * chunk;
         let rows = chunk.min(m - r0);
         // SAFETY: chunks cover disjoint row ranges of C; the view is within `len`.
-        let data = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r0 * row_stride), len - r0 * row_stride) };
-        let a_part = Mat { data: &a.data[r0 * a.row_stride..], rows, ..a };
-        gemm_packed(MatMut::new(data, rows, cols, row_stride), a_part, b, alpha, accumulate);
+        let data = unsafe {
+            std::slice::from_raw_parts_mut(ptr.get().add(r0 * row_stride), len - r0 * row_stride)
+        };
+        let a_part = Mat {
+            data: &a.data[r0 * a.row_stride..],
+            rows,
+            ..a
+        };
+        gemm_packed(
+            MatMut::new(data, rows, cols, row_stride),
+            a_part,
+            b,
+            alpha,
+            accumulate,
+        );
     });
 }
 
@@ -295,7 +344,7 @@ pub fn gemm(dst: MatMut, a: AOperand, b: &impl PackB, alpha: f32, accumulate: bo
     // One chunk per thread (split further when very wide): each chunk packs A again unless
     // it is pre-packed.
     let per_thread = n.div_ceil(threads).div_ceil(NR) * NR;
-    let chunk = per_thread.min(4096).max(NR);
+    let chunk = per_thread.clamp(NR, 4096);
     let row_stride = dst.row_stride;
     let ptr = SendPtr(dst.data.as_mut_ptr());
     let len = dst.data.len();
@@ -304,7 +353,14 @@ pub fn gemm(dst: MatMut, a: AOperand, b: &impl PackB, alpha: f32, accumulate: bo
         let cols = chunk.min(n - j0);
         // SAFETY: chunks cover disjoint column ranges of C; the view is within `len`.
         let data = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(j0), len - j0) };
-        columns(MatMut::new(data, m, cols, row_stride), a, b, j0, alpha, accumulate);
+        columns(
+            MatMut::new(data, m, cols, row_stride),
+            a,
+            b,
+            j0,
+            alpha,
+            accumulate,
+        );
     });
 }
 
@@ -330,7 +386,17 @@ fn columns(mut dst: MatMut, a: AOperand, b: &impl PackB, j0: usize, alpha: f32, 
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             b.pack(pc, kc, j0, cols, b_pack);
-            run_block(&mut dst, &a, 0, pc, kc, b_pack, alpha, accumulate || pc > 0, a_pack);
+            run_block(
+                &mut dst,
+                &a,
+                0,
+                pc,
+                kc,
+                b_pack,
+                alpha,
+                accumulate || pc > 0,
+                a_pack,
+            );
         }
     })
 }
@@ -360,7 +426,15 @@ unsafe fn tile_kernel(
         return;
     }
     let mut scratch = [0f32; MR * NR];
-    micro_12x32(kc, a.as_ptr(), b.as_ptr(), scratch.as_mut_ptr(), NR, alpha, false);
+    micro_12x32(
+        kc,
+        a.as_ptr(),
+        b.as_ptr(),
+        scratch.as_mut_ptr(),
+        NR,
+        alpha,
+        false,
+    );
     for r in 0..rows {
         let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
         let tile = &scratch[r * NR..][..cols];
@@ -376,7 +450,15 @@ unsafe fn tile_kernel(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_12x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, alpha: f32, accumulate: bool) {
+unsafe fn micro_12x32(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     for p in 0..kc {
@@ -395,14 +477,26 @@ unsafe fn micro_12x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
         for (h, v) in row.iter().enumerate() {
             let dst = out.add(16 * h);
             let v = _mm512_mul_ps(*v, alpha);
-            let v = if accumulate { _mm512_add_ps(_mm512_loadu_ps(dst), v) } else { v };
+            let v = if accumulate {
+                _mm512_add_ps(_mm512_loadu_ps(dst), v)
+            } else {
+                v
+            };
             _mm512_storeu_ps(dst, v);
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_12x32(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: usize, _: f32, _: bool) {
+unsafe fn micro_12x32(
+    _: usize,
+    _: *const f32,
+    _: *const f32,
+    _: *mut f32,
+    _: usize,
+    _: f32,
+    _: bool,
+) {
     unreachable!("available() is false off x86-64")
 }
 
@@ -415,7 +509,11 @@ mod tests {
         for i in 0..m {
             for j in 0..n {
                 out[i * n + j] = (0..k)
-                    .map(|p| (a.data[i * a.row_stride + p * a.col_stride] * b.data[p * b.row_stride + j * b.col_stride]) as f64)
+                    .map(|p| {
+                        (a.data[i * a.row_stride + p * a.col_stride]
+                            * b.data[p * b.row_stride + j * b.col_stride])
+                            as f64
+                    })
                     .sum::<f64>() as f32;
             }
         }
@@ -427,31 +525,102 @@ mod tests {
         if !available() {
             return;
         }
-        for &(m, n, k) in &[(1, 1, 1), (12, 32, 256), (13, 33, 257), (100, 70, 600), (5, 200, 3)] {
-            let av: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 23) as f32 - 11.0) / 11.0).collect();
-            let bv: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 19) as f32 - 9.0) / 9.0).collect();
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (12, 32, 256),
+            (13, 33, 257),
+            (100, 70, 600),
+            (5, 200, 3),
+        ] {
+            let av: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 23) as f32 - 11.0) / 11.0)
+                .collect();
+            let bv: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 19) as f32 - 9.0) / 9.0)
+                .collect();
             for transpose_b in [false, true] {
-                let a = Mat { data: &av, rows: m, cols: k, row_stride: k, col_stride: 1 };
+                let a = Mat {
+                    data: &av,
+                    rows: m,
+                    cols: k,
+                    row_stride: k,
+                    col_stride: 1,
+                };
                 let b = if transpose_b {
-                    Mat { data: &bv, rows: k, cols: n, row_stride: 1, col_stride: k }
+                    Mat {
+                        data: &bv,
+                        rows: k,
+                        cols: n,
+                        row_stride: 1,
+                        col_stride: k,
+                    }
                 } else {
-                    Mat { data: &bv, rows: k, cols: n, row_stride: n, col_stride: 1 }
+                    Mat {
+                        data: &bv,
+                        rows: k,
+                        cols: n,
+                        row_stride: n,
+                        col_stride: 1,
+                    }
                 };
                 let want = reference(m, n, k, &a, &b);
                 let mut got = vec![1f32; m * n];
-                gemm(MatMut::new(&mut got, m, n, n), AOperand::Plain(a), &b, 1.0, false);
-                let worst = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                gemm(
+                    MatMut::new(&mut got, m, n, n),
+                    AOperand::Plain(a),
+                    &b,
+                    1.0,
+                    false,
+                );
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
                 assert!(worst < 1e-3, "{m}x{n}x{k} t{transpose_b}: {worst}");
                 // Accumulate with alpha 2 on top of the result: 3x.
-                gemm(MatMut::new(&mut got, m, n, n), AOperand::Plain(a), &b, 2.0, true);
-                let worst = got.iter().zip(&want).map(|(x, y)| (x - 3.0 * y).abs()).fold(0f32, f32::max);
-                assert!(worst < 3e-3, "{m}x{n}x{k} t{transpose_b} accumulate: {worst}");
+                gemm(
+                    MatMut::new(&mut got, m, n, n),
+                    AOperand::Plain(a),
+                    &b,
+                    2.0,
+                    true,
+                );
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(x, y)| (x - 3.0 * y).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst < 3e-3,
+                    "{m}x{n}x{k} t{transpose_b} accumulate: {worst}"
+                );
                 // Pre-packed A, and pre-packed B split by rows.
-                gemm(MatMut::new(&mut got, m, n, n), AOperand::Packed(&PackedA::pack(a)), &b, 1.0, false);
-                let worst = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                gemm(
+                    MatMut::new(&mut got, m, n, n),
+                    AOperand::Packed(&PackedA::pack(a)),
+                    &b,
+                    1.0,
+                    false,
+                );
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
                 assert!(worst < 1e-3, "{m}x{n}x{k} t{transpose_b} packed A: {worst}");
-                gemm_packed_rows(MatMut::new(&mut got, m, n, n), a, &PackedB::pack(b), 1.0, false);
-                let worst = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                gemm_packed_rows(
+                    MatMut::new(&mut got, m, n, n),
+                    a,
+                    &PackedB::pack(b),
+                    1.0,
+                    false,
+                );
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
                 assert!(worst < 1e-3, "{m}x{n}x{k} t{transpose_b} packed B: {worst}");
             }
         }

@@ -53,7 +53,12 @@ pub struct MatMut<'a> {
 
 impl<'a> MatMut<'a> {
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
-        Self { data, rows, cols, row_stride }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+        }
     }
 }
 
@@ -62,7 +67,14 @@ pub fn gemm_f32(dst: MatMut, lhs: Mat, rhs: Mat, scale: f32, accumulate: bool) {
     if matmul::available() {
         return matmul::gemm(dst, matmul::AOperand::Plain(lhs), &rhs, scale, accumulate);
     }
-    gemm_with(dst, lhs, rhs, scale, accumulate, gemm::Parallelism::Rayon(rayon::current_num_threads()))
+    gemm_with(
+        dst,
+        lhs,
+        rhs,
+        scale,
+        accumulate,
+        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+    )
 }
 
 /// As [`gemm_f32`], on the calling thread only (for use inside parallel loops).
@@ -82,7 +94,10 @@ fn gemm_with(
     parallelism: gemm::Parallelism,
 ) {
     let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
-    assert!(lhs.rows == m && rhs.rows == k && rhs.cols == n, "gemm: shapes do not chain");
+    assert!(
+        lhs.rows == m && rhs.rows == k && rhs.cols == n,
+        "gemm: shapes do not chain"
+    );
     assert!(lhs.fits() && rhs.fits(), "gemm: operand view out of bounds");
     assert!(
         m == 0 || n == 0 || (m - 1) * dst.row_stride + n <= dst.data.len(),

@@ -28,14 +28,25 @@ impl CustomOp3 for GroupNormOp {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, gamma, beta) = (contiguous(xs, xl)?, contiguous(gs, gl)?, contiguous(bs, bl)?);
+        let (x, gamma, beta) = (
+            contiguous(xs, xl)?,
+            contiguous(gs, gl)?,
+            contiguous(bs, bl)?,
+        );
         let dims = xl.shape().dims();
         if dims.len() < 2 {
             candle_core::bail!("group_norm: expected [B, C, ...], got {dims:?}");
         }
         let channels = dims[1];
-        if self.groups == 0 || channels % self.groups != 0 || gamma.len() != channels || beta.len() != channels {
-            candle_core::bail!("group_norm: {channels} channels do not fit {} groups / affine params", self.groups);
+        if self.groups == 0
+            || !channels.is_multiple_of(self.groups)
+            || gamma.len() != channels
+            || beta.len() != channels
+        {
+            candle_core::bail!(
+                "group_norm: {channels} channels do not fit {} groups / affine params",
+                self.groups
+            );
         }
         let spatial: usize = dims[2..].iter().product();
         let per_group = channels / self.groups * spatial;
@@ -46,7 +57,15 @@ impl CustomOp3 for GroupNormOp {
             .for_each(|(i, (dst, src))| {
                 let first_channel = (i % self.groups) * (channels / self.groups);
                 vectorized(|| {
-                    normalize_group(src, dst, spatial, &gamma[first_channel..], &beta[first_channel..], self.eps, self.silu)
+                    normalize_group(
+                        src,
+                        dst,
+                        spatial,
+                        &gamma[first_channel..],
+                        &beta[first_channel..],
+                        self.eps,
+                        self.silu,
+                    )
                 })
             });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
@@ -54,7 +73,15 @@ impl CustomOp3 for GroupNormOp {
 }
 
 #[inline(always)]
-fn normalize_group(src: &[f32], dst: &mut [f32], spatial: usize, gamma: &[f32], beta: &[f32], eps: f64, fuse_silu: bool) {
+fn normalize_group(
+    src: &[f32],
+    dst: &mut [f32],
+    spatial: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    fuse_silu: bool,
+) {
     // Two passes in f64 lanes: the mean, then the centred variance (as torch's result).
     let n = src.len() as f64;
     let mean = lane_sum(src, |v| v as f64) / n;
@@ -63,7 +90,11 @@ fn normalize_group(src: &[f32], dst: &mut [f32], spatial: usize, gamma: &[f32], 
         d * d
     }) / n;
     let rstd = 1.0 / (var + eps).sqrt();
-    for ((dst, src), (g, b)) in dst.chunks_mut(spatial).zip(src.chunks(spatial)).zip(gamma.iter().zip(beta)) {
+    for ((dst, src), (g, b)) in dst
+        .chunks_mut(spatial)
+        .zip(src.chunks(spatial))
+        .zip(gamma.iter().zip(beta))
+    {
         let scale = (rstd * *g as f64) as f32;
         let shift = (*b as f64 - mean * rstd * *g as f64) as f32;
         if fuse_silu {
