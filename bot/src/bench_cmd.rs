@@ -1,6 +1,7 @@
 //! `imagine bench`: times the engine's pieces on a diffusers folder, after warm-up, as the
 //! median of several runs: text encoding, one UNet forward (batch 1 and 4), VAE decode, the
 //! latent preview, and the whole 2x2 grid job (4 images, 1 step, no guidance: SD-Turbo's job).
+//! With `--taesd DIR`, also the tiny autoencoder: one decode, and the preview of 4 images.
 //!
 //! The folder is usually a full-size architecture with seeded random weights written by
 //! `tools/make_random_model.py`; `tools/bench_compare.py` times diffusers on the same folder.
@@ -19,7 +20,7 @@ use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use imagine_engine::noise::LatentNoise;
 use imagine_engine::pixels::latent_preview;
-use imagine_engine::{GenerateRequest, LoadOptions, StableDiffusion};
+use imagine_engine::{GenerateRequest, LoadOptions, StableDiffusion, Taesd};
 use serde_json::Value;
 
 use report::{Measurement, Report};
@@ -50,9 +51,14 @@ pub struct BenchArgs {
     /// after the other rows at the same size, which already warmed every kernel it uses.
     #[arg(long)]
     pub grid_runs: Option<usize>,
-    /// Rows to run (default: all): text, preview, unet1, vae, unet4, grid.
+    /// Rows to run (default: all): text, preview, taesd, taesd-preview, unet1, vae, unet4,
+    /// grid. The taesd rows need --taesd.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<Row>,
+    /// A TAESD folder (diffusers AutoencoderTiny, e.g. madebyollin/taesd): adds the taesd and
+    /// taesd-preview rows.
+    #[arg(long)]
+    pub taesd: Option<PathBuf>,
     /// Keep the CPU's default denormal handling instead of flushing to zero.
     #[arg(long)]
     pub keep_denormals: bool,
@@ -66,8 +72,12 @@ pub struct BenchArgs {
 pub enum Row {
     /// Text encoder on a CFG pair (prompt + empty negative), batch 2.
     Text,
-    /// `latent_preview` of 4 latents (the bot's per-step preview).
+    /// `latent_preview` of 4 latents (the bot's per-step preview without TAESD).
     Preview,
+    /// TAESD decode of one latent.
+    Taesd,
+    /// TAESD previews of 4 latents, to 8-bit images (the bot's preview with TAESD).
+    TaesdPreview,
     /// One UNet forward, batch 1.
     Unet1,
     /// VAE decode of one image.
@@ -79,10 +89,16 @@ pub enum Row {
 }
 
 impl Row {
+    fn needs_taesd(self) -> bool {
+        matches!(self, Row::Taesd | Row::TaesdPreview)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Row::Text => "text",
             Row::Preview => "preview",
+            Row::Taesd => "taesd",
+            Row::TaesdPreview => "taesd-preview",
             Row::Unet1 => "unet1",
             Row::Vae => "vae",
             Row::Unet4 => "unet4",
@@ -92,9 +108,11 @@ impl Row {
 }
 
 /// Rows in the order they run at each size: cheap first, the whole job last.
-const ORDER: [Row; 6] = [
+const ORDER: [Row; 8] = [
     Row::Text,
     Row::Preview,
+    Row::Taesd,
+    Row::TaesdPreview,
     Row::Unet1,
     Row::Vae,
     Row::Unet4,
@@ -115,10 +133,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let model = StableDiffusion::load(&args.model, &LoadOptions::default())
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let taesd = match &args.taesd {
+        Some(dir) => Some(
+            Taesd::load(dir, &LoadOptions::default())
+                .with_context(|| format!("loading TAESD from {}", dir.display()))?,
+        ),
+        None if args.only.iter().any(|r| r.needs_taesd()) => {
+            bail!("the taesd rows need --taesd DIR")
+        }
+        None => None,
+    };
     let cost = Cost::of(&args.model)?;
-    let selected = |r: Row| args.only.is_empty() || args.only.contains(&r);
+    let selected = |r: Row| {
+        (args.only.is_empty() || args.only.contains(&r)) && (taesd.is_some() || !r.needs_taesd())
+    };
     let bench = Bench {
         model: &model,
+        taesd: taesd.as_ref(),
         warmup: args.warmup,
         runs: args.runs,
         grid_runs: args.grid_runs.unwrap_or(args.runs),
@@ -238,6 +269,7 @@ impl Cost {
 
 struct Bench<'a> {
     model: &'a StableDiffusion,
+    taesd: Option<&'a Taesd>,
     warmup: usize,
     runs: usize,
     grid_runs: usize,
@@ -290,6 +322,24 @@ impl Bench<'_> {
                 };
                 (4, None, Box::new(f))
             }
+            Row::Taesd | Row::TaesdPreview => {
+                let taesd = self.taesd.context("the taesd rows need --taesd DIR")?;
+                let n = if row == Row::Taesd { 1 } else { 4 };
+                let x = latents(n)?;
+                let gflop = n as f64 * taesd.decode_gflop(s / 8, s / 8);
+                let f: Work<'_> = if row == Row::Taesd {
+                    Box::new(move || {
+                        taesd.decode(&x)?;
+                        Ok(())
+                    })
+                } else {
+                    Box::new(move || {
+                        taesd.decode_images(&x)?;
+                        Ok(())
+                    })
+                };
+                (n, Some(gflop), f)
+            }
             Row::Unet1 => (1, Cost::scaled(c.unet_512, s), unet(1)?),
             Row::Unet4 => (4, Cost::scaled(c.unet_512, s).map(|g| 4.0 * g), unet(4)?),
             Row::Vae => {
@@ -325,7 +375,7 @@ impl Bench<'_> {
             _ => (self.warmup, self.runs),
         };
         eprint!(
-            "{:<8} {:>5}: ",
+            "{:<13} {:>5}: ",
             row.name(),
             size.map_or_else(|| "-".into(), |s| s.to_string())
         );

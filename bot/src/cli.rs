@@ -23,6 +23,8 @@ IMAGINE_DATA_DIR         where images are kept (./imagine-data)\n  \
 IMAGINE_QUEUE_CAPACITY   jobs that may wait (32)\n  \
 IMAGINE_USER_CAP         queued or running jobs per user (3)\n  \
 DISCORD_API_BASE         Discord-compatible API base URL (https://discord.com)\n  \
+IMAGINE_TAESD            TAESD folder or repo id: previews that look like the image (none)\n  \
+IMAGINE_FAST_GRID_DECODE decode grids with TAESD; U images use the full VAE (false)\n  \
 IMAGINE_CONFIG           TOML file with the same settings and a [models] table\n\
 See `imagine bot --help` for details."
 )]
@@ -83,6 +85,14 @@ pub struct GenerateArgs {
     /// Make four images (seeds seed..seed+3) and write them as a 2x2 grid.
     #[arg(long)]
     pub grid: bool,
+    /// TAESD, the tiny autoencoder: a diffusers AutoencoderTiny folder or HF repo id
+    /// (madebyollin/taesd for SD 1.x/2.x models), for --fast-decode.
+    #[arg(long)]
+    pub taesd: Option<String>,
+    /// Decode the final images with TAESD instead of the model's VAE: much faster, slightly
+    /// softer.
+    #[arg(long, requires = "taesd")]
+    pub fast_decode: bool,
     /// Where to write the PNG.
     #[arg(long)]
     pub out: PathBuf,

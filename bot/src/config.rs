@@ -65,6 +65,14 @@ pub struct BotArgs {
     /// then comes from that API [default: https://discord.com].
     #[arg(long, env = "DISCORD_API_BASE")]
     pub discord_api_base: Option<String>,
+    /// TAESD, the tiny autoencoder: a folder or HF repo id (madebyollin/taesd for SD 1.x/2.x
+    /// models). Progress previews then look like the final image.
+    #[arg(long, env = "IMAGINE_TAESD")]
+    pub taesd: Option<String>,
+    /// Decode grids with TAESD (much faster, slightly softer); U1-U4 still decode the chosen
+    /// image with the model's full VAE. Needs --taesd [default: false].
+    #[arg(long, env = "IMAGINE_FAST_GRID_DECODE", num_args = 0..=1, default_missing_value = "true")]
+    pub fast_grid_decode: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +85,8 @@ struct FileConfig {
     queue_capacity: Option<usize>,
     user_cap: Option<usize>,
     discord_api_base: Option<String>,
+    taesd: Option<String>,
+    fast_grid_decode: Option<bool>,
     #[serde(default)]
     models: BTreeMap<String, String>,
 }
@@ -94,6 +104,10 @@ pub struct Config {
     pub queue_capacity: usize,
     pub user_cap: usize,
     pub api_base: Option<String>,
+    /// TAESD folder or repo id, for previews (and grids with `fast_grid_decode`).
+    pub taesd: Option<String>,
+    /// Grids decoded with TAESD; U images always with the full VAE.
+    pub fast_grid_decode: bool,
 }
 
 impl Config {
@@ -127,6 +141,18 @@ impl Config {
                 bail!("DISCORD_API_BASE must be an http(s) URL, got {base:?}");
             }
         }
+        let taesd = args
+            .taesd
+            .clone()
+            .or(file.taesd)
+            .filter(|t| !t.trim().is_empty());
+        let fast_grid_decode = args
+            .fast_grid_decode
+            .or(file.fast_grid_decode)
+            .unwrap_or(false);
+        if fast_grid_decode && taesd.is_none() {
+            bail!("fast_grid_decode decodes grids with TAESD: set taesd too (IMAGINE_TAESD, e.g. madebyollin/taesd)");
+        }
         Ok(Config {
             token: Secret::new(token.trim()),
             default_model,
@@ -144,6 +170,8 @@ impl Config {
             queue_capacity,
             user_cap,
             api_base: api_base.map(|b| b.trim_end_matches('/').to_string()),
+            taesd,
+            fast_grid_decode,
         })
     }
 }
@@ -177,6 +205,8 @@ mod tests {
             queue_capacity: None,
             user_cap: None,
             discord_api_base: None,
+            taesd: None,
+            fast_grid_decode: None,
         }
     }
 
@@ -187,6 +217,29 @@ mod tests {
         assert_eq!(c.models["sd-turbo"], "stabilityai/sd-turbo");
         assert_eq!((c.queue_capacity, c.user_cap), (32, 3));
         assert_eq!(c.db, PathBuf::from("imagine.db"));
+        assert_eq!((c.taesd, c.fast_grid_decode), (None, false));
+    }
+
+    #[test]
+    fn fast_grid_decode_needs_taesd_and_flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imagine.toml");
+        std::fs::write(
+            &path,
+            "taesd = \"madebyollin/taesd\"\nfast_grid_decode = true\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.taesd.as_deref(), Some("madebyollin/taesd"));
+        assert!(c.fast_grid_decode);
+        a.fast_grid_decode = Some(false);
+        assert!(!Config::resolve(&a).unwrap().fast_grid_decode);
+        let mut a = args();
+        a.fast_grid_decode = Some(true);
+        let err = Config::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("taesd"), "{err}");
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
-use imagine_engine::{GenerateRequest, InitImage, LoadOptions, StableDiffusion};
+use imagine_engine::{GenerateRequest, InitImage, LoadOptions, StableDiffusion, Taesd};
 
 use crate::cli::GenerateArgs;
+use crate::config::short_name;
 use crate::render::{grid_2x2, write_png, PngParameters};
 
 /// Largest image file we read from the command line.
@@ -17,8 +18,11 @@ const MAX_INPUT_BYTES: u64 = 64 << 20;
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let dir = imagine_engine::resolve_model(&args.model)?;
-    let model = StableDiffusion::load(&dir, &LoadOptions::default())
+    let mut model = StableDiffusion::load(&dir, &LoadOptions::default())
         .with_context(|| format!("loading the model from {}", dir.display()))?;
+    if let Some(spec) = &args.taesd {
+        model = model.with_tiny_decoder(load_taesd(spec)?)?;
+    }
     let info = model.info().clone();
     if info.scheduler_fallback {
         eprintln!(
@@ -63,6 +67,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         )?);
     }
     req.initial_noise = initial_noise;
+    req.fast_decode = args.fast_decode;
 
     let mut report = |p: &imagine_engine::Progress| {
         eprintln!("step {}/{}", p.step, p.total);
@@ -91,10 +96,21 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         height,
         model: info.name.clone(),
         strength: req.init.as_ref().map(|i| i.strength),
+        vae: args
+            .fast_decode
+            .then(|| args.taesd.as_deref().map(short_name))
+            .flatten(),
     };
     write_png(&args.out, &image, &params.to_text())?;
     eprintln!("wrote {} (seed {seed})", args.out.display());
     Ok(())
+}
+
+/// Resolves and loads `--taesd` (a folder or HF repo id).
+pub fn load_taesd(spec: &str) -> Result<Taesd> {
+    let dir = imagine_engine::resolve_taesd(spec)?;
+    Taesd::load(&dir, &LoadOptions::default())
+        .with_context(|| format!("loading TAESD from {}", dir.display()))
 }
 
 fn read_limited(path: &Path) -> Result<Vec<u8>> {

@@ -20,6 +20,8 @@ pub struct PngParameters {
     pub height: usize,
     pub model: String,
     pub strength: Option<f64>,
+    /// The decoder, when not the model's own VAE (TAESD's name after a fast decode).
+    pub vae: Option<String>,
 }
 
 impl PngParameters {
@@ -36,7 +38,28 @@ impl PngParameters {
         if let Some(s) = self.strength {
             text.push_str(&format!(", Denoising strength: {s}"));
         }
+        if let Some(vae) = &self.vae {
+            text.push_str(&format!(", VAE: {vae}"));
+        }
         text
+    }
+}
+
+/// The parameters of a fast-decoded image as they read once its latents are decoded with the
+/// model's own VAE: the `VAE:` field of the last line (where [`PngParameters::to_text`] puts
+/// it) removed.
+pub fn without_vae(parameters: &str) -> String {
+    let (head, last) = match parameters.rsplit_once('\n') {
+        Some((head, last)) => (Some(head), last),
+        None => (None, parameters),
+    };
+    let fields: Vec<&str> = last
+        .split(", ")
+        .filter(|f| !f.starts_with("VAE: "))
+        .collect();
+    match head {
+        Some(head) => format!("{head}\n{}", fields.join(", ")),
+        None => fields.join(", "),
     }
 }
 
@@ -118,6 +141,7 @@ mod tests {
             height: 768,
             model: "sd-turbo".into(),
             strength: None,
+            vae: None,
         }
     }
 
@@ -127,6 +151,21 @@ mod tests {
             params().to_text(),
             "a brown puppy\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 42, Size: 512x768, Model: sd-turbo"
         );
+    }
+
+    #[test]
+    fn a_fast_decode_names_its_decoder_and_the_full_decode_drops_it() {
+        let mut p = params();
+        p.vae = Some("taesd".into());
+        p.strength = Some(0.6);
+        let text = p.to_text();
+        assert!(
+            text.ends_with("Model: sd-turbo, Denoising strength: 0.6, VAE: taesd"),
+            "{text}"
+        );
+        p.vae = None;
+        assert_eq!(without_vae(&text), p.to_text());
+        assert_eq!(without_vae(&p.to_text()), p.to_text());
     }
 
     #[test]

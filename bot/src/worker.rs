@@ -11,19 +11,53 @@ use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 use imagine_engine::noise::LatentNoise;
-use imagine_engine::{GenerateRequest, InitImage, LoadOptions, SchedulerKind, StableDiffusion};
+use imagine_engine::{
+    GenerateRequest, InitImage, LoadOptions, SchedulerKind, StableDiffusion, Taesd,
+};
 use sha2::{Digest, Sha256};
 
-use crate::render::{grid_2x2, png_bytes, PngParameters};
+use crate::render::{grid_2x2, png_bytes, read_parameters, without_vae, PngParameters};
 use crate::store::{ImageRecord, Job, JobKind};
 
 /// How often a running job may report a new preview.
 pub const PREVIEW_INTERVAL: Duration = Duration::from_millis(2500);
+/// The most of a job's time previews may take: a TAESD preview of four 512 px images costs
+/// seconds on a CPU (the linear latent preview costs nothing), so costly previews come less
+/// often.
+pub const PREVIEW_SHARE: f64 = 0.15;
+
+/// When the next preview is due: [`PREVIEW_INTERVAL`] after the last one started, or longer
+/// when it was costly, so that previews take at most [`PREVIEW_SHARE`] of the time.
+#[derive(Debug, Default)]
+pub struct PreviewClock {
+    next: Option<Instant>,
+}
+
+impl PreviewClock {
+    pub fn due(&self, now: Instant) -> bool {
+        self.next.is_none_or(|t| now >= t)
+    }
+
+    /// Records a preview that started at `started` and took `cost`.
+    pub fn made(&mut self, started: Instant, cost: Duration) {
+        self.next = Some(started + PREVIEW_INTERVAL.max(cost.div_f64(PREVIEW_SHARE)));
+    }
+}
 
 /// Models by name, loaded on first use and kept.
 pub struct Engines {
     specs: BTreeMap<String, String>,
     loaded: HashMap<String, StableDiffusion>,
+    tiny: Option<TinyDecoder>,
+}
+
+/// TAESD, attached to every model the worker loads.
+struct TinyDecoder {
+    dir: PathBuf,
+    /// Shown in PNG parameters (`VAE: taesd`).
+    name: String,
+    /// Decode grids with it (U images are then decoded again with the full VAE).
+    grids: bool,
 }
 
 impl Engines {
@@ -31,7 +65,27 @@ impl Engines {
         Self {
             specs,
             loaded: HashMap::new(),
+            tiny: None,
         }
+    }
+
+    /// Attaches the TAESD folder `dir` to every model: previews come from it, and with
+    /// `fast_grids` grids are decoded with it too.
+    pub fn with_taesd(mut self, dir: PathBuf, name: String, fast_grids: bool) -> Self {
+        self.tiny = Some(TinyDecoder {
+            dir,
+            name,
+            grids: fast_grids,
+        });
+        self
+    }
+
+    /// The name of the decoder grids are decoded with, when it is TAESD.
+    fn fast_grid_decoder(&self) -> Option<String> {
+        self.tiny
+            .as_ref()
+            .filter(|t| t.grids)
+            .map(|t| t.name.clone())
     }
 
     pub fn get(&mut self, name: &str) -> Result<&StableDiffusion> {
@@ -42,15 +96,20 @@ impl Engines {
                 .ok_or_else(|| anyhow!("the model {name:?} is no longer configured"))?;
             let dir = imagine_engine::resolve_model(spec)?;
             tracing::info!(model = name, dir = %dir.display(), "loading model");
-            let model = StableDiffusion::load(&dir, &LoadOptions::default())?;
+            let mut model = StableDiffusion::load(&dir, &LoadOptions::default())?;
+            if let Some(tiny) = &self.tiny {
+                let taesd = Taesd::load(&tiny.dir, &LoadOptions::default())
+                    .with_context(|| format!("loading TAESD from {}", tiny.dir.display()))?;
+                model = model.with_tiny_decoder(taesd)?;
+            }
             self.loaded.insert(name.to_string(), model);
         }
         Ok(&self.loaded[name])
     }
 }
 
-/// What a running job reports: percent done and, at most every [`PREVIEW_INTERVAL`], a
-/// preview grid PNG.
+/// What a running job reports: percent done and, at most every [`PREVIEW_INTERVAL`] (less
+/// often when previews are costly, see [`PreviewClock`]), a preview grid PNG.
 pub struct JobProgress {
     pub percent: u8,
     pub preview_png: Option<Vec<u8>>,
@@ -73,17 +132,20 @@ pub fn run_job(
     let dir = data_dir.join("jobs").join(job.id.0.to_string());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if job.request.kind == JobKind::Upscale {
-        return upscale(item, &dir);
+        return upscale(engines, item, &dir);
     }
+    let fast_decoder = engines.fast_grid_decoder();
     let model = engines.get(&job.request.model)?;
-    let req = build_request(model, item)?;
-    let mut last_preview: Option<Instant> = None;
+    let mut req = build_request(model, item)?;
+    req.fast_decode = fast_decoder.is_some();
+    let mut clock = PreviewClock::default();
     let mut report = |p: &imagine_engine::Progress| {
         let percent = (p.step * 100 / p.total.max(1)) as u8;
-        let due = last_preview.is_none_or(|t| t.elapsed() >= PREVIEW_INTERVAL);
-        let preview_png = if due && p.step < p.total {
-            last_preview = Some(Instant::now());
-            p.previews().ok().and_then(|imgs| preview_png(&imgs).ok())
+        let started = Instant::now();
+        let preview_png = if clock.due(started) && p.step < p.total {
+            let png = p.previews().ok().and_then(|imgs| preview_png(&imgs).ok());
+            clock.made(started, started.elapsed());
+            png
         } else {
             None
         };
@@ -108,11 +170,20 @@ pub fn run_job(
             height: p.height as usize,
             model: job.request.model.clone(),
             strength: req.init.as_ref().map(|i| i.strength),
+            vae: fast_decoder.clone(),
         };
         let path = dir.join(format!("{idx}.png"));
         let bytes = png_bytes(img, &params.to_text())?;
         std::fs::write(&path, &bytes)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        if fast_decoder.is_some() {
+            // Kept for U: the full VAE decodes these latents into the image at full quality.
+            let latents = latents_path(&path);
+            out.latents
+                .narrow(0, idx, 1)?
+                .save_safetensors("latents", &latents)
+                .with_context(|| format!("cannot write {}", latents.display()))?;
+        }
         records.push(ImageRecord {
             idx: idx as u8,
             seed: *seed,
@@ -125,8 +196,15 @@ pub fn run_job(
     Ok(records)
 }
 
-/// U buttons: the chosen image alone, at the full resolution it was made at.
-fn upscale(item: &WorkItem, dir: &Path) -> Result<Vec<ImageRecord>> {
+/// Where the latents of a fast-decoded image are kept: `<idx>.latents.safetensors` beside
+/// `<idx>.png`, one f32 tensor `latents` `[1, C, H/8, W/8]` (the `--init-latents` format).
+pub fn latents_path(png: &Path) -> PathBuf {
+    png.with_extension("latents.safetensors")
+}
+
+/// U buttons: the chosen image alone, at the full resolution it was made at. An image of a
+/// fast-decoded grid (its latents kept beside it) is decoded again with the full VAE.
+fn upscale(engines: &mut Engines, item: &WorkItem, dir: &Path) -> Result<Vec<ImageRecord>> {
     let parent = item
         .job
         .request
@@ -134,8 +212,22 @@ fn upscale(item: &WorkItem, dir: &Path) -> Result<Vec<ImageRecord>> {
         .init_image
         .as_ref()
         .context("the image this button refers to is gone")?;
-    let bytes = std::fs::read(parent).with_context(|| format!("cannot read {parent}"))?;
-    let img = image::load_from_memory(&bytes)?.to_rgb8();
+    let mut bytes = std::fs::read(parent).with_context(|| format!("cannot read {parent}"))?;
+    let mut img = image::load_from_memory(&bytes)?.to_rgb8();
+    let latents = latents_path(Path::new(parent));
+    if latents.exists() {
+        match engines.get(&item.job.request.model) {
+            Ok(model) => {
+                img = full_decode(model, &latents)?;
+                let text = read_parameters(&bytes)?.unwrap_or_default();
+                bytes = png_bytes(&img, &without_vae(&text))?;
+            }
+            Err(e) => tracing::warn!(
+                "cannot decode {} with the full VAE ({e:#}); using the fast-decoded image",
+                latents.display()
+            ),
+        }
+    }
     let path = dir.join("0.png");
     std::fs::write(&path, &bytes)?;
     Ok(vec![ImageRecord {
@@ -146,6 +238,18 @@ fn upscale(item: &WorkItem, dir: &Path) -> Result<Vec<ImageRecord>> {
         width: img.width(),
         height: img.height(),
     }])
+}
+
+/// The full VAE's image of latents kept by [`run_job`] after a fast decode.
+fn full_decode(model: &StableDiffusion, latents: &Path) -> Result<RgbImage> {
+    let tensors = candle_core::safetensors::load(latents, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", latents.display()))?;
+    let latents = tensors
+        .get("latents")
+        .with_context(|| format!("{} holds no latents", latents.display()))?;
+    let mut images = model.decode_images(latents, false)?;
+    anyhow::ensure!(images.len() == 1, "expected the latents of one image");
+    Ok(images.remove(0))
 }
 
 fn build_request(model: &StableDiffusion, item: &WorkItem) -> Result<GenerateRequest> {
@@ -204,18 +308,31 @@ fn chaos_noise(model: &StableDiffusion, req: &GenerateRequest, chaos: u32) -> Re
     Ok(((own * own_weight.sqrt())? + (shared * (1.0 - own_weight).sqrt())?)?)
 }
 
-/// Previews are latent-sized; scale them up so Discord shows more than a thumbnail.
+/// Longest side of a preview grid.
+const PREVIEW_SIDE: u32 = 512;
+
+/// Previews are latent-sized (scaled up, so that Discord shows more than a thumbnail) or, from
+/// TAESD, full-sized (scaled down: a preview need not be a full-size upload).
 fn preview_png(images: &[RgbImage]) -> Result<Vec<u8>> {
     let grid = grid_2x2(images)?;
     let (w, h) = grid.dimensions();
-    let scale = (512 / w.max(h)).max(1);
-    let big = image::imageops::resize(
-        &grid,
-        w * scale,
-        h * scale,
-        image::imageops::FilterType::Nearest,
-    );
-    png_bytes(&big, "preview")
+    let side = w.max(h);
+    let sized = if side > PREVIEW_SIDE {
+        let (w, h) = (
+            (w * PREVIEW_SIDE / side).max(1),
+            (h * PREVIEW_SIDE / side).max(1),
+        );
+        image::imageops::resize(&grid, w, h, image::imageops::FilterType::Triangle)
+    } else {
+        let scale = PREVIEW_SIDE / side;
+        image::imageops::resize(
+            &grid,
+            w * scale,
+            h * scale,
+            image::imageops::FilterType::Nearest,
+        )
+    };
+    png_bytes(&sized, "preview")
 }
 
 pub fn hex_sha256(bytes: &[u8]) -> String {
@@ -223,4 +340,34 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costly_previews_come_less_often() {
+        let t0 = Instant::now();
+        let mut clock = PreviewClock::default();
+        assert!(clock.due(t0), "the first preview is due at once");
+        clock.made(t0, Duration::from_millis(1));
+        assert!(!clock.due(t0 + Duration::from_secs(2)));
+        assert!(clock.due(t0 + PREVIEW_INTERVAL));
+        // A 9 s TAESD preview: the next one 60 s after it started.
+        clock.made(t0, Duration::from_secs(9));
+        assert!(!clock.due(t0 + Duration::from_secs(59)));
+        assert!(clock.due(t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn previews_are_scaled_to_a_512_pixel_grid() {
+        let small = vec![RgbImage::new(8, 8); 4];
+        let big = vec![RgbImage::new(512, 384); 4];
+        for (images, want) in [(small, (512, 512)), (big, (512, 384))] {
+            let png = preview_png(&images).unwrap();
+            let img = image::load_from_memory(&png).unwrap();
+            assert_eq!((img.width(), img.height()), want);
+        }
+    }
 }

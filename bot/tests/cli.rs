@@ -102,25 +102,40 @@ fn init_latents_reproduce_the_diffusers_reference() {
         .to_string();
     let png = generate(
         &dir.path().join("r.png"),
-        &[
-            "--init-latents",
-            &latents,
-            "--grid",
-            "--steps",
-            "8",
-            "--scheduler",
-            "ddim",
-            "--negative",
-            "blurry, low quality",
-            "--guidance",
-            "7.5",
-        ],
+        &reference_ddim_args(&latents),
         "2",
     );
-    let grid = image::load_from_memory(&png).unwrap().to_rgb8();
+    let worst = max_diff_from_reference(&png, "tiny-sd15");
+    assert!(
+        worst <= 2,
+        "max pixel diff {worst}/255 from the diffusers reference"
+    );
+}
+
+/// The arguments that reproduce the references' DDIM text-to-image run of two images.
+fn reference_ddim_args(latents: &str) -> Vec<&str> {
+    vec![
+        "--init-latents",
+        latents,
+        "--grid",
+        "--steps",
+        "8",
+        "--scheduler",
+        "ddim",
+        "--negative",
+        "blurry, low quality",
+        "--guidance",
+        "7.5",
+    ]
+}
+
+/// Largest difference between a grid PNG of two 64x64 images and `image_ddim_u8` in
+/// `assets/reference/<reference>.safetensors`.
+fn max_diff_from_reference(png: &[u8], reference: &str) -> u8 {
+    let grid = image::load_from_memory(png).unwrap().to_rgb8();
     assert_eq!(grid.dimensions(), (128, 64));
     let refs = candle_core::safetensors::load(
-        root().join("assets/reference/tiny-sd15.safetensors"),
+        root().join(format!("assets/reference/{reference}.safetensors")),
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -141,10 +156,7 @@ fn init_latents_reproduce_the_diffusers_reference() {
             }
         }
     }
-    assert!(
-        worst <= 2,
-        "max pixel diff {worst}/255 from the diffusers reference"
-    );
+    worst
 }
 
 #[test]
@@ -176,13 +188,14 @@ fn bad_input_fails_with_a_message() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("neither a folder"));
 }
 
-/// Lays out `tiny-sd15` as the Hugging Face cache would hold repo `test-org/tiny-sd15`.
-fn fake_hf_cache(home: &Path) -> PathBuf {
-    let repo = home.join("hub/models--test-org--tiny-sd15");
+/// Lays out `assets/models/<name>` as the Hugging Face cache would hold repo
+/// `test-org/<name>`.
+fn fake_hf_cache(home: &Path, name: &str) -> PathBuf {
+    let repo = home.join(format!("hub/models--test-org--{name}"));
     let snapshot = repo.join("snapshots/0123456789abcdef");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
-    let src = root().join("assets/models/tiny-sd15");
+    let src = root().join("assets/models").join(name);
     for entry in walk(&src) {
         let target = snapshot.join(entry.strip_prefix(&src).unwrap());
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
@@ -207,7 +220,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_repo_id_loads_from_the_hugging_face_cache_offline() {
     let home = tempfile::tempdir().unwrap();
-    let snapshot = fake_hf_cache(home.path());
+    let snapshot = fake_hf_cache(home.path(), "tiny-sd15");
     let out = home.path().join("o.png").display().to_string();
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_imagine"))
@@ -243,4 +256,55 @@ fn a_repo_id_loads_from_the_hugging_face_cache_offline() {
         err.contains("vae/diffusion_pytorch_model.safetensors") && err.contains("HF_HUB_OFFLINE"),
         "{err}"
     );
+}
+
+#[test]
+fn fast_decode_with_taesd_from_the_cache_reproduces_the_pipeline_with_autoencoder_tiny() {
+    let home = tempfile::tempdir().unwrap();
+    fake_hf_cache(home.path(), "tiny-taesd");
+    let (sd, out) = (model("tiny-sd15"), home.path().join("t.png"));
+    let latents = root()
+        .join("assets/reference/latents_2x4x8x8.safetensors")
+        .display()
+        .to_string();
+    let out_s = out.display().to_string();
+    let mut args = vec!["generate", "a brown puppy on the beach", "--model", &sd];
+    args.extend(reference_ddim_args(&latents));
+    args.extend([
+        "--taesd",
+        "test-org/tiny-taesd",
+        "--fast-decode",
+        "--out",
+        &out_s,
+    ]);
+    let o = Command::new(env!("CARGO_BIN_EXE_imagine"))
+        .args(&args)
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = std::fs::read(&out).unwrap();
+    let worst = max_diff_from_reference(&png, "tiny-taesd");
+    assert!(worst <= 2, "max pixel diff {worst}/255 from diffusers");
+    assert!(
+        parameters(&png).ends_with(", VAE: tiny-taesd"),
+        "{}",
+        parameters(&png)
+    );
+
+    let o = imagine(
+        &[
+            "generate",
+            "p",
+            "--model",
+            &sd,
+            "--fast-decode",
+            "--out",
+            &out_s,
+        ],
+        "2",
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--taesd"), "{err}");
 }

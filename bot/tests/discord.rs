@@ -178,15 +178,19 @@ fn button(msg: &Message, label: &str) -> String {
 }
 
 fn png_of(sim: &Simulator, msg: &Message) -> image::RgbImage {
+    png_and_parameters(sim, msg).0
+}
+
+/// The attached image and its `parameters` chunk.
+fn png_and_parameters(sim: &Simulator, msg: &Message) -> (image::RgbImage, String) {
     assert_eq!(msg.attachments.len(), 1, "one image attached: {msg:?}");
     let bytes = sim
         .file_bytes(&msg.attachments[0].url)
         .expect("the uploaded file");
-    assert!(
-        imagine::render::read_parameters(&bytes).unwrap().is_some(),
-        "parameters chunk"
-    );
-    image::load_from_memory(&bytes).unwrap().to_rgb8()
+    let text = imagine::render::read_parameters(&bytes)
+        .unwrap()
+        .expect("parameters chunk");
+    (image::load_from_memory(&bytes).unwrap().to_rgb8(), text)
 }
 
 struct World {
@@ -299,6 +303,29 @@ async fn imagine_in_a_guild_then_every_grid_button() {
         png_of(&w.sim, &reroll),
         png_of(&w.sim, &grid),
         "new seeds, new images"
+    );
+    bot.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_fast_grid_decode_grids_come_from_taesd_and_u_from_the_full_vae() {
+    let w = world().await;
+    let taesd = root().join("assets/models/tiny-taesd");
+    let env = [
+        ("IMAGINE_TAESD", taesd.to_str().unwrap()),
+        ("IMAGINE_FAST_GRID_DECODE", "true"),
+    ];
+    let bot = start_bot(&w.sim, w.dir.path(), &env).await;
+    let grid = imagine(&w, w.alice, w.channel, "a lighthouse --seed 7 --steps 4").await;
+    let (img, text) = png_and_parameters(&w.sim, &grid);
+    assert_eq!(img.dimensions(), (128, 128));
+    assert!(text.ends_with(", VAE: tiny-taesd"), "{text}");
+    let single = click(&w, w.bob, &grid, "U3").await;
+    let (img, text) = png_and_parameters(&w.sim, &single);
+    assert_eq!(img.dimensions(), (64, 64));
+    assert!(
+        !text.contains("VAE:"),
+        "U decodes with the full VAE: {text}"
     );
     bot.stop().await;
 }

@@ -10,6 +10,7 @@
 //! - [`schedulers`]: Euler, Euler-a, DDIM, DPM++ 2M (Karras), as diffusers computes them.
 //! - [`noise`]: every random number, from per-image seeds.
 //! - [`pixels`]: image/tensor conversion and cheap latent previews.
+//! - [`taesd`]: the tiny autoencoder, for previews and fast decodes.
 
 pub mod blocks;
 pub mod clip;
@@ -23,6 +24,7 @@ pub mod noise;
 pub mod pixels;
 pub mod schedulers;
 pub mod source;
+pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
@@ -31,4 +33,5 @@ pub use error::{EngineError, Result};
 pub use generate::{GenerateRequest, Generation, InitImage, Progress};
 pub use model::{LoadOptions, ModelInfo, StableDiffusion, UNetKind};
 pub use schedulers::SchedulerKind;
-pub use source::resolve_model;
+pub use source::{resolve_model, resolve_taesd};
+pub use taesd::Taesd;

@@ -55,6 +55,8 @@ pub struct StableDiffusion {
     pub(crate) device: Device,
     pub(crate) dtype: DType,
     info: ModelInfo,
+    /// TAESD, for previews and fast decodes (see [`crate::taesd`]).
+    pub(crate) tiny_decoder: Option<crate::taesd::Taesd>,
 }
 
 /// Facts about a loaded model that callers show or default from.
@@ -120,6 +122,7 @@ impl StableDiffusion {
             device: device.clone(),
             dtype,
             info,
+            tiny_decoder: None,
         })
     }
 
@@ -202,7 +205,7 @@ fn weights(
         .map_err(|e| EngineError::bad_file(&folder, e))
 }
 
-fn weight_files(folder: &Path, component: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn weight_files(folder: &Path, component: &str) -> Result<Vec<PathBuf>> {
     for name in weight_candidates(component) {
         let path = folder.join(name);
         if path.exists() {
@@ -232,7 +235,7 @@ fn weight_files(folder: &Path, component: &str) -> Result<Vec<PathBuf>> {
 
 /// Checks a safetensors file's header and length without reading its data, so that a
 /// truncated or corrupt file fails here, with its name, rather than deep inside a layer.
-fn check_safetensors(path: &Path) -> Result<()> {
+pub(crate) fn check_safetensors(path: &Path) -> Result<()> {
     use std::io::Read;
     let bad =
         |why: String| EngineError::bad_file(path, format!("not a valid safetensors file: {why}"));

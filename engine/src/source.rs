@@ -31,19 +31,94 @@ pub fn weight_candidates(component: &str) -> &'static [&'static str] {
     }
 }
 
+/// What a folder must hold to be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// A Stable Diffusion pipeline: `model_index.json` and one folder per component.
+    Pipeline,
+    /// A lone `AutoencoderTiny` (TAESD): `config.json` and its weights at the root.
+    TinyAutoencoder,
+}
+
+impl Layout {
+    /// The file whose presence marks a snapshot of this kind in the HF cache.
+    fn marker(self) -> &'static str {
+        match self {
+            Layout::Pipeline => "model_index.json",
+            Layout::TinyAutoencoder => "config.json",
+        }
+    }
+
+    fn configs(self) -> &'static [&'static str] {
+        match self {
+            Layout::Pipeline => CONFIG_FILES,
+            Layout::TinyAutoencoder => &["config.json"],
+        }
+    }
+
+    /// Optional files fetched when the repo lists them.
+    fn extras(self) -> Vec<&'static str> {
+        match self {
+            Layout::Pipeline => TOKENIZER_FILES
+                .iter()
+                .copied()
+                .chain(["tokenizer/tokenizer.json"])
+                .collect(),
+            Layout::TinyAutoencoder => Vec::new(),
+        }
+    }
+
+    /// Folders holding weights ("" is the root).
+    fn weight_folders(self) -> &'static [&'static str] {
+        match self {
+            Layout::Pipeline => &["unet", "vae", "text_encoder"],
+            Layout::TinyAutoencoder => &[""],
+        }
+    }
+
+    /// The command-line flag that names such a folder, and a repo id to show as an example.
+    fn flag_and_example(self) -> (&'static str, &'static str) {
+        match self {
+            Layout::Pipeline => ("--model", "stabilityai/sd-turbo"),
+            Layout::TinyAutoencoder => ("--taesd", "madebyollin/taesd"),
+        }
+    }
+}
+
+/// `folder/file`, or `file` for the root folder "".
+fn in_folder(folder: &str, file: &str) -> String {
+    if folder.is_empty() {
+        file.to_string()
+    } else {
+        format!("{folder}/{file}")
+    }
+}
+
 /// Turns `--model` into a local folder: an existing directory is used as it is; anything
 /// else is taken as a Hugging Face repo id (`org/name`).
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    resolve(spec, Layout::Pipeline)
+}
+
+/// Turns `--taesd` into a local `AutoencoderTiny` folder (`config.json` and
+/// `diffusion_pytorch_model.safetensors` at its root), like [`resolve_model`]: a directory,
+/// or a repo id such as `madebyollin/taesd` looked up in (or fetched into) the HF cache.
+pub fn resolve_taesd(spec: &str) -> Result<PathBuf> {
+    resolve(spec, Layout::TinyAutoencoder)
+}
+
+fn resolve(spec: &str, layout: Layout) -> Result<PathBuf> {
+    let (flag, example) = layout.flag_and_example();
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
     if !looks_like_repo_id(spec) {
         return Err(EngineError::ModelNotFound(format!(
-            "{spec:?} is neither a folder nor a Hugging Face repo id like stabilityai/sd-turbo"
+            "{spec:?} is neither a folder nor a Hugging Face repo id like {example}"
         )));
     }
-    let cached = cached_snapshot(spec);
+    let cached = cached_snapshot(spec, layout);
     if let Some(Ok(dir)) = &cached {
         return Ok(dir.clone());
     }
@@ -53,10 +128,10 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
             _ => "it is not in the Hugging Face cache".to_string(),
         };
         return Err(EngineError::ModelNotFound(format!(
-            "{spec}: {what}, and HF_HUB_OFFLINE is set: download it on a machine with internet access, or point --model at a local folder"
+            "{spec}: {what}, and HF_HUB_OFFLINE is set: download it on a machine with internet access, or point {flag} at a local folder"
         )));
     }
-    download(spec)
+    download(spec, layout)
 }
 
 fn looks_like_repo_id(spec: &str) -> bool {
@@ -73,24 +148,25 @@ fn looks_like_repo_id(spec: &str) -> bool {
 
 /// The cached snapshot of `repo`, if one exists: `Ok` when it holds every config file and a
 /// weight file for each component, else `Err` with the first file it lacks.
-fn cached_snapshot(repo: &str) -> Option<std::result::Result<PathBuf, PathBuf>> {
+fn cached_snapshot(repo: &str, layout: Layout) -> Option<std::result::Result<PathBuf, PathBuf>> {
     let cache = hf_hub::Cache::from_env();
     let repo = cache.model(repo.to_string());
-    let index = repo.get("model_index.json")?;
-    let dir = index.parent()?.to_path_buf();
-    Some(match first_missing(&dir) {
+    let marker = repo.get(layout.marker())?;
+    let dir = marker.parent()?.to_path_buf();
+    Some(match first_missing(&dir, layout) {
         None => Ok(dir),
         Some(missing) => Err(missing),
     })
 }
 
-fn first_missing(dir: &Path) -> Option<PathBuf> {
-    let config = CONFIG_FILES
+fn first_missing(dir: &Path, layout: Layout) -> Option<PathBuf> {
+    let config = layout
+        .configs()
         .iter()
         .map(|f| dir.join(f))
         .find(|p| !p.exists());
     config.or_else(|| {
-        ["unet", "vae", "text_encoder"].iter().find_map(|c| {
+        layout.weight_folders().iter().find_map(|c| {
             let present = weight_candidates(c)
                 .iter()
                 .any(|w| dir.join(c).join(w).exists());
@@ -100,10 +176,11 @@ fn first_missing(dir: &Path) -> Option<PathBuf> {
 }
 
 /// Downloads the files the engine needs into the HF cache (progress bars on stderr).
-fn download(repo_id: &str) -> Result<PathBuf> {
+fn download(repo_id: &str, layout: Layout) -> Result<PathBuf> {
+    let (flag, _) = layout.flag_and_example();
     let offline = |file: &str, e: &dyn std::fmt::Display| {
         EngineError::ModelNotFound(format!(
-            "cannot fetch {file} of {repo_id} from the Hugging Face hub ({e}); check the repo id and your connection, or point --model at a local diffusers folder"
+            "cannot fetch {file} of {repo_id} from the Hugging Face hub ({e}); check the repo id and your connection, or point {flag} at a local diffusers folder"
         ))
     };
     let api = hf_hub::api::sync::ApiBuilder::from_env()
@@ -113,21 +190,27 @@ fn download(repo_id: &str) -> Result<PathBuf> {
     let repo = api.model(repo_id.to_string());
     let info = repo.info().map_err(|e| offline("the repo listing", &e))?;
     let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
-    let mut wanted: Vec<String> = CONFIG_FILES
+    let mut wanted: Vec<String> = layout
+        .configs()
         .iter()
-        .chain(TOKENIZER_FILES)
+        .copied()
+        .chain(layout.extras())
         .map(|s| s.to_string())
-        .chain(std::iter::once("tokenizer/tokenizer.json".to_string()))
         .filter(|f| listed.contains(&f.as_str()))
         .collect();
-    for component in ["unet", "vae", "text_encoder"] {
+    for component in layout.weight_folders() {
         let weights = weight_candidates(component)
             .iter()
-            .map(|w| format!("{component}/{w}"))
+            .map(|w| in_folder(component, w))
             .find(|f| listed.contains(&f.as_str()))
             .ok_or_else(|| {
+                let place = if component.is_empty() {
+                    "at its root".to_string()
+                } else {
+                    format!("in {component}/")
+                };
                 EngineError::ModelNotFound(format!(
-                    "{repo_id} has no safetensors weights in {component}/ (only the diffusers folder layout with .safetensors files is supported)"
+                    "{repo_id} has no safetensors weights {place} (only the diffusers folder layout with .safetensors files is supported)"
                 ))
             })?;
         wanted.push(weights);
@@ -135,11 +218,11 @@ fn download(repo_id: &str) -> Result<PathBuf> {
     let mut dir = None;
     for file in &wanted {
         let path = repo.get(file).map_err(|e| offline(file, &e))?;
-        if file == "model_index.json" {
+        if file == layout.marker() {
             dir = path.parent().map(Path::to_path_buf);
         }
     }
-    dir.ok_or_else(|| EngineError::ModelNotFound(format!("{repo_id} has no model_index.json")))
+    dir.ok_or_else(|| EngineError::ModelNotFound(format!("{repo_id} has no {}", layout.marker())))
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ impl Report {
             self.grid_runs
         );
         println!(
-            "{:<10} {:>5} {:>5} {:>10} {:>10} {:>10} {:>10}",
+            "{:<13} {:>5} {:>5} {:>10} {:>10} {:>10} {:>10}",
             "row", "size", "batch", "seconds", "GFLOP", "GFLOP/s", "peak MiB"
         );
         for m in &self.rows {
@@ -67,7 +67,7 @@ impl Report {
                 format!("{:.3}", m.seconds)
             };
             println!(
-                "{:<10} {:>5} {:>5} {:>10} {:>10} {:>10} {:>10}",
+                "{:<13} {:>5} {:>5} {:>10} {:>10} {:>10} {:>10}",
                 m.row,
                 m.size.map_or_else(|| "-".into(), |s| s.to_string()),
                 m.batch,

@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result};
 use imagine_engine::ModelInfo;
 use poise::serenity_prelude::{self as serenity, GatewayIntents, HttpBuilder};
 
-use crate::config::Config;
+use crate::config::{short_name, Config};
 use crate::queue::JobQueue;
 use crate::store::Store;
 use crate::worker::Engines;
@@ -146,7 +146,16 @@ pub async fn run(config: Config) -> Result<()> {
         .no_proxy()
         .build()
         .context("building the download client")?;
-    let engines = Engines::new(config.models.clone());
+    let mut engines = Engines::new(config.models.clone());
+    if let Some(spec) = &config.taesd {
+        let dir = tokio::task::spawn_blocking({
+            let spec = spec.clone();
+            move || imagine_engine::resolve_taesd(&spec)
+        })
+        .await??;
+        imagine_engine::Taesd::describe(&dir).with_context(|| format!("TAESD ({spec})"))?;
+        engines = engines.with_taesd(dir, short_name(spec), config.fast_grid_decode);
+    }
     // Everything the first READY needs, handed over once.
     let pending = Mutex::new(Some((
         store,
