@@ -2,7 +2,6 @@
 
 use clap::Parser;
 
-
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
     imagine::logging::init();
