@@ -12,8 +12,10 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::{conv2d, conv2d_no_bias, Conv2d, Conv2dConfig, VarBuilder};
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::layers::{self, Conv2d};
 use image::RgbImage;
 use serde::Deserialize;
 
@@ -179,14 +181,6 @@ impl TaesdConfig {
     }
 }
 
-const PAD1: Conv2dConfig = Conv2dConfig {
-    padding: 1,
-    stride: 1,
-    dilation: 1,
-    groups: 1,
-    cudnn_fwd_algo: None,
-};
-
 /// `AutoencoderTinyBlock` with equal input and output widths (the decoder's only kind): no
 /// skip conv, the input is added back.
 struct Block {
@@ -196,7 +190,7 @@ struct Block {
 
 impl Block {
     fn new(vb: VarBuilder, channels: usize, act: Activation) -> candle_core::Result<Self> {
-        let conv = |i: usize| conv2d(channels, channels, 3, PAD1, vb.pp("conv").pp(i));
+        let conv = |i: usize| Conv2d::load(vb.pp("conv").pp(i), channels, channels, 3, 1, 1);
         Ok(Self {
             convs: [conv(0)?, conv(2)?, conv(4)?],
             act,
@@ -206,7 +200,8 @@ impl Block {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.act.forward(&self.convs[0].forward(xs)?)?;
         let h = self.act.forward(&self.convs[1].forward(&h)?)?;
-        (self.convs[2].forward(&h)? + xs)?.relu()
+        // The skip is added as the last conv's starting value (fused on the CPU fast path).
+        self.convs[2].forward_add(&h, xs)?.relu()
     }
 }
 
@@ -233,6 +228,9 @@ impl Layer {
 /// Nearest-neighbour upsampling by an integer factor: output pixel `i` is input pixel `i / s`,
 /// computed by repetition rather than by floating-point source indices.
 fn upsample_nearest(xs: &Tensor, s: usize) -> candle_core::Result<Tensor> {
+    if s == 2 {
+        return layers::upsample_nearest(xs, None);
+    }
     let (n, c, h, w) = xs.dims4()?;
     xs.reshape((n, c, h, 1, w, 1))?
         .broadcast_as((n, c, h, s, w, s))?
@@ -289,12 +287,13 @@ impl Taesd {
         let mut convs = Vec::new();
         // Pixels per latent cell at the current layer.
         let mut at = 1;
-        layers.push(Layer::Conv(conv2d(
+        layers.push(Layer::Conv(Conv2d::load(
+            vb.pp(layers.len()),
             cfg.latent_channels,
             width,
             3,
-            PAD1,
-            vb.pp(layers.len()),
+            1,
+            1,
         )?));
         convs.push((cfg.latent_channels, width, at, 9));
         layers.push(Layer::Act(act));
@@ -309,11 +308,8 @@ impl Taesd {
                 at *= up;
             }
             let out = if last { cfg.out_channels } else { width };
-            let conv = if last {
-                conv2d(width, out, 3, PAD1, vb.pp(layers.len()))?
-            } else {
-                conv2d_no_bias(width, out, 3, PAD1, vb.pp(layers.len()))?
-            };
+            // Only the last conv has a bias; `Conv2d::load` uses zeros where the file has none.
+            let conv = Conv2d::load(vb.pp(layers.len()), width, out, 3, 1, 1)?;
             layers.push(Layer::Conv(conv));
             convs.push((width, out, at, 9));
         }
