@@ -161,15 +161,28 @@ def main():
     ap.add_argument("--arch", choices=sorted(ARCHS), default="sd-turbo")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--configs-only",
+        action="store_true",
+        help="write the config files and tokenizer only (what `imagine bench --arch` builds on;"
+        " assets/archs/ holds them)",
+    )
     args = ap.parse_args()
     arch = ARCHS[args.arch]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(args.seed)
-    UNet2DConditionModel.from_config(arch["unet"]).save_pretrained(out / "unet")
-    AutoencoderKL.from_config(VAE).save_pretrained(out / "vae")
-    CLIPTextModel(CLIPTextConfig(**arch["text"])).save_pretrained(out / "text_encoder")
+    if args.configs_only:
+        # Meta tensors: the full config.json diffusers writes, without allocating weights.
+        with torch.device("meta"):
+            UNet2DConditionModel.from_config(arch["unet"]).save_config(out / "unet")
+            AutoencoderKL.from_config(VAE).save_config(out / "vae")
+        CLIPTextConfig(**arch["text"]).save_pretrained(out / "text_encoder")
+    else:
+        torch.manual_seed(args.seed)
+        UNet2DConditionModel.from_config(arch["unet"]).save_pretrained(out / "unet")
+        AutoencoderKL.from_config(VAE).save_pretrained(out / "vae")
+        CLIPTextModel(CLIPTextConfig(**arch["text"])).save_pretrained(out / "text_encoder")
 
     (out / "scheduler").mkdir(exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(

@@ -34,10 +34,17 @@ const PROMPT: &str = "a photograph of an astronaut riding a horse on the moon, h
 /// Arguments of `imagine bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// A diffusers model folder; for a full-size one with seeded random weights run
-    /// `tools/make_random_model.py --arch sd-turbo --out DIR`.
-    #[arg(long)]
-    pub model: PathBuf,
+    /// A diffusers model folder (for the comparison with diffusers, which needs one: run
+    /// `tools/make_random_model.py --arch sd-turbo --out DIR`).
+    #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
+    pub model: Option<PathBuf>,
+    /// A full-size architecture built in memory with seeded random weights, from the config
+    /// files in `assets/archs/<arch>` (run from the repository).
+    #[arg(long, value_parser = ["sd-turbo", "sd15"])]
+    pub arch: Option<String>,
+    /// The seed of --arch's random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Image sides to measure, in pixels.
     #[arg(long, value_delimiter = ',', default_value = "512,256")]
     pub sizes: Vec<usize>,
@@ -131,8 +138,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if flush { "ON on every thread" } else { "off" }
     );
 
-    let model = StableDiffusion::load(&args.model, &LoadOptions::default())
-        .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let (dir, load) = match (&args.model, &args.arch) {
+        (Some(dir), _) => (dir.clone(), LoadOptions::default()),
+        (None, Some(arch)) => (
+            arch_dir(arch)?,
+            LoadOptions {
+                random_weights: Some(args.seed),
+                ..LoadOptions::default()
+            },
+        ),
+        (None, None) => bail!("give --model DIR or --arch NAME"),
+    };
+    let model = StableDiffusion::load(&dir, &load)
+        .with_context(|| format!("loading the model from {}", dir.display()))?;
     let taesd = match &args.taesd {
         Some(dir) => Some(
             Taesd::load(dir, &LoadOptions::default())
@@ -143,7 +161,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         None => None,
     };
-    let cost = Cost::of(&args.model)?;
+    let cost = Cost::of(&dir)?;
     let selected = |r: Row| {
         (args.only.is_empty() || args.only.contains(&r)) && (taesd.is_some() || !r.needs_taesd())
     };
@@ -175,7 +193,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let report = Report {
         tool: "imagine",
-        model: args.model.display().to_string(),
+        model: match &args.arch {
+            Some(arch) => format!("{arch} (random weights, seed {})", args.seed),
+            None => dir.display().to_string(),
+        },
         threads,
         flush_denormals: flush,
         warmup: args.warmup,
@@ -193,6 +214,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 /// Builds rayon's global pool (which candle's CPU kernels and gemm use) so that every worker
 /// sets the denormal mode when it starts; the main thread sets it too.
+/// `assets/archs/<arch>`: under the current directory, or the checkout this binary was
+/// built from.
+fn arch_dir(arch: &str) -> Result<PathBuf> {
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    [Path::new("."), built_from.as_path()]
+        .iter()
+        .map(|root| root.join("assets").join("archs").join(arch))
+        .find(|dir| dir.join("model_index.json").exists())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no assets/archs/{arch} here or in {}: run imagine bench --arch from the repository",
+                built_from.display()
+            )
+        })
+}
+
 fn install_thread_pool(flush: bool) -> Result<()> {
     if flush {
         report::set_flush_denormals();

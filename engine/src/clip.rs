@@ -5,7 +5,9 @@
 //! layer (num_hidden_layers 23), so running every layer plus the final norm is right.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
+
+use crate::layers::Linear;
 
 use crate::config::TextEncoderFileConfig;
 use crate::error::Result;
@@ -36,10 +38,10 @@ struct Attention {
 impl Attention {
     fn new(vb: VarBuilder, dim: usize, heads: usize) -> Result<Self> {
         Ok(Self {
-            q: linear(dim, dim, vb.pp("q_proj"))?,
-            k: linear(dim, dim, vb.pp("k_proj"))?,
-            v: linear(dim, dim, vb.pp("v_proj"))?,
-            out: linear(dim, dim, vb.pp("out_proj"))?,
+            q: Linear::load(vb.pp("q_proj"), dim, dim)?,
+            k: Linear::load(vb.pp("k_proj"), dim, dim)?,
+            v: Linear::load(vb.pp("v_proj"), dim, dim)?,
+            out: Linear::load(vb.pp("out_proj"), dim, dim)?,
             heads,
         })
     }
@@ -115,8 +117,8 @@ impl ClipTextModel {
                 Ok(EncoderLayer {
                     attn: Attention::new(l.pp("self_attn"), d, cfg.num_attention_heads)?,
                     ln1: layer_norm(d, eps, l.pp("layer_norm1"))?,
-                    fc1: linear(d, cfg.intermediate_size, l.pp("mlp.fc1"))?,
-                    fc2: linear(cfg.intermediate_size, d, l.pp("mlp.fc2"))?,
+                    fc1: Linear::load(l.pp("mlp.fc1"), d, cfg.intermediate_size)?,
+                    fc2: Linear::load(l.pp("mlp.fc2"), cfg.intermediate_size, d)?,
                     ln2: layer_norm(d, eps, l.pp("layer_norm2"))?,
                     act,
                 })

@@ -22,6 +22,7 @@ pub mod layers;
 pub mod model;
 pub mod noise;
 pub mod pixels;
+pub mod random_weights;
 pub mod schedulers;
 pub mod source;
 pub mod taesd;

@@ -24,6 +24,9 @@ use crate::vae::Autoencoder;
 pub struct LoadOptions {
     pub device: Device,
     pub dtype: DType,
+    /// Ignore the weight files and make seeded random weights instead (benchmarks of an
+    /// architecture given by its config files alone).
+    pub random_weights: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -31,6 +34,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: DType::F32,
+            random_weights: None,
         }
     }
 }
@@ -100,17 +104,16 @@ impl StableDiffusion {
         let tokenizer =
             ClipTokenizer::load(&dir.join("tokenizer"), text_cfg.max_position_embeddings)?;
         let (device, dtype) = (&opts.device, opts.dtype);
-        let text_encoder =
-            ClipTextModel::new(weights(dir, "text_encoder", dtype, device)?, &text_cfg)
-                .map_err(|e| mismatch(dir, "text_encoder", e))?;
+        let text_encoder = ClipTextModel::new(weights(dir, "text_encoder", opts)?, &text_cfg)
+            .map_err(|e| mismatch(dir, "text_encoder", e))?;
         let unet = UNet::load(
-            weights(dir, "unet", dtype, device)?,
+            weights(dir, "unet", opts)?,
             unet_cfg.in_channels,
             unet_cfg.out_channels,
             &unet_candle,
         )
         .map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
-        let vae = Autoencoder::new(weights(dir, "vae", dtype, device)?, &vae_cfg)
+        let vae = Autoencoder::new(weights(dir, "vae", opts)?, &vae_cfg)
             .map_err(|e| mismatch(dir, "vae", e))?;
         Ok(Self {
             tokenizer,
@@ -189,12 +192,18 @@ fn mismatch(dir: &Path, component: &str, e: EngineError) -> EngineError {
 }
 
 /// Memory-maps a component's safetensors weights (whole, fp16 variant, or sharded).
-fn weights(
-    dir: &Path,
-    component: &str,
-    dtype: DType,
-    device: &Device,
-) -> Result<VarBuilder<'static>> {
+fn weights(dir: &Path, component: &str, opts: &LoadOptions) -> Result<VarBuilder<'static>> {
+    let (dtype, device) = (opts.dtype, &opts.device);
+    if let Some(seed) = opts.random_weights {
+        let backend = crate::random_weights::RandomWeights::new(
+            seed ^ crate::random_weights::fnv1a(component),
+        );
+        return Ok(VarBuilder::from_backend(
+            Box::new(backend),
+            dtype,
+            device.clone(),
+        ));
+    }
     let folder = dir.join(component);
     let files = weight_files(&folder, component)?;
     for f in &files {

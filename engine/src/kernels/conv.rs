@@ -598,6 +598,56 @@ mod tests {
     }
 
     #[test]
+    fn fused_additions_match_adding_afterwards() {
+        if !matmul::available() {
+            return;
+        }
+        let (batch, cin, h, w, cout) = (2, 3, 5, 6, 4);
+        let g = Geometry {
+            batch,
+            cin,
+            h,
+            w,
+            cout,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+            ho: h,
+            wo: w,
+        };
+        let x: Vec<f32> = (0..batch * cin * h * w)
+            .map(|i| (i % 7) as f32 - 3.0)
+            .collect();
+        let wt: Vec<f32> = (0..cout * cin * 9).map(|i| (i % 5) as f32 * 0.1).collect();
+        let bias = vec![0.5f32; cout];
+        let packed = pack_weights(&wt, cout);
+        let plain = conv(&g, &x, Weights::Packed(&packed), &bias, None, COL_BUDGET);
+        let per_channel: Vec<f32> = (0..batch * cout).map(|i| i as f32).collect();
+        let residual: Vec<f32> = (0..plain.len()).map(|i| (i % 11) as f32).collect();
+        let with_channel = conv(
+            &g,
+            &x,
+            Weights::Packed(&packed),
+            &bias,
+            Some(&per_channel),
+            COL_BUDGET,
+        );
+        let with_residual = conv(
+            &g,
+            &x,
+            Weights::Packed(&packed),
+            &bias,
+            Some(&residual),
+            COL_BUDGET,
+        );
+        for i in 0..plain.len() {
+            assert!((with_channel[i] - plain[i] - per_channel[i / (h * w)]).abs() < 1e-4);
+            assert!((with_residual[i] - plain[i] - residual[i]).abs() < 1e-4);
+        }
+    }
+
+    #[test]
     fn matches_the_definition() {
         check(1, 3, 9, 7, 5, 3, 1, 1); // per-image tiles
         check(2, 4, 6, 6, 3, 3, 1, 1); // small maps, batched

@@ -18,6 +18,8 @@ pub const NR: usize = 32;
 /// k per block: a 256x32 B micro-panel is 32 KiB (L1), a 96x256 A block 96 KiB (L2).
 const KC: usize = 256;
 const MC: usize = 96;
+/// Columns per C block: 128 rows x 512 columns is 256 KiB, within L2 with the B block.
+const NC: usize = 512;
 
 /// Whether this CPU runs our kernel (otherwise callers use the gemm crate).
 pub fn available() -> bool {
@@ -383,20 +385,17 @@ fn columns(mut dst: MatMut, a: AOperand, b: &impl PackB, j0: usize, alpha: f32, 
     }
     PACK_BUFFERS.with(|buffers| {
         let (b_pack, a_pack) = &mut *buffers.borrow_mut();
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
-            b.pack(pc, kc, j0, cols, b_pack);
-            run_block(
-                &mut dst,
-                &a,
-                0,
-                pc,
-                kc,
-                b_pack,
-                alpha,
-                accumulate || pc > 0,
-                a_pack,
-            );
+        let row_stride = dst.row_stride;
+        // NC columns at a time, so the C block being accumulated stays in L2 across k blocks.
+        for jc in (0..cols).step_by(NC) {
+            let width = NC.min(cols - jc);
+            let mut block = MatMut::new(&mut dst.data[jc..], m, width, row_stride);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                b.pack(pc, kc, j0 + jc, width, b_pack);
+                let acc = accumulate || pc > 0;
+                run_block(&mut block, &a, 0, pc, kc, b_pack, alpha, acc, a_pack);
+            }
         }
     })
 }
