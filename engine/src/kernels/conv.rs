@@ -346,7 +346,6 @@ fn conv(
                 None => plane.fill(b),
             }
         });
-    let image_in = g.cin * g.h * g.w;
     let image_out = g.cout * hw_out;
 
     let packed = match w {
@@ -359,23 +358,9 @@ fn conv(
     };
     let a = AOperand::Packed(packed);
     if g.pointwise() {
-        for b in 0..g.batch {
-            let input = &x[b * image_in..][..image_in];
-            let rhs = Mat {
-                data: input,
-                rows: g.cin,
-                cols: hw_out,
-                row_stride: hw_out,
-                col_stride: 1,
-            };
-            let dst = MatMut::new(
-                &mut out[b * image_out..][..image_out],
-                g.cout,
-                hw_out,
-                hw_out,
-            );
-            matmul::gemm(dst, a, &rhs, 1.0, true);
-        }
+        pointwise(g, x, &mut out, |dst, rhs| {
+            matmul::gemm(dst, a, &rhs, 1.0, true)
+        });
     } else if hw_out < SMALL_IMAGE && g.batch > 1 {
         // Small maps (the UNet's 8x8..32x32 levels): one GEMM over the whole batch.
         let n = g.batch * hw_out;
@@ -422,10 +407,26 @@ fn add_batch(g: &Geometry, tmp: &[f32], out: &mut [f32]) {
         });
 }
 
+/// A 1x1 convolution: per image, `out[Cout, HW] += W · x[Cin, HW]` through `product`.
+fn pointwise(g: &Geometry, x: &[f32], out: &mut [f32], product: impl Fn(MatMut, Mat)) {
+    let (hw, image_in) = (g.ho * g.wo, g.cin * g.h * g.w);
+    for b in 0..g.batch {
+        let input = &x[b * image_in..][..image_in];
+        let rhs = Mat {
+            data: input,
+            rows: g.cin,
+            cols: hw,
+            row_stride: hw,
+            col_stride: 1,
+        };
+        let dst = &mut out[b * g.cout * hw..][..g.cout * hw];
+        product(MatMut::new(dst, g.cout, hw, hw), rhs);
+    }
+}
+
 /// Without our GEMM kernel: explicit column tiles and the gemm crate. `out` holds the bias.
 fn conv_with_columns(g: &Geometry, x: &[f32], w: &[f32], col_budget: usize, out: &mut [f32]) {
     let hw_out = g.ho * g.wo;
-    let image_in = g.cin * g.h * g.w;
     let image_out = g.cout * hw_out;
     let weights = Mat {
         data: w,
@@ -436,23 +437,7 @@ fn conv_with_columns(g: &Geometry, x: &[f32], w: &[f32], col_budget: usize, out:
     };
 
     if g.pointwise() {
-        for b in 0..g.batch {
-            let input = &x[b * image_in..][..image_in];
-            let rhs = Mat {
-                data: input,
-                rows: g.cin,
-                cols: hw_out,
-                row_stride: hw_out,
-                col_stride: 1,
-            };
-            let dst = MatMut::new(
-                &mut out[b * image_out..][..image_out],
-                g.cout,
-                hw_out,
-                hw_out,
-            );
-            gemm_f32(dst, weights, rhs, 1.0, true);
-        }
+        pointwise(g, x, out, |dst, rhs| gemm_f32(dst, weights, rhs, 1.0, true));
         return;
     }
     let rows_per_tile = (col_budget / (g.k() * g.wo).max(1)).clamp(1, g.ho);

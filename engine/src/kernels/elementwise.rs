@@ -130,18 +130,10 @@ impl CustomOp3 for LinearOp {
             contiguous(bs, bl)?,
         );
         let (outs, ins) = wl.shape().dims2()?;
-        let mut dims = xl.shape().dims().to_vec();
-        if dims.last() != Some(&ins) || bias.len() != outs {
-            candle_core::bail!(
-                "linear: input {dims:?} for weight [{outs}, {ins}], bias {}",
-                bias.len()
-            );
+        if bias.len() != outs {
+            candle_core::bail!("linear: bias of {} for {outs} outputs", bias.len());
         }
-        let rows = x.len() / ins.max(1);
-        *dims.last_mut().expect("checked above") = outs;
-        let mut out = vec![0f32; rows * outs];
-        out.par_chunks_mut(outs.max(1))
-            .for_each(|r| r.copy_from_slice(bias));
+        let (mut out, rows, dims) = biased_output(xl, x.len(), ins, bias)?;
         gemm_f32(
             MatMut::new(&mut out, rows, outs, outs),
             Mat {
@@ -163,6 +155,27 @@ impl CustomOp3 for LinearOp {
         );
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
+}
+
+/// A linear layer's output `[..., outs]` for input `[..., ins]`, holding the bias in every
+/// row (the GEMM accumulates onto it); also its row count and dimensions.
+fn biased_output(
+    xl: &Layout,
+    len: usize,
+    ins: usize,
+    bias: &[f32],
+) -> Result<(Vec<f32>, usize, Vec<usize>)> {
+    let outs = bias.len();
+    let mut dims = xl.shape().dims().to_vec();
+    if dims.last() != Some(&ins) {
+        candle_core::bail!("linear: input {dims:?} for a weight with {ins} inputs");
+    }
+    let rows = len / ins.max(1);
+    *dims.last_mut().expect("checked above") = outs;
+    let mut out = vec![0f32; rows * outs];
+    out.par_chunks_mut(outs.max(1))
+        .for_each(|r| r.copy_from_slice(bias));
+    Ok((out, rows, dims))
 }
 
 /// Packs a linear layer's `[out, in]` weight as the B operand `wᵀ` of [`PackedLinearOp`].
@@ -195,18 +208,10 @@ impl CustomOp2 for PackedLinearOp<'_> {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, bias) = (contiguous(xs, xl)?, contiguous(bs, bl)?);
         let (ins, outs) = (self.weight.k(), self.weight.n());
-        let mut dims = xl.shape().dims().to_vec();
-        if dims.last() != Some(&ins) || bias.len() != outs {
-            candle_core::bail!(
-                "linear: input {dims:?} for weight [{outs}, {ins}], bias {}",
-                bias.len()
-            );
+        if bias.len() != outs {
+            candle_core::bail!("linear: bias of {} for {outs} outputs", bias.len());
         }
-        let rows = x.len() / ins.max(1);
-        *dims.last_mut().expect("checked above") = outs;
-        let mut out = vec![0f32; rows * outs];
-        out.par_chunks_mut(outs.max(1))
-            .for_each(|r| r.copy_from_slice(bias));
+        let (mut out, rows, dims) = biased_output(xl, x.len(), ins, bias)?;
         matmul::gemm_packed_rows(
             MatMut::new(&mut out, rows, outs, outs),
             Mat {

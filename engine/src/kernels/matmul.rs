@@ -563,51 +563,38 @@ mod tests {
                     }
                 };
                 let want = reference(m, n, k, &a, &b);
+                let worst = |got: &[f32], times: f32| {
+                    got.iter()
+                        .zip(&want)
+                        .map(|(x, y)| (x - times * y).abs())
+                        .fold(0f32, f32::max)
+                };
+                let case = format!("{m}x{n}x{k} transposed B {transpose_b}");
                 let mut got = vec![1f32; m * n];
-                gemm(
-                    MatMut::new(&mut got, m, n, n),
-                    AOperand::Plain(a),
-                    &b,
-                    1.0,
-                    false,
-                );
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
-                assert!(worst < 1e-3, "{m}x{n}x{k} t{transpose_b}: {worst}");
+                let plain = AOperand::Plain(a);
+                gemm(MatMut::new(&mut got, m, n, n), plain, &b, 1.0, false);
+                assert!(worst(&got, 1.0) < 1e-3, "{case}: {}", worst(&got, 1.0));
                 // Accumulate with alpha 2 on top of the result: 3x.
-                gemm(
-                    MatMut::new(&mut got, m, n, n),
-                    AOperand::Plain(a),
-                    &b,
-                    2.0,
-                    true,
-                );
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(x, y)| (x - 3.0 * y).abs())
-                    .fold(0f32, f32::max);
+                gemm(MatMut::new(&mut got, m, n, n), plain, &b, 2.0, true);
                 assert!(
-                    worst < 3e-3,
-                    "{m}x{n}x{k} t{transpose_b} accumulate: {worst}"
+                    worst(&got, 3.0) < 3e-3,
+                    "{case} accumulate: {}",
+                    worst(&got, 3.0)
                 );
                 // Pre-packed A, and pre-packed B split by rows.
+                let packed_a = PackedA::pack(a);
                 gemm(
                     MatMut::new(&mut got, m, n, n),
-                    AOperand::Packed(&PackedA::pack(a)),
+                    AOperand::Packed(&packed_a),
                     &b,
                     1.0,
                     false,
                 );
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
-                assert!(worst < 1e-3, "{m}x{n}x{k} t{transpose_b} packed A: {worst}");
+                assert!(
+                    worst(&got, 1.0) < 1e-3,
+                    "{case} packed A: {}",
+                    worst(&got, 1.0)
+                );
                 gemm_packed_rows(
                     MatMut::new(&mut got, m, n, n),
                     a,
@@ -615,12 +602,11 @@ mod tests {
                     1.0,
                     false,
                 );
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
-                assert!(worst < 1e-3, "{m}x{n}x{k} t{transpose_b} packed B: {worst}");
+                assert!(
+                    worst(&got, 1.0) < 1e-3,
+                    "{case} packed B: {}",
+                    worst(&got, 1.0)
+                );
             }
         }
     }
