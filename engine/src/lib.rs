@@ -11,6 +11,10 @@
 //! - [`noise`]: every random number, from per-image seeds.
 //! - [`pixels`]: image/tensor conversion and cheap latent previews.
 //! - [`taesd`]: the tiny autoencoder, for previews and fast decodes.
+//! - [`unet`], [`vae`], [`clip`]: the networks, built from [`blocks`] and [`layers`], which run
+//!   on our CPU [`kernels`] (AVX-512 GEMM, implicit-GEMM convolution, tiled attention) and on
+//!   candle's generic ops elsewhere.
+//! - [`random_weights`]: seeded random weights for benchmarking an architecture.
 
 pub mod blocks;
 pub mod clip;
