@@ -6,7 +6,9 @@
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
-use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig;
+use candle_transformers::models::stable_diffusion::unet_2d::{
+    BlockConfig, UNet2DConditionModelConfig,
+};
 
 use crate::blocks::{Downsample, ResnetBlock, SpatialTransformer, Upsample};
 use crate::layers::{Conv2d, GroupNorm};
@@ -71,6 +73,39 @@ impl UNet {
             )
         };
 
+        // One level: `count` resnets (resnet j takes `input(j)` channels), each followed by a
+        // spatial transformer in cross-attention blocks. Down and up levels differ only there.
+        let level =
+            |vb: VarBuilder, block: BlockConfig, count: usize, input: &dyn Fn(usize) -> usize| {
+                let cout = block.out_channels;
+                let mut level = Level {
+                    resnets: vec![],
+                    attentions: vec![],
+                };
+                for j in 0..count {
+                    let resnet = vb.pp("resnets").pp(j);
+                    level.resnets.push(ResnetBlock::load(
+                        resnet,
+                        input(j),
+                        cout,
+                        Some(temb),
+                        groups,
+                        eps,
+                        1.0,
+                    )?);
+                    if let Some(depth) = block.use_cross_attn {
+                        let attn = vb.pp("attentions").pp(j);
+                        level.attentions.push(transformer(
+                            attn,
+                            cout,
+                            block.attention_head_dim,
+                            depth,
+                        )?);
+                    }
+                }
+                Ok::<_, candle_core::Error>(level)
+            };
+
         let mut down = Vec::with_capacity(n);
         for (i, block) in blocks.iter().enumerate() {
             let vb = vb.pp("down_blocks").pp(i);
@@ -80,30 +115,13 @@ impl UNet {
                 blocks[i - 1].out_channels
             };
             let cout = block.out_channels;
-            let mut level = Level {
-                resnets: vec![],
-                attentions: vec![],
-            };
-            for j in 0..cfg.layers_per_block {
-                let c = if j == 0 { cin } else { cout };
-                level.resnets.push(ResnetBlock::load(
-                    vb.pp("resnets").pp(j),
-                    c,
-                    cout,
-                    Some(temb),
-                    groups,
-                    eps,
-                    1.0,
-                )?);
-                if let Some(depth) = block.use_cross_attn {
-                    level.attentions.push(transformer(
-                        vb.pp("attentions").pp(j),
-                        cout,
-                        block.attention_head_dim,
-                        depth,
-                    )?);
+            let level = level(vb.clone(), *block, cfg.layers_per_block, &|j| {
+                if j == 0 {
+                    cin
+                } else {
+                    cout
                 }
-            }
+            })?;
             let sampler = (i + 1 < n)
                 .then(|| Downsample::load(vb.pp("downsamplers.0"), cout, cfg.downsample_padding))
                 .transpose()?;
@@ -152,31 +170,12 @@ impl UNet {
             };
             let skip_in = blocks[if i == n - 1 { 0 } else { n - i - 2 }].out_channels;
             let layers = cfg.layers_per_block + 1;
-            let mut level = Level {
-                resnets: vec![],
-                attentions: vec![],
-            };
-            for j in 0..layers {
+            // Up-block resnets also take the skip connection, concatenated on channels.
+            let input = |j: usize| {
                 let skip = if j == layers - 1 { skip_in } else { cout };
-                let c = if j == 0 { prev } else { cout };
-                level.resnets.push(ResnetBlock::load(
-                    vb.pp("resnets").pp(j),
-                    c + skip,
-                    cout,
-                    Some(temb),
-                    groups,
-                    eps,
-                    1.0,
-                )?);
-                if let Some(depth) = block.use_cross_attn {
-                    level.attentions.push(transformer(
-                        vb.pp("attentions").pp(j),
-                        cout,
-                        block.attention_head_dim,
-                        depth,
-                    )?);
-                }
-            }
+                (if j == 0 { prev } else { cout }) + skip
+            };
+            let level = level(vb.clone(), block, layers, &input)?;
             let sampler = (i + 1 < n)
                 .then(|| Upsample::load(vb.pp("upsamplers.0"), cout))
                 .transpose()?;
