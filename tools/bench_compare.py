@@ -3,7 +3,8 @@
 
 Runs ``imagine bench --model DIR --json ...`` first (as a subprocess, alone on the CPU),
 then loads the same folder with diffusers' ``StableDiffusionPipeline`` and times the same
-rows at the same sizes, fp32, with the same thread count and the same denormal mode
+rows at the same sizes, fp32 (and with ``--bf16`` also ``imagine --precision bf16`` against
+diffusers under bf16 autocast), with the same thread count and the same denormal mode
 (flush-to-zero on both sides unless ``--keep-denormals``), then prints one table with the
 ratio ours / diffusers per row (below 1.0: we are faster).
 
@@ -50,9 +51,11 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated rows (default: all)")
     ap.add_argument("--keep-denormals", action="store_true")
-    ap.add_argument("--bf16", action="store_true", help="also time diffusers under bf16 autocast")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time imagine --precision bf16 against diffusers under bf16 autocast")
     ap.add_argument("--imagine", type=Path, default=REPO / "target" / "release" / "imagine")
     ap.add_argument("--imagine-json", type=Path, help="reuse this imagine bench JSON, skip running it")
+    ap.add_argument("--imagine-bf16-json", type=Path, help="the same for --precision bf16")
     ap.add_argument("--out", type=Path, help="write both sides' results as JSON here")
     return ap.parse_args()
 
@@ -61,13 +64,14 @@ def loadavg():
     return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
-def run_imagine(args, sizes, only):
-    if args.imagine_json:
-        return json.loads(args.imagine_json.read_text())
-    out = Path(tempfile.mkdtemp()) / "imagine.json"
+def run_imagine(args, sizes, only, precision):
+    reuse = args.imagine_json if precision == "fp32" else args.imagine_bf16_json
+    if reuse:
+        return json.loads(reuse.read_text())
+    out = Path(tempfile.mkdtemp()) / ("imagine-%s.json" % precision)
     cmd = [
         str(args.imagine), "bench", "--model", str(args.model),
-        "--sizes", ",".join(map(str, sizes)),
+        "--sizes", ",".join(map(str, sizes)), "--precision", precision,
         "--runs", str(args.runs), "--warmup", str(args.warmup), "--json", str(out),
     ]
     if args.grid_runs is not None:
@@ -180,32 +184,27 @@ def diffusers_rows(args, sizes, only, precision):
     return results
 
 
-def print_table(ours, theirs, bf16):
+def print_table(ours, theirs, precision):
     key = lambda r: (r["row"], r["size"])
-    theirs_fp32 = {key(r): r for r in theirs if r["precision"] == "fp32"}
-    theirs_bf16 = {key(r): r for r in theirs if r["precision"] == "bf16"}
+    theirs = {key(r): r for r in theirs if r["precision"] == precision}
     fmt = lambda v, p: "-" if v is None else "%.*f" % (p, v)
     head = "%-8s %5s %5s | %9s %9s %7s | %9s %9s | %8s %8s" % (
         "row", "size", "batch", "ours s", "diff. s", "ratio", "ours GF/s", "diff GF/s",
         "ours MiB", "diff MiB")
-    if bf16:
-        head += " | %9s" % "diff bf16 s"
-    print("\n" + head)
+    print("\n%s: imagine --precision %s against diffusers %s" % (
+        precision, precision, "fp32" if precision == "fp32" else "under bf16 autocast"))
+    print(head)
     print("-" * len(head))
     for r in ours["rows"]:
-        t = theirs_fp32.get(key(r))
+        t = theirs.get(key(r))
         ts = t["seconds"] if t else None
         gf = r.get("gflop")
-        line = "%-8s %5s %5d | %9.3f %9s %7s | %9s %9s | %8s %8s" % (
+        print("%-8s %5s %5d | %9.3f %9s %7s | %9s %9s | %8s %8s" % (
             r["row"], r["size"] or "-", r["batch"], r["seconds"], fmt(ts, 3),
             fmt(r["seconds"] / ts if ts else None, 2),
             fmt(r.get("gflops_per_s"), 1), fmt(gf / ts if gf and ts else None, 1),
-            fmt(r.get("peak_rss_mib"), 0), fmt(t["peak_rss_mib"] if t else None, 0))
-        if bf16:
-            b = theirs_bf16.get(key(r))
-            line += " | %9s" % fmt(b["seconds"] if b else None, 3)
-        print(line)
-    print("ratio = ours / diffusers fp32 (below 1.0: Imagine is faster); GF/s from the same "
+            fmt(r.get("peak_rss_mib"), 0), fmt(t["peak_rss_mib"] if t else None, 0)))
+    print("ratio = ours / diffusers (below 1.0: Imagine is faster); GF/s from the same "
           "analytic GFLOP on both sides; MiB = peak RSS during the row (VmHWM reset per row)")
 
 
@@ -218,7 +217,8 @@ def main():
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     print("start:", loadavg(), flush=True)
-    ours = run_imagine(args, sizes, only)
+    ours = run_imagine(args, sizes, only, "fp32")
+    ours_bf16 = run_imagine(args, sizes, only, "bf16") if args.bf16 else None
 
     import torch
 
@@ -241,18 +241,21 @@ def main():
     print("before diffusers:", loadavg(), flush=True)
     theirs = diffusers_rows(args, sizes, only, "fp32")
     if args.bf16:
-        theirs += diffusers_rows(args, sizes, [r for r in only if r != "text"], "bf16")
+        theirs += diffusers_rows(args, sizes, only, "bf16")
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print("end:", loadavg())
 
     print("\nimagine: %d threads, flush-to-zero %s, warm-up %d, median of %d (grid: %d, "
           "no extra warm-up)" % (ours["threads"], "ON" if ours["flush_denormals"] else "off",
                                  ours["warmup"], ours["runs"], ours["grid_runs"]))
-    print_table(ours, theirs, args.bf16)
+    print_table(ours, theirs, "fp32")
+    if ours_bf16:
+        print_table(ours_bf16, theirs, "bf16")
     print("diffusers process peak RSS (getrusage ru_maxrss, whole run): %.0f MiB" % maxrss)
     if args.out:
         args.out.write_text(json.dumps({
             "imagine": ours,
+            "imagine_bf16": ours_bf16,
             "diffusers": theirs,
             "diffusers_ru_maxrss_mib": maxrss,
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,

@@ -20,7 +20,7 @@ use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use imagine_engine::noise::LatentNoise;
 use imagine_engine::pixels::latent_preview;
-use imagine_engine::{GenerateRequest, LoadOptions, StableDiffusion, Taesd};
+use imagine_engine::{ComputePrecision, GenerateRequest, LoadOptions, StableDiffusion, Taesd};
 use serde_json::Value;
 
 use report::{Measurement, Report};
@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// taesd-preview rows.
     #[arg(long)]
     pub taesd: Option<PathBuf>,
+    /// What the convolutions, linear layers and attention products compute in: fp32, or bf16
+    /// inputs with f32 sums (needs AVX512_BF16).
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    pub precision: ComputePrecision,
     /// Keep the CPU's default denormal handling instead of flushing to zero.
     #[arg(long)]
     pub keep_denormals: bool,
@@ -138,13 +142,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if flush { "ON on every thread" } else { "off" }
     );
 
+    let base = LoadOptions {
+        precision: args.precision,
+        ..LoadOptions::default()
+    };
     let (dir, load) = match (&args.model, &args.arch) {
-        (Some(dir), _) => (dir.clone(), LoadOptions::default()),
+        (Some(dir), _) => (dir.clone(), base.clone()),
         (None, Some(arch)) => (
             arch_dir(arch)?,
             LoadOptions {
                 random_weights: Some(args.seed),
-                ..LoadOptions::default()
+                ..base.clone()
             },
         ),
         (None, None) => bail!("give --model DIR or --arch NAME"),
@@ -153,7 +161,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("loading the model from {}", dir.display()))?;
     let taesd = match &args.taesd {
         Some(dir) => Some(
-            Taesd::load(dir, &LoadOptions::default())
+            Taesd::load(dir, &base)
                 .with_context(|| format!("loading TAESD from {}", dir.display()))?,
         ),
         None if args.only.iter().any(|r| r.needs_taesd()) => {
@@ -198,6 +206,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             None => dir.display().to_string(),
         },
         threads,
+        precision: args.precision.name(),
         flush_denormals: flush,
         warmup: args.warmup,
         runs: args.runs,
@@ -214,6 +223,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 /// Builds rayon's global pool (which candle's CPU kernels and gemm use) so that every worker
 /// sets the denormal mode when it starts; the main thread sets it too.
+/// `--precision`: fp32 or bf16.
+pub fn parse_precision(s: &str) -> std::result::Result<ComputePrecision, String> {
+    ComputePrecision::parse(s).ok_or_else(|| format!("unknown precision {s:?}: use fp32 or bf16"))
+}
+
 /// `assets/archs/<arch>`: under the current directory, or the checkout this binary was
 /// built from.
 fn arch_dir(arch: &str) -> Result<PathBuf> {

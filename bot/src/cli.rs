@@ -93,6 +93,10 @@ pub struct GenerateArgs {
     /// softer.
     #[arg(long, requires = "taesd")]
     pub fast_decode: bool,
+    /// What the matrix products compute in: fp32, or bf16 inputs with f32 sums (faster;
+    /// needs a CPU with AVX512_BF16; pixels differ slightly from fp32).
+    #[arg(long, default_value = "fp32", value_parser = crate::bench_cmd::parse_precision)]
+    pub precision: imagine_engine::ComputePrecision,
     /// Where to write the PNG.
     #[arg(long)]
     pub out: PathBuf,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use imagine_engine::ComputePrecision;
 use serde::Deserialize;
 
 /// A string that must never reach a log or an error message.
@@ -73,6 +74,10 @@ pub struct BotArgs {
     /// image with the model's full VAE. Needs --taesd [default: false].
     #[arg(long, env = "IMAGINE_FAST_GRID_DECODE", num_args = 0..=1, default_missing_value = "true")]
     pub fast_grid_decode: Option<bool>,
+    /// What the matrix products compute in: fp32, or bf16 (about 1.7x faster, half the
+    /// weight memory, pixels a little different; needs a CPU with AVX512_BF16) [default: fp32].
+    #[arg(long, env = "IMAGINE_PRECISION")]
+    pub precision: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +92,7 @@ struct FileConfig {
     discord_api_base: Option<String>,
     taesd: Option<String>,
     fast_grid_decode: Option<bool>,
+    precision: Option<String>,
     #[serde(default)]
     models: BTreeMap<String, String>,
 }
@@ -108,6 +114,8 @@ pub struct Config {
     pub taesd: Option<String>,
     /// Grids decoded with TAESD; U images always with the full VAE.
     pub fast_grid_decode: bool,
+    /// What the models' matrix products compute in.
+    pub precision: ComputePrecision,
 }
 
 impl Config {
@@ -153,6 +161,15 @@ impl Config {
         if fast_grid_decode && taesd.is_none() {
             bail!("fast_grid_decode decodes grids with TAESD: set taesd too (IMAGINE_TAESD, e.g. madebyollin/taesd)");
         }
+        let precision = match args.precision.clone().or(file.precision) {
+            None => ComputePrecision::Fp32,
+            Some(p) => ComputePrecision::parse(p.trim()).with_context(|| {
+                format!("precision {p:?} is not fp32 or bf16 (IMAGINE_PRECISION)")
+            })?,
+        };
+        if precision == ComputePrecision::Bf16 && !ComputePrecision::bf16_available() {
+            bail!("precision bf16 needs a CPU with AVX512_BF16, which this one lacks: use fp32");
+        }
         Ok(Config {
             token: Secret::new(token.trim()),
             default_model,
@@ -172,6 +189,7 @@ impl Config {
             api_base: api_base.map(|b| b.trim_end_matches('/').to_string()),
             taesd,
             fast_grid_decode,
+            precision,
         })
     }
 }
@@ -207,6 +225,7 @@ mod tests {
             discord_api_base: None,
             taesd: None,
             fast_grid_decode: None,
+            precision: None,
         }
     }
 

@@ -18,10 +18,14 @@ const MAX_INPUT_BYTES: u64 = 64 << 20;
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let dir = imagine_engine::resolve_model(&args.model)?;
-    let mut model = StableDiffusion::load(&dir, &LoadOptions::default())
+    let load = LoadOptions {
+        precision: args.precision,
+        ..LoadOptions::default()
+    };
+    let mut model = StableDiffusion::load(&dir, &load)
         .with_context(|| format!("loading the model from {}", dir.display()))?;
     if let Some(spec) = &args.taesd {
-        model = model.with_tiny_decoder(load_taesd(spec)?)?;
+        model = model.with_tiny_decoder(load_taesd(spec, &load)?)?;
     }
     let info = model.info().clone();
     if info.scheduler_fallback {
@@ -107,10 +111,9 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 }
 
 /// Resolves and loads `--taesd` (a folder or HF repo id).
-pub fn load_taesd(spec: &str) -> Result<Taesd> {
+pub fn load_taesd(spec: &str, load: &LoadOptions) -> Result<Taesd> {
     let dir = imagine_engine::resolve_taesd(spec)?;
-    Taesd::load(&dir, &LoadOptions::default())
-        .with_context(|| format!("loading TAESD from {}", dir.display()))
+    Taesd::load(&dir, load).with_context(|| format!("loading TAESD from {}", dir.display()))
 }
 
 fn read_limited(path: &Path) -> Result<Vec<u8>> {

@@ -12,7 +12,8 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use imagine_engine::noise::LatentNoise;
 use imagine_engine::{
-    GenerateRequest, InitImage, LoadOptions, SchedulerKind, StableDiffusion, Taesd,
+    ComputePrecision, GenerateRequest, InitImage, LoadOptions, SchedulerKind, StableDiffusion,
+    Taesd,
 };
 use sha2::{Digest, Sha256};
 
@@ -49,6 +50,7 @@ pub struct Engines {
     specs: BTreeMap<String, String>,
     loaded: HashMap<String, StableDiffusion>,
     tiny: Option<TinyDecoder>,
+    load: LoadOptions,
 }
 
 /// TAESD, attached to every model the worker loads.
@@ -66,7 +68,14 @@ impl Engines {
             specs,
             loaded: HashMap::new(),
             tiny: None,
+            load: LoadOptions::default(),
         }
+    }
+
+    /// Loads models (and TAESD) with their matrix products in `precision`.
+    pub fn with_precision(mut self, precision: ComputePrecision) -> Self {
+        self.load.precision = precision;
+        self
     }
 
     /// Attaches the TAESD folder `dir` to every model: previews come from it, and with
@@ -96,9 +105,9 @@ impl Engines {
                 .ok_or_else(|| anyhow!("the model {name:?} is no longer configured"))?;
             let dir = imagine_engine::resolve_model(spec)?;
             tracing::info!(model = name, dir = %dir.display(), "loading model");
-            let mut model = StableDiffusion::load(&dir, &LoadOptions::default())?;
+            let mut model = StableDiffusion::load(&dir, &self.load)?;
             if let Some(tiny) = &self.tiny {
-                let taesd = Taesd::load(&tiny.dir, &LoadOptions::default())
+                let taesd = Taesd::load(&tiny.dir, &self.load)
                     .with_context(|| format!("loading TAESD from {}", tiny.dir.display()))?;
                 model = model.with_tiny_decoder(taesd)?;
             }

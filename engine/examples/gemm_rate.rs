@@ -1,14 +1,21 @@
-//! GEMM throughput at the UNet's and VAE's shapes: our kernel vs the gemm crate (what candle
-//! uses), and one core's FMA peak. Run with `PEAK=1` for the peak alone:
+//! GEMM throughput at the UNet's and VAE's shapes: our kernel in fp32 and bf16 vs the gemm
+//! crate (what candle uses), and one core's fp32 FMA and bf16 dot-product peaks. Run with `PEAK=1` for the peak alone:
 //!
 //! ```sh
 //! RAYON_NUM_THREADS=2 cargo run --release -p imagine-engine --example gemm_rate
 //! ```
-use imagine_engine::kernels::{gemm_f32, Mat, MatMut};
+use imagine_engine::kernels::matmul::{self, AOperand, Bf16, PackedA, Precision, F32};
+use imagine_engine::kernels::{Mat, MatMut};
 use std::time::Instant;
+
 fn main() {
     if std::env::var("PEAK").is_ok() {
-        println!("peak one core: {:.1} GFLOP/s", unsafe { peak() });
+        println!("peak one core: fp32 FMA {:.1} GFLOP/s", unsafe { peak() });
+        if Bf16::available() {
+            println!("peak one core: bf16 dot {:.1} GFLOP/s", unsafe {
+                peak_bf16()
+            });
+        }
         return;
     }
     for &(m, n, k) in &[
@@ -21,65 +28,101 @@ fn main() {
         let a = vec![0.5f32; m * k];
         let b = vec![0.25f32; k * n];
         let mut c = vec![0f32; m * n];
-        let mut best = f64::MAX;
-        for _ in 0..4 {
-            let t = Instant::now();
-            gemm_f32(
-                MatMut::new(&mut c, m, n, n),
-                Mat {
-                    data: &a,
-                    rows: m,
-                    cols: k,
-                    row_stride: k,
-                    col_stride: 1,
-                },
-                Mat {
-                    data: &b,
-                    rows: k,
-                    cols: n,
-                    row_stride: n,
-                    col_stride: 1,
-                },
+        let a_mat = Mat {
+            data: &a,
+            rows: m,
+            cols: k,
+            row_stride: k,
+            col_stride: 1,
+        };
+        let b_mat = Mat {
+            data: &b,
+            rows: k,
+            cols: n,
+            row_stride: n,
+            col_stride: 1,
+        };
+        let f = 2.0 * (m * n * k) as f64 / 1e9;
+        let fp32 = f / best_of(4, || ours::<F32>(&mut c, a_mat, b_mat));
+        let bf16 = if Bf16::available() {
+            format!(
+                "{:.1}",
+                f / best_of(4, || ours::<Bf16>(&mut c, a_mat, b_mat))
+            )
+        } else {
+            "-".into()
+        };
+        let crate_rate = f / best_of(4, || unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
                 1.0,
                 false,
-            );
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        let mut best2 = f64::MAX;
-        for _ in 0..4 {
-            let t = Instant::now();
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    a.as_ptr(),
-                    1,
-                    k as isize,
-                    b.as_ptr(),
-                    1,
-                    n as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
-                );
-            }
-            best2 = best2.min(t.elapsed().as_secs_f64());
-        }
-        let f = 2.0 * (m * n * k) as f64 / 1e9;
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        });
         println!(
-            "m{m} n{n} k{k}: ours {:.1} GFLOP/s, gemm crate {:.1}",
-            f / best,
-            f / best2
+            "m{m} n{n} k{k}: ours fp32 {fp32:.1} GFLOP/s, ours bf16 {bf16}, gemm crate fp32 {crate_rate:.1}"
         );
     }
+}
+
+/// The convolution's product: A (the weights) packed once, B packed per call.
+fn ours<P: Precision>(c: &mut [f32], a: Mat, b: Mat) {
+    thread_local_packed::<P>(a, |packed| {
+        let (m, n) = (a.rows, b.cols);
+        matmul::gemm(
+            MatMut::new(c, m, n, n),
+            AOperand::Packed(packed),
+            &b,
+            1.0,
+            false,
+        );
+    });
+}
+
+/// Packs A once per shape (not timed after the first run).
+fn thread_local_packed<P: Precision>(a: Mat, f: impl FnOnce(&PackedA<P>)) {
+    use std::any::Any;
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<Vec<(usize, usize, Box<dyn Any>)>> = const { RefCell::new(Vec::new()) };
+    }
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let at = cache
+            .iter()
+            .position(|(m, k, p)| *m == a.rows && *k == a.cols && p.is::<PackedA<P>>());
+        let at = at.unwrap_or_else(|| {
+            cache.push((a.rows, a.cols, Box::new(PackedA::<P>::pack(a))));
+            cache.len() - 1
+        });
+        f(cache[at].2.downcast_ref().expect("checked type"));
+    });
+}
+
+fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
 }
 
 /// Twelve independent FMA chains on one core, in GFLOP/s.
@@ -128,4 +171,25 @@ unsafe fn peak() -> f64 {
         .sum::<f32>();
     std::hint::black_box(sum);
     (iters * 12 * 32) as f64 / s / 1e9
+}
+
+/// Twelve independent `vdpbf16ps` chains on one core, in GFLOP/s (64 per instruction).
+///
+/// # Safety
+/// The CPU must support AVX512_BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn peak_bf16() -> f64 {
+    use std::arch::x86_64::*;
+    let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80));
+    let mut c = [_mm512_setzero_ps(); 12];
+    let iters = 100_000_000usize;
+    let t = Instant::now();
+    for _ in 0..iters {
+        for v in c.iter_mut() {
+            *v = _mm512_dpbf16_ps(*v, x, x);
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    std::hint::black_box(c.iter().map(|x| _mm512_reduce_add_ps(*x)).sum::<f32>());
+    (iters * 12 * 64) as f64 / s / 1e9
 }

@@ -149,8 +149,14 @@ impl CrossAttention {
         let q = self.to_q.forward(x)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
-        self.to_out
-            .forward(&layers::attention(&q, &k, &v, self.heads, self.scale)?)
+        self.to_out.forward(&layers::attention(
+            &q,
+            &k,
+            &v,
+            self.heads,
+            self.scale,
+            self.to_q.precision(),
+        )?)
     }
 }
 
@@ -315,9 +321,14 @@ impl VaeAttention {
         let q = self.to_q.forward(&tokens)?;
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
-        let out = self
-            .to_out
-            .forward(&layers::attention(&q, &k, &v, self.heads, self.scale)?)?;
+        let out = self.to_out.forward(&layers::attention(
+            &q,
+            &k,
+            &v,
+            self.heads,
+            self.scale,
+            self.to_q.precision(),
+        )?)?;
         layers::from_tokens(&out, h, w)? + x
     }
 }

@@ -26,6 +26,11 @@ pub enum EngineError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// The load options ask for something this machine cannot do (e.g. bf16 without
+    /// AVX512_BF16).
+    #[error("not possible on this machine: {0}")]
+    Unsupported(String),
+
     /// The caller asked to stop between steps.
     #[error("generation cancelled")]
     Cancelled,

@@ -7,10 +7,37 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::kernels::matmul::{self, PackedA, PackedB};
+use crate::kernels::matmul::{self, Bf16, PackedA, PackedB, Precision, F32};
 use crate::kernels::{attention::AttentionOp, conv, elementwise, norm::GroupNormOp};
+use crate::model::ComputePrecision;
 
 type Result<T> = candle_core::Result<T>;
+
+thread_local! {
+    static LOADING_PRECISION: std::cell::Cell<ComputePrecision> =
+        const { std::cell::Cell::new(ComputePrecision::Fp32) };
+}
+
+/// Runs `load` with convolution and linear weights packed for `precision`: the layers read it
+/// while loading (the VarBuilder API has no room for it), and keep it for their lifetime.
+pub(crate) fn loading_with<T>(precision: ComputePrecision, load: impl FnOnce() -> T) -> T {
+    struct Restore(ComputePrecision);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LOADING_PRECISION.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(LOADING_PRECISION.with(|p| p.replace(precision)));
+    load()
+}
+
+/// The precision weights loaded now are packed for, where our bf16 kernel can run it.
+fn packing_precision() -> ComputePrecision {
+    match LOADING_PRECISION.with(|p| p.get()) {
+        ComputePrecision::Bf16 if Bf16::available() => ComputePrecision::Bf16,
+        _ => ComputePrecision::Fp32,
+    }
+}
 
 fn fast_path(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
@@ -40,7 +67,8 @@ pub struct Conv2d {
 enum ConvWeight {
     Tensor(Tensor),
     /// Packed for our GEMM, with the `(Cout, Cin, kh, kw)` shape.
-    Packed(Arc<PackedA>, (usize, usize, usize, usize)),
+    Packed(Arc<PackedA<F32>>, (usize, usize, usize, usize)),
+    PackedBf16(Arc<PackedA<Bf16>>, (usize, usize, usize, usize)),
 }
 
 impl std::fmt::Debug for ConvWeight {
@@ -48,7 +76,30 @@ impl std::fmt::Debug for ConvWeight {
         match self {
             Self::Tensor(t) => write!(f, "Tensor({:?})", t.shape()),
             Self::Packed(_, dims) => write!(f, "Packed({dims:?})"),
+            Self::PackedBf16(_, dims) => write!(f, "PackedBf16({dims:?})"),
         }
+    }
+}
+
+/// `conv2d(x, bias) (+ extra)` with packed weights.
+fn packed_conv<P: Precision>(
+    conv: &Conv2d,
+    weights: &PackedA<P>,
+    kernel: (usize, usize, usize, usize),
+    x: &Tensor,
+    extra: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = conv::PackedConv2dOp {
+        weights,
+        kernel,
+        stride: conv.stride,
+        padding: conv.padding,
+    };
+    match extra {
+        Some(e) => x
+            .contiguous()?
+            .apply_op3_no_bwd(&conv.bias, &e.contiguous()?, &op),
+        None => x.contiguous()?.apply_op2_no_bwd(&conv.bias, &op),
     }
 }
 
@@ -69,11 +120,20 @@ impl Conv2d {
             }
             Err(e) => return Err(e),
         };
-        let weight = if packable(&weight) {
-            let packed = conv::pack_weights(&host_data(&weight)?, cout);
-            ConvWeight::Packed(Arc::new(packed), (cout, cin, kernel, kernel))
-        } else {
-            ConvWeight::Tensor(weight)
+        let dims = (cout, cin, kernel, kernel);
+        let weight = match packable(&weight) {
+            false => ConvWeight::Tensor(weight),
+            true => {
+                let data = host_data(&weight)?;
+                match packing_precision() {
+                    ComputePrecision::Fp32 => {
+                        ConvWeight::Packed(Arc::new(conv::pack_weights(&data, cout)), dims)
+                    }
+                    ComputePrecision::Bf16 => {
+                        ConvWeight::PackedBf16(Arc::new(conv::pack_weights(&data, cout)), dims)
+                    }
+                }
+            }
         };
         Ok(Self {
             weight,
@@ -86,18 +146,15 @@ impl Conv2d {
     /// `conv(x) + extra`, with `extra` `[B, Cout]` (per image and channel) or the output's
     /// shape (a residual); fused into the convolution on our fast path.
     pub fn forward_add(&self, x: &Tensor, extra: &Tensor) -> Result<Tensor> {
-        if let ConvWeight::Packed(packed, kernel) = &self.weight {
-            if fast_path(x) && fast_path(extra) {
-                return x.contiguous()?.apply_op3_no_bwd(
-                    &self.bias,
-                    &extra.contiguous()?,
-                    &conv::PackedConv2dOp {
-                        weights: packed,
-                        kernel: *kernel,
-                        stride: self.stride,
-                        padding: self.padding,
-                    },
-                );
+        if fast_path(x) && fast_path(extra) {
+            match &self.weight {
+                ConvWeight::Packed(w, kernel) => {
+                    return packed_conv(self, w, *kernel, x, Some(extra))
+                }
+                ConvWeight::PackedBf16(w, kernel) => {
+                    return packed_conv(self, w, *kernel, x, Some(extra))
+                }
+                ConvWeight::Tensor(_) => {}
             }
         }
         let y = self.forward(x)?;
@@ -109,16 +166,11 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.weight {
-            ConvWeight::Packed(packed, kernel) if fast_path(x) => x.contiguous()?.apply_op2_no_bwd(
-                &self.bias,
-                &conv::PackedConv2dOp {
-                    weights: packed,
-                    kernel: *kernel,
-                    stride: self.stride,
-                    padding: self.padding,
-                },
-            ),
-            ConvWeight::Packed(..) => candle_core::bail!(
+            ConvWeight::Packed(w, kernel) if fast_path(x) => packed_conv(self, w, *kernel, x, None),
+            ConvWeight::PackedBf16(w, kernel) if fast_path(x) => {
+                packed_conv(self, w, *kernel, x, None)
+            }
+            ConvWeight::Packed(..) | ConvWeight::PackedBf16(..) => candle_core::bail!(
                 "conv2d: weights packed for f32 CPU, input is {:?} on {:?}",
                 x.dtype(),
                 x.device()
@@ -148,7 +200,8 @@ pub struct Linear {
 #[derive(Clone)]
 enum LinearWeight {
     Tensor(Tensor),
-    Packed(Arc<PackedB>),
+    Packed(Arc<PackedB<F32>>),
+    PackedBf16(Arc<PackedB<Bf16>>),
 }
 
 impl std::fmt::Debug for LinearWeight {
@@ -156,23 +209,37 @@ impl std::fmt::Debug for LinearWeight {
         match self {
             Self::Tensor(t) => write!(f, "Tensor({:?})", t.shape()),
             Self::Packed(p) => write!(f, "Packed([{}, {}])", p.n(), p.k()),
+            Self::PackedBf16(p) => write!(f, "PackedBf16([{}, {}])", p.n(), p.k()),
         }
     }
 }
 
 impl Linear {
     fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
-        let weight = if packable(&weight) {
-            let (outs, ins) = weight.dims2()?;
-            LinearWeight::Packed(Arc::new(elementwise::pack_linear(
-                &host_data(&weight)?,
-                outs,
-                ins,
-            )))
-        } else {
-            LinearWeight::Tensor(weight)
+        let weight = match packable(&weight) {
+            false => LinearWeight::Tensor(weight),
+            true => {
+                let (outs, ins) = weight.dims2()?;
+                let data = host_data(&weight)?;
+                match packing_precision() {
+                    ComputePrecision::Fp32 => {
+                        LinearWeight::Packed(Arc::new(elementwise::pack_linear(&data, outs, ins)))
+                    }
+                    ComputePrecision::Bf16 => LinearWeight::PackedBf16(Arc::new(
+                        elementwise::pack_linear(&data, outs, ins),
+                    )),
+                }
+            }
         };
         Ok(Self { weight, bias })
+    }
+
+    /// The precision this layer's products run in (attention over its outputs follows it).
+    pub fn precision(&self) -> ComputePrecision {
+        match self.weight {
+            LinearWeight::PackedBf16(_) => ComputePrecision::Bf16,
+            _ => ComputePrecision::Fp32,
+        }
     }
 
     pub fn load(vb: VarBuilder, ins: usize, outs: usize) -> Result<Self> {
@@ -199,8 +266,11 @@ impl Linear {
         match &self.weight {
             LinearWeight::Packed(w) if fast_path(x) => x
                 .contiguous()?
-                .apply_op2_no_bwd(&self.bias, &elementwise::PackedLinearOp { weight: w }),
-            LinearWeight::Packed(_) => candle_core::bail!(
+                .apply_op2_no_bwd(&self.bias, &elementwise::PackedLinearOp { weight: &**w }),
+            LinearWeight::PackedBf16(w) if fast_path(x) => x
+                .contiguous()?
+                .apply_op2_no_bwd(&self.bias, &elementwise::PackedLinearOp { weight: &**w }),
+            LinearWeight::Packed(_) | LinearWeight::PackedBf16(_) => candle_core::bail!(
                 "linear: weights packed for f32 CPU, input is {:?} on {:?}",
                 x.dtype(),
                 x.device()
@@ -283,8 +353,16 @@ pub fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<candle_nn::Lay
     candle_nn::layer_norm(dim, eps, vb)
 }
 
-/// Multi-head attention over `[B, S, heads·D]` tensors, output in the same layout.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+/// Multi-head attention over `[B, S, heads·D]` tensors, output in the same layout; its two
+/// products run in `precision` on our fast path (the softmax is always f32).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    precision: ComputePrecision,
+) -> Result<Tensor> {
     if fast_path(q) {
         return q.contiguous()?.apply_op3_no_bwd(
             &k.contiguous()?,
@@ -292,6 +370,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -
             &AttentionOp {
                 heads,
                 scale: scale as f32,
+                bf16: precision == ComputePrecision::Bf16,
             },
         );
     }

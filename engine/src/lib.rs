@@ -36,7 +36,7 @@ pub mod vae;
 
 pub use error::{EngineError, Result};
 pub use generate::{GenerateRequest, Generation, InitImage, Progress};
-pub use model::{LoadOptions, ModelInfo, StableDiffusion, UNetKind};
+pub use model::{ComputePrecision, LoadOptions, ModelInfo, StableDiffusion, UNetKind};
 pub use schedulers::SchedulerKind;
 pub use source::{resolve_model, resolve_taesd};
 pub use taesd::Taesd;

@@ -27,6 +27,8 @@ pub struct LoadOptions {
     /// Ignore the weight files and make seeded random weights instead (benchmarks of an
     /// architecture given by its config files alone).
     pub random_weights: Option<u64>,
+    /// What the convolutions, linear layers and attention products compute in on the CPU.
+    pub precision: ComputePrecision,
 }
 
 impl Default for LoadOptions {
@@ -35,7 +37,60 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             random_weights: None,
+            precision: ComputePrecision::Fp32,
         }
+    }
+}
+
+/// The precision of the matrix products (convolutions, linear layers, attention) on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ComputePrecision {
+    /// f32 throughout: the reference, within the diffusers parity bounds.
+    #[default]
+    Fp32,
+    /// Product inputs rounded to bf16, products summed in f32, everything else f32 (norms,
+    /// softmax, activations, the sampler). Weights take half the memory. Needs AVX512_BF16.
+    Bf16,
+}
+
+impl ComputePrecision {
+    /// Parses `fp32`/`f32` or `bf16`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" => Some(Self::Fp32),
+            "bf16" => Some(Self::Bf16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether this CPU can compute in bf16 (AVX512_BF16).
+    pub fn bf16_available() -> bool {
+        <crate::kernels::matmul::Bf16 as crate::kernels::matmul::Precision>::available()
+    }
+}
+
+impl LoadOptions {
+    /// Refuses a precision this machine cannot compute in.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.precision == ComputePrecision::Bf16
+            && !(matches!(self.device, Device::Cpu)
+                && self.dtype == DType::F32
+                && ComputePrecision::bf16_available())
+        {
+            return Err(EngineError::Unsupported(
+                "bf16 compute runs on a CPU with AVX512_BF16 and f32 tensors; this machine \
+                 or device cannot: use --precision fp32"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -93,6 +148,11 @@ impl StableDiffusion {
 
     /// Loads a diffusers folder (see [`crate::resolve_model`] for repo ids).
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        opts.check()?;
+        crate::layers::loading_with(opts.precision, || Self::load_components(dir, opts))
+    }
+
+    fn load_components(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let Configs {
             unet_cfg,
             vae_cfg,

@@ -260,6 +260,7 @@ impl Taesd {
     /// Loads an `AutoencoderTiny` folder: `config.json` and `diffusion_pytorch_model.safetensors`
     /// (or `.fp16.safetensors`) at its root. See [`crate::resolve_taesd`] for repo ids.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        opts.check()?;
         let cfg = Self::describe(dir)?;
         let files = weight_files(dir, "taesd")?;
         for f in &files {
@@ -268,7 +269,10 @@ impl Taesd {
         // SAFETY: the files are memory-mapped read-only; we never write to them while mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, opts.dtype, &opts.device) }
             .map_err(|e| EngineError::bad_file(dir, e))?;
-        Self::new(vb.pp("decoder"), &cfg, dir, opts.dtype).map_err(|e| {
+        crate::layers::loading_with(opts.precision, || {
+            Self::new(vb.pp("decoder"), &cfg, dir, opts.dtype)
+        })
+        .map_err(|e| {
             EngineError::bad_file(dir, format!("the weights do not match config.json ({e})"))
         })
     }

@@ -33,6 +33,8 @@ pub struct Report {
     pub tool: &'static str,
     pub model: String,
     pub threads: usize,
+    /// The matrix products' precision: fp32 or bf16.
+    pub precision: &'static str,
     pub flush_denormals: bool,
     pub warmup: usize,
     pub runs: usize,
@@ -45,8 +47,9 @@ pub struct Report {
 impl Report {
     pub fn print_table(&self) {
         println!(
-            "\nimagine bench: {} | {} threads | flush-to-zero/denormals-are-zero {} | warm-up {}, median of {} runs (grid: {})",
+            "\nimagine bench: {} | {} | {} threads | flush-to-zero/denormals-are-zero {} | warm-up {}, median of {} runs (grid: {})",
             self.model,
+            self.precision,
             self.threads,
             if self.flush_denormals { "ON" } else { "off" },
             self.warmup,

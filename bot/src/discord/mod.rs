@@ -146,7 +146,7 @@ pub async fn run(config: Config) -> Result<()> {
         .no_proxy()
         .build()
         .context("building the download client")?;
-    let mut engines = Engines::new(config.models.clone());
+    let mut engines = Engines::new(config.models.clone()).with_precision(config.precision);
     if let Some(spec) = &config.taesd {
         let dir = tokio::task::spawn_blocking({
             let spec = spec.clone();

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::matmul::{self, AOperand, PackB, PackedA, NR};
+use super::matmul::{self, write_pairs, AOperand, PackB, PackedA, Precision, F32, NR};
 use super::{contiguous, gemm_f32, Mat, MatMut};
 
 /// Column matrices (fallback path) are built in tiles of at most this many floats (16 MiB).
@@ -23,8 +23,8 @@ pub struct Conv2dOp {
 }
 
 /// The same convolution with weights pre-packed for our GEMM: `conv2d(x, bias)`.
-pub struct PackedConv2dOp<'a> {
-    pub weights: &'a PackedA,
+pub struct PackedConv2dOp<'a, P: Precision> {
+    pub weights: &'a PackedA<P>,
     /// `(Cout, Cin, kh, kw)`.
     pub kernel: (usize, usize, usize, usize),
     pub stride: usize,
@@ -32,7 +32,7 @@ pub struct PackedConv2dOp<'a> {
 }
 
 /// Packs a `[Cout, Cin, kh, kw]` weight (contiguous f32) for [`PackedConv2dOp`].
-pub fn pack_weights(w: &[f32], cout: usize) -> PackedA {
+pub fn pack_weights<P: Precision>(w: &[f32], cout: usize) -> PackedA<P> {
     let k = w.len() / cout.max(1);
     PackedA::pack(Mat {
         data: w,
@@ -97,9 +97,8 @@ impl Geometry {
 }
 
 /// The weight operand: packed for our kernel, or plain for the gemm crate.
-#[derive(Clone, Copy)]
-enum Weights<'a> {
-    Packed(&'a PackedA),
+enum Weights<'a, P: Precision> {
+    Packed(&'a PackedA<P>),
     Plain(&'a [f32]),
 }
 
@@ -130,7 +129,7 @@ impl CustomOp3 for Conv2dOp {
                 g.cout
             );
         }
-        let out = conv(&g, x, Weights::Plain(w), bias, None, COL_BUDGET);
+        let out = conv::<F32>(&g, x, Weights::Plain(w), bias, None, COL_BUDGET);
         Ok((
             CpuStorage::F32(out),
             Shape::from((g.batch, g.cout, g.ho, g.wo)),
@@ -138,7 +137,7 @@ impl CustomOp3 for Conv2dOp {
     }
 }
 
-impl CustomOp2 for PackedConv2dOp<'_> {
+impl<P: Precision> CustomOp2 for PackedConv2dOp<'_, P> {
     fn name(&self) -> &'static str {
         "imagine-conv2d-packed"
     }
@@ -157,7 +156,7 @@ impl CustomOp2 for PackedConv2dOp<'_> {
 /// `conv2d(x, bias) + extra`, where `extra` is `[B, Cout]` (a per-image channel offset: the
 /// UNet's time embedding) or `[B, Cout, Ho, Wo]` (a residual): added while initialising the
 /// output, which saves a full pass over it and an allocation.
-impl CustomOp3 for PackedConv2dOp<'_> {
+impl<P: Precision> CustomOp3 for PackedConv2dOp<'_, P> {
     fn name(&self) -> &'static str {
         "imagine-conv2d-packed-add"
     }
@@ -180,7 +179,7 @@ impl CustomOp3 for PackedConv2dOp<'_> {
     }
 }
 
-impl PackedConv2dOp<'_> {
+impl<P: Precision> PackedConv2dOp<'_, P> {
     fn run(
         &self,
         x: &[f32],
@@ -242,61 +241,187 @@ impl PackB for Im2Col<'_> {
     }
 
     fn pack(&self, pc: usize, kc: usize, j0: usize, cols: usize, out: &mut Vec<f32>) {
-        let g = self.g;
-        let hw = g.ho * g.wo;
         // Every column < cols is written below (zeros included); padding columns of the last
         // panel only feed output columns that are discarded, so no clearing pass.
         super::matmul::reuse(out, cols.div_ceil(NR) * NR * kc);
-        let mut row = vec![0f32; g.wo];
+        let mut row = vec![0f32; self.g.wo];
         for p in 0..kc {
-            let r = pc + p;
-            let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
-            let mut j = j0;
-            while j < j0 + cols {
-                let (img, pix) = (self.first_image + j / hw, j % hw);
-                let (oy, ox0) = (pix / g.wo, pix % g.wo);
-                let run = (g.wo - ox0).min(j0 + cols - j);
-                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                let src: &[f32] = if iy >= 0 && (iy as usize) < g.h {
-                    let input = &self.x[((img * g.cin + ci) * g.h + iy as usize) * g.w..][..g.w];
-                    let first = g.pad.saturating_sub(kx);
-                    let last = (g.w + g.pad).saturating_sub(kx).min(g.wo);
-                    if g.stride == 1 && ox0 >= first && ox0 + run <= last {
-                        // Interior run: straight from the input row.
-                        &input[ox0 + kx - g.pad..][..run]
-                    } else {
-                        im2col_row(g, input, kx, &mut row);
-                        &row[ox0..ox0 + run]
-                    }
-                } else {
-                    row.fill(0.0);
-                    &row[ox0..ox0 + run]
+            for run in self.runs(j0, cols) {
+                let win = self.window(pc + p, run, &mut row);
+                for_each_segment([win], run, |t, [src], len| {
+                    scatter_into_panels(out, kc, p, t - j0, src, len)
+                });
+            }
+        }
+    }
+
+    /// Pairs of k rows converted to bf16 as they are gathered: no f32 panel in between.
+    fn pack_pairs(
+        &self,
+        pc: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        out: &mut Vec<u32>,
+        _: &mut Vec<f32>,
+    ) {
+        let steps = kc.div_ceil(2);
+        super::matmul::reuse(out, cols.div_ceil(NR) * NR * steps);
+        let (mut lo_row, mut hi_row) = (vec![0f32; self.g.wo], vec![0f32; self.g.wo]);
+        for s in 0..steps {
+            let (lo, hi) = (pc + 2 * s, pc + 2 * s + 1);
+            for run in self.runs(j0, cols) {
+                let lo = self.window(lo, run, &mut lo_row);
+                let hi = match hi < pc + kc {
+                    true => self.window(hi, run, &mut hi_row),
+                    false => Window::ZERO,
                 };
-                scatter_into_panels(out, kc, p, j - j0, src);
-                j += run;
+                for_each_segment([lo, hi], run, |t, [lo, hi], len| {
+                    // SAFETY: only packed for the bf16 kernel, which needs AVX-512 BW.
+                    unsafe { write_pairs(out, steps, s, t - j0, lo, hi, len) }
+                });
             }
         }
     }
 }
 
-/// Writes `src` as columns `t..t+len` of k row `p` of NR-wide panels `[kc][NR]`.
+/// Output pixels `j..j+len` (counted over the images of an [`Im2Col`]): part of one output
+/// row `oy` of image `img`, from column `ox0`.
+#[derive(Clone, Copy)]
+struct Run {
+    j: usize,
+    img: usize,
+    oy: usize,
+    ox0: usize,
+    len: usize,
+}
+
+/// Where an im2col row's values along an output row come from: `data[ox + shift]` for `ox`
+/// in `first..last`, zero (padding) elsewhere.
+#[derive(Clone, Copy)]
+struct Window<'s> {
+    data: &'s [f32],
+    shift: isize,
+    first: usize,
+    last: usize,
+}
+
+impl Window<'_> {
+    const ZERO: Self = Window {
+        data: &[],
+        shift: 0,
+        first: 0,
+        last: 0,
+    };
+}
+
+/// Splits `run` where any window starts or ends, and calls `emit(j, values, len)` per piece
+/// with each window's values (`None`: zeros).
+fn for_each_segment<'s, const N: usize>(
+    windows: [Window<'s>; N],
+    run: Run,
+    mut emit: impl FnMut(usize, [Option<&'s [f32]>; N], usize),
+) {
+    let end = run.ox0 + run.len;
+    let mut a = run.ox0;
+    while a < end {
+        let mut b = end;
+        for w in &windows {
+            for cut in [w.first, w.last] {
+                if cut > a && cut < b {
+                    b = cut;
+                }
+            }
+        }
+        let values = windows.map(|w| {
+            (a >= w.first && a < w.last)
+                .then(|| &w.data[(a as isize + w.shift) as usize..][..b - a])
+        });
+        emit(run.j + (a - run.ox0), values, b - a);
+        a = b;
+    }
+}
+
+impl Im2Col<'_> {
+    /// The runs that make up columns `j0..j0+cols`.
+    fn runs(&self, j0: usize, cols: usize) -> impl Iterator<Item = Run> + '_ {
+        let (hw, wo) = (self.g.ho * self.g.wo, self.g.wo);
+        let mut j = j0;
+        std::iter::from_fn(move || {
+            if j >= j0 + cols {
+                return None;
+            }
+            let (img, pix) = (self.first_image + j / hw, j % hw);
+            let (oy, ox0) = (pix / wo, pix % wo);
+            let run = Run {
+                j,
+                img,
+                oy,
+                ox0,
+                len: (wo - ox0).min(j0 + cols - j),
+            };
+            j += run.len;
+            Some(run)
+        })
+    }
+
+    /// Im2col row `r` along `run`'s output row: the input row itself with stride 1 (no
+    /// copy), else gathered into `row`.
+    fn window<'s>(&'s self, r: usize, run: Run, row: &'s mut [f32]) -> Window<'s> {
+        let g = self.g;
+        let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+        let iy = (run.oy * g.stride + ky) as isize - g.pad as isize;
+        if iy < 0 || iy as usize >= g.h {
+            return Window::ZERO;
+        }
+        let input = &self.x[((run.img * g.cin + ci) * g.h + iy as usize) * g.w..][..g.w];
+        if g.stride == 1 {
+            let first = g.pad.saturating_sub(kx).min(g.wo);
+            let last = (g.w + g.pad).saturating_sub(kx).min(g.wo).max(first);
+            return Window {
+                data: input,
+                shift: kx as isize - g.pad as isize,
+                first,
+                last,
+            };
+        }
+        im2col_row(g, input, kx, row);
+        Window {
+            data: row,
+            shift: 0,
+            first: 0,
+            last: g.wo,
+        }
+    }
+}
+
+/// Writes `src` (`None`: zeros) as columns `t..t+len` of k row `p` of NR-wide panels
+/// `[kc][NR]`.
 #[inline(always)]
-fn scatter_into_panels(out: &mut [f32], kc: usize, p: usize, mut t: usize, mut src: &[f32]) {
-    while !src.is_empty() {
+fn scatter_into_panels(
+    out: &mut [f32],
+    kc: usize,
+    p: usize,
+    mut t: usize,
+    src: Option<&[f32]>,
+    len: usize,
+) {
+    let mut done = 0;
+    while done < len {
         let slot = t % NR;
         let at = (t / NR) * kc * NR + p * NR + slot;
-        if slot == 0 && src.len() >= NR {
+        let take = (NR - slot).min(len - done);
+        match src {
             // Whole panel row: a fixed-size copy the compiler inlines as vector moves.
-            let dst: &mut [f32; NR] = (&mut out[at..at + NR]).try_into().expect("NR floats");
-            dst.copy_from_slice(&src[..NR]);
-            src = &src[NR..];
-            t += NR;
-        } else {
-            let take = (NR - slot).min(src.len());
-            out[at..at + take].copy_from_slice(&src[..take]);
-            src = &src[take..];
-            t += take;
+            Some(src) if take == NR => {
+                let dst: &mut [f32; NR] = (&mut out[at..at + NR]).try_into().expect("NR floats");
+                dst.copy_from_slice(&src[done..done + NR]);
+            }
+            Some(src) => out[at..at + take].copy_from_slice(&src[done..done + take]),
+            None => out[at..at + take].fill(0.0),
         }
+        done += take;
+        t += take;
     }
 }
 
@@ -321,10 +446,10 @@ fn im2col_row(g: &Geometry, input: &[f32], kx: usize, out: &mut [f32]) {
     }
 }
 
-fn conv(
+fn conv<P: Precision>(
     g: &Geometry,
     x: &[f32],
-    w: Weights,
+    w: Weights<P>,
     bias: &[f32],
     extra: Option<&[f32]>,
     col_budget: usize,
@@ -349,7 +474,7 @@ fn conv(
     let image_out = g.cout * hw_out;
 
     let packed = match w {
-        Weights::Packed(p) if matmul::available() => p,
+        Weights::Packed(p) if P::available() => p,
         Weights::Packed(_) => unreachable!("weights are only packed where our kernel runs"),
         Weights::Plain(w) => {
             conv_with_columns(g, x, w, col_budget, &mut out);
@@ -486,6 +611,7 @@ fn im2col(g: &Geometry, x: &[f32], b: usize, rows: std::ops::Range<usize>, col: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::matmul::Bf16;
 
     /// Direct 7-loop convolution, the definition.
     fn reference(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
@@ -554,10 +680,10 @@ mod tests {
         let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.3).collect();
         let want = reference(&g, &x, &wt, &bias);
         // Column tiles (default, and 2 rows: several tiles per image), and packed weights.
-        let packed = pack_weights(&wt, cout);
+        let packed = pack_weights::<F32>(&wt, cout);
         let mut runs = vec![
-            conv(&g, &x, Weights::Plain(&wt), &bias, None, COL_BUDGET),
-            conv(&g, &x, Weights::Plain(&wt), &bias, None, 2 * g.k() * g.wo),
+            conv::<F32>(&g, &x, Weights::Plain(&wt), &bias, None, COL_BUDGET),
+            conv::<F32>(&g, &x, Weights::Plain(&wt), &bias, None, 2 * g.k() * g.wo),
         ];
         if matmul::available() {
             runs.push(conv(
@@ -568,6 +694,32 @@ mod tests {
                 None,
                 COL_BUDGET,
             ));
+        }
+        if Bf16::available() {
+            // bf16: the exact convolution of the bf16-rounded input and weights.
+            let round = |v: &[f32]| -> Vec<f32> {
+                v.iter()
+                    .map(|x| f32::from_bits(matmul::bf16_bits(*x) << 16))
+                    .collect()
+            };
+            let want16 = reference(&g, &round(&x), &round(&wt), &bias);
+            let ours = conv(
+                &g,
+                &x,
+                Weights::Packed(&pack_weights::<Bf16>(&wt, cout)),
+                &bias,
+                None,
+                COL_BUDGET,
+            );
+            let worst = ours
+                .iter()
+                .zip(&want16)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "bf16 {batch}x{cin}x{h}x{w} k{k}: diff {worst}"
+            );
         }
         for ours in runs {
             let worst = ours
@@ -606,7 +758,7 @@ mod tests {
             .collect();
         let wt: Vec<f32> = (0..cout * cin * 9).map(|i| (i % 5) as f32 * 0.1).collect();
         let bias = vec![0.5f32; cout];
-        let packed = pack_weights(&wt, cout);
+        let packed = pack_weights::<F32>(&wt, cout);
         let plain = conv(&g, &x, Weights::Packed(&packed), &bias, None, COL_BUDGET);
         let per_channel: Vec<f32> = (0..batch * cout).map(|i| i as f32).collect();
         let residual: Vec<f32> = (0..plain.len()).map(|i| (i % 11) as f32).collect();

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::matmul::{self, PackedB};
+use super::matmul::{self, PackedB, Precision};
 use super::simd::{gelu, vectorized};
 use super::{contiguous, gemm_f32, Mat, MatMut};
 
@@ -179,7 +179,7 @@ fn biased_output(
 }
 
 /// Packs a linear layer's `[out, in]` weight as the B operand `wᵀ` of [`PackedLinearOp`].
-pub fn pack_linear(w: &[f32], outs: usize, ins: usize) -> PackedB {
+pub fn pack_linear<P: Precision>(w: &[f32], outs: usize, ins: usize) -> PackedB<P> {
     PackedB::pack(Mat {
         data: w,
         rows: ins,
@@ -190,11 +190,11 @@ pub fn pack_linear(w: &[f32], outs: usize, ins: usize) -> PackedB {
 }
 
 /// [`LinearOp`] with the weight pre-packed: `linear(x, bias)`; rows split between threads.
-pub struct PackedLinearOp<'a> {
-    pub weight: &'a PackedB,
+pub struct PackedLinearOp<'a, P: Precision> {
+    pub weight: &'a PackedB<P>,
 }
 
-impl CustomOp2 for PackedLinearOp<'_> {
+impl<P: Precision> CustomOp2 for PackedLinearOp<'_, P> {
     fn name(&self) -> &'static str {
         "imagine-linear-packed"
     }

@@ -1,10 +1,16 @@
-//! Our f32 GEMM for AVX-512: a 12x32 register-blocked micro-kernel over packed panels.
+//! Our GEMM for AVX-512: a 12x32 register-blocked micro-kernel over packed panels, in f32 or
+//! with bf16 inputs and f32 accumulation.
 //!
 //! The gemm crate reaches ~35 GFLOP/s per core on this project's convolution shapes, a seventh
 //! of an AVX-512 core's peak. This follows the BLIS structure instead: operands are copied into
 //! panels the micro-kernel reads sequentially (A: 12 rows interleaved per k, broadcast; B: 32
 //! columns per k, two vector loads), with k blocked so a B micro-panel stays in L1 and an A
 //! block in L2. Callers that reuse a B operand (attention's keys and values) pack it once.
+//!
+//! The [`Precision`] decides what a panel holds: f32 values, or (where the CPU has
+//! AVX512_BF16) pairs of consecutive k values rounded to bf16 in one 32-bit word, which
+//! `vdpbf16ps` multiplies and adds into f32 accumulators: twice the products per instruction
+//! and half the bytes per weight. Operands are always given in f32; the packers round.
 //!
 //! `C[m×n] = (accumulate ? C : 0) + alpha · A[m×k] · B[k×n]`, C row-major with unit column
 //! stride, A and B with any strides.
@@ -15,31 +21,284 @@ use super::{Mat, MatMut, SendPtr};
 
 pub const MR: usize = 12;
 pub const NR: usize = 32;
-/// k per block: a 256x32 B micro-panel is 32 KiB (L1), a 96x256 A block 96 KiB (L2).
-const KC: usize = 256;
 const MC: usize = 96;
-/// Columns per C block: 128 rows x 512 columns is 256 KiB, within L2 with the B block.
-const NC: usize = 512;
 
-/// Whether this CPU runs our kernel (otherwise callers use the gemm crate).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+/// What the GEMM's panels hold and which micro-kernel multiplies them.
+pub trait Precision: Copy + Send + Sync + 'static {
+    /// One panel element: a value (f32) or a pair of k values (bf16).
+    type Elem: Copy + Send + Sync + 'static;
+    /// k values per panel element.
+    const PAIR: usize;
+    /// k per block: a `[KC][NR]` B micro-panel is 32 KiB (L1), an `[MC][KC]` A block 96 KiB (L2).
+    const KC: usize;
+    /// Columns per C block, so the block being accumulated stays in L2 across k blocks.
+    const NC: usize;
+
+    /// Whether this CPU runs the kernel.
+    fn available() -> bool;
+
+    /// Panel rows (elements along k) for `kc` values of k.
+    fn steps(kc: usize) -> usize {
+        kc.div_ceil(Self::PAIR)
     }
-    #[cfg(not(target_arch = "x86_64"))]
+
+    /// `src` holds f32 panels `[kc][width]`; returns them in this precision, using `scratch`.
+    fn convert<'a>(
+        src: &'a [f32],
+        kc: usize,
+        width: usize,
+        scratch: &'a mut Vec<u32>,
+    ) -> &'a [Self::Elem];
+
+    /// Packs a `[kc, cols]` block of `b` into this precision's panels, using `floats` and
+    /// `words` as buffers.
+    fn pack_b<'a>(
+        b: &(impl PackB + ?Sized),
+        pc: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        floats: &'a mut Vec<f32>,
+        words: &'a mut Vec<u32>,
+    ) -> &'a [Self::Elem];
+
+    /// `C[MR×NR] = (accumulate ? C : 0) + alpha · A_panel · B_panel`.
+    ///
+    /// # Safety
+    /// `a` and `b` hold `steps·MR` and `steps·NR` elements; C rows `0..MR` at stride `ldc`
+    /// hold NR writable floats; the CPU has [`Self::available`]'s features.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro(
+        steps: usize,
+        a: *const Self::Elem,
+        b: *const Self::Elem,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        accumulate: bool,
+    );
+}
+
+/// f32 panels and FMA: the reference precision.
+#[derive(Clone, Copy, Debug)]
+pub struct F32;
+
+/// bf16 pairs and `vdpbf16ps`, f32 accumulation (like PyTorch's bf16 autocast matmuls, but
+/// the outputs stay f32).
+#[derive(Clone, Copy, Debug)]
+pub struct Bf16;
+
+#[cfg(target_arch = "x86_64")]
+fn detect(bf16: bool) -> bool {
+    use std::sync::OnceLock;
+    static F: OnceLock<bool> = OnceLock::new();
+    static B: OnceLock<bool> = OnceLock::new();
+    if bf16 {
+        *B.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+        })
+    } else {
+        *F.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect(_: bool) -> bool {
     false
 }
 
-/// A B operand that can copy a `[kc, cols]` block of itself into NR-column panels
+impl Precision for F32 {
+    type Elem = f32;
+    const PAIR: usize = 1;
+    const KC: usize = 256;
+    const NC: usize = 512;
+
+    fn available() -> bool {
+        detect(false)
+    }
+
+    fn convert<'a>(src: &'a [f32], _: usize, _: usize, _: &'a mut Vec<u32>) -> &'a [f32] {
+        src
+    }
+
+    fn pack_b<'a>(
+        b: &(impl PackB + ?Sized),
+        pc: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        floats: &'a mut Vec<f32>,
+        _: &'a mut Vec<u32>,
+    ) -> &'a [f32] {
+        b.pack(pc, kc, j0, cols, floats);
+        floats
+    }
+
+    unsafe fn micro(
+        steps: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        accumulate: bool,
+    ) {
+        micro_f32(steps, a, b, c, ldc, alpha, accumulate)
+    }
+}
+
+impl Precision for Bf16 {
+    type Elem = u32;
+    const PAIR: usize = 2;
+    const KC: usize = 512;
+    const NC: usize = 256;
+
+    fn available() -> bool {
+        detect(true)
+    }
+
+    fn convert<'a>(src: &'a [f32], kc: usize, width: usize, out: &'a mut Vec<u32>) -> &'a [u32] {
+        let steps = Self::steps(kc);
+        let panels = src.len() / (kc * width).max(1);
+        reuse(out, panels * steps * width);
+        // SAFETY: only reached where `available()` holds (the callers check it).
+        unsafe { bf16_pairs(src, kc, width, out) };
+        out
+    }
+
+    fn pack_b<'a>(
+        b: &(impl PackB + ?Sized),
+        pc: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        floats: &'a mut Vec<f32>,
+        words: &'a mut Vec<u32>,
+    ) -> &'a [u32] {
+        b.pack_pairs(pc, kc, j0, cols, words, floats);
+        words
+    }
+
+    unsafe fn micro(
+        steps: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        accumulate: bool,
+    ) {
+        micro_bf16(steps, a, b, c, ldc, alpha, accumulate)
+    }
+}
+
+/// Whether this CPU runs our f32 kernel (otherwise callers use the gemm crate).
+pub fn available() -> bool {
+    F32::available()
+}
+
+/// f32 → bf16 bits, rounding to nearest even (finite inputs; the network has no NaN).
+#[inline(always)]
+pub(crate) fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16
+}
+
+/// Panels `[kc][width]` of f32 to `[ceil(kc/2)][width]` words holding (k even, k odd) as
+/// (low, high) bf16 halves; an odd last k is paired with zero.
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw"))]
+unsafe fn bf16_pairs(src: &[f32], kc: usize, width: usize, out: &mut [u32]) {
+    let steps = kc.div_ceil(2);
+    for (panel, dst) in src
+        .chunks_exact(kc * width)
+        .zip(out.chunks_exact_mut(steps * width))
+    {
+        for (s, row) in dst.chunks_exact_mut(width).enumerate() {
+            let lo = &panel[2 * s * width..][..width];
+            if 2 * s + 1 < kc {
+                let hi = &panel[(2 * s + 1) * width..][..width];
+                for ((o, &l), &h) in row.iter_mut().zip(lo).zip(hi) {
+                    *o = bf16_bits(l) | (bf16_bits(h) << 16);
+                }
+            } else {
+                for (o, &l) in row.iter_mut().zip(lo) {
+                    *o = bf16_bits(l);
+                }
+            }
+        }
+    }
+}
+
+/// A B operand that can copy a `[kc, cols]` block of itself into NR-column f32 panels
 /// `[kc][NR]` (zero-padded past `cols`): a strided matrix, or a convolution's input read as its
 /// im2col matrix without ever materialising that matrix.
 pub trait PackB: Sync {
     fn k(&self) -> usize;
     fn n(&self) -> usize;
     fn pack(&self, pc: usize, kc: usize, j0: usize, cols: usize, out: &mut Vec<f32>);
+
+    /// As [`PackB::pack`], into bf16 pair panels `[ceil(kc/2)][NR]` (see [`Bf16`]); by
+    /// default through f32 panels in `scratch`.
+    fn pack_pairs(
+        &self,
+        pc: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        out: &mut Vec<u32>,
+        scratch: &mut Vec<f32>,
+    ) {
+        self.pack(pc, kc, j0, cols, scratch);
+        Bf16::convert(scratch, kc, NR, out);
+    }
+}
+
+/// Writes the bf16 pairs of `lo` and `hi` (k rows 2s and 2s+1, `len` values each; `None`
+/// is zeros) as columns `t..t+len` of step `s` of pair panels `[steps][NR]`.
+///
+/// # Safety
+/// The CPU has AVX-512F and BW (only for speed: the loops are plain Rust).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw"))]
+pub(crate) unsafe fn write_pairs(
+    out: &mut [u32],
+    steps: usize,
+    s: usize,
+    mut t: usize,
+    lo: Option<&[f32]>,
+    hi: Option<&[f32]>,
+    len: usize,
+) {
+    let mut done = 0;
+    while done < len {
+        let slot = t % NR;
+        let take = (NR - slot).min(len - done);
+        let dst = &mut out[(t / NR) * steps * NR + s * NR + slot..][..take];
+        match (
+            lo.map(|x| &x[done..done + take]),
+            hi.map(|x| &x[done..done + take]),
+        ) {
+            (Some(l), Some(h)) => {
+                for ((d, &l), &h) in dst.iter_mut().zip(l).zip(h) {
+                    *d = bf16_bits(l) | (bf16_bits(h) << 16);
+                }
+            }
+            (Some(l), None) => {
+                for (d, &l) in dst.iter_mut().zip(l) {
+                    *d = bf16_bits(l);
+                }
+            }
+            (None, Some(h)) => {
+                for (d, &h) in dst.iter_mut().zip(h) {
+                    *d = bf16_bits(h) << 16;
+                }
+            }
+            (None, None) => dst.fill(0),
+        }
+        done += take;
+        t += take;
+    }
 }
 
 impl PackB for Mat<'_> {
@@ -70,21 +329,23 @@ impl PackB for Mat<'_> {
 }
 
 /// B packed once for reuse (attention's keys and values, linear layers' weights): for each
-/// k block, `ceil(n/NR)` panels of `[kc][NR]`.
-pub struct PackedB {
-    data: Vec<f32>,
+/// k block, `ceil(n/NR)` panels of `[steps(kc)][NR]`.
+pub struct PackedB<P: Precision = F32> {
+    data: Vec<P::Elem>,
     k: usize,
     n: usize,
 }
 
-impl PackedB {
+impl<P: Precision> PackedB<P> {
     pub fn pack(b: Mat) -> Self {
         let (k, n) = (b.rows, b.cols);
-        let mut data = Vec::with_capacity(n.div_ceil(NR) * NR * k);
-        let mut scratch = Vec::new();
-        for pc in (0..k).step_by(KC) {
-            b.pack(pc, KC.min(k - pc), 0, n, &mut scratch);
-            data.extend_from_slice(&scratch);
+        let mut data =
+            Vec::with_capacity(n.div_ceil(NR) * NR * P::steps(P::KC) * k.div_ceil(P::KC));
+        let (mut scratch, mut words) = (Vec::new(), Vec::new());
+        for pc in (0..k).step_by(P::KC) {
+            let kc = P::KC.min(k - pc);
+            b.pack(pc, kc, 0, n, &mut scratch);
+            data.extend_from_slice(P::convert(&scratch, kc, NR, &mut words));
         }
         Self { data, k, n }
     }
@@ -97,27 +358,31 @@ impl PackedB {
         self.n
     }
 
-    fn block(&self, pc: usize) -> &[f32] {
+    fn block(&self, pc: usize) -> &[P::Elem] {
         let panels = self.n.div_ceil(NR);
-        &self.data[pc * panels * NR..][..KC.min(self.k - pc) * panels * NR]
+        let start = (pc / P::KC) * P::steps(P::KC) * panels * NR;
+        &self.data[start..][..P::steps(P::KC.min(self.k - pc)) * panels * NR]
     }
 }
 
-/// A packed once (convolution weights): for each k block, `ceil(m/MR)` panels of `[kc][MR]`.
-pub struct PackedA {
-    data: Vec<f32>,
+/// A packed once (convolution weights): for each k block, `ceil(m/MR)` panels of
+/// `[steps(kc)][MR]`.
+pub struct PackedA<P: Precision = F32> {
+    data: Vec<P::Elem>,
     m: usize,
     k: usize,
 }
 
-impl PackedA {
+impl<P: Precision> PackedA<P> {
     pub fn pack(a: Mat) -> Self {
         let (m, k) = (a.rows, a.cols);
-        let mut data = Vec::with_capacity(m.div_ceil(MR) * MR * k);
-        let mut scratch = Vec::new();
-        for pc in (0..k).step_by(KC) {
-            pack_a(&a, 0, m, pc, KC.min(k - pc), &mut scratch);
-            data.extend_from_slice(&scratch);
+        let mut data =
+            Vec::with_capacity(m.div_ceil(MR) * MR * P::steps(P::KC) * k.div_ceil(P::KC));
+        let (mut scratch, mut words) = (Vec::new(), Vec::new());
+        for pc in (0..k).step_by(P::KC) {
+            let kc = P::KC.min(k - pc);
+            pack_a(&a, 0, m, pc, kc, &mut scratch);
+            data.extend_from_slice(P::convert(&scratch, kc, MR, &mut words));
         }
         Self { data, m, k }
     }
@@ -131,21 +396,27 @@ impl PackedA {
     }
 
     /// Panels `first..` of k block `pc`.
-    fn panels(&self, pc: usize, first: usize, count: usize) -> &[f32] {
-        let kc = KC.min(self.k - pc);
-        let start = pc * self.m.div_ceil(MR) * MR + first * kc * MR;
-        &self.data[start..][..count * kc * MR]
+    fn panels(&self, pc: usize, first: usize, count: usize) -> &[P::Elem] {
+        let steps = P::steps(P::KC.min(self.k - pc));
+        let block = (pc / P::KC) * P::steps(P::KC) * self.m.div_ceil(MR) * MR;
+        &self.data[block + first * steps * MR..][..count * steps * MR]
     }
 }
 
 /// The A operand of a product.
-#[derive(Clone, Copy)]
-pub enum AOperand<'a> {
+pub enum AOperand<'a, P: Precision = F32> {
     Plain(Mat<'a>),
-    Packed(&'a PackedA),
+    Packed(&'a PackedA<P>),
 }
 
-impl AOperand<'_> {
+impl<P: Precision> Clone for AOperand<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<P: Precision> Copy for AOperand<'_, P> {}
+
+impl<P: Precision> AOperand<'_, P> {
     fn rows(&self) -> usize {
         match self {
             Self::Plain(a) => a.rows,
@@ -161,15 +432,16 @@ impl AOperand<'_> {
 }
 
 /// Sizes a packing buffer to `len` without clearing it: packers write every element that
-/// feeds a kept output; padding rows/columns of a panel only produce discarded outputs.
-pub(crate) fn reuse(buf: &mut Vec<f32>, len: usize) {
+/// feeds a kept output; padding rows/columns of a panel only produce discarded outputs (bf16
+/// pairs two k values of one row or column, so this holds for it too).
+pub(crate) fn reuse<T: Copy + Default>(buf: &mut Vec<T>, len: usize) {
     if buf.len() < len {
-        buf.resize(len, 0.0);
+        buf.resize(len, T::default());
     }
     buf.truncate(len);
 }
 
-/// Packs rows `i0..i0+mc` and k range `pc..pc+kc` of A into MR-row panels `[kc][MR]`.
+/// Packs rows `i0..i0+mc` and k range `pc..pc+kc` of A into MR-row f32 panels `[kc][MR]`.
 fn pack_a(a: &Mat, i0: usize, mc: usize, pc: usize, kc: usize, out: &mut Vec<f32>) {
     let panels = mc.div_ceil(MR);
     reuse(out, panels * kc * MR);
@@ -177,27 +449,25 @@ fn pack_a(a: &Mat, i0: usize, mc: usize, pc: usize, kc: usize, out: &mut Vec<f32
         let rows = MR.min(mc - ip * MR);
         let base = (i0 + ip * MR) * a.row_stride + pc * a.col_stride;
         // k outer, rows inner: the panel is written sequentially from `rows` read streams.
-        if a.row_stride == 1 {
-            // Column-major A (attention's transposed scores): each k is a contiguous run.
-            for (p, slot) in panel.chunks_exact_mut(MR).enumerate() {
-                let at = base + p * a.col_stride;
-                slot[..rows].copy_from_slice(&a.data[at..at + rows]);
-            }
-            continue;
-        }
         for (p, slot) in panel.chunks_exact_mut(MR).enumerate() {
             let at = base + p * a.col_stride;
-            for (r, v) in slot[..rows].iter_mut().enumerate() {
-                *v = a.data[at + r * a.row_stride];
+            if a.row_stride == 1 {
+                // Column-major A (attention's transposed scores): each k is a contiguous run.
+                slot[..rows].copy_from_slice(&a.data[at..at + rows]);
+            } else {
+                for (r, v) in slot[..rows].iter_mut().enumerate() {
+                    *v = a.data[at + r * a.row_stride];
+                }
             }
         }
     }
 }
 
-fn check(dst: &MatMut, a: &AOperand, k: usize, n: usize) {
+fn check<P: Precision>(dst: &MatMut, a: &AOperand<P>, k: usize, n: usize) {
     assert!(
-        available(),
-        "matmul: AVX-512 kernel on a CPU without AVX-512"
+        P::available(),
+        "matmul: {} kernel on a CPU without its instructions",
+        std::any::type_name::<P>()
     );
     assert!(
         a.rows() == dst.rows && a.cols() == k && n == dst.cols,
@@ -222,43 +492,59 @@ fn empty_product(dst: &mut MatMut, accumulate: bool) {
     }
 }
 
+/// Each thread's packing buffers, kept between products: fresh megabyte buffers would be
+/// page-faulted in (and zeroed by the kernel) on every call.
+#[derive(Default)]
+struct Buffers {
+    b: Vec<f32>,
+    a: Vec<f32>,
+    b_words: Vec<u32>,
+    a_words: Vec<u32>,
+}
+
+thread_local! {
+    static PACK_BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::new(Buffers::default());
+}
+
 /// C rows `r0..r0+m` += alpha · A[r0.., pc..pc+kc] · B_block, for one packed k block of B.
 #[allow(clippy::too_many_arguments)]
-fn run_block(
+fn run_block<P: Precision>(
     dst: &mut MatMut,
-    a: &AOperand,
+    a: &AOperand<P>,
     r0: usize,
     pc: usize,
     kc: usize,
-    b_block: &[f32],
+    b_block: &[P::Elem],
     alpha: f32,
     accumulate: bool,
     a_pack: &mut Vec<f32>,
+    a_words: &mut Vec<u32>,
 ) {
     let (m, n) = (dst.rows, dst.cols);
+    let steps = P::steps(kc);
     let c = dst.data.as_mut_ptr();
     for i0 in (0..m).step_by(MC) {
         let mc = MC.min(m - i0);
-        let a_panels: &[f32] = match a {
+        let a_panels: &[P::Elem] = match a {
             AOperand::Plain(a) => {
                 pack_a(a, r0 + i0, mc, pc, kc, a_pack);
-                a_pack
+                P::convert(a_pack, kc, MR, a_words)
             }
             // Row offsets are multiples of MR for packed A (see `gemm`).
             AOperand::Packed(a) => a.panels(pc, (r0 + i0) / MR, mc.div_ceil(MR)),
         };
         for jp in 0..n.div_ceil(NR) {
-            let b_panel = &b_block[jp * kc * NR..][..kc * NR];
+            let b_panel = &b_block[jp * steps * NR..][..steps * NR];
             let cols = NR.min(n - jp * NR);
             for ip in 0..mc.div_ceil(MR) {
                 let rows = MR.min(mc - ip * MR);
-                let a_panel = &a_panels[ip * kc * MR..][..kc * MR];
+                let a_panel = &a_panels[ip * steps * MR..][..steps * MR];
                 // SAFETY: the tile (i0+ip·MR.., jp·NR..) of rows x cols lies in dst (checked
-                // by the callers); the panels hold kc·MR and kc·NR floats.
+                // by the callers); the panels hold steps·MR and steps·NR elements.
                 unsafe {
                     let tile = c.add((i0 + ip * MR) * dst.row_stride + jp * NR);
-                    tile_kernel(
-                        kc,
+                    tile_kernel::<P>(
+                        steps,
                         a_panel,
                         b_panel,
                         tile,
@@ -275,8 +561,14 @@ fn run_block(
 }
 
 /// Single-threaded product with a pre-packed B.
-pub fn gemm_packed(mut dst: MatMut, a: Mat, b: &PackedB, alpha: f32, accumulate: bool) {
-    let a = AOperand::Plain(a);
+pub fn gemm_packed<P: Precision>(
+    mut dst: MatMut,
+    a: Mat,
+    b: &PackedB<P>,
+    alpha: f32,
+    accumulate: bool,
+) {
+    let a = AOperand::<P>::Plain(a);
     check(&dst, &a, b.k, b.n);
     if dst.rows == 0 || dst.cols == 0 {
         return;
@@ -284,28 +576,37 @@ pub fn gemm_packed(mut dst: MatMut, a: Mat, b: &PackedB, alpha: f32, accumulate:
     if b.k == 0 {
         return empty_product(&mut dst, accumulate);
     }
-    let mut a_pack = Vec::new();
-    for pc in (0..b.k).step_by(KC) {
-        let kc = KC.min(b.k - pc);
-        run_block(
-            &mut dst,
-            &a,
-            0,
-            pc,
-            kc,
-            b.block(pc),
-            alpha,
-            accumulate || pc > 0,
-            &mut a_pack,
-        );
-    }
+    PACK_BUFFERS.with(|buffers| {
+        let buffers = &mut *buffers.borrow_mut();
+        for pc in (0..b.k).step_by(P::KC) {
+            let kc = P::KC.min(b.k - pc);
+            run_block(
+                &mut dst,
+                &a,
+                0,
+                pc,
+                kc,
+                b.block(pc),
+                alpha,
+                accumulate || pc > 0,
+                &mut buffers.a,
+                &mut buffers.a_words,
+            );
+        }
+    })
 }
 
 /// Multi-threaded product with a pre-packed B (linear layers): rows of C are split between
 /// rayon's threads.
-pub fn gemm_packed_rows(dst: MatMut, a: Mat, b: &PackedB, alpha: f32, accumulate: bool) {
+pub fn gemm_packed_rows<P: Precision>(
+    dst: MatMut,
+    a: Mat,
+    b: &PackedB<P>,
+    alpha: f32,
+    accumulate: bool,
+) {
     let m = dst.rows;
-    check(&dst, &AOperand::Plain(a), b.k, b.n);
+    check(&dst, &AOperand::<P>::Plain(a), b.k, b.n);
     let threads = rayon::current_num_threads().max(1);
     let chunk = m.div_ceil(threads).div_ceil(MR).max(1) * MR;
     let (row_stride, cols) = (dst.row_stride, dst.cols);
@@ -335,7 +636,13 @@ pub fn gemm_packed_rows(dst: MatMut, a: Mat, b: &PackedB, alpha: f32, accumulate
 
 /// Multi-threaded product: columns of C are split between rayon's threads; each packs its
 /// own columns of B one k block at a time (so the packed block stays in cache).
-pub fn gemm(dst: MatMut, a: AOperand, b: &impl PackB, alpha: f32, accumulate: bool) {
+pub fn gemm<P: Precision>(
+    dst: MatMut,
+    a: AOperand<P>,
+    b: &impl PackB,
+    alpha: f32,
+    accumulate: bool,
+) {
     let (m, n, k) = (dst.rows, dst.cols, a.cols());
     assert!(b.k() == k && b.n() == n, "matmul: shapes do not chain");
     check(&dst, &a, k, n);
@@ -367,7 +674,13 @@ pub fn gemm(dst: MatMut, a: AOperand, b: &impl PackB, alpha: f32, accumulate: bo
 }
 
 /// Single-threaded product (for use inside parallel loops).
-pub fn gemm_serial(dst: MatMut, a: AOperand, b: &impl PackB, alpha: f32, accumulate: bool) {
+pub fn gemm_serial<P: Precision>(
+    dst: MatMut,
+    a: AOperand<P>,
+    b: &impl PackB,
+    alpha: f32,
+    accumulate: bool,
+) {
     let (k, n) = (a.cols(), dst.cols);
     assert!(b.k() == k && b.n() == n, "matmul: shapes do not chain");
     check(&dst, &a, k, n);
@@ -375,7 +688,14 @@ pub fn gemm_serial(dst: MatMut, a: AOperand, b: &impl PackB, alpha: f32, accumul
 }
 
 /// `dst` = columns `j0..` of the product, packing B one k block at a time.
-fn columns(mut dst: MatMut, a: AOperand, b: &impl PackB, j0: usize, alpha: f32, accumulate: bool) {
+fn columns<P: Precision>(
+    mut dst: MatMut,
+    a: AOperand<P>,
+    b: &impl PackB,
+    j0: usize,
+    alpha: f32,
+    accumulate: bool,
+) {
     let (m, cols, k) = (dst.rows, dst.cols, a.cols());
     if m == 0 || cols == 0 {
         return;
@@ -384,35 +704,47 @@ fn columns(mut dst: MatMut, a: AOperand, b: &impl PackB, j0: usize, alpha: f32, 
         return empty_product(&mut dst, accumulate);
     }
     PACK_BUFFERS.with(|buffers| {
-        let (b_pack, a_pack) = &mut *buffers.borrow_mut();
+        let buffers = &mut *buffers.borrow_mut();
         let row_stride = dst.row_stride;
-        // NC columns at a time, so the C block being accumulated stays in L2 across k blocks.
-        for jc in (0..cols).step_by(NC) {
-            let width = NC.min(cols - jc);
+        for jc in (0..cols).step_by(P::NC) {
+            let width = P::NC.min(cols - jc);
             let mut block = MatMut::new(&mut dst.data[jc..], m, width, row_stride);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                b.pack(pc, kc, j0 + jc, width, b_pack);
+            for pc in (0..k).step_by(P::KC) {
+                let kc = P::KC.min(k - pc);
+                let b_block = P::pack_b(
+                    b,
+                    pc,
+                    kc,
+                    j0 + jc,
+                    width,
+                    &mut buffers.b,
+                    &mut buffers.b_words,
+                );
                 let acc = accumulate || pc > 0;
-                run_block(&mut block, &a, 0, pc, kc, b_pack, alpha, acc, a_pack);
+                run_block(
+                    &mut block,
+                    &a,
+                    0,
+                    pc,
+                    kc,
+                    b_block,
+                    alpha,
+                    acc,
+                    &mut buffers.a,
+                    &mut buffers.a_words,
+                );
             }
         }
     })
 }
 
-thread_local! {
-    /// Each thread's B and A packing buffers, kept between products: fresh megabyte buffers
-    /// would be page-faulted in (and zeroed by the kernel) on every call.
-    static PACK_BUFFERS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
 /// One MR x NR tile; partial tiles go through a scratch tile.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn tile_kernel(
-    kc: usize,
-    a: &[f32],
-    b: &[f32],
+unsafe fn tile_kernel<P: Precision>(
+    steps: usize,
+    a: &[P::Elem],
+    b: &[P::Elem],
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -421,12 +753,12 @@ unsafe fn tile_kernel(
     accumulate: bool,
 ) {
     if rows == MR && cols == NR {
-        micro_12x32(kc, a.as_ptr(), b.as_ptr(), c, ldc, alpha, accumulate);
+        P::micro(steps, a.as_ptr(), b.as_ptr(), c, ldc, alpha, accumulate);
         return;
     }
     let mut scratch = [0f32; MR * NR];
-    micro_12x32(
-        kc,
+    P::micro(
+        steps,
         a.as_ptr(),
         b.as_ptr(),
         scratch.as_mut_ptr(),
@@ -447,9 +779,36 @@ unsafe fn tile_kernel(
     }
 }
 
+/// Stores the accumulators: `C = (accumulate ? C : 0) + alpha · acc`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_tile(
+    acc: &[[std::arch::x86_64::__m512; 2]; MR],
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let alpha = _mm512_set1_ps(alpha);
+    for (i, row) in acc.iter().enumerate() {
+        let out = c.add(i * ldc);
+        for (h, v) in row.iter().enumerate() {
+            let dst = out.add(16 * h);
+            let v = _mm512_mul_ps(*v, alpha);
+            let v = if accumulate {
+                _mm512_add_ps(_mm512_loadu_ps(dst), v)
+            } else {
+                v
+            };
+            _mm512_storeu_ps(dst, v);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_12x32(
+unsafe fn micro_f32(
     kc: usize,
     a: *const f32,
     b: *const f32,
@@ -470,27 +829,55 @@ unsafe fn micro_12x32(
             row[1] = _mm512_fmadd_ps(av, b1, row[1]);
         }
     }
-    let alpha = _mm512_set1_ps(alpha);
-    for (i, row) in acc.iter().enumerate() {
-        let out = c.add(i * ldc);
-        for (h, v) in row.iter().enumerate() {
-            let dst = out.add(16 * h);
-            let v = _mm512_mul_ps(*v, alpha);
-            let v = if accumulate {
-                _mm512_add_ps(_mm512_loadu_ps(dst), v)
-            } else {
-                v
-            };
-            _mm512_storeu_ps(dst, v);
+    store_tile(&acc, c, ldc, alpha, accumulate);
+}
+
+/// The bf16 micro-kernel: per step, each A word (two k values of one row) is broadcast and
+/// `vdpbf16ps` adds both products into every column's f32 accumulator.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn micro_bf16(
+    steps: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for s in 0..steps {
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(s * NR).cast()));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(s * NR + 16).cast()));
+        let ap = a.add(s * MR);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+            row[0] = _mm512_dpbf16_ps(row[0], av, b0);
+            row[1] = _mm512_dpbf16_ps(row[1], av, b1);
         }
     }
+    store_tile(&acc, c, ldc, alpha, accumulate);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_12x32(
+unsafe fn micro_f32(
     _: usize,
     _: *const f32,
     _: *const f32,
+    _: *mut f32,
+    _: usize,
+    _: f32,
+    _: bool,
+) {
+    unreachable!("available() is false off x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn micro_bf16(
+    _: usize,
+    _: *const u32,
+    _: *const u32,
     _: *mut f32,
     _: usize,
     _: f32,
@@ -503,15 +890,22 @@ unsafe fn micro_12x32(
 mod tests {
     use super::*;
 
-    fn reference(m: usize, n: usize, k: usize, a: &Mat, b: &Mat) -> Vec<f32> {
+    /// The product in f64 of A and B with each input first passed through `round`.
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &Mat,
+        b: &Mat,
+        round: fn(f32) -> f32,
+    ) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
                 out[i * n + j] = (0..k)
                     .map(|p| {
-                        (a.data[i * a.row_stride + p * a.col_stride]
-                            * b.data[p * b.row_stride + j * b.col_stride])
-                            as f64
+                        round(a.data[i * a.row_stride + p * a.col_stride]) as f64
+                            * round(b.data[p * b.row_stride + j * b.col_stride]) as f64
                     })
                     .sum::<f64>() as f32;
             }
@@ -519,9 +913,9 @@ mod tests {
         out
     }
 
-    #[test]
-    fn matches_reference_for_odd_shapes_and_strides() {
-        if !available() {
+    /// Every entry point of precision `P` against the reference on inputs rounded by `round`.
+    fn matches_reference<P: Precision>(round: fn(f32) -> f32) {
+        if !P::available() {
             return;
         }
         for &(m, n, k) in &[
@@ -530,12 +924,13 @@ mod tests {
             (13, 33, 257),
             (100, 70, 600),
             (5, 200, 3),
+            (30, 40, 1100),
         ] {
             let av: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7 % 23) as f32 - 11.0) / 11.0)
+                .map(|i| ((i * 7 % 23) as f32 - 11.0) / 11.3)
                 .collect();
             let bv: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 5 % 19) as f32 - 9.0) / 9.0)
+                .map(|i| ((i * 5 % 19) as f32 - 9.0) / 9.7)
                 .collect();
             for transpose_b in [false, true] {
                 let a = Mat {
@@ -562,16 +957,19 @@ mod tests {
                         col_stride: 1,
                     }
                 };
-                let want = reference(m, n, k, &a, &b);
+                let want = reference(m, n, k, &a, &b, round);
                 let worst = |got: &[f32], times: f32| {
                     got.iter()
                         .zip(&want)
                         .map(|(x, y)| (x - times * y).abs())
                         .fold(0f32, f32::max)
                 };
-                let case = format!("{m}x{n}x{k} transposed B {transpose_b}");
+                let case = format!(
+                    "{} {m}x{n}x{k} transposed B {transpose_b}",
+                    std::any::type_name::<P>()
+                );
                 let mut got = vec![1f32; m * n];
-                let plain = AOperand::Plain(a);
+                let plain = AOperand::<P>::Plain(a);
                 gemm(MatMut::new(&mut got, m, n, n), plain, &b, 1.0, false);
                 assert!(worst(&got, 1.0) < 1e-3, "{case}: {}", worst(&got, 1.0));
                 // Accumulate with alpha 2 on top of the result: 3x.
@@ -582,7 +980,7 @@ mod tests {
                     worst(&got, 3.0)
                 );
                 // Pre-packed A, and pre-packed B split by rows.
-                let packed_a = PackedA::pack(a);
+                let packed_a = PackedA::<P>::pack(a);
                 gemm(
                     MatMut::new(&mut got, m, n, n),
                     AOperand::Packed(&packed_a),
@@ -598,7 +996,7 @@ mod tests {
                 gemm_packed_rows(
                     MatMut::new(&mut got, m, n, n),
                     a,
-                    &PackedB::pack(b),
+                    &PackedB::<P>::pack(b),
                     1.0,
                     false,
                 );
@@ -609,5 +1007,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn f32_matches_reference_for_odd_shapes_and_strides() {
+        matches_reference::<F32>(|x| x);
+    }
+
+    #[test]
+    fn bf16_is_exact_products_of_rounded_inputs() {
+        matches_reference::<Bf16>(|x| f32::from_bits(bf16_bits(x) << 16));
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3F80);
+        assert_eq!(bf16_bits(-2.5), 0xC020);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3F80);
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3F82);
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0 + 1.0 / 4096.0), 0x3F81);
     }
 }

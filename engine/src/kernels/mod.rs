@@ -65,7 +65,13 @@ impl<'a> MatMut<'a> {
 /// `dst = (accumulate ? dst : 0) + scale · lhs · rhs`, on all of rayon's threads.
 pub fn gemm_f32(dst: MatMut, lhs: Mat, rhs: Mat, scale: f32, accumulate: bool) {
     if matmul::available() {
-        return matmul::gemm(dst, matmul::AOperand::Plain(lhs), &rhs, scale, accumulate);
+        return matmul::gemm(
+            dst,
+            matmul::AOperand::<matmul::F32>::Plain(lhs),
+            &rhs,
+            scale,
+            accumulate,
+        );
     }
     gemm_with(
         dst,
@@ -80,7 +86,13 @@ pub fn gemm_f32(dst: MatMut, lhs: Mat, rhs: Mat, scale: f32, accumulate: bool) {
 /// As [`gemm_f32`], on the calling thread only (for use inside parallel loops).
 pub fn gemm_f32_serial(dst: MatMut, lhs: Mat, rhs: Mat, scale: f32, accumulate: bool) {
     if matmul::available() {
-        return matmul::gemm_packed(dst, lhs, &matmul::PackedB::pack(rhs), scale, accumulate);
+        return matmul::gemm_packed(
+            dst,
+            lhs,
+            &matmul::PackedB::<matmul::F32>::pack(rhs),
+            scale,
+            accumulate,
+        );
     }
     gemm_with(dst, lhs, rhs, scale, accumulate, gemm::Parallelism::None)
 }
