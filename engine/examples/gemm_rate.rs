@@ -43,12 +43,11 @@ fn main() {
             col_stride: 1,
         };
         let f = 2.0 * (m * n * k) as f64 / 1e9;
-        let fp32 = f / best_of(4, || ours::<F32>(&mut c, a_mat, b_mat));
+        let packed = PackedA::<F32>::pack(a_mat);
+        let fp32 = f / best_of(4, || ours(&mut c, &packed, b_mat));
         let bf16 = if Bf16::available() {
-            format!(
-                "{:.1}",
-                f / best_of(4, || ours::<Bf16>(&mut c, a_mat, b_mat))
-            )
+            let packed = PackedA::<Bf16>::pack(a_mat);
+            format!("{:.1}", f / best_of(4, || ours(&mut c, &packed, b_mat)))
         } else {
             "-".into()
         };
@@ -82,37 +81,9 @@ fn main() {
 }
 
 /// The convolution's product: A (the weights) packed once, B packed per call.
-fn ours<P: Precision>(c: &mut [f32], a: Mat, b: Mat) {
-    thread_local_packed::<P>(a, |packed| {
-        let (m, n) = (a.rows, b.cols);
-        matmul::gemm(
-            MatMut::new(c, m, n, n),
-            AOperand::Packed(packed),
-            &b,
-            1.0,
-            false,
-        );
-    });
-}
-
-/// Packs A once per shape (not timed after the first run).
-fn thread_local_packed<P: Precision>(a: Mat, f: impl FnOnce(&PackedA<P>)) {
-    use std::any::Any;
-    use std::cell::RefCell;
-    thread_local! {
-        static CACHE: RefCell<Vec<(usize, usize, Box<dyn Any>)>> = const { RefCell::new(Vec::new()) };
-    }
-    CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        let at = cache
-            .iter()
-            .position(|(m, k, p)| *m == a.rows && *k == a.cols && p.is::<PackedA<P>>());
-        let at = at.unwrap_or_else(|| {
-            cache.push((a.rows, a.cols, Box::new(PackedA::<P>::pack(a))));
-            cache.len() - 1
-        });
-        f(cache[at].2.downcast_ref().expect("checked type"));
-    });
+fn ours<P: Precision>(c: &mut [f32], a: &PackedA<P>, b: Mat) {
+    let (m, n) = (a.rows(), b.cols);
+    matmul::gemm(MatMut::new(c, m, n, n), AOperand::Packed(a), &b, 1.0, false);
 }
 
 fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
