@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
 use super::matmul::{self, AOperand, Bf16, PackedA, PackedB, Precision, F32};
-use super::simd::{exp, vectorized};
+use super::simd::{exp, multiversion};
 use super::{contiguous, gemm_f32_serial, Mat, MatMut, SendPtr};
 
 pub struct AttentionOp {
@@ -112,11 +112,7 @@ fn attention<P: Precision>(
                 };
                 let scores = &mut scores[..rows * sk];
                 gemm_f32_serial(MatMut::new(scores, rows, sk, sk), q_tile, k_t, scale, false);
-                vectorized(|| {
-                    for (row, inv) in scores.chunks_mut(sk).zip(inv_sums.iter_mut()) {
-                        *inv = 1.0 / softmax_unnormalized(row);
-                    }
-                });
+                softmax_rows(scores, sk, inv_sums);
                 let out = out_tile(b, h, q0, rows);
                 let probs = Mat {
                     data: scores,
@@ -172,7 +168,7 @@ fn attention<P: Precision>(
                 scale,
                 false,
             );
-            vectorized(|| softmax_columns(scores_t, rows, &mut max[..rows], &mut inv_sums[..rows]));
+            softmax_columns(scores_t, rows, &mut max[..rows], &mut inv_sums[..rows]);
             let out = out_tile(b, h, q0, rows);
             let probs = Mat {
                 data: scores_t,
@@ -214,9 +210,9 @@ fn normalize(out: &mut [f32], inv_sums: &[f32], rows: usize, width: usize, d: us
     }
 }
 
+multiversion! {
 /// Softmax numerators of each column of `s [sk, cols]` in place; `inv_sums[c]` gets
 /// 1 / (column c's sum). Every loop runs along a row, so it vectorises across columns.
-#[inline(always)]
 fn softmax_columns(s: &mut [f32], cols: usize, max: &mut [f32], inv_sums: &mut [f32]) {
     max.fill(f32::NEG_INFINITY);
     for row in s.chunks_exact(cols) {
@@ -234,6 +230,17 @@ fn softmax_columns(s: &mut [f32], cols: usize, max: &mut [f32], inv_sums: &mut [
     for sum in inv_sums.iter_mut() {
         *sum = 1.0 / *sum;
     }
+}
+}
+
+multiversion! {
+/// Softmax numerators of each row of `s [rows, sk]` in place; `inv_sums[r]` gets 1 / (row r's
+/// sum) (the path without our GEMM).
+fn softmax_rows(s: &mut [f32], sk: usize, inv_sums: &mut [f32]) {
+    for (row, inv) in s.chunks_mut(sk).zip(inv_sums.iter_mut()) {
+        *inv = 1.0 / softmax_unnormalized(row);
+    }
+}
 }
 
 /// Replaces `row` by `exp(row - max(row))` and returns its sum. Lane-wise accumulators keep

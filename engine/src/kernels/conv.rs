@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
 use super::matmul::{self, write_pairs, AOperand, PackB, PackedA, Precision, F32, NR};
-use super::{contiguous, gemm_f32, Mat, MatMut};
+use super::{contiguous, fill, gemm_f32, par_filled, Mat, MatMut};
 
 /// Column matrices (fallback path) are built in tiles of at most this many floats (16 MiB).
 const COL_BUDGET: usize = 4 << 20;
@@ -455,22 +455,19 @@ fn conv<P: Precision>(
     col_budget: usize,
 ) -> Vec<f32> {
     let hw_out = g.ho * g.wo;
-    let mut out = vec![0f32; g.batch * g.cout * hw_out];
     // The output starts as bias (+ extra); the products accumulate onto it.
-    out.par_chunks_mut(hw_out.max(1))
-        .enumerate()
-        .for_each(|(plane_index, plane)| {
-            let b = bias[plane_index % g.cout];
-            match extra {
-                Some(e) if e.len() == g.batch * g.cout => plane.fill(b + e[plane_index]),
-                Some(e) => {
-                    for (o, v) in plane.iter_mut().zip(&e[plane_index * hw_out..]) {
-                        *o = b + v;
-                    }
+    let mut out = par_filled(g.batch * g.cout * hw_out, hw_out, |plane_index, plane| {
+        let b = bias[plane_index % g.cout];
+        match extra {
+            Some(e) if e.len() == g.batch * g.cout => fill(plane, b + e[plane_index]),
+            Some(e) => {
+                for (o, v) in plane.iter_mut().zip(&e[plane_index * hw_out..]) {
+                    o.write(b + v);
                 }
-                None => plane.fill(b),
             }
-        });
+            None => fill(plane, b),
+        }
+    });
     let image_out = g.cout * hw_out;
 
     let packed = match w {

@@ -5,8 +5,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 use super::matmul::{self, PackedB, Precision};
-use super::simd::{gelu, vectorized};
-use super::{contiguous, gemm_f32, Mat, MatMut};
+use super::simd::{gelu, multiversion};
+use super::{contiguous, gemm_f32, par_filled, Mat, MatMut};
 
 /// `x[..., :n] * gelu(x[..., n:])` for `x [..., 2n]` (diffusers' GEGLU, exact GELU).
 pub struct GegluOp;
@@ -32,14 +32,19 @@ impl CustomOp1 for GegluOp {
             .zip(x.par_chunks(2 * n.max(1)))
             .for_each(|(dst, src)| {
                 let (h, gate) = src.split_at(n);
-                vectorized(|| {
-                    for ((d, h), g) in dst.iter_mut().zip(h).zip(gate) {
-                        *d = h * gelu(*g);
-                    }
-                })
+                geglu_row(dst, h, gate)
             });
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
+}
+
+multiversion! {
+/// `dst = h * gelu(gate)`, element-wise.
+fn geglu_row(dst: &mut [f32], h: &[f32], gate: &[f32]) {
+    for ((d, h), g) in dst.iter_mut().zip(h).zip(gate) {
+        *d = h * gelu(*g);
+    }
+}
 }
 
 /// `[B, M, N]` to `[B, N, M]`, contiguous, in cache-sized blocks.
@@ -172,9 +177,11 @@ fn biased_output(
     }
     let rows = len / ins.max(1);
     *dims.last_mut().expect("checked above") = outs;
-    let mut out = vec![0f32; rows * outs];
-    out.par_chunks_mut(outs.max(1))
-        .for_each(|r| r.copy_from_slice(bias));
+    let out = par_filled(rows * outs, outs, |_, row| {
+        for (o, b) in row.iter_mut().zip(bias) {
+            o.write(*b);
+        }
+    });
     Ok((out, rows, dims))
 }
 

@@ -259,10 +259,36 @@ pub trait PackB: Sync {
 /// is zeros) as columns `t..t+len` of step `s` of pair panels `[steps][NR]`.
 ///
 /// # Safety
-/// The CPU has AVX-512F and BW (only for speed: the loops are plain Rust).
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw"))]
+/// The CPU has AVX-512F (this packs only for the bf16 kernel, which needs more).
 pub(crate) unsafe fn write_pairs(
     out: &mut [u32],
+    steps: usize,
+    s: usize,
+    t: usize,
+    lo: Option<&[f32]>,
+    hi: Option<&[f32]>,
+    len: usize,
+) {
+    if len == 0 {
+        return;
+    }
+    let last = t + len - 1;
+    assert!(
+        (last / NR) * steps * NR + s * NR + last % NR < out.len()
+            && lo.is_none_or(|x| x.len() >= len)
+            && hi.is_none_or(|x| x.len() >= len),
+        "write_pairs: out of bounds"
+    );
+    pairs_avx512(out.as_mut_ptr(), steps, s, t, lo, hi, len)
+}
+
+/// [`write_pairs`] 16 columns at a time: round both rows (integer add of the rounding bias,
+/// as [`bf16_bits`]), keep the low row's high half in the low 16 bits and the high row's in
+/// the high 16 bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pairs_avx512(
+    out: *mut u32,
     steps: usize,
     s: usize,
     mut t: usize,
@@ -270,35 +296,51 @@ pub(crate) unsafe fn write_pairs(
     hi: Option<&[f32]>,
     len: usize,
 ) {
+    use std::arch::x86_64::*;
+    let (bias, one) = (_mm512_set1_epi32(0x7FFF), _mm512_set1_epi32(1));
+    let round = |x: __m512i| {
+        _mm512_add_epi32(
+            _mm512_add_epi32(x, bias),
+            _mm512_and_si512(_mm512_srli_epi32::<16>(x), one),
+        )
+    };
+    let high_half = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+    let load = |src: Option<&[f32]>, at: usize, mask: __mmask16| match src {
+        Some(x) => _mm512_maskz_loadu_epi32(mask, x.as_ptr().add(at).cast()),
+        None => _mm512_setzero_si512(),
+    };
     let mut done = 0;
     while done < len {
         let slot = t % NR;
         let take = (NR - slot).min(len - done);
-        let dst = &mut out[(t / NR) * steps * NR + s * NR + slot..][..take];
-        match (
-            lo.map(|x| &x[done..done + take]),
-            hi.map(|x| &x[done..done + take]),
-        ) {
-            (Some(l), Some(h)) => {
-                for ((d, &l), &h) in dst.iter_mut().zip(l).zip(h) {
-                    *d = bf16_bits(l) | (bf16_bits(h) << 16);
-                }
-            }
-            (Some(l), None) => {
-                for (d, &l) in dst.iter_mut().zip(l) {
-                    *d = bf16_bits(l);
-                }
-            }
-            (None, Some(h)) => {
-                for (d, &h) in dst.iter_mut().zip(h) {
-                    *d = bf16_bits(h) << 16;
-                }
-            }
-            (None, None) => dst.fill(0),
+        let dst = out.add((t / NR) * steps * NR + s * NR + slot);
+        let mut i = 0;
+        while i < take {
+            let n = (take - i).min(16);
+            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            let l = round(load(lo, done + i, mask));
+            let h = round(load(hi, done + i, mask));
+            let words = _mm512_or_si512(_mm512_srli_epi32::<16>(l), _mm512_and_si512(h, high_half));
+            // Zero rows stay zero: round(0) = 0x7FFF, whose high half is 0.
+            _mm512_mask_storeu_epi32(dst.add(i).cast(), mask, words);
+            i += n;
         }
         done += take;
         t += take;
     }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pairs_avx512(
+    _: *mut u32,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: Option<&[f32]>,
+    _: Option<&[f32]>,
+    _: usize,
+) {
+    unreachable!("the bf16 kernel runs on x86-64 only")
 }
 
 impl PackB for Mat<'_> {
@@ -451,8 +493,12 @@ fn pack_a(a: &Mat, i0: usize, mc: usize, pc: usize, kc: usize, out: &mut Vec<f32
         // k outer, rows inner: the panel is written sequentially from `rows` read streams.
         for (p, slot) in panel.chunks_exact_mut(MR).enumerate() {
             let at = base + p * a.col_stride;
-            if a.row_stride == 1 {
-                // Column-major A (attention's transposed scores): each k is a contiguous run.
+            if a.row_stride == 1 && rows == MR {
+                // Column-major A (attention's transposed scores): each k is a contiguous run,
+                // copied as a fixed-size array (inline moves, not a memmove call).
+                let slot: &mut [f32; MR] = slot.try_into().expect("MR floats");
+                slot.copy_from_slice(&a.data[at..at + MR]);
+            } else if a.row_stride == 1 {
                 slot[..rows].copy_from_slice(&a.data[at..at + rows]);
             } else {
                 for (r, v) in slot[..rows].iter_mut().enumerate() {

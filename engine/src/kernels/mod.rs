@@ -145,6 +145,34 @@ fn gemm_with(
     }
 }
 
+/// A vector of `len` floats whose `chunk`-sized pieces are initialised by `init(index, piece)`
+/// in parallel: no zeroing pass first (the allocator would otherwise clear memory that is
+/// about to be overwritten; for a VAE layer that is hundreds of MB). `init` must write every
+/// element of its piece.
+pub(crate) fn par_filled(
+    len: usize,
+    chunk: usize,
+    init: impl Fn(usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, piece)| init(i, piece));
+    // SAFETY: the callers' `init` writes every element of every piece, and the pieces cover
+    // `0..len` of the capacity.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// Writes `value` to every element.
+pub(crate) fn fill(piece: &mut [std::mem::MaybeUninit<f32>], value: f32) {
+    for v in piece {
+        v.write(value);
+    }
+}
+
 /// A raw pointer that parallel tasks share to write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);

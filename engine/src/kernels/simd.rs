@@ -1,29 +1,51 @@
 //! Vectorisable scalar math and runtime CPU dispatch for the element-wise kernels.
 //!
 //! The crate is built for baseline x86-64 (SSE2), so loops would only ever get 4-wide vectors.
-//! [`vectorized`] runs a closure inside a function compiled for AVX-512 (or AVX2+FMA) when the
-//! CPU has it; the `#[inline(always)]` helpers below are written branch-free so LLVM turns the
-//! loops that call them into full-width SIMD there. gemm does its own dispatch.
+//! [`multiversion`] compiles a kernel for AVX-512 (or AVX2+FMA) too and picks one at run time;
+//! the `#[inline(always)]` helpers below are written branch-free so LLVM turns the loops that
+//! call them into full-width SIMD there. The GEMM has its own micro-kernels.
 
-/// Runs `f` compiled for the widest vector ISA this CPU supports.
-#[inline(always)]
-pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if avx512() {
-            // SAFETY: the CPU supports every feature the callee is compiled for.
-            return unsafe { run_avx512(f) };
+/// Defines a function whose body is compiled three times (AVX-512, AVX2+FMA, baseline) and
+/// dispatched at run time on what the CPU has. The body is an `#[inline(always)]` inner
+/// function, so it is always compiled with the wrapper's features; a closure handed to a
+/// `#[target_feature]` function is not (LLVM may leave it out of line, at SSE2 width, which
+/// is how the attention softmax and group norm once ran 4-wide).
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,bmi2")]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                if $crate::kernels::simd::has_avx512() {
+                    // SAFETY: the CPU supports every feature `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if $crate::kernels::simd::has_avx2() {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
         }
-        if avx2() {
-            // SAFETY: as above.
-            return unsafe { run_avx2(f) };
-        }
-    }
-    f()
+    };
 }
+pub(crate) use multiversion;
 
+/// Whether the CPU has the AVX-512 subset [`multiversion`] compiles for.
 #[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
+pub(crate) fn has_avx512() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
@@ -32,28 +54,20 @@ fn avx512() -> bool {
             && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("bmi2")
     })
 }
 
+/// Whether the CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("bmi2")
     })
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")]
-unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,bmi2")]
-unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
 }
 
 /// e^x for f32, branch-free (Cephes `expf`: range reduction by ln 2 and a degree-5
@@ -141,10 +155,19 @@ mod tests {
         assert!((silu(2.0) - 1.761_594_2).abs() < 2e-7);
     }
 
+    multiversion! {
+        fn exps(out: &mut [f32]) {
+            for (i, v) in out.iter_mut().enumerate() {
+                *v = exp(i as f32 / 10.0);
+            }
+        }
+    }
+
     #[test]
-    fn vectorized_runs_the_closure() {
-        let v: Vec<f32> = vectorized(|| (0..100).map(|i| exp(i as f32 / 10.0)).collect());
-        assert_eq!(v.len(), 100);
+    fn multiversion_runs_the_body() {
+        let mut v = vec![0f32; 100];
+        exps(&mut v);
         assert!((v[10] - std::f32::consts::E).abs() < 1e-6);
+        assert!((v[99] - 9.9f32.exp()).abs() < 1e-6 * 9.9f32.exp());
     }
 }
