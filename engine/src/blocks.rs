@@ -283,12 +283,7 @@ impl SpatialTransformer {
 #[derive(Debug)]
 pub struct VaeAttention {
     norm: GroupNorm,
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
-    heads: usize,
-    scale: f64,
+    attention: CrossAttention,
 }
 
 impl VaeAttention {
@@ -306,29 +301,21 @@ impl VaeAttention {
         };
         Ok(Self {
             norm: GroupNorm::load(vb.pp(norm_name), groups, channels, eps)?,
-            to_q: Linear::load_flexible(vb.pp(q), channels, channels)?,
-            to_k: Linear::load_flexible(vb.pp(k), channels, channels)?,
-            to_v: Linear::load_flexible(vb.pp(v), channels, channels)?,
-            to_out: Linear::load_flexible(vb.pp(o), channels, channels)?,
-            heads: 1,
-            scale: 1.0 / (channels as f64).sqrt(),
+            attention: CrossAttention {
+                to_q: Linear::load_flexible(vb.pp(q), channels, channels)?,
+                to_k: Linear::load_flexible(vb.pp(k), channels, channels)?,
+                to_v: Linear::load_flexible(vb.pp(v), channels, channels)?,
+                to_out: Linear::load_flexible(vb.pp(o), channels, channels)?,
+                heads: 1,
+                scale: 1.0 / (channels as f64).sqrt(),
+            },
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let tokens = layers::to_tokens(&self.norm.forward(x)?)?;
-        let q = self.to_q.forward(&tokens)?;
-        let k = self.to_k.forward(&tokens)?;
-        let v = self.to_v.forward(&tokens)?;
-        let out = self.to_out.forward(&layers::attention(
-            &q,
-            &k,
-            &v,
-            self.heads,
-            self.scale,
-            self.to_q.precision(),
-        )?)?;
+        let out = self.attention.forward(&tokens, None)?;
         layers::from_tokens(&out, h, w)? + x
     }
 }

@@ -62,10 +62,12 @@ pub trait Precision: Copy + Send + Sync + 'static {
         words: &'a mut Vec<u32>,
     ) -> &'a [Self::Elem];
 
-    /// `C[MR×NR] = (accumulate ? C : 0) + alpha · A_panel · B_panel`.
+    /// `C[R×NR] = (accumulate ? C : 0) + alpha · A_panel[..R] · B_panel` for the first
+    /// `R = rows` of the panel's MR rows; `rows` is 4, 8 or 12 (a panel's only partial
+    /// heights in SD's networks, whose channel counts are multiples of 4).
     ///
     /// # Safety
-    /// `a` and `b` hold `steps·MR` and `steps·NR` elements; C rows `0..MR` at stride `ldc`
+    /// `a` and `b` hold `steps·MR` and `steps·NR` elements; C rows `0..rows` at stride `ldc`
     /// hold NR writable floats; the CPU has [`Self::available`]'s features.
     #[allow(clippy::too_many_arguments)]
     unsafe fn micro(
@@ -76,6 +78,7 @@ pub trait Precision: Copy + Send + Sync + 'static {
         ldc: usize,
         alpha: f32,
         accumulate: bool,
+        rows: usize,
     );
 }
 
@@ -144,8 +147,14 @@ impl Precision for F32 {
         ldc: usize,
         alpha: f32,
         accumulate: bool,
+        rows: usize,
     ) {
-        micro_f32(steps, a, b, c, ldc, alpha, accumulate)
+        match rows {
+            12 => micro_f32::<12>(steps, a, b, c, ldc, alpha, accumulate),
+            8 => micro_f32::<8>(steps, a, b, c, ldc, alpha, accumulate),
+            4 => micro_f32::<4>(steps, a, b, c, ldc, alpha, accumulate),
+            _ => unreachable!("micro-kernel heights are 4, 8 and 12"),
+        }
     }
 }
 
@@ -189,8 +198,14 @@ impl Precision for Bf16 {
         ldc: usize,
         alpha: f32,
         accumulate: bool,
+        rows: usize,
     ) {
-        micro_bf16(steps, a, b, c, ldc, alpha, accumulate)
+        match rows {
+            12 => micro_bf16::<12>(steps, a, b, c, ldc, alpha, accumulate),
+            8 => micro_bf16::<8>(steps, a, b, c, ldc, alpha, accumulate),
+            4 => micro_bf16::<4>(steps, a, b, c, ldc, alpha, accumulate),
+            _ => unreachable!("micro-kernel heights are 4, 8 and 12"),
+        }
     }
 }
 
@@ -798,8 +813,19 @@ unsafe fn tile_kernel<P: Precision>(
     alpha: f32,
     accumulate: bool,
 ) {
-    if rows == MR && cols == NR {
-        P::micro(steps, a.as_ptr(), b.as_ptr(), c, ldc, alpha, accumulate);
+    if cols == NR && matches!(rows, 4 | 8 | 12) {
+        // Whole columns and a kernel of this height: straight into C (a 128-channel layer
+        // ends in an 8-row panel, which would otherwise cost 12 rows and a copy).
+        P::micro(
+            steps,
+            a.as_ptr(),
+            b.as_ptr(),
+            c,
+            ldc,
+            alpha,
+            accumulate,
+            rows,
+        );
         return;
     }
     let mut scratch = [0f32; MR * NR];
@@ -811,6 +837,7 @@ unsafe fn tile_kernel<P: Precision>(
         NR,
         alpha,
         false,
+        MR,
     );
     for r in 0..rows {
         let out = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
@@ -828,8 +855,8 @@ unsafe fn tile_kernel<P: Precision>(
 /// Stores the accumulators: `C = (accumulate ? C : 0) + alpha · acc`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn store_tile(
-    acc: &[[std::arch::x86_64::__m512; 2]; MR],
+unsafe fn store_tile<const R: usize>(
+    acc: &[[std::arch::x86_64::__m512; 2]; R],
     c: *mut f32,
     ldc: usize,
     alpha: f32,
@@ -854,7 +881,7 @@ unsafe fn store_tile(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro_f32(
+unsafe fn micro_f32<const R: usize>(
     kc: usize,
     a: *const f32,
     b: *const f32,
@@ -864,7 +891,7 @@ unsafe fn micro_f32(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for p in 0..kc {
         let b0 = _mm512_loadu_ps(b.add(p * NR));
         let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
@@ -882,7 +909,7 @@ unsafe fn micro_f32(
 /// `vdpbf16ps` adds both products into every column's f32 accumulator.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn micro_bf16(
+unsafe fn micro_bf16<const R: usize>(
     steps: usize,
     a: *const u32,
     b: *const u32,
@@ -892,7 +919,7 @@ unsafe fn micro_bf16(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for s in 0..steps {
         let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(s * NR).cast()));
         let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(s * NR + 16).cast()));
@@ -907,7 +934,7 @@ unsafe fn micro_bf16(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_f32(
+unsafe fn micro_f32<const R: usize>(
     _: usize,
     _: *const f32,
     _: *const f32,
@@ -920,7 +947,7 @@ unsafe fn micro_f32(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn micro_bf16(
+unsafe fn micro_bf16<const R: usize>(
     _: usize,
     _: *const u32,
     _: *const u32,
