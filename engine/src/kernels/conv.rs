@@ -8,7 +8,9 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::matmul::{self, write_pairs, AOperand, PackB, PackedA, Precision, F32, NR};
+use super::matmul::{
+    self, write_bf16_pairs, write_pairs, AOperand, PackB, PackedA, Precision, F32, NR,
+};
 use super::{contiguous, fill, gemm_f32, par_filled, Mat, MatMut};
 
 /// Column matrices (fallback path) are built in tiles of at most this many floats (16 MiB).
@@ -227,6 +229,9 @@ impl<P: Precision> PackedConv2dOp<'_, P> {
 struct Im2Col<'a> {
     g: &'a Geometry,
     x: &'a [f32],
+    /// `x` already rounded to bf16 (for the bf16 kernel): each value is packed up to nine
+    /// times, so rounding once first halves the packer's work and the bytes it reads.
+    x16: Option<&'a [u16]>,
     first_image: usize,
     images: usize,
 }
@@ -247,7 +252,7 @@ impl PackB for Im2Col<'_> {
         let mut row = vec![0f32; self.g.wo];
         for p in 0..kc {
             for run in self.runs(j0, cols) {
-                let win = self.window(pc + p, run, &mut row);
+                let win = self.window(self.x, pc + p, run, &mut row);
                 for_each_segment([win], run, |t, [src], len| {
                     scatter_into_panels(out, kc, p, t - j0, src, len)
                 });
@@ -267,13 +272,31 @@ impl PackB for Im2Col<'_> {
     ) {
         let steps = kc.div_ceil(2);
         super::matmul::reuse(out, cols.div_ceil(NR) * NR * steps);
+        if let Some(x16) = self.x16 {
+            let (mut lo_row, mut hi_row) = (vec![0u16; self.g.wo], vec![0u16; self.g.wo]);
+            for s in 0..steps {
+                let (lo, hi) = (pc + 2 * s, pc + 2 * s + 1);
+                for run in self.runs(j0, cols) {
+                    let lo = self.window(x16, lo, run, &mut lo_row);
+                    let hi = match hi < pc + kc {
+                        true => self.window(x16, hi, run, &mut hi_row),
+                        false => Window::ZERO,
+                    };
+                    for_each_segment([lo, hi], run, |t, [lo, hi], len| {
+                        // SAFETY: only packed for the bf16 kernel, which needs AVX-512 BW.
+                        unsafe { write_bf16_pairs(out, steps, s, t - j0, lo, hi, len) }
+                    });
+                }
+            }
+            return;
+        }
         let (mut lo_row, mut hi_row) = (vec![0f32; self.g.wo], vec![0f32; self.g.wo]);
         for s in 0..steps {
             let (lo, hi) = (pc + 2 * s, pc + 2 * s + 1);
             for run in self.runs(j0, cols) {
-                let lo = self.window(lo, run, &mut lo_row);
+                let lo = self.window(self.x, lo, run, &mut lo_row);
                 let hi = match hi < pc + kc {
-                    true => self.window(hi, run, &mut hi_row),
+                    true => self.window(self.x, hi, run, &mut hi_row),
                     false => Window::ZERO,
                 };
                 for_each_segment([lo, hi], run, |t, [lo, hi], len| {
@@ -298,15 +321,21 @@ struct Run {
 
 /// Where an im2col row's values along an output row come from: `data[ox + shift]` for `ox`
 /// in `first..last`, zero (padding) elsewhere.
-#[derive(Clone, Copy)]
-struct Window<'s> {
-    data: &'s [f32],
+struct Window<'s, T> {
+    data: &'s [T],
     shift: isize,
     first: usize,
     last: usize,
 }
 
-impl Window<'_> {
+impl<T> Clone for Window<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Window<'_, T> {}
+
+impl<T> Window<'_, T> {
     const ZERO: Self = Window {
         data: &[],
         shift: 0,
@@ -317,10 +346,10 @@ impl Window<'_> {
 
 /// Splits `run` where any window starts or ends, and calls `emit(j, values, len)` per piece
 /// with each window's values (`None`: zeros).
-fn for_each_segment<'s, const N: usize>(
-    windows: [Window<'s>; N],
+fn for_each_segment<'s, T, const N: usize>(
+    windows: [Window<'s, T>; N],
     run: Run,
-    mut emit: impl FnMut(usize, [Option<&'s [f32]>; N], usize),
+    mut emit: impl FnMut(usize, [Option<&'s [T]>; N], usize),
 ) {
     let end = run.ox0 + run.len;
     let mut a = run.ox0;
@@ -365,16 +394,22 @@ impl Im2Col<'_> {
         })
     }
 
-    /// Im2col row `r` along `run`'s output row: the input row itself with stride 1 (no
-    /// copy), else gathered into `row`.
-    fn window<'s>(&'s self, r: usize, run: Run, row: &'s mut [f32]) -> Window<'s> {
+    /// Im2col row `r` along `run`'s output row, from `x` (the input, or its bf16 copy): the
+    /// input row itself with stride 1 (no copy), else gathered into `row`.
+    fn window<'s, T: Copy + Default>(
+        &self,
+        x: &'s [T],
+        r: usize,
+        run: Run,
+        row: &'s mut [T],
+    ) -> Window<'s, T> {
         let g = self.g;
         let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
         let iy = (run.oy * g.stride + ky) as isize - g.pad as isize;
         if iy < 0 || iy as usize >= g.h {
             return Window::ZERO;
         }
-        let input = &self.x[((run.img * g.cin + ci) * g.h + iy as usize) * g.w..][..g.w];
+        let input = &x[((run.img * g.cin + ci) * g.h + iy as usize) * g.w..][..g.w];
         if g.stride == 1 {
             let first = g.pad.saturating_sub(kx).min(g.wo);
             let last = (g.w + g.pad).saturating_sub(kx).min(g.wo).max(first);
@@ -426,19 +461,19 @@ fn scatter_into_panels(
 }
 
 /// One output row's values of im2col row (ci, ky, kx): `out[ox] = input[ox·s + kx - pad]`.
-fn im2col_row(g: &Geometry, input: &[f32], kx: usize, out: &mut [f32]) {
+fn im2col_row<T: Copy + Default>(g: &Geometry, input: &[T], kx: usize, out: &mut [T]) {
     if g.stride == 1 {
         let first = g.pad.saturating_sub(kx).min(g.wo);
         let last = (g.w + g.pad).saturating_sub(kx).min(g.wo).max(first);
-        out[..first].fill(0.0);
-        out[last..].fill(0.0);
+        out[..first].fill(T::default());
+        out[last..].fill(T::default());
         let src0 = first + kx - g.pad;
         out[first..last].copy_from_slice(&input[src0..src0 + (last - first)]);
     } else {
         for (ox, v) in out.iter_mut().enumerate() {
             let ix = (ox * g.stride + kx) as isize - g.pad as isize;
             *v = if ix < 0 || ix >= g.w as isize {
-                0.0
+                T::default()
             } else {
                 input[ix as usize]
             };
@@ -479,6 +514,9 @@ fn conv<P: Precision>(
         }
     };
     let a = AOperand::Packed(packed);
+    // The bf16 kernel (two k values per panel word) reads a copy rounded once.
+    let rounded = (P::PAIR == 2 && !g.pointwise()).then(|| matmul::to_bf16(x));
+    let x16 = rounded.as_deref();
     if g.pointwise() {
         pointwise(g, x, &mut out, |dst, rhs| {
             matmul::gemm(dst, a, &rhs, 1.0, true)
@@ -490,6 +528,7 @@ fn conv<P: Precision>(
         let source = Im2Col {
             g,
             x,
+            x16,
             first_image: 0,
             images: g.batch,
         };
@@ -500,6 +539,7 @@ fn conv<P: Precision>(
             let source = Im2Col {
                 g,
                 x,
+                x16,
                 first_image: b,
                 images: 1,
             };

@@ -100,6 +100,7 @@ fn detect(bf16: bool) -> bool {
         *B.get_or_init(|| {
             std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512bf16")
         })
     } else {
@@ -343,6 +344,97 @@ unsafe fn pairs_avx512(
         done += take;
         t += take;
     }
+}
+
+/// `x` rounded to bf16 (the high halves of [`bf16_bits`]), in parallel.
+pub(crate) fn to_bf16(x: &[f32]) -> Vec<u16> {
+    let mut out = vec![0u16; x.len()];
+    out.par_chunks_mut(1 << 16)
+        .zip(x.par_chunks(1 << 16))
+        .for_each(|(o, x)| {
+            for (o, x) in o.iter_mut().zip(x) {
+                *o = bf16_bits(*x) as u16;
+            }
+        });
+    out
+}
+
+/// As [`write_pairs`], from rows already rounded to bf16.
+///
+/// # Safety
+/// The CPU has AVX-512F and BW (this packs only for the bf16 kernel, which needs them).
+pub(crate) unsafe fn write_bf16_pairs(
+    out: &mut [u32],
+    steps: usize,
+    s: usize,
+    t: usize,
+    lo: Option<&[u16]>,
+    hi: Option<&[u16]>,
+    len: usize,
+) {
+    if len == 0 {
+        return;
+    }
+    let last = t + len - 1;
+    assert!(
+        (last / NR) * steps * NR + s * NR + last % NR < out.len()
+            && lo.is_none_or(|x| x.len() >= len)
+            && hi.is_none_or(|x| x.len() >= len),
+        "write_bf16_pairs: out of bounds"
+    );
+    bf16_pairs_avx512(out.as_mut_ptr(), steps, s, t, lo, hi, len)
+}
+
+/// [`write_bf16_pairs`] 16 columns at a time: widen each row's halves to 32 bits and put the
+/// high row's in the top half.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn bf16_pairs_avx512(
+    out: *mut u32,
+    steps: usize,
+    s: usize,
+    mut t: usize,
+    lo: Option<&[u16]>,
+    hi: Option<&[u16]>,
+    len: usize,
+) {
+    use std::arch::x86_64::*;
+    let load = |src: Option<&[u16]>, at: usize, mask: __mmask16| match src {
+        Some(x) => _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, x.as_ptr().add(at).cast())),
+        None => _mm512_setzero_si512(),
+    };
+    let mut done = 0;
+    while done < len {
+        let slot = t % NR;
+        let take = (NR - slot).min(len - done);
+        let dst = out.add((t / NR) * steps * NR + s * NR + slot);
+        let mut i = 0;
+        while i < take {
+            let n = (take - i).min(16);
+            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            let words = _mm512_or_si512(
+                load(lo, done + i, mask),
+                _mm512_slli_epi32::<16>(load(hi, done + i, mask)),
+            );
+            _mm512_mask_storeu_epi32(dst.add(i).cast(), mask, words);
+            i += n;
+        }
+        done += take;
+        t += take;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn bf16_pairs_avx512(
+    _: *mut u32,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: Option<&[u16]>,
+    _: Option<&[u16]>,
+    _: usize,
+) {
+    unreachable!("the bf16 kernel runs on x86-64 only")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
