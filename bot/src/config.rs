@@ -74,7 +74,7 @@ pub struct BotArgs {
     /// image with the model's full VAE. Needs --taesd [default: false].
     #[arg(long, env = "IMAGINE_FAST_GRID_DECODE", num_args = 0..=1, default_missing_value = "true")]
     pub fast_grid_decode: Option<bool>,
-    /// What the matrix products compute in: fp32, or bf16 (about 1.7x faster, half the
+    /// What the matrix products compute in: fp32, or bf16 (about 1.8x faster, half the
     /// weight memory, pixels a little different; needs a CPU with AVX512_BF16) [default: fp32].
     #[arg(long, env = "IMAGINE_PRECISION")]
     pub precision: Option<String>,
