@@ -8,9 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::matmul::{
-    self, write_bf16_pairs, write_pairs, AOperand, PackB, PackedA, Precision, F32, NR,
-};
+use super::matmul::{self, write_pairs, AOperand, Bf16, PackB, PackedA, Precision, F32, NR};
 use super::{contiguous, fill, gemm_f32, par_filled, Mat, MatMut};
 
 /// Column matrices (fallback path) are built in tiles of at most this many floats (16 MiB).
@@ -260,7 +258,7 @@ impl PackB for Im2Col<'_> {
         }
     }
 
-    /// Pairs of k rows converted to bf16 as they are gathered: no f32 panel in between.
+    /// Pairs of k rows gathered from the input's bf16 copy: no f32 panel in between.
     fn pack_pairs(
         &self,
         pc: usize,
@@ -268,35 +266,23 @@ impl PackB for Im2Col<'_> {
         j0: usize,
         cols: usize,
         out: &mut Vec<u32>,
-        _: &mut Vec<f32>,
+        scratch: &mut Vec<f32>,
     ) {
+        let Some(x16) = self.x16 else {
+            // No rounded copy (not made by `conv`): through f32 panels.
+            self.pack(pc, kc, j0, cols, scratch);
+            Bf16::convert(scratch, kc, NR, out);
+            return;
+        };
         let steps = kc.div_ceil(2);
         super::matmul::reuse(out, cols.div_ceil(NR) * NR * steps);
-        if let Some(x16) = self.x16 {
-            let (mut lo_row, mut hi_row) = (vec![0u16; self.g.wo], vec![0u16; self.g.wo]);
-            for s in 0..steps {
-                let (lo, hi) = (pc + 2 * s, pc + 2 * s + 1);
-                for run in self.runs(j0, cols) {
-                    let lo = self.window(x16, lo, run, &mut lo_row);
-                    let hi = match hi < pc + kc {
-                        true => self.window(x16, hi, run, &mut hi_row),
-                        false => Window::ZERO,
-                    };
-                    for_each_segment([lo, hi], run, |t, [lo, hi], len| {
-                        // SAFETY: only packed for the bf16 kernel, which needs AVX-512 BW.
-                        unsafe { write_bf16_pairs(out, steps, s, t - j0, lo, hi, len) }
-                    });
-                }
-            }
-            return;
-        }
-        let (mut lo_row, mut hi_row) = (vec![0f32; self.g.wo], vec![0f32; self.g.wo]);
+        let (mut lo_row, mut hi_row) = (vec![0u16; self.g.wo], vec![0u16; self.g.wo]);
         for s in 0..steps {
             let (lo, hi) = (pc + 2 * s, pc + 2 * s + 1);
             for run in self.runs(j0, cols) {
-                let lo = self.window(self.x, lo, run, &mut lo_row);
+                let lo = self.window(x16, lo, run, &mut lo_row);
                 let hi = match hi < pc + kc {
-                    true => self.window(self.x, hi, run, &mut hi_row),
+                    true => self.window(x16, hi, run, &mut hi_row),
                     false => Window::ZERO,
                 };
                 for_each_segment([lo, hi], run, |t, [lo, hi], len| {
@@ -648,7 +634,6 @@ fn im2col(g: &Geometry, x: &[f32], b: usize, rows: std::ops::Range<usize>, col: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::matmul::Bf16;
 
     /// Direct 7-loop convolution, the definition.
     fn reference(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {

@@ -271,81 +271,6 @@ pub trait PackB: Sync {
     }
 }
 
-/// Writes the bf16 pairs of `lo` and `hi` (k rows 2s and 2s+1, `len` values each; `None`
-/// is zeros) as columns `t..t+len` of step `s` of pair panels `[steps][NR]`.
-///
-/// # Safety
-/// The CPU has AVX-512F (this packs only for the bf16 kernel, which needs more).
-pub(crate) unsafe fn write_pairs(
-    out: &mut [u32],
-    steps: usize,
-    s: usize,
-    t: usize,
-    lo: Option<&[f32]>,
-    hi: Option<&[f32]>,
-    len: usize,
-) {
-    if len == 0 {
-        return;
-    }
-    let last = t + len - 1;
-    assert!(
-        (last / NR) * steps * NR + s * NR + last % NR < out.len()
-            && lo.is_none_or(|x| x.len() >= len)
-            && hi.is_none_or(|x| x.len() >= len),
-        "write_pairs: out of bounds"
-    );
-    pairs_avx512(out.as_mut_ptr(), steps, s, t, lo, hi, len)
-}
-
-/// [`write_pairs`] 16 columns at a time: round both rows (integer add of the rounding bias,
-/// as [`bf16_bits`]), keep the low row's high half in the low 16 bits and the high row's in
-/// the high 16 bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn pairs_avx512(
-    out: *mut u32,
-    steps: usize,
-    s: usize,
-    mut t: usize,
-    lo: Option<&[f32]>,
-    hi: Option<&[f32]>,
-    len: usize,
-) {
-    use std::arch::x86_64::*;
-    let (bias, one) = (_mm512_set1_epi32(0x7FFF), _mm512_set1_epi32(1));
-    let round = |x: __m512i| {
-        _mm512_add_epi32(
-            _mm512_add_epi32(x, bias),
-            _mm512_and_si512(_mm512_srli_epi32::<16>(x), one),
-        )
-    };
-    let high_half = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-    let load = |src: Option<&[f32]>, at: usize, mask: __mmask16| match src {
-        Some(x) => _mm512_maskz_loadu_epi32(mask, x.as_ptr().add(at).cast()),
-        None => _mm512_setzero_si512(),
-    };
-    let mut done = 0;
-    while done < len {
-        let slot = t % NR;
-        let take = (NR - slot).min(len - done);
-        let dst = out.add((t / NR) * steps * NR + s * NR + slot);
-        let mut i = 0;
-        while i < take {
-            let n = (take - i).min(16);
-            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
-            let l = round(load(lo, done + i, mask));
-            let h = round(load(hi, done + i, mask));
-            let words = _mm512_or_si512(_mm512_srli_epi32::<16>(l), _mm512_and_si512(h, high_half));
-            // Zero rows stay zero: round(0) = 0x7FFF, whose high half is 0.
-            _mm512_mask_storeu_epi32(dst.add(i).cast(), mask, words);
-            i += n;
-        }
-        done += take;
-        t += take;
-    }
-}
-
 /// `x` rounded to bf16 (the high halves of [`bf16_bits`]), in parallel.
 pub(crate) fn to_bf16(x: &[f32]) -> Vec<u16> {
     let mut out = vec![0u16; x.len()];
@@ -359,11 +284,13 @@ pub(crate) fn to_bf16(x: &[f32]) -> Vec<u16> {
     out
 }
 
-/// As [`write_pairs`], from rows already rounded to bf16.
+/// Writes bf16 rows `lo` and `hi` (k rows 2s and 2s+1, `len` values each, already rounded;
+/// `None` is zeros) as columns `t..t+len` of step `s` of pair panels `[steps][NR]`: each word
+/// holds the low row's value in its low half and the high row's in its high half.
 ///
 /// # Safety
 /// The CPU has AVX-512F and BW (this packs only for the bf16 kernel, which needs them).
-pub(crate) unsafe fn write_bf16_pairs(
+pub(crate) unsafe fn write_pairs(
     out: &mut [u32],
     steps: usize,
     s: usize,
@@ -380,16 +307,16 @@ pub(crate) unsafe fn write_bf16_pairs(
         (last / NR) * steps * NR + s * NR + last % NR < out.len()
             && lo.is_none_or(|x| x.len() >= len)
             && hi.is_none_or(|x| x.len() >= len),
-        "write_bf16_pairs: out of bounds"
+        "write_pairs: out of bounds"
     );
-    bf16_pairs_avx512(out.as_mut_ptr(), steps, s, t, lo, hi, len)
+    pairs_avx512(out.as_mut_ptr(), steps, s, t, lo, hi, len)
 }
 
-/// [`write_bf16_pairs`] 16 columns at a time: widen each row's halves to 32 bits and put the
+/// [`write_pairs`] 16 columns at a time: widen each row's halves to 32 bits and put the
 /// high row's in the top half.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn bf16_pairs_avx512(
+unsafe fn pairs_avx512(
     out: *mut u32,
     steps: usize,
     s: usize,
@@ -425,26 +352,13 @@ unsafe fn bf16_pairs_avx512(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn bf16_pairs_avx512(
-    _: *mut u32,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: Option<&[u16]>,
-    _: Option<&[u16]>,
-    _: usize,
-) {
-    unreachable!("the bf16 kernel runs on x86-64 only")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
 unsafe fn pairs_avx512(
     _: *mut u32,
     _: usize,
     _: usize,
     _: usize,
-    _: Option<&[f32]>,
-    _: Option<&[f32]>,
+    _: Option<&[u16]>,
+    _: Option<&[u16]>,
     _: usize,
 ) {
     unreachable!("the bf16 kernel runs on x86-64 only")
