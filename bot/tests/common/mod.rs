@@ -1,0 +1,256 @@
+//! What the bot's end-to-end tests share: starting the real `imagine bot` binary against the
+//! Discord simulator with the committed tiny model, sending `/imagine` and pressing buttons,
+//! and waiting for what the bot posts. Each test file uses part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imagine_tests::{Entry, OptionValue, Simulator};
+use serde_json::Value;
+use serenity::all::{ChannelId, Message, UserId};
+use tokio::process::{Child, Command};
+
+pub const WAIT: Duration = Duration::from_secs(120);
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub struct Bot {
+    pub child: Child,
+}
+
+/// Starts `imagine bot` on `dir`'s database and data folder, and waits until it is ready.
+pub async fn start_bot(sim: &Simulator, dir: &Path, env: &[(&str, &str)]) -> Bot {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagine"));
+    cmd.arg("bot")
+        .env("DISCORD_TOKEN", sim.token())
+        .env("DISCORD_API_BASE", sim.api_base())
+        .env("IMAGINE_MODEL", root().join("assets/models/tiny-sd15"))
+        .env("IMAGINE_DB", dir.join("imagine.db"))
+        .env("IMAGINE_DATA_DIR", dir.join("data"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("NO_PROXY", "127.0.0.1")
+        .env("RUST_LOG", "warn,imagine=info")
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("bot.log"))
+                .unwrap(),
+        )
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let before = count_registrations(sim);
+    let child = cmd.spawn().expect("start imagine bot");
+    wait_registered(sim, before).await;
+    Bot { child }
+}
+
+/// Discord being slow to accept edits of one interaction's message: keeps that job running
+/// (the dispatcher waits for its progress edit) long enough to observe the queue around it.
+pub fn slow_edits(sim: &Simulator, token: &str, hold: Duration) {
+    let route = format!("/webhooks/*/{token}/messages/@original");
+    sim.fail_route("PATCH", &route, imagine_tests::Fault::Latency(hold), 1);
+}
+
+/// Waits until the job's status in the bot's database is `status` (read beside the running
+/// bot: the database is in WAL mode).
+pub async fn wait_status(dir: &Path, job: i64, status: imagine::store::JobStatus) {
+    let store = imagine::store::Store::open(dir.join("imagine.db"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = store
+            .job(imagine::store::JobId(job))
+            .await
+            .unwrap()
+            .map(|j| j.status);
+        if now == Some(status) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {job} never became {status:?} (is {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn wait_registered(sim: &Simulator, registrations: usize) {
+    sim.wait_for("the bot to register /imagine", WAIT, |entries| {
+        (count(entries, |c| {
+            c.method == "PUT" && c.path.ends_with("/commands") && c.status < 300
+        }) > registrations)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+impl Bot {
+    async fn stop(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+pub fn count(entries: &[Entry], f: impl Fn(&imagine_tests::RestCall) -> bool) -> usize {
+    entries
+        .iter()
+        .filter_map(Entry::as_rest)
+        .filter(|c| f(c))
+        .count()
+}
+
+pub fn count_registrations(sim: &Simulator) -> usize {
+    count(&sim.transcript().entries, |c| {
+        c.method == "PUT" && c.path.ends_with("/commands") && c.status < 300
+    })
+}
+
+/// The callback's message says `needle`; `private` also asks that only the user sees it.
+pub fn assert_reply(cb: &imagine_tests::Callback, needle: &str, private: bool) {
+    let content = cb.data["content"].as_str().unwrap_or("");
+    assert!(
+        content.contains(needle),
+        "expected {needle:?} in {}",
+        cb.data
+    );
+    let ephemeral = cb.data["flags"].as_u64().unwrap_or(0) & 64 == 64;
+    assert_eq!(ephemeral, private, "ephemeral flag: {}", cb.data);
+}
+
+pub fn has_buttons(v: &Value) -> bool {
+    v["components"]
+        .as_array()
+        .is_some_and(|rows| !rows.is_empty())
+}
+
+/// The first edit of an interaction's message (or of a channel message) that carries buttons:
+/// the finished job.
+pub async fn finished(sim: &Simulator, paths: &[String]) -> Message {
+    finished_after(sim, paths, 0).await
+}
+
+/// Like [`finished`], among transcript entries from index `from` on.
+pub async fn finished_after(sim: &Simulator, paths: &[String], from: usize) -> Message {
+    sim.wait_for("a finished job (a message with buttons)", WAIT, |entries| {
+        entries
+            .iter()
+            .skip(from)
+            .filter_map(Entry::as_rest)
+            .find_map(|c| {
+                let relevant =
+                    paths.contains(&c.path) && (c.method == "PATCH" || c.method == "POST");
+                (relevant && c.status < 300 && has_buttons(&c.response))
+                    .then(|| serde_json::from_value(c.response.clone()).unwrap())
+            })
+    })
+    .await
+    .unwrap()
+}
+
+pub fn original_path(sim: &Simulator, token: &str) -> String {
+    format!(
+        "/webhooks/{}/{}/messages/@original",
+        sim.application_id(),
+        token
+    )
+}
+
+pub fn button(msg: &Message, label: &str) -> String {
+    let v = serde_json::to_value(&msg.components).unwrap();
+    for row in v.as_array().unwrap() {
+        for b in row["components"].as_array().unwrap() {
+            let shown = b["label"]
+                .as_str()
+                .or(b["emoji"]["name"].as_str())
+                .unwrap_or("");
+            if shown == label {
+                return b["custom_id"].as_str().unwrap().to_string();
+            }
+        }
+    }
+    panic!("no button {label} in {v}");
+}
+
+pub fn png_of(sim: &Simulator, msg: &Message) -> image::RgbImage {
+    png_and_parameters(sim, msg).0
+}
+
+/// The attached image and its `parameters` chunk.
+pub fn png_and_parameters(sim: &Simulator, msg: &Message) -> (image::RgbImage, String) {
+    assert_eq!(msg.attachments.len(), 1, "one image attached: {msg:?}");
+    let bytes = sim
+        .file_bytes(&msg.attachments[0].url)
+        .expect("the uploaded file");
+    let text = imagine::render::read_parameters(&bytes)
+        .unwrap()
+        .expect("parameters chunk");
+    (image::load_from_memory(&bytes).unwrap().to_rgb8(), text)
+}
+
+pub struct World {
+    pub sim: Simulator,
+    pub channel: ChannelId,
+    pub alice: UserId,
+    pub bob: UserId,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn world() -> World {
+    let sim = Simulator::start().await;
+    let guild = sim.add_guild("Imagine Club");
+    let channel = sim.add_channel(guild, "art");
+    let alice = sim.add_user("alice");
+    let bob = sim.add_user("bob");
+    World {
+        sim,
+        channel,
+        alice,
+        bob,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Sends `/imagine prompt [image]` as `user` in `channel`.
+pub fn run_imagine(
+    w: &World,
+    user: UserId,
+    channel: ChannelId,
+    prompt: &str,
+    image: Option<imagine_tests::Upload>,
+) -> imagine_tests::Interaction {
+    let mut options = vec![("prompt", OptionValue::from(prompt))];
+    options.extend(image.map(|i| ("image", i.into())));
+    w.sim
+        .slash_command(user, channel, "imagine", options)
+        .unwrap()
+}
+
+/// Runs `/imagine prompt` and returns the finished message.
+pub async fn imagine(w: &World, user: UserId, channel: ChannelId, prompt: &str) -> Message {
+    let run = run_imagine(w, user, channel, prompt, None);
+    let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
+    assert_eq!(cb.kind, 4, "answered at once with the queue position");
+    assert!(
+        cb.data["content"].as_str().unwrap().contains("position"),
+        "{}",
+        cb.data
+    );
+    finished(&w.sim, &[original_path(&w.sim, &run.token)]).await
+}
+
+pub async fn click(w: &World, user: UserId, msg: &Message, label: &str) -> Message {
+    let run = w
+        .sim
+        .click_button(user, msg.id, &button(msg, label))
+        .unwrap();
+    let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
+    assert_eq!(cb.kind, 4, "{label}: a new message for the new job");
+    finished(&w.sim, &[original_path(&w.sim, &run.token)]).await
+}
