@@ -261,7 +261,8 @@ impl Outbox {
                     return;
                 };
                 self.updates.settle(job.id).await;
-                let body = body(&job, messages::coming_by_dm(&job), vec![], None);
+                let cancel = messages::cancel_row(job.id);
+                let body = body(&job, messages::coming_by_dm(&job), cancel, None);
                 match self.rest.edit_original(app, token, &body, None).await {
                     Ok(_) => {
                         if let Err(e) = self.store.mark_dm_notice(job.id).await {

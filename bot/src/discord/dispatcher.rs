@@ -52,9 +52,11 @@ async fn end_after_panic(data: &Data, job: JobId) {
 
 async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>) {
     loop {
+        // Stopping wins over a waiting job: no job starts once the stop began.
         let id = tokio::select! {
-            id = data.queue.next() => id,
+            biased;
             () = data.shutdown.stopping() => return,
+            id = data.queue.next() => id,
         };
         let span = tracing::info_span!("job", id = id.0);
         let outcome = run_one(&data, &engine, id).instrument(span.clone()).await;

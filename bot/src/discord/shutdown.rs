@@ -72,11 +72,15 @@ pub fn on_signal(shutdown: Shutdown, shards: Arc<ShardManager>) {
         if shutdown.draining.load(Ordering::SeqCst) {
             // The drain keeps to the timeout itself; the margin covers a last slow request.
             let bound = shutdown.timeout + Duration::from_secs(2);
-            if tokio::time::timeout(bound, shutdown.drained())
-                .await
-                .is_err()
-            {
-                tracing::warn!("the stop took longer than allowed; exiting anyway");
+            tokio::select! {
+                drained = tokio::time::timeout(bound, shutdown.drained()) => {
+                    if drained.is_err() {
+                        tracing::warn!("the stop took longer than allowed; exiting anyway");
+                    }
+                }
+                second = wait_for_signal() => {
+                    tracing::warn!(signal = second, "second signal: exiting now");
+                }
             }
         }
         shards.shutdown_all().await;

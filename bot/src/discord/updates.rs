@@ -112,7 +112,8 @@ impl LiveUpdates {
 }
 
 async fn edit(courier: &Courier, job: &Job, update: Update) {
-    if job.status.is_finished() || !job.delivery.admitted {
+    // Ended jobs belong to the outbox; a job told its result comes by DM keeps that notice.
+    if job.status.is_finished() || !job.delivery.admitted || job.delivery.dm_notice_at.is_some() {
         return;
     }
     let result = match update {
