@@ -13,7 +13,7 @@ use tracing::Instrument;
 use super::shutdown::RESTARTING;
 use super::updates::Update;
 use super::{download_image, messages, orphans, Data, Error};
-use crate::store::{JobId, NewJob};
+use crate::store::{JobId, JobStatus, NewJob};
 
 /// What became of a request.
 pub enum Admission {
@@ -87,6 +87,10 @@ where
                 return Ok(Admission::Accepted);
             }
             data.store.image_downloaded(id).await?;
+        }
+        if data.store.job(id).await?.map(|j| j.status) != Some(JobStatus::Queued) {
+            // Cancelled (❌) while it was being admitted: it never enters the line.
+            return Ok(Admission::Accepted);
         }
         let position = reservation.commit(id);
         if position != expected {

@@ -14,7 +14,7 @@ use super::engine_thread::{EngineEvent, EngineThread, JobEnd};
 use super::updates::Update;
 use super::{download_image, Data};
 use crate::queue::StopReason;
-use crate::store::{ImageRecord, Job, JobId};
+use crate::store::{ImageRecord, Job, JobId, StoreError};
 
 /// Minimum time between two edits of a running job's message.
 const EDIT_INTERVAL: Duration = Duration::from_millis(2500);
@@ -71,7 +71,14 @@ async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>) {
 }
 
 async fn run_one(data: &Data, engine: &EngineThread, id: JobId) -> anyhow::Result<()> {
-    data.store.mark_running(id).await?;
+    match data.store.mark_running(id).await {
+        // Cancelled between entering the line and starting: nothing to run.
+        Err(StoreError::IllegalTransition { from, .. }) if from.is_finished() => {
+            tracing::info!("the job ended before it started ({from})");
+            return Ok(());
+        }
+        other => other?,
+    }
     let job = data
         .store
         .job(id)

@@ -7,6 +7,8 @@ use poise::serenity_prelude::{
     CreateInteractionResponseMessage, FullEvent, Permissions,
 };
 
+use tracing::Instrument;
+
 use super::admission::{admit, Admission, FirstReply};
 use super::dispatcher::resolve_images;
 use super::place::bot_in_place;
@@ -14,7 +16,7 @@ use super::{Data, Error};
 use crate::buttons::{ButtonAction, ButtonId};
 use crate::jobs::{button_job, Requester};
 use crate::queue::StopReason;
-use crate::store::{Job, JobStatus};
+use crate::store::{Job, JobStatus, StoreError};
 
 pub async fn on_event(
     framework: poise::FrameworkContext<'_, Data, Error>,
@@ -126,32 +128,40 @@ async fn on_cancel(
         .await;
     }
     let span = tracing::info_span!("job", id = job.id.0);
-    let cancelled = span.in_scope(|| {
-        if data.queue.withdraw(job.id) {
-            return Some(true);
-        }
-        let flag = data.queue.stop_flag(job.id)?;
-        flag.request(StopReason::Cancelled);
-        Some(false)
-    });
-    let reply = match cancelled {
-        Some(true) => {
-            data.store.cancel_job(job.id).await?;
-            span.in_scope(|| {
-                tracing::info!(by = click.user.id.get(), "job cancelled while waiting")
-            });
-            data.updates.show_positions(&data.queue);
-            data.outbox.notify();
-            "Cancelled."
-        }
-        Some(false) => {
-            span.in_scope(|| {
-                tracing::info!(by = click.user.id.get(), "cancelling the running job")
-            });
-            "Cancelling: the job stops at its next step."
-        }
-        None if job.status.is_finished() => "That job has already ended.",
-        None => "That job cannot be cancelled right now. Please try again in a moment.",
-    };
+    let by = click.user.id.get();
+    let reply = cancel(data, job).instrument(span.clone()).await?;
+    span.in_scope(|| tracing::info!(by, outcome = reply, "❌ pressed"));
     reply_private(ctx, click, reply).await
+}
+
+/// Cancels `job`; returns what to tell whoever pressed ❌.
+async fn cancel(data: &Data, job: &Job) -> Result<&'static str, Error> {
+    if let Some(flag) = data.queue.stop_flag(job.id) {
+        flag.request(StopReason::Cancelled);
+        return Ok("Cancelling: the job stops at its next step.");
+    }
+    // Waiting in line, or still being admitted (its first message is out but it is not in
+    // line yet; admission then leaves it out): cancelled in the store either way.
+    let withdrawn = data.queue.withdraw(job.id);
+    match data.store.cancel_job(job.id).await {
+        Ok(()) => {
+            if withdrawn {
+                data.updates.show_positions(&data.queue);
+            }
+            data.outbox.notify();
+            Ok("Cancelled.")
+        }
+        Err(StoreError::IllegalTransition { from, .. }) if from.is_finished() => {
+            Ok("That job has already ended.")
+        }
+        // It started meanwhile: stop it between steps.
+        Err(StoreError::IllegalTransition { .. }) => match data.queue.stop_flag(job.id) {
+            Some(flag) => {
+                flag.request(StopReason::Cancelled);
+                Ok("Cancelling: the job stops at its next step.")
+            }
+            None => Ok("That job cannot be cancelled right now. Please try again in a moment."),
+        },
+        Err(e) => Err(e.into()),
+    }
 }
