@@ -497,3 +497,56 @@ async fn prompts_with_mentions_ping_no_one_but_the_requester() {
     );
     bot.stop().await;
 }
+
+/// The bot's log without terminal colour codes.
+fn log_lines(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("bot.log")).unwrap();
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An SGR sequence: ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain.lines().map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_log_line_about_a_job_names_the_job() {
+    let w = world().await;
+    let env = [("RUST_LOG", "warn,imagine=debug")];
+    let bot = start_bot(&w.sim, w.dir.path(), &env).await;
+    let run = run_imagine(&w, w.alice, w.channel, "a logged lark --steps 1", None);
+    let path = original_path(&w.sim, &run.token);
+    w.sim.fail_route("PATCH", &path, Fault::ServerError(503), 2);
+    w.sim.wait_callback(&run, WAIT).await.unwrap();
+    finished(&w.sim, std::slice::from_ref(&path)).await;
+    wait_delivered(w.dir.path(), 1).await;
+    bot.stop().await;
+    let lines = log_lines(w.dir.path());
+    let about_jobs: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            [
+                "job admitted",
+                "job started",
+                "job done",
+                "delivery failed",
+                "delivered",
+            ]
+            .iter()
+            .any(|m| l.contains(m))
+        })
+        .collect();
+    assert!(about_jobs.len() >= 5, "{lines:#?}");
+    for line in about_jobs {
+        assert!(line.contains("job{id=1}"), "{line}");
+    }
+}
