@@ -14,6 +14,7 @@
 //! | 🔄 reroll       | `im1:r:<job>`      |
 //! | Vary (Subtle)   | `im1:vs:<job>`     |
 //! | Vary (Strong)   | `im1:vx:<job>`     |
+//! | ❌ cancel       | `im1:x:<job>`      |
 //!
 //! `<job>` is a non-negative decimal without leading zeros, so every accepted string is the
 //! encoding of exactly one [`ButtonId`] and `encode(parse(s)) == s`.
@@ -40,6 +41,8 @@ pub enum ButtonAction {
     VarySubtle,
     /// Under a single image: a loose variation.
     VaryStrong,
+    /// Under a queued or running job: stop it. Starts no job.
+    Cancel,
 }
 
 impl ButtonAction {
@@ -71,6 +74,7 @@ impl ButtonAction {
             ButtonAction::Reroll => None,
             ButtonAction::VarySubtle => Some("Vary (Subtle)".to_string()),
             ButtonAction::VaryStrong => Some("Vary (Strong)".to_string()),
+            ButtonAction::Cancel => None,
         }
     }
 
@@ -78,18 +82,20 @@ impl ButtonAction {
     pub fn emoji(&self) -> Option<&'static str> {
         match self {
             ButtonAction::Reroll => Some("🔄"),
+            ButtonAction::Cancel => Some("❌"),
             _ => None,
         }
     }
 
-    /// The kind of job a click starts.
-    pub fn job_kind(&self) -> JobKind {
+    /// The kind of job a click starts; `None` for [`ButtonAction::Cancel`], which starts none.
+    pub fn job_kind(&self) -> Option<JobKind> {
         match self {
-            ButtonAction::Upscale(_) => JobKind::Upscale,
-            ButtonAction::Variation(_) => JobKind::Variation,
-            ButtonAction::Reroll => JobKind::Reroll,
-            ButtonAction::VarySubtle => JobKind::VarySubtle,
-            ButtonAction::VaryStrong => JobKind::VaryStrong,
+            ButtonAction::Upscale(_) => Some(JobKind::Upscale),
+            ButtonAction::Variation(_) => Some(JobKind::Variation),
+            ButtonAction::Reroll => Some(JobKind::Reroll),
+            ButtonAction::VarySubtle => Some(JobKind::VarySubtle),
+            ButtonAction::VaryStrong => Some(JobKind::VaryStrong),
+            ButtonAction::Cancel => None,
         }
     }
 
@@ -126,6 +132,7 @@ impl ButtonId {
             ButtonAction::Reroll => format!("{PREFIX}:r:{job}"),
             ButtonAction::VarySubtle => format!("{PREFIX}:vs:{job}"),
             ButtonAction::VaryStrong => format!("{PREFIX}:vx:{job}"),
+            ButtonAction::Cancel => format!("{PREFIX}:x:{job}"),
         }
     }
 
@@ -148,6 +155,7 @@ impl ButtonId {
             "r" => ButtonAction::Reroll,
             "vs" => ButtonAction::VarySubtle,
             "vx" => ButtonAction::VaryStrong,
+            "x" => ButtonAction::Cancel,
             _ => return None,
         };
         if parts.next().is_some() {
@@ -187,6 +195,7 @@ mod tests {
             ButtonAction::Reroll,
             ButtonAction::VarySubtle,
             ButtonAction::VaryStrong,
+            ButtonAction::Cancel,
         ]);
         actions
     }
@@ -199,6 +208,7 @@ mod tests {
         assert_eq!(id(ButtonAction::Reroll), "im1:r:123");
         assert_eq!(id(ButtonAction::VarySubtle), "im1:vs:123");
         assert_eq!(id(ButtonAction::VaryStrong), "im1:vx:123");
+        assert_eq!(id(ButtonAction::Cancel), "im1:x:123");
     }
 
     #[test]
@@ -248,7 +258,8 @@ mod tests {
             "im1:r:1 ",
             "im1:r:1.0",
             "im1:r:9223372036854775808",
-            "im1:x:123",
+            "im1:x:123:0",
+            "im1:xx:123",
             "im1:U:123:0",
             "IM1:r:123",
             "im2:r:123",
@@ -352,13 +363,22 @@ mod tests {
 
     #[test]
     fn actions_map_to_job_kinds_and_parent_indices() {
-        assert_eq!(ButtonAction::Upscale(2).job_kind(), JobKind::Upscale);
+        assert_eq!(ButtonAction::Upscale(2).job_kind(), Some(JobKind::Upscale));
         assert_eq!(ButtonAction::Upscale(2).index(), Some(2));
-        assert_eq!(ButtonAction::Variation(1).job_kind(), JobKind::Variation);
+        assert_eq!(
+            ButtonAction::Variation(1).job_kind(),
+            Some(JobKind::Variation)
+        );
         assert_eq!(ButtonAction::Variation(1).index(), Some(1));
-        assert_eq!(ButtonAction::Reroll.job_kind(), JobKind::Reroll);
+        assert_eq!(ButtonAction::Reroll.job_kind(), Some(JobKind::Reroll));
         assert_eq!(ButtonAction::Reroll.index(), None);
-        assert_eq!(ButtonAction::VarySubtle.job_kind(), JobKind::VarySubtle);
-        assert_eq!(ButtonAction::VaryStrong.job_kind(), JobKind::VaryStrong);
+        assert_eq!(
+            ButtonAction::VarySubtle.job_kind(),
+            Some(JobKind::VarySubtle)
+        );
+        assert_eq!(
+            ButtonAction::VaryStrong.job_kind(),
+            Some(JobKind::VaryStrong)
+        );
     }
 }

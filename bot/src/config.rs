@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -78,6 +79,14 @@ pub struct BotArgs {
     /// weight memory, pixels a little different; needs a CPU with AVX512_BF16) [default: fp32].
     #[arg(long, env = "IMAGINE_PRECISION")]
     pub precision: Option<String>,
+    /// Seconds a stop (SIGTERM, Ctrl-C) may take: the running job finishes or is stopped
+    /// between steps and resumes at the next start; finished results are delivered [default: 30].
+    #[arg(long, env = "IMAGINE_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<f64>,
+    /// Seconds any one request to Discord may take before it is given up (and retried where
+    /// that is safe) [default: 30].
+    #[arg(long, env = "IMAGINE_HTTP_TIMEOUT")]
+    pub http_timeout: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +102,8 @@ struct FileConfig {
     taesd: Option<String>,
     fast_grid_decode: Option<bool>,
     precision: Option<String>,
+    shutdown_timeout: Option<f64>,
+    http_timeout: Option<f64>,
     #[serde(default)]
     models: BTreeMap<String, String>,
 }
@@ -116,6 +127,10 @@ pub struct Config {
     pub fast_grid_decode: bool,
     /// What the models' matrix products compute in.
     pub precision: ComputePrecision,
+    /// How long a graceful stop may take.
+    pub shutdown_timeout: Duration,
+    /// How long one HTTP request may take.
+    pub http_timeout: Duration,
 }
 
 impl Config {
@@ -170,6 +185,18 @@ impl Config {
         if precision == ComputePrecision::Bf16 && !ComputePrecision::bf16_available() {
             bail!("precision bf16 needs a CPU with AVX512_BF16, which this one lacks: use fp32");
         }
+        let shutdown_timeout = seconds(
+            "shutdown_timeout (IMAGINE_SHUTDOWN_TIMEOUT)",
+            args.shutdown_timeout.or(file.shutdown_timeout),
+            30.0,
+            0.0..=3600.0,
+        )?;
+        let http_timeout = seconds(
+            "http_timeout (IMAGINE_HTTP_TIMEOUT)",
+            args.http_timeout.or(file.http_timeout),
+            30.0,
+            1.0..=600.0,
+        )?;
         Ok(Config {
             token: Secret::new(token.trim()),
             default_model,
@@ -190,8 +217,28 @@ impl Config {
             taesd,
             fast_grid_decode,
             precision,
+            shutdown_timeout,
+            http_timeout,
         })
     }
+}
+
+/// A duration setting in seconds, within `range`.
+fn seconds(
+    name: &str,
+    value: Option<f64>,
+    default: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<Duration> {
+    let s = value.unwrap_or(default);
+    if !range.contains(&s) {
+        bail!(
+            "{name} must be between {} and {} seconds, got {s}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(Duration::from_secs_f64(s))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
@@ -226,6 +273,8 @@ mod tests {
             taesd: None,
             fast_grid_decode: None,
             precision: None,
+            shutdown_timeout: None,
+            http_timeout: None,
         }
     }
 
@@ -237,6 +286,22 @@ mod tests {
         assert_eq!((c.queue_capacity, c.user_cap), (32, 3));
         assert_eq!(c.db, PathBuf::from("imagine.db"));
         assert_eq!((c.taesd, c.fast_grid_decode), (None, false));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn timeouts_are_checked() {
+        let mut a = args();
+        a.shutdown_timeout = Some(5.5);
+        assert_eq!(
+            Config::resolve(&a).unwrap().shutdown_timeout,
+            Duration::from_millis(5500)
+        );
+        for bad in [-1.0, f64::NAN, 1e9] {
+            a.shutdown_timeout = Some(bad);
+            let err = Config::resolve(&a).unwrap_err().to_string();
+            assert!(err.contains("IMAGINE_SHUTDOWN_TIMEOUT"), "{err}");
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct Requester {
     pub is_dm: bool,
     pub interaction_token: Option<String>,
     pub application_id: Option<u64>,
+    /// Whether the bot itself can post where the request was made (see
+    /// [`NewJob::bot_in_place`]).
+    pub bot_in_place: bool,
 }
 
 /// `--stylize` (0–1000, default 100) to classifier-free guidance: 100 gives the usual 7.5,
@@ -68,6 +71,7 @@ pub fn imagine_job(
         is_dm: who.is_dm,
         interaction_token: who.interaction_token,
         application_id: who.application_id,
+        bot_in_place: who.bot_in_place,
         kind: JobKind::Imagine,
         parent: None,
         prompt: parsed.prompt.clone(),
@@ -101,7 +105,7 @@ pub fn button_job(
     let index = match action {
         ButtonAction::Upscale(i) | ButtonAction::Variation(i) => Some(i),
         ButtonAction::VarySubtle | ButtonAction::VaryStrong => Some(0),
-        ButtonAction::Reroll => None,
+        ButtonAction::Reroll | ButtonAction::Cancel => None,
     };
     let source = match index {
         Some(i) => Some(
@@ -118,14 +122,15 @@ pub fn button_job(
     req.is_dm = who.is_dm;
     req.interaction_token = who.interaction_token;
     req.application_id = who.application_id;
-    req.kind = action.job_kind();
+    req.bot_in_place = who.bot_in_place;
+    req.kind = action.job_kind().ok_or("That button starts no job.")?;
     req.parent = Some(Parent {
         job: parent.id,
         index,
     });
     // Steps as the user asked, before any raise for a previous strength.
     let strength = match action {
-        ButtonAction::Upscale(_) => None,
+        ButtonAction::Upscale(_) | ButtonAction::Cancel => None,
         ButtonAction::Variation(_) => Some(VARIATION_STRENGTH),
         ButtonAction::VarySubtle => Some(SUBTLE_STRENGTH),
         ButtonAction::VaryStrong => Some(STRONG_STRENGTH),
@@ -176,6 +181,7 @@ mod tests {
             is_dm: false,
             interaction_token: Some("t".into()),
             application_id: Some(4),
+            bot_in_place: true,
         }
     }
 
@@ -220,6 +226,7 @@ mod tests {
             created_at: 0,
             started_at: None,
             finished_at: None,
+            delivery: Default::default(),
         };
         let images: Vec<ImageRecord> = (0..4)
             .map(|i| ImageRecord {

@@ -2,8 +2,12 @@
 //! waiting or running, and every waiting job knows its position. Admission is a two-step
 //! [`Reservation`]: the slot is taken (and the caps checked) before the job is written to the
 //! store, and the job enters the line only once everything it needs is ready.
+//!
+//! A waiting job can be withdrawn (cancel); the running one carries a [`StopFlag`] that the
+//! engine reads between steps (cancel, or a graceful stop that requeues it).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -21,10 +25,47 @@ pub enum QueueError {
     UserCap(usize),
 }
 
+/// Why a running job should stop at its next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The requester (or an admin) cancelled it: it ends, cancelled.
+    Cancelled = 1,
+    /// The bot is stopping: the job goes back in line for the next start.
+    ShuttingDown = 2,
+}
+
+/// Read by the running job between steps; set from any thread.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<AtomicU8>);
+
+impl StopFlag {
+    /// Asks the job to stop. A cancel wins over a shutdown (the user's wish is final).
+    pub fn request(&self, why: StopReason) {
+        match why {
+            StopReason::Cancelled => self.0.store(why as u8, Ordering::SeqCst),
+            StopReason::ShuttingDown => {
+                let _ = self
+                    .0
+                    .compare_exchange(0, why as u8, Ordering::SeqCst, Ordering::SeqCst);
+            }
+        }
+    }
+
+    pub fn requested(&self) -> Option<StopReason> {
+        match self.0.load(Ordering::SeqCst) {
+            1 => Some(StopReason::Cancelled),
+            2 => Some(StopReason::ShuttingDown),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     waiting: VecDeque<(JobId, u64)>,
     running: Option<(JobId, u64)>,
+    /// The running job's stop flag.
+    stop: StopFlag,
     /// Slots taken by admissions not yet committed, per user.
     reserved: Vec<u64>,
 }
@@ -135,6 +176,7 @@ impl JobQueue {
                 if s.running.is_none() {
                     if let Some(next) = s.waiting.pop_front() {
                         s.running = Some(next);
+                        s.stop = StopFlag::default();
                         return next.0;
                     }
                 }
@@ -151,6 +193,27 @@ impl JobQueue {
         }
         drop(s);
         self.ready.notify_one();
+    }
+
+    /// Takes a waiting job out of line (it was cancelled). False if it was not waiting.
+    pub fn withdraw(&self, job: JobId) -> bool {
+        let mut s = self.lock();
+        let before = s.waiting.len();
+        s.waiting.retain(|(j, _)| *j != job);
+        s.waiting.len() != before
+    }
+
+    /// The running job, if any.
+    pub fn running(&self) -> Option<JobId> {
+        self.lock().running.map(|(job, _)| job)
+    }
+
+    /// The stop flag of `job` if it is the running one.
+    pub fn stop_flag(&self, job: JobId) -> Option<StopFlag> {
+        let s = self.lock();
+        s.running
+            .is_some_and(|(j, _)| j == job)
+            .then(|| s.stop.clone())
     }
 
     /// Waiting jobs with their positions (1 = next).
@@ -205,6 +268,35 @@ mod tests {
         assert!(
             q.reserve(3).is_ok(),
             "a dropped reservation gives its slot back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_job_leaves_the_line_and_a_running_one_is_asked_to_stop() {
+        let q = JobQueue::new(4, 4);
+        q.reserve(1).unwrap().commit(JobId(1));
+        q.reserve(1).unwrap().commit(JobId(2));
+        q.reserve(1).unwrap().commit(JobId(3));
+        assert!(q.withdraw(JobId(2)));
+        assert!(!q.withdraw(JobId(2)), "only once");
+        assert_eq!(q.next().await, JobId(1));
+        assert_eq!(q.positions(), vec![(JobId(3), 1)], "3 moved up");
+        let flag = q.stop_flag(JobId(1)).expect("1 runs");
+        assert!(q.stop_flag(JobId(3)).is_none());
+        flag.request(StopReason::ShuttingDown);
+        flag.request(StopReason::Cancelled);
+        flag.request(StopReason::ShuttingDown);
+        assert_eq!(
+            flag.requested(),
+            Some(StopReason::Cancelled),
+            "a cancel is final"
+        );
+        q.finish(JobId(1));
+        assert_eq!(q.next().await, JobId(3));
+        assert_eq!(
+            q.stop_flag(JobId(3)).unwrap().requested(),
+            None,
+            "a fresh flag"
         );
     }
 

@@ -130,12 +130,14 @@ pub struct WorkItem {
     pub job: Job,
 }
 
-/// Runs one job to completion, writing `<data_dir>/jobs/<id>/<idx>.png`.
+/// Runs one job to completion, writing `<data_dir>/jobs/<id>/<idx>.png`. `progress` returning
+/// `ControlFlow::Break` stops the job at its next step (the error is then
+/// [`imagine_engine::EngineError::Cancelled`], see [`was_stopped`]).
 pub fn run_job(
     engines: &mut Engines,
     item: &WorkItem,
     data_dir: &Path,
-    progress: &mut dyn FnMut(JobProgress),
+    progress: &mut dyn FnMut(JobProgress) -> ControlFlow<()>,
 ) -> Result<Vec<ImageRecord>> {
     let job = &item.job;
     let dir = data_dir.join("jobs").join(job.id.0.to_string());
@@ -144,7 +146,9 @@ pub fn run_job(
         return upscale(engines, item, &dir);
     }
     let fast_decoder = engines.fast_grid_decoder();
-    let model = engines.get(&job.request.model)?;
+    let model = engines
+        .get(&job.request.model)
+        .with_context(|| format!("the model {} could not be loaded", job.request.model))?;
     let mut req = build_request(model, item)?;
     req.fast_decode = fast_decoder.is_some();
     let mut clock = PreviewClock::default();
@@ -161,8 +165,7 @@ pub fn run_job(
         progress(JobProgress {
             percent,
             preview_png,
-        });
-        ControlFlow::Continue(())
+        })
     };
     let out = model.generate(&req, &mut report)?;
     let p = &job.request.params;
@@ -183,16 +186,18 @@ pub fn run_job(
         };
         let path = dir.join(format!("{idx}.png"));
         let bytes = png_bytes(img, &params.to_text())?;
-        std::fs::write(&path, &bytes)
-            .with_context(|| format!("cannot write {}", path.display()))?;
         if fast_decoder.is_some() {
             // Kept for U: the full VAE decodes these latents into the image at full quality.
+            // Written before the PNG, so a PNG on disk always has its latents.
             let latents = latents_path(&path);
+            let part = partial_path(&latents);
             out.latents
                 .narrow(0, idx, 1)?
-                .save_safetensors("latents", &latents)
+                .save_safetensors("latents", &part)
+                .and_then(|()| Ok(std::fs::rename(&part, &latents)?))
                 .with_context(|| format!("cannot write {}", latents.display()))?;
         }
+        write_atomically(&path, &bytes)?;
         records.push(ImageRecord {
             idx: idx as u8,
             seed: *seed,
@@ -203,6 +208,31 @@ pub fn run_job(
         });
     }
     Ok(records)
+}
+
+/// Whether a job's error means it was stopped between steps (cancel or graceful stop) rather
+/// than failed.
+pub fn was_stopped(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<imagine_engine::EngineError>())
+        .any(|e| matches!(e, imagine_engine::EngineError::Cancelled))
+}
+
+/// Writes `bytes` to `path` so that a reader (or a restart after a crash) sees either the
+/// whole file or none: a temporary file beside it, then a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let part = partial_path(path);
+    std::fs::write(&part, bytes)
+        .and_then(|()| std::fs::rename(&part, path))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `<file>.part`, beside it (same file system, so the rename is atomic).
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    path.with_file_name(name)
 }
 
 /// Where the latents of a fast-decoded image are kept: `<idx>.latents.safetensors` beside
@@ -238,7 +268,7 @@ fn upscale(engines: &mut Engines, item: &WorkItem, dir: &Path) -> Result<Vec<Ima
         }
     }
     let path = dir.join("0.png");
-    std::fs::write(&path, &bytes)?;
+    write_atomically(&path, &bytes)?;
     Ok(vec![ImageRecord {
         idx: 0,
         seed: item.job.request.seeds.first().copied().unwrap_or(0),
@@ -354,6 +384,17 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_are_written_whole_without_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.png");
+        write_atomically(&path, b"first").unwrap();
+        write_atomically(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left behind");
+    }
 
     #[test]
     fn costly_previews_come_less_often() {

@@ -176,7 +176,7 @@ async fn a_full_queue_and_a_busy_user_are_told_privately() {
     )
     .await;
     let send = |user, prompt: &str| run_imagine(&w, user, w.channel, prompt, None);
-    let first = send(w.alice, "one --steps 20");
+    let first = send(w.alice, "one slow job --steps 20");
     // Long enough for the four requests below even on a loaded machine.
     slow_edits(&w.sim, &first.token, Duration::from_secs(30));
     w.sim.wait_callback(&first, WAIT).await.unwrap();
@@ -203,7 +203,7 @@ async fn a_full_queue_and_a_busy_user_are_told_privately() {
 async fn a_job_finishing_after_the_token_expired_is_posted_to_the_channel() {
     let w = world().await;
     let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
-    let run = run_imagine(&w, w.alice, w.channel, "a late owl --steps 30", None);
+    let run = run_imagine(&w, w.alice, w.channel, "a slow late owl --steps 30", None);
     // The job cannot finish before the clock moves: its first edit is held back.
     slow_edits(&w.sim, &run.token, Duration::from_secs(8));
     w.sim.wait_callback(&run, WAIT).await.unwrap();

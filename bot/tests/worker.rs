@@ -34,6 +34,7 @@ fn who() -> Requester {
         is_dm: true,
         interaction_token: None,
         application_id: None,
+        bot_in_place: true,
     }
 }
 
@@ -47,12 +48,16 @@ fn job(id: i64, request: NewJob) -> Job {
         created_at: 0,
         started_at: None,
         finished_at: None,
+        delivery: Default::default(),
     }
 }
 
 fn run(engines: &mut Engines, job: &Job, data: &Path) -> Vec<ImageRecord> {
     let item = WorkItem { job: job.clone() };
-    run_job(engines, &item, data, &mut |_| {}).unwrap()
+    run_job(engines, &item, data, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap()
 }
 
 /// A grid job, then U2 under it; returns the grid's images and U2's image.

@@ -1,14 +1,19 @@
 //! Admitting a job, the same for `/imagine`, a plain DM and a button: take a queue slot, write
-//! the job, post its first message (saying its place in line), fetch any image prompt, and
-//! only then put it in line, so the worker never starts a job whose message or input is
-//! missing.
+//! the job (not yet admitted), post its first message (saying its place in line), and only once
+//! Discord confirmed that message mark it admitted, fetch any image prompt, and put it in line.
+//! A first reply that fails leaves no job behind to run later; the worker never starts a job
+//! whose message or input is missing.
 
 use std::future::Future;
 
 use anyhow::Context as _;
+use poise::serenity_prelude::{CreateActionRow, CreateAllowedMentions};
+use tracing::Instrument;
 
-use super::{download_image, messages, Data, Error};
-use crate::store::NewJob;
+use super::shutdown::RESTARTING;
+use super::updates::Update;
+use super::{download_image, messages, orphans, Data, Error};
+use crate::store::{JobId, JobStatus, NewJob};
 
 /// What became of a request.
 pub enum Admission {
@@ -16,6 +21,13 @@ pub enum Admission {
     Accepted,
     /// Refused before anything was written: the private reply to give.
     Refused(String),
+}
+
+/// A job's first message.
+pub struct FirstReply {
+    pub content: String,
+    pub components: Vec<CreateActionRow>,
+    pub mentions: CreateAllowedMentions,
 }
 
 /// Admits `new_job`. `announce` posts the first message and returns its id, if any.
@@ -27,34 +39,78 @@ pub async fn admit<A, F>(
     announce: A,
 ) -> Result<Admission, Error>
 where
-    A: FnOnce(String) -> F,
+    A: FnOnce(FirstReply) -> F,
     F: Future<Output = Result<Option<u64>, Error>>,
 {
+    if data.shutdown.is_stopping() {
+        return Ok(Admission::Refused(RESTARTING.into()));
+    }
     let reservation = match data.queue.reserve(new_job.user_id) {
         Ok(r) => r,
         Err(e) => return Ok(Admission::Refused(e.to_string())),
     };
-    let id = data.store.insert_job(new_job).await?;
-    let expected = reservation.expected_position();
-    let job = data
-        .store
-        .job(id)
-        .await?
-        .context("the job just written is missing")?;
-    if let Some(message) = announce(messages::queued(&job, expected)).await? {
-        data.store.set_message(id, message).await?;
-    }
-    let job = data.store.job(id).await?.unwrap_or(job);
-    if let (Some(url), Some(path)) = (image_url, &new_job.params.init_image) {
-        if let Err(why) = download_image(data, url, path).await {
-            data.store.fail_job(id, &why).await?;
-            let _ = data.courier().failed(&job, &why).await;
+    let id = data.store.insert_admitting(new_job, image_url).await?;
+    let span = tracing::info_span!("job", id = id.0);
+    async move {
+        let expected = reservation.expected_position();
+        let job = data
+            .store
+            .job(id)
+            .await?
+            .context("the job just written is missing")?;
+        let first = FirstReply {
+            content: messages::queued(&job, expected),
+            components: messages::cancel_row(id),
+            mentions: messages::mentions(&job),
+        };
+        match announce(first).await {
+            Ok(message) => {
+                if let Some(message) = message {
+                    data.store.set_message(id, message).await?;
+                }
+                data.store.confirm_admission(id).await?;
+            }
+            Err(e) => {
+                abandon(data, id).await;
+                return Err(e);
+            }
+        }
+        tracing::info!(
+            kind = job.request.kind.as_str(),
+            model = job.request.model,
+            "job admitted"
+        );
+        if let (Some(url), Some(path)) = (image_url, &new_job.params.init_image) {
+            if let Err(why) = download_image(data, url, path).await {
+                data.store.fail_job(id, &why).await?;
+                data.outbox.notify();
+                return Ok(Admission::Accepted);
+            }
+            data.store.image_downloaded(id).await?;
+        }
+        if data.store.job(id).await?.map(|j| j.status) != Some(JobStatus::Queued) {
+            // Cancelled (❌) while it was being admitted: it never enters the line.
             return Ok(Admission::Accepted);
         }
+        let position = reservation.commit(id);
+        if position != expected {
+            data.updates.show(id, Update::Queued(position));
+        }
+        Ok(Admission::Accepted)
     }
-    let position = reservation.commit(id);
-    if position != expected {
-        let _ = data.courier().queued(&job, position).await;
+    .instrument(span)
+    .await
+}
+
+/// The first reply failed: the job must never run. If the reply did reach Discord after all
+/// (it answered late), say so on it, best effort.
+async fn abandon(data: &Data, id: JobId) {
+    tracing::warn!("the first reply failed; the job is abandoned");
+    let job = data.store.job(id).await.ok().flatten();
+    if let Err(e) = data.store.abandon(id).await {
+        tracing::error!("cannot abandon the job: {e}");
     }
-    Ok(Admission::Accepted)
+    if let Some(job) = job {
+        orphans::say_not_queued(&data.rest, &job).await;
+    }
 }

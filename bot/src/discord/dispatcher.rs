@@ -1,137 +1,231 @@
-//! The dispatcher: takes jobs off the queue one at a time, hands each to the worker thread,
-//! relays its progress to Discord (at most every 2.5 s, only when something changed), and
-//! records the outcome in the store before telling the user.
+//! The dispatcher: takes jobs off the queue one at a time, hands each to the engine thread,
+//! passes its progress on to the live updates (at most every 2.5 s, only when something
+//! changed; never waiting on Discord), and records how it ended in the store, then wakes the
+//! outbox, which tells the user. The dispatcher supervises itself: if its loop panics, the job
+//! in hand fails visibly and a new loop starts.
 
-use std::path::PathBuf;
-use std::sync::mpsc as std_mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use anyhow::Context as _;
+use tracing::Instrument;
 
-use super::courier::Courier;
-use crate::queue::JobQueue;
-use crate::store::{ImageRecord, JobId, Store};
-use crate::worker::{run_job, Engines, JobProgress, WorkItem};
+use super::engine_thread::{EngineEvent, EngineThread, JobEnd};
+use super::updates::Update;
+use super::{download_image, Data};
+use crate::queue::StopReason;
+use crate::store::{ImageRecord, Job, JobId, StoreError};
 
 /// Minimum time between two edits of a running job's message.
 const EDIT_INTERVAL: Duration = Duration::from_millis(2500);
 
-enum WorkerEvent {
-    Progress(JobProgress),
-    Done(Result<Vec<ImageRecord>, String>),
-}
+/// What a job that panicked tells its user.
+pub const INTERNAL_ERROR: &str = "internal error (the details are in the bot's log)";
 
-/// Starts the worker thread that owns the models; returns the sender that feeds it.
-fn start_worker(
-    mut engines: Engines,
-    data_dir: PathBuf,
-) -> std_mpsc::Sender<(WorkItem, mpsc::UnboundedSender<WorkerEvent>)> {
-    let (tx, rx) = std_mpsc::channel::<(WorkItem, mpsc::UnboundedSender<WorkerEvent>)>();
-    std::thread::Builder::new()
-        .name("imagine-worker".into())
-        .spawn(move || {
-            for (item, events) in rx {
-                let progress_events = events.clone();
-                let result = run_job(&mut engines, &item, &data_dir, &mut |p| {
-                    let _ = progress_events.send(WorkerEvent::Progress(p));
-                });
-                let _ = events.send(WorkerEvent::Done(result.map_err(|e| format!("{e:#}"))));
+/// Runs until the bot stops: the queue loop, restarted if it panics.
+pub fn start(data: Data, engine: EngineThread) {
+    let engine = std::sync::Arc::new(engine);
+    tokio::spawn(async move {
+        loop {
+            let run = tokio::spawn(dispatch(data.clone(), engine.clone()));
+            match run.await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    tracing::error!("the dispatcher panicked; starting it again");
+                    if let Some(job) = data.queue.running() {
+                        end_after_panic(&data, job).await;
+                    }
+                }
+                Err(_) => return,
             }
-        })
-        .expect("spawning the worker thread");
-    tx
+        }
+    });
 }
 
-/// Runs forever: the queue loop.
-pub async fn run(
-    queue: JobQueue,
-    store: Store,
-    courier: Courier,
-    engines: Engines,
-    data_dir: PathBuf,
-) {
-    let worker = start_worker(engines, data_dir);
+async fn end_after_panic(data: &Data, job: JobId) {
+    if let Err(e) = data.store.fail_job(job, INTERNAL_ERROR).await {
+        tracing::error!(job = job.0, "cannot record the failure: {e}");
+    }
+    data.queue.finish(job);
+    data.outbox.notify();
+}
+
+async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>) {
     loop {
-        let id = queue.next().await;
-        if let Err(e) = run_one(id, &queue, &store, &courier, &worker).await {
-            tracing::error!(job = id.0, "job ended with an internal error: {e:#}");
+        // Stopping wins over a waiting job: no job starts once the stop began.
+        let id = tokio::select! {
+            biased;
+            () = data.shutdown.stopping() => return,
+            id = data.queue.next() => id,
+        };
+        let span = tracing::info_span!("job", id = id.0);
+        let outcome = run_one(&data, &engine, id).instrument(span.clone()).await;
+        if let Err(e) = outcome {
+            span.in_scope(|| tracing::error!("the job ended with an internal error: {e:#}"));
+            // Whatever state it was left in, it ends visibly.
+            let _ = data.store.fail_job(id, INTERNAL_ERROR).await;
         }
-        queue.finish(id);
+        data.queue.finish(id);
+        data.outbox.notify();
     }
 }
 
-async fn run_one(
-    id: JobId,
-    queue: &JobQueue,
-    store: &Store,
-    courier: &Courier,
-    worker: &std_mpsc::Sender<(WorkItem, mpsc::UnboundedSender<WorkerEvent>)>,
-) -> anyhow::Result<()> {
-    store.mark_running(id).await?;
-    let job = store
+async fn run_one(data: &Data, engine: &EngineThread, id: JobId) -> anyhow::Result<()> {
+    match data.store.mark_running(id).await {
+        // Cancelled between entering the line and starting: nothing to run.
+        Err(StoreError::IllegalTransition { from, .. }) if from.is_finished() => {
+            tracing::info!("the job ended before it started ({from})");
+            return Ok(());
+        }
+        other => other?,
+    }
+    let job = data
+        .store
         .job(id)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("job {} vanished", id.0))?;
-    tracing::info!(job = id.0, kind = job.request.kind.as_str(), "job started");
-    update_positions(queue, store, courier).await;
-
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    worker
-        .send((WorkItem { job: job.clone() }, tx))
-        .map_err(|_| anyhow::anyhow!("the worker thread has stopped"))?;
+        .with_context(|| format!("job {id} vanished"))?;
+    tracing::info!(
+        kind = job.request.kind.as_str(),
+        model = job.request.model,
+        "job started"
+    );
+    data.updates.show_positions(&data.queue);
+    let job = match with_inputs(data, job).await {
+        Ok(job) => job,
+        Err(why) => {
+            tracing::warn!("job failed: {why}");
+            data.store.fail_job(id, &why).await?;
+            return Ok(());
+        }
+    };
+    let stop = data.queue.stop_flag(id).unwrap_or_default();
+    let mut events = engine.run(job.clone(), stop);
     let mut last_edit: Option<Instant> = None;
     let mut shown = None;
-    let result = loop {
-        match rx.recv().await {
-            Some(WorkerEvent::Progress(p)) => {
+    let end = loop {
+        match events.recv().await {
+            Some(EngineEvent::Progress(p)) => {
                 let due = last_edit.is_none_or(|t| t.elapsed() >= EDIT_INTERVAL);
                 let changed = shown != Some(p.percent) || p.preview_png.is_some();
                 if due && changed {
                     last_edit = Some(Instant::now());
                     shown = Some(p.percent);
-                    if let Err(e) = courier.progress(&job, p.percent, p.preview_png).await {
-                        tracing::warn!(job = id.0, "progress not shown: {e:#}");
-                    }
+                    let update = Update::Progress {
+                        percent: p.percent,
+                        preview: p.preview_png,
+                    };
+                    data.updates.show(id, update);
                 }
             }
-            Some(WorkerEvent::Done(r)) => break r,
-            None => break Err("the worker stopped during the job".into()),
+            Some(EngineEvent::End(end)) => break end,
+            None => {
+                tracing::error!("the engine thread died during the job");
+                engine.restart();
+                break JobEnd::Panicked;
+            }
         }
     };
-    match result {
-        Ok(images) => {
+    record_end(data, id, end).await
+}
+
+async fn record_end(data: &Data, id: JobId, end: JobEnd) -> anyhow::Result<()> {
+    let store = &data.store;
+    match end {
+        JobEnd::Done(images) => {
             store.finish_job(id, &images).await?;
-            let job = store.job(id).await?.unwrap_or(job);
-            courier.done(&job, &images).await?;
-            tracing::info!(job = id.0, "job done");
+            tracing::info!("job done");
         }
-        Err(error) => {
-            tracing::warn!(job = id.0, "job failed: {error}");
-            store.fail_job(id, &error).await?;
-            courier.failed(&job, &user_facing(&error)).await?;
+        JobEnd::Failed { shown, detail } => {
+            tracing::warn!("job failed: {detail}");
+            store.fail_job(id, &shown).await?;
         }
+        JobEnd::Stopped(StopReason::Cancelled) => {
+            store.cancel_job(id).await?;
+            tracing::info!("job cancelled while running");
+        }
+        JobEnd::Stopped(StopReason::ShuttingDown) => {
+            store.requeue_job(id).await?;
+            tracing::info!("job stopped for the shutdown; it resumes at the next start");
+        }
+        JobEnd::Panicked => store.fail_job(id, INTERNAL_ERROR).await?,
     }
     Ok(())
 }
 
-/// A failure as users see it: the first line, without file system paths.
-fn user_facing(error: &str) -> String {
-    let first = error.lines().next().unwrap_or(error);
-    let short: String = first.chars().take(300).collect();
-    if short.contains('/') {
-        "the image could not be made (see the bot's log)".into()
-    } else {
-        short
+/// The job with its input files where the worker expects them: stored paths made absolute
+/// (rows written by older versions hold paths relative to the data folder's parent), and an
+/// image prompt whose download a restart interrupted fetched again. An `Err` is the user's
+/// reason.
+async fn with_inputs(data: &Data, mut job: Job) -> Result<Job, String> {
+    let params = &mut job.request.params;
+    if let Some(path) = &params.init_image {
+        params.init_image = Some(
+            stored_path(&data.data_dir, Path::new(path))
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    if let (Some(url), Some(path)) = (&job.delivery.image_url, &params.init_image) {
+        if !Path::new(path).exists() {
+            tracing::info!("downloading the image prompt again after a restart");
+            download_image(data, url, path).await.map_err(|why| {
+                format!("{why} Please run /imagine again with the image attached.")
+            })?;
+        }
+        let _ = data.store.image_downloaded(job.id).await;
+    }
+    Ok(job)
+}
+
+/// Where a stored image path points. New rows hold absolute paths. Older rows hold the data
+/// folder as it was configured (often relative to where the bot was started), then
+/// `jobs/...` or `inputs/...`: those are found again under today's data folder.
+pub fn stored_path(data_dir: &Path, stored: &Path) -> std::path::PathBuf {
+    if stored.is_absolute() {
+        return stored.to_path_buf();
+    }
+    let parts: Vec<_> = stored.components().collect();
+    match parts
+        .iter()
+        .rposition(|c| matches!(c.as_os_str().to_str(), Some("jobs" | "inputs")))
+    {
+        Some(i) => parts[i..]
+            .iter()
+            .fold(data_dir.to_path_buf(), |p, c| p.join(c)),
+        None => data_dir.join(stored),
     }
 }
 
-/// Tells every waiting job its new place in line.
-pub async fn update_positions(queue: &JobQueue, store: &Store, courier: &Courier) {
-    for (job, position) in queue.positions() {
-        if let Ok(Some(job)) = store.job(job).await {
-            if let Err(e) = courier.queued(&job, position).await {
-                tracing::debug!(job = job.id.0, "position not shown: {e:#}");
-            }
-        }
+/// Image records with their paths resolved by [`stored_path`].
+pub fn resolve_images(data_dir: &Path, images: Vec<ImageRecord>) -> Vec<ImageRecord> {
+    images
+        .into_iter()
+        .map(|mut r| {
+            r.path = stored_path(data_dir, &r.path);
+            r
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_relative_paths_are_found_under_the_data_folder() {
+        let data = Path::new("/srv/imagine/data");
+        assert_eq!(
+            stored_path(data, Path::new("imagine-data/jobs/3/0.png")),
+            Path::new("/srv/imagine/data/jobs/3/0.png")
+        );
+        assert_eq!(
+            stored_path(data, Path::new("./x/inputs/1-2.png")),
+            Path::new("/srv/imagine/data/inputs/1-2.png")
+        );
+        assert_eq!(
+            stored_path(data, Path::new("/abs/jobs/3/0.png")),
+            Path::new("/abs/jobs/3/0.png"),
+            "absolute paths are kept"
+        );
     }
 }

@@ -1,17 +1,22 @@
 //! Gateway events poise does not route to commands: button clicks (persistent: everything is
 //! read from the store by the job id in the custom_id, so they work after a restart) and plain
-//! DMs.
+//! DMs. The ❌ button cancels a queued or running job.
 
 use poise::serenity_prelude::{
     self as serenity, ComponentInteraction, CreateInteractionResponse,
-    CreateInteractionResponseMessage, FullEvent,
+    CreateInteractionResponseMessage, FullEvent, Permissions,
 };
 
-use super::admission::{admit, Admission};
+use tracing::Instrument;
+
+use super::admission::{admit, Admission, FirstReply};
+use super::dispatcher::resolve_images;
+use super::place::bot_in_place;
 use super::{Data, Error};
-use crate::buttons::ButtonId;
+use crate::buttons::{ButtonAction, ButtonId};
 use crate::jobs::{button_job, Requester};
-use crate::store::JobStatus;
+use crate::queue::StopReason;
+use crate::store::{Job, JobStatus, StoreError};
 
 pub async fn on_event(
     framework: poise::FrameworkContext<'_, Data, Error>,
@@ -41,7 +46,8 @@ async fn reply_private(
 ) -> Result<(), Error> {
     let msg = CreateInteractionResponseMessage::new()
         .content(text)
-        .ephemeral(true);
+        .ephemeral(true)
+        .allowed_mentions(super::messages::no_mentions());
     click
         .create_response(&ctx.http, CreateInteractionResponse::Message(msg))
         .await?;
@@ -59,10 +65,13 @@ async fn on_click(
     let Some(parent) = data.store.job(button.job).await? else {
         return reply_private(ctx, click, "That job no longer exists.").await;
     };
+    if button.action == ButtonAction::Cancel {
+        return on_cancel(ctx, data, click, &parent).await;
+    }
     if parent.status != JobStatus::Done {
         return reply_private(ctx, click, "That job has not finished yet.").await;
     }
-    let images = data.store.images(parent.id).await?;
+    let images = resolve_images(&data.data_dir, data.store.images(parent.id).await?);
     let who = Requester {
         user_id: click.user.id.get(),
         channel_id: click.channel_id.get(),
@@ -70,13 +79,21 @@ async fn on_click(
         is_dm: click.guild_id.is_none(),
         interaction_token: Some(click.token.clone()),
         application_id: Some(click.application_id.get()),
+        bot_in_place: bot_in_place(
+            click.context,
+            &click.authorizing_integration_owners,
+            click.guild_id,
+        ),
     };
     let new_job = match button_job(button.action, &parent, &images, who, rand::random()) {
         Ok(job) => job,
         Err(msg) => return reply_private(ctx, click, &msg).await,
     };
-    let announce = |text: String| async move {
-        let msg = CreateInteractionResponseMessage::new().content(text);
+    let announce = |first: FirstReply| async move {
+        let msg = CreateInteractionResponseMessage::new()
+            .content(first.content)
+            .components(first.components)
+            .allowed_mentions(first.mentions);
         click
             .create_response(&ctx.http, CreateInteractionResponse::Message(msg))
             .await?;
@@ -86,4 +103,65 @@ async fn on_click(
         return reply_private(ctx, click, &msg).await;
     }
     Ok(())
+}
+
+/// ❌: the requester, or someone who may manage messages here, stops the job. A waiting job
+/// leaves the line at once; a running one stops at its next step. The outbox then shows it
+/// cancelled.
+async fn on_cancel(
+    ctx: &serenity::Context,
+    data: &Data,
+    click: &ComponentInteraction,
+    job: &Job,
+) -> Result<(), Error> {
+    let moderator = click
+        .member
+        .as_ref()
+        .and_then(|m| m.permissions)
+        .is_some_and(|p| p.intersects(Permissions::ADMINISTRATOR | Permissions::MANAGE_MESSAGES));
+    if click.user.id.get() != job.request.user_id && !moderator {
+        return reply_private(
+            ctx,
+            click,
+            "Only the person who asked for this job (or a server admin) can cancel it.",
+        )
+        .await;
+    }
+    let span = tracing::info_span!("job", id = job.id.0);
+    let by = click.user.id.get();
+    let reply = cancel(data, job).instrument(span.clone()).await?;
+    span.in_scope(|| tracing::info!(by, outcome = reply, "❌ pressed"));
+    reply_private(ctx, click, reply).await
+}
+
+/// Cancels `job`; returns what to tell whoever pressed ❌.
+async fn cancel(data: &Data, job: &Job) -> Result<&'static str, Error> {
+    if let Some(flag) = data.queue.stop_flag(job.id) {
+        flag.request(StopReason::Cancelled);
+        return Ok("Cancelling: the job stops at its next step.");
+    }
+    // Waiting in line, or still being admitted (its first message is out but it is not in
+    // line yet; admission then leaves it out): cancelled in the store either way.
+    let withdrawn = data.queue.withdraw(job.id);
+    match data.store.cancel_job(job.id).await {
+        Ok(()) => {
+            if withdrawn {
+                data.updates.show_positions(&data.queue);
+            }
+            data.outbox.notify();
+            Ok("Cancelled.")
+        }
+        Err(StoreError::IllegalTransition { from, .. }) if from.is_finished() => {
+            Ok("That job has already ended.")
+        }
+        // It started meanwhile: stop it between steps.
+        Err(StoreError::IllegalTransition { .. }) => match data.queue.stop_flag(job.id) {
+            Some(flag) => {
+                flag.request(StopReason::Cancelled);
+                Ok("Cancelling: the job stops at its next step.")
+            }
+            None => Ok("That job cannot be cancelled right now. Please try again in a moment."),
+        },
+        Err(e) => Err(e.into()),
+    }
 }

@@ -5,7 +5,9 @@ use anyhow::Result;
 use poise::serenity_prelude::{self as serenity, CreateMessage};
 use poise::CreateReply;
 
-use super::admission::{admit, Admission};
+use super::admission::{admit, Admission, FirstReply};
+use super::messages::no_mentions;
+use super::place::bot_in_place;
 use super::{Context, Data, Error};
 use crate::jobs::{imagine_job, Requester};
 use crate::params::parse_prompt;
@@ -41,6 +43,11 @@ pub async fn imagine(
         is_dm: interaction.guild_id.is_none(),
         interaction_token: Some(interaction.token.clone()),
         application_id: Some(interaction.application_id.get()),
+        bot_in_place: bot_in_place(
+            interaction.context,
+            &interaction.authorizing_integration_owners,
+            interaction.guild_id,
+        ),
     };
     if let Some(att) = &image {
         if let Err(msg) = check_attachment(att) {
@@ -51,8 +58,12 @@ pub async fn imagine(
         Ok(job) => job,
         Err(msg) => return private(ctx, msg).await,
     };
-    let announce = |text: String| async move {
-        let reply = ctx.send(CreateReply::default().content(text)).await?;
+    let announce = |first: FirstReply| async move {
+        let reply = CreateReply::default()
+            .content(first.content)
+            .components(first.components)
+            .allowed_mentions(first.mentions);
+        let reply = ctx.send(reply).await?;
         Ok(reply.message().await.ok().map(|m| m.id.get()))
     };
     let url = image.as_ref().map(|a| a.url.as_str());
@@ -108,8 +119,11 @@ fn check_attachment(att: &serenity::Attachment) -> Result<(), String> {
 }
 
 async fn private(ctx: Context<'_>, msg: String) -> Result<(), Error> {
-    ctx.send(CreateReply::default().content(msg).ephemeral(true))
-        .await?;
+    let reply = CreateReply::default()
+        .content(msg)
+        .ephemeral(true)
+        .allowed_mentions(no_mentions());
+    ctx.send(reply).await?;
     Ok(())
 }
 
@@ -126,11 +140,13 @@ pub async fn dm_prompt(
         is_dm: true,
         interaction_token: None,
         application_id: None,
+        bot_in_place: true,
     };
     let say = |text: String| {
-        message
-            .channel_id
-            .send_message(&ctx.http, CreateMessage::new().content(text))
+        let reply = CreateMessage::new()
+            .content(text)
+            .allowed_mentions(no_mentions());
+        message.channel_id.send_message(&ctx.http, reply)
     };
     let new_job = match prepare(data, &message.content, who, false) {
         Ok(job) => job,
@@ -139,7 +155,20 @@ pub async fn dm_prompt(
             return Ok(());
         }
     };
-    let announce = |text: String| async move { Ok(Some(say(text).await?.id.get())) };
+    let announce = |first: FirstReply| async move {
+        let post = CreateMessage::new()
+            .content(first.content)
+            .components(first.components)
+            .allowed_mentions(first.mentions);
+        Ok(Some(
+            message
+                .channel_id
+                .send_message(&ctx.http, post)
+                .await?
+                .id
+                .get(),
+        ))
+    };
     if let Admission::Refused(msg) = admit(data, &new_job, None, announce).await? {
         say(msg).await?;
     }

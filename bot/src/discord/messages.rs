@@ -1,10 +1,12 @@
 //! What the bot's messages say and which buttons they carry, for each state of a job. One
 //! place, so the queued, running, finished and failed views stay consistent.
 
-use poise::serenity_prelude::{ButtonStyle, CreateActionRow, CreateButton, ReactionType};
+use poise::serenity_prelude::{
+    ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateButton, ReactionType,
+};
 
 use crate::buttons::{ButtonAction, ButtonId};
-use crate::store::{Job, JobId, JobKind};
+use crate::store::{Job, JobId, JobKind, JobStatus};
 
 /// Discord's message limit, less room for the status line.
 const MAX_PROMPT_SHOWN: usize = 1800;
@@ -43,6 +45,55 @@ pub fn done(job: &Job) -> String {
 
 pub fn failed(job: &Job, error: &str) -> String {
     format!("{} - failed: {error}", headline(job))
+}
+
+pub fn cancelled(job: &Job) -> String {
+    format!("{} - cancelled", headline(job))
+}
+
+/// Shown in a place the bot cannot post to (a user-installed context) shortly before the
+/// interaction token dies: the result will come another way.
+pub fn coming_by_dm(job: &Job) -> String {
+    format!(
+        "{} (Still working: this is taking a while, so I will send you the result by DM)",
+        headline(job)
+    )
+}
+
+/// The job's final message, by its status: the result, the failure or the cancellation.
+pub fn ended(job: &Job) -> String {
+    match job.status {
+        JobStatus::Failed => failed(job, job.error.as_deref().unwrap_or("unknown error")),
+        JobStatus::Cancelled => cancelled(job),
+        _ => done(job),
+    }
+}
+
+/// Every message about a job may ping its requester, and no one else: prompts are echoed, and
+/// a prompt with `@everyone` or a role mention must not ping a server.
+pub fn mentions(job: &Job) -> CreateAllowedMentions {
+    CreateAllowedMentions::new().users([job.request.user_id])
+}
+
+/// The same, as the JSON field of a message body.
+pub fn mentions_json(job: &Job) -> serde_json::Value {
+    serde_json::json!({ "parse": [], "users": [job.request.user_id.to_string()] })
+}
+
+/// Replies that should ping no one at all (private refusals).
+pub fn no_mentions() -> CreateAllowedMentions {
+    CreateAllowedMentions::new()
+}
+
+/// The ❌ under a queued or running job.
+pub fn cancel_row(job: JobId) -> Vec<CreateActionRow> {
+    let cancel = ButtonAction::Cancel;
+    let mut button =
+        CreateButton::new(ButtonId::new(cancel, job).encode()).style(ButtonStyle::Secondary);
+    if let Some(emoji) = cancel.emoji() {
+        button = button.emoji(ReactionType::Unicode(emoji.into()));
+    }
+    vec![CreateActionRow::Buttons(vec![button])]
 }
 
 /// The buttons under a finished job: U1–U4 + 🔄 and V1–V4 under a grid, Vary under a single

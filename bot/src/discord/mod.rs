@@ -1,23 +1,36 @@
 //! The Discord bot: `imagine bot`. poise serves `/imagine`; buttons and DMs arrive through the
-//! event handler; the dispatcher runs the queue; the store remembers everything, so a restart
-//! resumes unfinished jobs and every old button still works.
+//! event handler; the dispatcher runs the queue; the outbox delivers every ended job exactly
+//! once; the store remembers everything, so a restart resumes unfinished jobs, delivers what
+//! was not delivered, and every old button still works.
 //!
-//! - [`imagine_cmd`]: `/imagine` and DM prompts; [`events`]: buttons and DMs.
-//! - [`admission`]: queue slot, store, first message, then the line.
-//! - [`dispatcher`]: queue → worker thread → store → Discord.
-//! - [`courier`]: editing or posting messages (late delivery after 15 minutes).
+//! - [`imagine_cmd`]: `/imagine` and DM prompts; [`events`]: buttons (❌ cancel too) and DMs.
+//! - [`admission`]: queue slot, store, first message, then the line; [`orphans`]: first
+//!   replies that never reached Discord.
+//! - [`dispatcher`]: queue → [`engine_thread`] (supervised) → store.
+//! - [`updates`]: live edits (positions, progress) off the engine's path, through [`courier`].
+//! - [`delivery`]: the outbox of ended jobs, over [`rest`]; [`place`]: where the bot may post.
+//! - [`shutdown`]: SIGTERM / Ctrl-C, bounded graceful stop.
 //! - [`messages`]: the text and buttons of each job state.
 
 pub mod admission;
 pub mod courier;
+pub mod delivery;
 pub mod dispatcher;
+pub mod engine_thread;
 pub mod events;
 pub mod imagine_cmd;
 pub mod messages;
+pub mod orphans;
+pub mod place;
+pub mod rest;
+pub mod shutdown;
+pub mod updates;
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use imagine_engine::ModelInfo;
@@ -28,23 +41,44 @@ use crate::queue::JobQueue;
 use crate::store::Store;
 use crate::worker::Engines;
 use courier::Courier;
+use delivery::Outbox;
+use engine_thread::{EngineThread, EnginesFactory, TestFaults};
+use rest::Rest;
+use shutdown::Shutdown;
+use updates::LiveUpdates;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub type Context<'a> = poise::Context<'a, Data, Error>;
 
-/// Shared state of the bot.
-pub struct Data {
+/// Shared state of the bot. Cheap to clone: the tasks (dispatcher, outbox, graceful stop)
+/// each hold one.
+#[derive(Clone)]
+pub struct Data(Arc<BotState>);
+
+impl Deref for Data {
+    type Target = BotState;
+    fn deref(&self) -> &BotState {
+        &self.0
+    }
+}
+
+pub struct BotState {
     pub store: Store,
     pub queue: JobQueue,
     pub config: Config,
     /// Configured models by name.
     pub models: BTreeMap<String, ModelInfo>,
+    /// Absolute (resolved at start), so stored paths do not depend on where the bot started.
     pub data_dir: PathBuf,
+    pub rest: Rest,
+    pub updates: LiveUpdates,
+    pub outbox: Outbox,
+    pub shutdown: Shutdown,
     http_client: reqwest::Client,
     courier: Courier,
 }
 
-impl Data {
+impl BotState {
     pub fn courier(&self) -> &Courier {
         &self.courier
     }
@@ -91,43 +125,66 @@ pub async fn download_image(data: &Data, url: &str, path: &str) -> Result<(), St
     Ok(())
 }
 
-/// Builds the REST client: Discord itself, or the configured API base (a proxy or the
-/// simulator), whose rate limits are then its own business.
+/// Every HTTP client of the bot gives up on a connection after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An HTTP client with timeouts, so one slow request never stalls anything for long.
+fn http_client(config: &Config) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(config.http_timeout)
+        .build()
+        .context("building the HTTP client")
+}
+
+/// Builds serenity's REST client: Discord itself, or the configured API base (a proxy or the
+/// simulator), whose rate limits are then its own business. Both with timeouts.
 fn build_http(config: &Config) -> Result<Http> {
-    let mut builder = HttpBuilder::new(config.token.expose());
+    let mut builder = HttpBuilder::new(config.token.expose()).client(http_client(config)?);
     if let Some(base) = &config.api_base {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .context("building the HTTP client")?;
-        builder = builder
-            .client(client)
-            .proxy(base.as_str())
-            .ratelimiter_disabled(true);
+        builder = builder.proxy(base.as_str()).ratelimiter_disabled(true);
     }
     Ok(builder.build())
 }
 
 type Http = serenity::Http;
 
-/// Runs the bot until Ctrl-C or a fatal gateway error.
-pub async fn run(config: Config) -> Result<()> {
+/// Everything the first READY needs, handed over once.
+struct Startup {
+    store: Store,
+    queue: JobQueue,
+    models: BTreeMap<String, ModelInfo>,
+    engines: EnginesFactory,
+    rest: Rest,
+    http_client: reqwest::Client,
+}
+
+/// Runs the bot until SIGTERM, Ctrl-C or a fatal gateway error.
+pub async fn run(mut config: Config) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    config.data_dir = std::path::absolute(&config.data_dir)
+        .with_context(|| format!("cannot resolve {}", config.data_dir.display()))?;
     let store = Store::open(&config.db)
         .await
         .with_context(|| format!("cannot open the database {}", config.db.display()))?;
     let requeued = store.requeue_running().await?;
-    let mut models = BTreeMap::new();
-    for (name, spec) in &config.models {
-        let dir = tokio::task::spawn_blocking({
-            let spec = spec.clone();
-            move || imagine_engine::resolve_model(&spec)
-        })
-        .await??;
-        let info = imagine_engine::StableDiffusion::describe(&dir)
-            .with_context(|| format!("model {name} ({spec})"))?;
-        models.insert(name.clone(), info);
+    let models = describe_models(&config).await?;
+    let engines = engines_factory(&config).await?;
+    let http_client = http_client(&config)?;
+    let rest = Rest::new(
+        http_client.clone(),
+        config.api_base.as_deref(),
+        config.token.expose(),
+    );
+    let (kept, abandoned) = orphans::resolve_at_start(&store, &rest).await?;
+    if kept + abandoned > 0 {
+        tracing::info!(
+            kept,
+            abandoned,
+            "resolved jobs whose first reply was unconfirmed"
+        );
     }
     let queue = JobQueue::new(config.queue_capacity, config.user_cap);
     let unfinished = store.unfinished_jobs().await?;
@@ -141,85 +198,127 @@ pub async fn run(config: Config) -> Result<()> {
     for job in &unfinished {
         queue.resume(job.id, job.request.user_id);
     }
-
-    let http_client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .context("building the download client")?;
-    let mut engines = Engines::new(config.models.clone()).with_precision(config.precision);
-    if let Some(spec) = &config.taesd {
-        let dir = tokio::task::spawn_blocking({
-            let spec = spec.clone();
-            move || imagine_engine::resolve_taesd(&spec)
-        })
-        .await??;
-        imagine_engine::Taesd::describe(&dir).with_context(|| format!("TAESD ({spec})"))?;
-        engines = engines.with_taesd(dir, short_name(spec), config.fast_grid_decode);
-    }
-    // Everything the first READY needs, handed over once.
-    let pending = Mutex::new(Some((
+    let shutdown = Shutdown::new(config.shutdown_timeout);
+    let pending = Mutex::new(Some(Startup {
         store,
         queue,
-        config.clone(),
         models,
-        http_client,
         engines,
-    )));
-    let framework = poise::Framework::builder()
-        .options(poise::FrameworkOptions {
-            commands: vec![imagine_cmd::imagine()],
-            event_handler: |framework, event| Box::pin(events::on_event(framework, event)),
-            on_error: |error| Box::pin(on_error(error)),
-            ..Default::default()
-        })
-        .setup(move |ctx, ready, framework| {
-            let pending = pending.lock().ok().and_then(|mut p| p.take());
-            Box::pin(async move {
-                let (store, queue, config, models, http_client, engines) =
-                    pending.ok_or("setup ran twice")?;
-                ctx.http.set_application_id(ready.application.id);
-                poise::builtins::register_globally(ctx, &framework.options().commands).await?;
-                tracing::info!(user = %ready.user.name, "connected; /imagine registered");
-                let courier = Courier {
-                    http: ctx.http.clone(),
-                };
-                tokio::spawn(dispatcher::run(
-                    queue.clone(),
-                    store.clone(),
-                    courier.clone(),
-                    engines,
-                    config.data_dir.clone(),
-                ));
-                Ok(Data {
-                    store,
-                    queue,
-                    data_dir: config.data_dir.clone(),
-                    config,
-                    models,
-                    http_client,
-                    courier,
+        rest,
+        http_client,
+    }));
+    let framework = {
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        poise::Framework::builder()
+            .options(poise::FrameworkOptions {
+                commands: vec![imagine_cmd::imagine()],
+                event_handler: |framework, event| Box::pin(events::on_event(framework, event)),
+                on_error: |error| Box::pin(on_error(error)),
+                // Replies that set none ping no one.
+                allowed_mentions: Some(messages::no_mentions()),
+                ..Default::default()
+            })
+            .setup(move |ctx, ready, framework| {
+                let pending = pending.lock().ok().and_then(|mut p| p.take());
+                Box::pin(async move {
+                    let startup = pending.ok_or("setup ran twice")?;
+                    ctx.http.set_application_id(ready.application.id);
+                    poise::builtins::register_globally(ctx, &framework.options().commands).await?;
+                    tracing::info!(user = %ready.user.name, "connected; /imagine registered");
+                    Ok(serve(ctx, startup, config, shutdown))
                 })
             })
-        })
-        .build();
+            .build()
+    };
     let intents = GatewayIntents::non_privileged();
     let mut client = serenity::ClientBuilder::new_with_http(build_http(&config)?, intents)
         .framework(framework)
         .await
         .context("building the Discord client")?;
-    let shards = client.shard_manager.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("shutting down; unfinished jobs resume at the next start");
-            shards.shutdown_all().await;
-        }
-    });
+    shutdown::on_signal(shutdown, client.shard_manager.clone());
     client
         .start()
         .await
         .map_err(|e| anyhow::anyhow!("the Discord connection ended: {e}"))
 }
 
+/// Starts the bot's tasks once connected; returns the state commands and events share.
+fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown) -> Data {
+    let courier = Courier {
+        http: ctx.http.clone(),
+    };
+    let updates = LiveUpdates::start(s.store.clone(), courier.clone());
+    let outbox = Outbox::new(
+        s.store.clone(),
+        s.rest.clone(),
+        updates.clone(),
+        config.data_dir.clone(),
+    );
+    let engine = EngineThread::new(s.engines, config.data_dir.clone(), TestFaults::from_env());
+    let data = Data(Arc::new(BotState {
+        store: s.store,
+        queue: s.queue,
+        data_dir: config.data_dir.clone(),
+        config,
+        models: s.models,
+        rest: s.rest,
+        updates,
+        outbox,
+        shutdown,
+        http_client: s.http_client,
+        courier,
+    }));
+    // Delivers at once what ended before a restart and was never confirmed.
+    data.outbox.start();
+    dispatcher::start(data.clone(), engine);
+    shutdown::drain(data.clone());
+    data
+}
+
+/// Reads each configured model's description (not its weights).
+async fn describe_models(config: &Config) -> Result<BTreeMap<String, ModelInfo>> {
+    let mut models = BTreeMap::new();
+    for (name, spec) in &config.models {
+        let dir = tokio::task::spawn_blocking({
+            let spec = spec.clone();
+            move || imagine_engine::resolve_model(&spec)
+        })
+        .await??;
+        let info = imagine_engine::StableDiffusion::describe(&dir)
+            .with_context(|| format!("model {name} ({spec})"))?;
+        models.insert(name.clone(), info);
+    }
+    Ok(models)
+}
+
+/// How the engine thread builds its (lazily loaded) models, again after a panic.
+async fn engines_factory(config: &Config) -> Result<EnginesFactory> {
+    let specs = config.models.clone();
+    let precision = config.precision;
+    let taesd = match &config.taesd {
+        Some(spec) => {
+            let dir = tokio::task::spawn_blocking({
+                let spec = spec.clone();
+                move || imagine_engine::resolve_taesd(&spec)
+            })
+            .await??;
+            imagine_engine::Taesd::describe(&dir).with_context(|| format!("TAESD ({spec})"))?;
+            Some((dir, short_name(spec), config.fast_grid_decode))
+        }
+        None => None,
+    };
+    Ok(Arc::new(move || {
+        let engines = Engines::new(specs.clone()).with_precision(precision);
+        match &taesd {
+            Some((dir, name, fast)) => engines.with_taesd(dir.clone(), name.clone(), *fast),
+            None => engines,
+        }
+    }))
+}
+
+/// Errors poise could not hand to a command: logged, with interaction tokens cut out of any
+/// URL they carry.
 async fn on_error(error: poise::FrameworkError<'_, Data, Error>) {
-    tracing::error!("{error}");
+    tracing::error!("{}", courier::redact_paths(&error.to_string()));
 }

@@ -3,32 +3,42 @@
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 
-use super::types::{ImageRecord, Job, JobId, JobKind, JobStatus, NewJob, Parent, StoreError};
+use super::types::{
+    Delivery, ImageRecord, Job, JobId, JobKind, JobStatus, NewJob, Parent, StoreError,
+};
 use super::{now_ms, Store};
 
-/// `SELECT <every jobs column> FROM jobs <tail>`, as one `&'static str`.
-macro_rules! select_jobs {
-    ($tail:literal) => {
-        concat!(
-            "SELECT id, user_id, channel_id, guild_id, is_dm, interaction_token, application_id,
-                    message_id, kind, parent_job, parent_index, prompt, negative_prompt,
-                    params_json, model, seeds, status, error, created_at, started_at, finished_at
-             FROM jobs ",
-            $tail
-        )
-    };
-}
-
 impl Store {
-    /// Records a new job, `queued`, created now.
+    /// Records a new job, `queued` and admitted, created now.
     pub async fn insert_job(&self, job: &NewJob) -> Result<JobId, StoreError> {
+        self.insert(job, true, None).await
+    }
+
+    /// Records a new job whose first reply is not confirmed yet (see
+    /// [`Store::confirm_admission`]): it never runs, nor is it resumed, until then. `image_url`
+    /// is its image prompt, kept so that a restart can download it again.
+    pub async fn insert_admitting(
+        &self,
+        job: &NewJob,
+        image_url: Option<&str>,
+    ) -> Result<JobId, StoreError> {
+        self.insert(job, false, image_url).await
+    }
+
+    async fn insert(
+        &self,
+        job: &NewJob,
+        admitted: bool,
+        image_url: Option<&str>,
+    ) -> Result<JobId, StoreError> {
         let params = serde_json::to_string(&job.params)?;
         let seeds = serde_json::to_string(&job.seeds)?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (user_id, channel_id, guild_id, is_dm, interaction_token,
                                application_id, kind, parent_job, parent_index, prompt,
-                               negative_prompt, params_json, model, seeds, status, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)
+                               negative_prompt, params_json, model, seeds, status, created_at,
+                               bot_in_place, admitted, image_url)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)
              RETURNING id",
         )
         .bind(job.user_id.to_string())
@@ -46,6 +56,9 @@ impl Store {
         .bind(job.model.clone())
         .bind(seeds)
         .bind(now_ms())
+        .bind(job.bot_in_place)
+        .bind(admitted)
+        .bind(image_url.map(str::to_string))
         .fetch_one(&self.pool)
         .await?;
         Ok(JobId(id))
@@ -114,6 +127,13 @@ impl Store {
         transition(&mut conn, job, JobStatus::Cancelled, None).await
     }
 
+    /// `running -> queued`: a job stopped between steps by a graceful stop, to run again at
+    /// the next start.
+    pub async fn requeue_job(&self, job: JobId) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        transition(&mut conn, job, JobStatus::Queued, None).await
+    }
+
     /// At startup: every `running` job was interrupted by the restart, so it goes back to
     /// `queued` (keeping its place: the queue is ordered by creation). Returns how many.
     pub async fn requeue_running(&self) -> Result<u64, StoreError> {
@@ -147,10 +167,10 @@ impl Store {
         rows.iter().map(|row| image_from_row(job, row)).collect()
     }
 
-    /// Queued and running jobs, oldest first: what to resume after a restart.
+    /// Admitted queued and running jobs, oldest first: what to resume after a restart.
     pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
         let rows = sqlx::query(select_jobs!(
-            "WHERE status IN ('queued', 'running') ORDER BY created_at, id"
+            "WHERE status IN ('queued', 'running') AND admitted = 1 ORDER BY created_at, id"
         ))
         .fetch_all(&self.pool)
         .await?;
@@ -233,7 +253,7 @@ where
     text.parse().map_err(|e: T::Err| corrupt(job, column, e))
 }
 
-fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
+pub(super) fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
     let id = JobId(row.try_get("id")?);
     let text = |column: &'static str| -> Result<String, StoreError> { Ok(row.try_get(column)?) };
     let snowflake = |column: &'static str| -> Result<Option<u64>, StoreError> {
@@ -257,6 +277,7 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         is_dm: row.try_get("is_dm")?,
         interaction_token: row.try_get("interaction_token")?,
         application_id: snowflake("application_id")?,
+        bot_in_place: row.try_get("bot_in_place")?,
         kind: parse_column::<JobKind>(id, "kind", &text("kind")?)?,
         parent: parent_job.map(|job| Parent {
             job: JobId(job),
@@ -277,6 +298,14 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        delivery: Delivery {
+            admitted: row.try_get("admitted")?,
+            delivered_at: row.try_get("delivered_at")?,
+            attempts: u32::try_from(row.try_get::<i64, _>("delivery_attempts")?)
+                .map_err(|e| corrupt(id, "delivery_attempts", e))?,
+            dm_notice_at: row.try_get("dm_notice_at")?,
+            image_url: row.try_get("image_url")?,
+        },
         request,
     })
 }

@@ -6,14 +6,34 @@
 //!
 //! - [`types`]: ids, kinds, statuses and the records read and written.
 //! - [`jobs`]: inserting jobs, moving them through their statuses, reading them back.
+//! - [`outbox`]: admission and delivery: unconfirmed first replies, ended jobs not yet
+//!   delivered, interaction tokens forgotten once they are of no use.
 //!
 //! Status changes are single conditional `UPDATE`s (`... WHERE status IN (allowed sources)`),
 //! so two tasks racing on one job cannot both win, and the legal transitions are written once,
 //! in [`JobStatus::allowed_sources`].
 
+/// `SELECT <every jobs column> FROM jobs <tail>`, as one `&'static str`.
+macro_rules! select_jobs {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, user_id, channel_id, guild_id, is_dm, interaction_token, application_id,
+                    message_id, kind, parent_job, parent_index, prompt, negative_prompt,
+                    params_json, model, seeds, status, error, created_at, started_at, finished_at,
+                    bot_in_place, admitted, delivered_at, delivery_attempts, dm_notice_at,
+                    image_url
+             FROM jobs ",
+            $tail
+        )
+    };
+}
+
 mod jobs;
+mod outbox;
 mod types;
 
+#[cfg(test)]
+mod outbox_tests;
 #[cfg(test)]
 mod tests;
 
@@ -25,7 +45,7 @@ use sqlx::sqlite::{
 };
 
 pub use types::{
-    ImageRecord, Job, JobId, JobKind, JobParams, JobStatus, NewJob, Parent, StoreError,
+    Delivery, ImageRecord, Job, JobId, JobKind, JobParams, JobStatus, NewJob, Parent, StoreError,
 };
 
 /// How long a connection waits for another writer before giving up with "database is locked".

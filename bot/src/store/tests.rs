@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::*;
 use crate::params::Aspect;
 
-fn new_job(user_id: u64, prompt: &str) -> NewJob {
+pub(super) fn new_job(user_id: u64, prompt: &str) -> NewJob {
     NewJob {
         user_id,
         channel_id: 1_100_000_000_000_000_002,
@@ -14,6 +14,7 @@ fn new_job(user_id: u64, prompt: &str) -> NewJob {
         is_dm: false,
         interaction_token: Some("aW50ZXJhY3Rpb246dG9rZW4".into()),
         application_id: Some(1_100_000_000_000_000_004),
+        bot_in_place: true,
         kind: JobKind::Imagine,
         parent: None,
         prompt: prompt.into(),
@@ -35,7 +36,7 @@ fn new_job(user_id: u64, prompt: &str) -> NewJob {
     }
 }
 
-fn image(idx: u8, seed: u32) -> ImageRecord {
+pub(super) fn image(idx: u8, seed: u32) -> ImageRecord {
     ImageRecord {
         idx,
         seed,
@@ -46,7 +47,7 @@ fn image(idx: u8, seed: u32) -> ImageRecord {
     }
 }
 
-async fn memory() -> Store {
+pub(super) async fn memory() -> Store {
     Store::open_in_memory().await.expect("in-memory store")
 }
 
@@ -74,6 +75,7 @@ async fn every_field_round_trips() {
         is_dm: true,
         interaction_token: None,
         application_id: None,
+        bot_in_place: false,
         kind: JobKind::Variation,
         parent: Some(Parent {
             job: parent,

@@ -157,7 +157,13 @@ pub struct NewJob {
     pub is_dm: bool,
     /// Valid for 15 minutes after the interaction; `None` for plain DM messages.
     pub interaction_token: Option<String>,
+    /// Set for jobs asked through an interaction (slash command or button); `None` for plain DM
+    /// messages, whose messages are the bot's own channel messages.
     pub application_id: Option<u64>,
+    /// Whether the bot itself can post where the job was asked (a server that installed it, or
+    /// its own DM). `false` in user-installed contexts (group DMs, servers without the bot):
+    /// once the interaction token is dead, only a DM to the requester reaches them.
+    pub bot_in_place: bool,
     pub kind: JobKind,
     pub parent: Option<Parent>,
     pub prompt: String,
@@ -184,6 +190,37 @@ pub struct Job {
     pub started_at: Option<i64>,
     /// When it ended (done, failed or cancelled).
     pub finished_at: Option<i64>,
+    /// How far its admission and delivery have got.
+    pub delivery: Delivery,
+}
+
+/// A job's admission and delivery state (migration 0002).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// `false` while the first reply is unconfirmed: such a job never runs.
+    pub admitted: bool,
+    /// When Discord confirmed the job's final message; `None` for an ended job means it is
+    /// still in the outbox.
+    pub delivered_at: Option<i64>,
+    /// Failed delivery attempts so far.
+    pub attempts: u32,
+    /// When the "the result will come by DM" notice was shown (user-installed contexts).
+    pub dm_notice_at: Option<i64>,
+    /// The image prompt's URL, kept until it is downloaded.
+    pub image_url: Option<String>,
+}
+
+impl Default for Delivery {
+    /// A job admitted and not yet delivered.
+    fn default() -> Self {
+        Delivery {
+            admitted: true,
+            delivered_at: None,
+            attempts: 0,
+            dm_notice_at: None,
+            image_url: None,
+        }
+    }
 }
 
 /// One finished image of a job, as written to disk.

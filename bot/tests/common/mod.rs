@@ -33,6 +33,8 @@ pub async fn start_bot(sim: &Simulator, dir: &Path, env: &[(&str, &str)]) -> Bot
         .env("HF_HUB_OFFLINE", "1")
         .env("NO_PROXY", "127.0.0.1")
         .env("RUST_LOG", "warn,imagine=info")
+        // Jobs whose prompt says "slow" take 0.4 s a step, so tests can act while they run.
+        .env("IMAGINE_TEST_FAULTS", "slow-job:slow")
         .stderr(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -50,8 +52,8 @@ pub async fn start_bot(sim: &Simulator, dir: &Path, env: &[(&str, &str)]) -> Bot
     Bot { child }
 }
 
-/// Discord being slow to accept edits of one interaction's message: keeps that job running
-/// (the dispatcher waits for its progress edit) long enough to observe the queue around it.
+/// Discord being slow to accept edits of one interaction's message (the job itself goes on:
+/// a job that should run for a while has "slow" in its prompt).
 pub fn slow_edits(sim: &Simulator, token: &str, hold: Duration) {
     let route = format!("/webhooks/*/{token}/messages/@original");
     sim.fail_route("PATCH", &route, imagine_tests::Fault::Latency(hold), 1);
@@ -124,10 +126,14 @@ pub fn assert_reply(cb: &imagine_tests::Callback, needle: &str, private: bool) {
     assert_eq!(ephemeral, private, "ephemeral flag: {}", cb.data);
 }
 
+/// The message carries result buttons (U, V, 🔄, Vary), not only the ❌ of a live job.
 pub fn has_buttons(v: &Value) -> bool {
-    v["components"]
-        .as_array()
-        .is_some_and(|rows| !rows.is_empty())
+    v["components"].as_array().is_some_and(|rows| {
+        rows.iter()
+            .filter_map(|row| row["components"].as_array())
+            .flatten()
+            .any(|b| !b["custom_id"].as_str().unwrap_or("").starts_with("im1:x:"))
+    })
 }
 
 /// The first edit of an interaction's message (or of a channel message) that carries buttons:
