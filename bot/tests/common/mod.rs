@@ -93,7 +93,7 @@ pub async fn wait_registered(sim: &Simulator, registrations: usize) {
 }
 
 impl Bot {
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         self.child.kill().await.unwrap();
     }
 }
