@@ -32,7 +32,10 @@ where
 {
     let reservation = match data.queue.reserve(new_job.user_id) {
         Ok(r) => r,
-        Err(e) => return Ok(Admission::Refused(e.to_string())),
+        Err(e) => {
+            crate::metrics::job_refused((&e).into());
+            return Ok(Admission::Refused(e.to_string()));
+        }
     };
     let id = data.store.insert_job(new_job).await?;
     let expected = reservation.expected_position();
@@ -47,12 +50,14 @@ where
     let job = data.store.job(id).await?.unwrap_or(job);
     if let (Some(url), Some(path)) = (image_url, &new_job.params.init_image) {
         if let Err(why) = download_image(data, url, path).await {
+            crate::metrics::job_failed(crate::metrics::FailureCause::ImagePrompt);
             data.store.fail_job(id, &why).await?;
             let _ = data.courier().failed(&job, &why).await;
             return Ok(Admission::Accepted);
         }
     }
     let position = reservation.commit(id);
+    crate::metrics::job_admitted(new_job.kind);
     if position != expected {
         let _ = data.courier().queued(&job, position).await;
     }

@@ -104,7 +104,10 @@ impl Courier {
         if !late {
             match self.edit(job, view).await {
                 Ok(()) => return Ok(()),
-                Err(e) => tracing::warn!(job = job.id.0, "cannot edit, posting instead: {e:#}"),
+                Err(e) => {
+                    crate::metrics::delivery_retry();
+                    tracing::warn!(job = job.id.0, "cannot edit, posting instead: {e:#}")
+                }
             }
         }
         let message = CreateMessage::new()
@@ -165,6 +168,7 @@ fn result_file(job: &Job, images: &[ImageRecord]) -> Result<(String, Vec<u8>)> {
 /// serenity's HTTP errors carry the request URL, which holds the interaction token: keep
 /// only the status and Discord's message.
 fn scrub(e: serenity::Error) -> anyhow::Error {
+    crate::metrics::discord_error(&e);
     match e {
         serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)) => anyhow::anyhow!(
             "Discord answered {} ({}: {})",

@@ -68,6 +68,7 @@ async fn run_one(
     worker: &std_mpsc::Sender<(WorkItem, mpsc::UnboundedSender<WorkerEvent>)>,
 ) -> anyhow::Result<()> {
     store.mark_running(id).await?;
+    let started = Instant::now();
     let job = store
         .job(id)
         .await?
@@ -101,12 +102,22 @@ async fn run_one(
     match result {
         Ok(images) => {
             store.finish_job(id, &images).await?;
+            crate::metrics::job_finished(
+                job.request.kind,
+                &job.request.model,
+                started.elapsed().as_secs_f64(),
+            );
             let job = store.job(id).await?.unwrap_or(job);
-            courier.done(&job, &images).await?;
+            if let Err(e) = courier.done(&job, &images).await {
+                crate::metrics::job_failed(crate::metrics::FailureCause::Delivery);
+                return Err(e);
+            }
+            crate::metrics::delivered(job.request.kind);
             tracing::info!(job = id.0, "job done");
         }
         Err(error) => {
             tracing::warn!(job = id.0, "job failed: {error}");
+            crate::metrics::job_failed(crate::metrics::FailureCause::Engine);
             store.fail_job(id, &error).await?;
             courier.failed(&job, &user_facing(&error)).await?;
         }

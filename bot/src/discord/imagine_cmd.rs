@@ -44,12 +44,16 @@ pub async fn imagine(
     };
     if let Some(att) = &image {
         if let Err(msg) = check_attachment(att) {
+            crate::metrics::job_refused(crate::metrics::Refusal::BadInput);
             return private(ctx, msg).await;
         }
     }
     let new_job = match prepare(data, &prompt, who, image.is_some()) {
         Ok(job) => job,
-        Err(msg) => return private(ctx, msg).await,
+        Err(msg) => {
+            crate::metrics::job_refused(crate::metrics::Refusal::BadInput);
+            return private(ctx, msg).await;
+        }
     };
     let announce = |text: String| async move {
         let reply = ctx.send(CreateReply::default().content(text)).await?;
@@ -135,6 +139,7 @@ pub async fn dm_prompt(
     let new_job = match prepare(data, &message.content, who, false) {
         Ok(job) => job,
         Err(msg) => {
+            crate::metrics::job_refused(crate::metrics::Refusal::BadInput);
             say(msg).await?;
             return Ok(());
         }

@@ -118,6 +118,7 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot open the database {}", config.db.display()))?;
     let requeued = store.requeue_running().await?;
+    crate::metrics::install(config.metrics_addr)?;
     let mut models = BTreeMap::new();
     for (name, spec) in &config.models {
         let dir = tokio::task::spawn_blocking({
@@ -156,6 +157,7 @@ pub async fn run(config: Config) -> Result<()> {
         imagine_engine::Taesd::describe(&dir).with_context(|| format!("TAESD ({spec})"))?;
         engines = engines.with_taesd(dir, short_name(spec), config.fast_grid_decode);
     }
+    let store_for_retention = store.clone();
     // Everything the first READY needs, handed over once.
     let pending = Mutex::new(Some((
         store,
@@ -207,6 +209,11 @@ pub async fn run(config: Config) -> Result<()> {
         .framework(framework)
         .await
         .context("building the Discord client")?;
+    crate::retention::spawn(
+        store_for_retention,
+        config.data_dir.clone(),
+        config.retention,
+    );
     let shards = client.shard_manager.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {

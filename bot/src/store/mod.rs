@@ -6,12 +6,14 @@
 //!
 //! - [`types`]: ids, kinds, statuses and the records read and written.
 //! - [`jobs`]: inserting jobs, moving them through their statuses, reading them back.
+//! - [`retention`]: which finished jobs' images may be deleted, and remembering it.
 //!
 //! Status changes are single conditional `UPDATE`s (`... WHERE status IN (allowed sources)`),
 //! so two tasks racing on one job cannot both win, and the legal transitions are written once,
 //! in [`JobStatus::allowed_sources`].
 
 mod jobs;
+mod retention;
 mod types;
 
 #[cfg(test)]
@@ -24,6 +26,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use retention::{Purge, RetainedJob, RetentionInventory, RetentionLimits};
 pub use types::{
     ImageRecord, Job, JobId, JobKind, JobParams, JobStatus, NewJob, Parent, StoreError,
 };
