@@ -25,6 +25,9 @@ IMAGINE_USER_CAP         queued or running jobs per user (3)\n  \
 DISCORD_API_BASE         Discord-compatible API base URL (https://discord.com)\n  \
 IMAGINE_TAESD            TAESD folder or repo id: previews that look like the image (none)\n  \
 IMAGINE_FAST_GRID_DECODE decode grids with TAESD; U images use the full VAE (false)\n  \
+IMAGINE_METRICS_ADDR     serve Prometheus metrics at ADDRESS:PORT/metrics (off)\n  \
+IMAGINE_RETENTION_DAYS   delete images of jobs finished longer ago than this (keep)\n  \
+IMAGINE_RETENTION_MAX_GB keep at most this many GB of images, oldest deleted first (no limit)\n  \
 IMAGINE_CONFIG           TOML file with the same settings and a [models] table\n\
 See `imagine bot --help` for details."
 )]

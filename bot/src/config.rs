@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use imagine_engine::ComputePrecision;
 use serde::Deserialize;
+
+use crate::store::RetentionLimits;
 
 /// A string that must never reach a log or an error message.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -87,6 +90,17 @@ pub struct BotArgs {
     /// that is safe) [default: 30].
     #[arg(long, env = "IMAGINE_HTTP_TIMEOUT")]
     pub http_timeout: Option<f64>,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics, e.g. 127.0.0.1:9100 [default: off].
+    #[arg(long, env = "IMAGINE_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Delete the images of jobs that finished more than this many days ago; their buttons
+    /// then say the images were cleaned up [default: keep forever].
+    #[arg(long, env = "IMAGINE_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
+    /// Keep at most this many gigabytes (10^9 bytes; fractions allowed, e.g. 0.5) of images,
+    /// deleting the oldest jobs' first [default: no limit].
+    #[arg(long, env = "IMAGINE_RETENTION_MAX_GB")]
+    pub retention_max_gb: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +118,9 @@ struct FileConfig {
     precision: Option<String>,
     shutdown_timeout: Option<f64>,
     http_timeout: Option<f64>,
+    metrics_addr: Option<String>,
+    retention_days: Option<u32>,
+    retention_max_gb: Option<f64>,
     #[serde(default)]
     models: BTreeMap<String, String>,
 }
@@ -131,6 +148,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How long one HTTP request may take.
     pub http_timeout: Duration,
+    /// Where Prometheus metrics are served; `None`: not at all.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How much of the stored images to keep; off (keep everything) by default.
+    pub retention: RetentionLimits,
 }
 
 impl Config {
@@ -197,6 +218,16 @@ impl Config {
             30.0,
             1.0..=600.0,
         )?;
+        let metrics_addr = args
+            .metrics_addr
+            .clone()
+            .or(file.metrics_addr)
+            .map(|a| parse_metrics_addr(&a))
+            .transpose()?;
+        let retention = retention_limits(
+            args.retention_days.or(file.retention_days),
+            args.retention_max_gb.or(file.retention_max_gb),
+        )?;
         Ok(Config {
             token: Secret::new(token.trim()),
             default_model,
@@ -219,6 +250,8 @@ impl Config {
             precision,
             shutdown_timeout,
             http_timeout,
+            metrics_addr,
+            retention,
         })
     }
 }
@@ -239,6 +272,39 @@ fn seconds(
         );
     }
     Ok(Duration::from_secs_f64(s))
+}
+
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr> {
+    text.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "metrics_addr {text:?} is not an IP address and port such as 127.0.0.1:9100 (IMAGINE_METRICS_ADDR)"
+        )
+    })
+}
+
+/// Longest retention accepted: a century, far beyond any disk's life.
+const MAX_RETENTION_DAYS: u32 = 36_500;
+/// Largest size limit accepted, in GB: a petabyte.
+const MAX_RETENTION_GB: f64 = 1e6;
+
+/// Retention is in days (the granularity people reason about for chat history) and in
+/// decimal gigabytes (how disks and quotas are sold; a fraction such as 0.5 is easier to get
+/// right than a byte count in an environment variable).
+fn retention_limits(days: Option<u32>, max_gb: Option<f64>) -> Result<RetentionLimits> {
+    if let Some(d) = days {
+        if d == 0 || d > MAX_RETENTION_DAYS {
+            bail!("retention_days must be between 1 and {MAX_RETENTION_DAYS}, got {d}; leave it unset to keep images forever (IMAGINE_RETENTION_DAYS)");
+        }
+    }
+    if let Some(gb) = max_gb {
+        if !(gb.is_finite() && gb > 0.0 && gb <= MAX_RETENTION_GB) {
+            bail!("retention_max_gb must be a number of gigabytes above 0 and at most {MAX_RETENTION_GB}, got {gb}; leave it unset for no size limit (IMAGINE_RETENTION_MAX_GB)");
+        }
+    }
+    Ok(RetentionLimits {
+        max_age: days.map(|d| std::time::Duration::from_secs(u64::from(d) * 86_400)),
+        max_bytes: max_gb.map(|gb| (gb * 1e9).round() as u64),
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
@@ -275,6 +341,9 @@ mod tests {
             precision: None,
             shutdown_timeout: None,
             http_timeout: None,
+            metrics_addr: None,
+            retention_days: None,
+            retention_max_gb: None,
         }
     }
 
@@ -359,5 +428,54 @@ mod tests {
         std::fs::write(dir.path().join("bad.toml"), "queue_size = 8\n").unwrap();
         a.config = Some(dir.path().join("bad.toml"));
         assert!(Config::resolve(&a).is_err());
+    }
+
+    #[test]
+    fn metrics_and_retention_are_off_by_default_and_read_from_every_source() {
+        let c = Config::resolve(&args()).unwrap();
+        assert_eq!(c.metrics_addr, None);
+        assert!(c.retention.is_off());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imagine.toml");
+        std::fs::write(
+            &path,
+            "metrics_addr = \"127.0.0.1:9100\"\nretention_days = 30\nretention_max_gb = 0.5\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(path);
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(
+            c.retention.max_age,
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(c.retention.max_bytes, Some(500_000_000));
+        a.retention_days = Some(7);
+        a.metrics_addr = Some("[::1]:9200".into());
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.retention.max_age.unwrap().as_secs(), 7 * 86_400);
+        assert_eq!(c.metrics_addr.unwrap().port(), 9200);
+    }
+
+    #[test]
+    fn bad_metrics_and_retention_settings_say_what_is_accepted() {
+        for (set, needle) in [
+            ((Some("localhost"), None, None), "127.0.0.1:9100"),
+            ((Some("127.0.0.1"), None, None), "IMAGINE_METRICS_ADDR"),
+            ((None, Some(0), None), "between 1 and"),
+            ((None, None, Some(0.0)), "above 0"),
+            ((None, None, Some(-1.0)), "above 0"),
+            ((None, None, Some(f64::NAN)), "above 0"),
+            ((None, None, Some(1e9)), "at most"),
+        ] {
+            let mut a = args();
+            let (addr, days, gb) = set;
+            a.metrics_addr = addr.map(str::to_string);
+            a.retention_days = days;
+            a.retention_max_gb = gb;
+            let err = Config::resolve(&a).unwrap_err().to_string();
+            assert!(err.contains(needle), "{set:?}: {err}");
+        }
     }
 }

@@ -8,6 +8,8 @@
 //! - [`params`]: Midjourney-style prompt parameters (`--ar 3:2 --seed 42`) and image sizes.
 //! - [`buttons`]: the `custom_id` codec of result buttons (U1..U4, V1..V4, reroll, vary).
 //! - [`store`]: the SQLite store of jobs and images, the single source of truth.
+//! - [`metrics`]: the Prometheus series (off unless `metrics_addr` is set).
+//! - [`retention`]: deleting the images of old jobs to stay within age and size limits.
 
 pub mod bench_cmd;
 pub mod buttons;
@@ -17,8 +19,10 @@ pub mod discord;
 pub mod generate_cmd;
 pub mod jobs;
 pub mod logging;
+pub mod metrics;
 pub mod params;
 pub mod queue;
 pub mod render;
+pub mod retention;
 pub mod store;
 pub mod worker;

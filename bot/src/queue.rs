@@ -110,6 +110,7 @@ impl Reservation {
         release(&mut s, self.user);
         s.waiting.push_back((job, self.user));
         let position = s.waiting.len();
+        crate::metrics::queue_depth(position);
         drop(s);
         self.queue.ready.notify_one();
         position
@@ -163,7 +164,10 @@ impl JobQueue {
 
     /// Puts a job back in line without checking caps (jobs resumed after a restart).
     pub fn resume(&self, job: JobId, user: u64) {
-        self.lock().waiting.push_back((job, user));
+        let mut s = self.lock();
+        s.waiting.push_back((job, user));
+        crate::metrics::queue_depth(s.waiting.len());
+        drop(s);
         self.ready.notify_one();
     }
 
@@ -177,6 +181,7 @@ impl JobQueue {
                     if let Some(next) = s.waiting.pop_front() {
                         s.running = Some(next);
                         s.stop = StopFlag::default();
+                        crate::metrics::queue_depth(s.waiting.len());
                         return next.0;
                     }
                 }

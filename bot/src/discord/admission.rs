@@ -47,7 +47,10 @@ where
     }
     let reservation = match data.queue.reserve(new_job.user_id) {
         Ok(r) => r,
-        Err(e) => return Ok(Admission::Refused(e.to_string())),
+        Err(e) => {
+            crate::metrics::job_refused((&e).into());
+            return Ok(Admission::Refused(e.to_string()));
+        }
     };
     let id = data.store.insert_admitting(new_job, image_url).await?;
     let span = tracing::info_span!("job", id = id.0);
@@ -82,6 +85,7 @@ where
         );
         if let (Some(url), Some(path)) = (image_url, &new_job.params.init_image) {
             if let Err(why) = download_image(data, url, path).await {
+                crate::metrics::job_failed(crate::metrics::FailureCause::ImagePrompt);
                 data.store.fail_job(id, &why).await?;
                 data.outbox.notify();
                 return Ok(Admission::Accepted);
@@ -93,6 +97,7 @@ where
             return Ok(Admission::Accepted);
         }
         let position = reservation.commit(id);
+        crate::metrics::job_admitted(new_job.kind);
         if position != expected {
             data.updates.show(id, Update::Queued(position));
         }

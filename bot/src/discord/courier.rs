@@ -111,6 +111,7 @@ pub fn result_file(job: &Job, images: &[ImageRecord]) -> Result<(String, Vec<u8>
 /// serenity's HTTP errors carry the request URL, which holds the interaction token: keep
 /// only the status and Discord's message.
 pub fn scrub(e: serenity::Error) -> anyhow::Error {
+    crate::metrics::discord_error(&e);
     match e {
         serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)) => anyhow::anyhow!(
             "Discord answered {} ({}: {})",

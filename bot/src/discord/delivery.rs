@@ -147,6 +147,7 @@ impl Outbox {
         let result = match outcome {
             Ok(how) => {
                 tracing::info!(via = how, status = job.status.as_str(), "delivered");
+                crate::metrics::delivered(job.request.kind);
                 store.mark_delivered(job.id).await.map(drop)
             }
             Err(e) if !e.is_transient() && job.delivery.attempts + 1 >= MAX_REFUSED_ATTEMPTS => {
@@ -154,10 +155,12 @@ impl Outbox {
                     "Discord refused the final message {} times ({e}); giving up",
                     job.delivery.attempts + 1
                 );
+                crate::metrics::job_failed(crate::metrics::FailureCause::Delivery);
                 store.mark_delivered(job.id).await.map(drop)
             }
             Err(e) => {
                 let wait = backoff(job.delivery.attempts, e.retry_after);
+                crate::metrics::delivery_retry();
                 tracing::warn!(retry_in_s = wait.as_secs_f64(), "delivery failed: {e}");
                 store
                     .delivery_failed(job.id, now_ms() + wait.as_millis() as i64)

@@ -62,6 +62,7 @@ async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>) {
         let outcome = run_one(&data, &engine, id).instrument(span.clone()).await;
         if let Err(e) = outcome {
             span.in_scope(|| tracing::error!("the job ended with an internal error: {e:#}"));
+            crate::metrics::job_failed(crate::metrics::FailureCause::Internal);
             // Whatever state it was left in, it ends visibly.
             let _ = data.store.fail_job(id, INTERNAL_ERROR).await;
         }
@@ -79,6 +80,7 @@ async fn run_one(data: &Data, engine: &EngineThread, id: JobId) -> anyhow::Resul
         }
         other => other?,
     }
+    let started = Instant::now();
     let job = data
         .store
         .job(id)
@@ -94,6 +96,7 @@ async fn run_one(data: &Data, engine: &EngineThread, id: JobId) -> anyhow::Resul
         Ok(job) => job,
         Err(why) => {
             tracing::warn!("job failed: {why}");
+            crate::metrics::job_failed(crate::metrics::FailureCause::ImagePrompt);
             data.store.fail_job(id, &why).await?;
             return Ok(());
         }
@@ -125,6 +128,16 @@ async fn run_one(data: &Data, engine: &EngineThread, id: JobId) -> anyhow::Resul
             }
         }
     };
+    match &end {
+        JobEnd::Done(_) => crate::metrics::job_finished(
+            job.request.kind,
+            &job.request.model,
+            started.elapsed().as_secs_f64(),
+        ),
+        JobEnd::Failed { .. } => crate::metrics::job_failed(crate::metrics::FailureCause::Engine),
+        JobEnd::Panicked => crate::metrics::job_failed(crate::metrics::FailureCause::WorkerPanic),
+        JobEnd::Stopped(_) => {}
+    }
     record_end(data, id, end).await
 }
 

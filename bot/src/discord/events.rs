@@ -71,6 +71,9 @@ async fn on_click(
     if parent.status != JobStatus::Done {
         return reply_private(ctx, click, "That job has not finished yet.").await;
     }
+    if let Some(why) = crate::retention::cleaned_up(&data.store, &parent, button.action).await? {
+        return reply_private(ctx, click, &why).await;
+    }
     let images = resolve_images(&data.data_dir, data.store.images(parent.id).await?);
     let who = Requester {
         user_id: click.user.id.get(),

@@ -51,12 +51,16 @@ pub async fn imagine(
     };
     if let Some(att) = &image {
         if let Err(msg) = check_attachment(att) {
+            crate::metrics::job_refused(crate::metrics::Refusal::BadInput);
             return private(ctx, msg).await;
         }
     }
     let new_job = match prepare(data, &prompt, who, image.is_some()) {
         Ok(job) => job,
-        Err(msg) => return private(ctx, msg).await,
+        Err(msg) => {
+            crate::metrics::job_refused(crate::metrics::Refusal::BadInput);
+            return private(ctx, msg).await;
+        }
     };
     let announce = |first: FirstReply| async move {
         let reply = CreateReply::default()
@@ -151,6 +155,7 @@ pub async fn dm_prompt(
     let new_job = match prepare(data, &message.content, who, false) {
         Ok(job) => job,
         Err(msg) => {
+            crate::metrics::job_refused(crate::metrics::Refusal::BadInput);
             say(msg).await?;
             return Ok(());
         }

@@ -132,6 +132,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 fn http_client(config: &Config) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
+        // Discord asks every client for a `DiscordBot (url, version)` agent; serenity sets its
+        // own on its calls, this one covers delivery and downloads.
+        .user_agent(concat!(
+            "DiscordBot (https://github.com/imagine-bot/imagine, ",
+            env!("CARGO_PKG_VERSION"),
+            ")"
+        ))
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(config.http_timeout)
         .build()
@@ -170,6 +177,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot open the database {}", config.db.display()))?;
     let requeued = store.requeue_running().await?;
+    crate::metrics::install(config.metrics_addr)?;
     let models = describe_models(&config).await?;
     let engines = engines_factory(&config).await?;
     let http_client = http_client(&config)?;
@@ -198,6 +206,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     for job in &unfinished {
         queue.resume(job.id, job.request.user_id);
     }
+    let store_for_retention = store.clone();
     let shutdown = Shutdown::new(config.shutdown_timeout);
     let pending = Mutex::new(Some(Startup {
         store,
@@ -236,6 +245,11 @@ pub async fn run(mut config: Config) -> Result<()> {
         .framework(framework)
         .await
         .context("building the Discord client")?;
+    crate::retention::spawn(
+        store_for_retention,
+        config.data_dir.clone(),
+        config.retention,
+    );
     shutdown::on_signal(shutdown, client.shard_manager.clone());
     client
         .start()

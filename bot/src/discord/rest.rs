@@ -161,7 +161,10 @@ impl Rest {
                 request.multipart(form)
             }
         };
-        let response = request.send().await.map_err(|e| no_answer(&e))?;
+        let response = request.send().await.map_err(|e| {
+            crate::metrics::discord_call_failed(None, e.is_timeout());
+            no_answer(&e)
+        })?;
         let status = response.status();
         let header_retry = response
             .headers()
@@ -173,6 +176,7 @@ impl Rest {
         if status.is_success() {
             return Ok(answer);
         }
+        crate::metrics::discord_call_failed(Some(status.as_u16()), false);
         Err(failure(method, status, &answer, header_retry))
     }
 }

@@ -8,6 +8,7 @@
 //! - [`jobs`]: inserting jobs, moving them through their statuses, reading them back.
 //! - [`outbox`]: admission and delivery: unconfirmed first replies, ended jobs not yet
 //!   delivered, interaction tokens forgotten once they are of no use.
+//! - [`retention`]: which finished jobs' images may be deleted, and remembering it.
 //!
 //! Status changes are single conditional `UPDATE`s (`... WHERE status IN (allowed sources)`),
 //! so two tasks racing on one job cannot both win, and the legal transitions are written once,
@@ -30,6 +31,7 @@ macro_rules! select_jobs {
 
 mod jobs;
 mod outbox;
+mod retention;
 mod types;
 
 #[cfg(test)]
@@ -44,6 +46,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use retention::{Purge, RetainedJob, RetentionInventory, RetentionLimits};
 pub use types::{
     Delivery, ImageRecord, Job, JobId, JobKind, JobParams, JobStatus, NewJob, Parent, StoreError,
 };
