@@ -78,6 +78,23 @@ fn a_grid_png_carries_its_parameters() {
 }
 
 #[test]
+fn a_prompt_in_any_language_is_written_into_the_png_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "un café — à Paris ☕ 東京 Москва";
+    let out = dir.path().join("u.png");
+    let (sd, out_s) = (model("tiny-sd15"), out.display().to_string());
+    let o = imagine(
+        &[
+            "generate", prompt, "--model", &sd, "--steps", "2", "--out", &out_s,
+        ],
+        "2",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = parameters(&std::fs::read(&out).unwrap());
+    assert_eq!(text.lines().next(), Some(prompt), "{text}");
+}
+
+#[test]
 fn the_same_seed_gives_a_byte_identical_png_whatever_the_thread_count() {
     let dir = tempfile::tempdir().unwrap();
     let seed = ["--seed", "7", "--scheduler", "euler-a", "--steps", "6"];
