@@ -8,7 +8,7 @@ use poise::CreateReply;
 use super::admission::{admit, Admission};
 use super::{Context, Data, Error};
 use crate::jobs::{imagine_job, Requester};
-use crate::params::parse_prompt;
+use crate::params::{parse_prompt, ParamError};
 use crate::store::NewJob;
 
 /// Largest image prompt accepted.
@@ -75,8 +75,11 @@ pub fn prepare(
         .clone()
         .unwrap_or_else(|| data.config.default_model.clone());
     let info = data.models.get(&name).ok_or_else(|| {
-        let names: Vec<&str> = data.models.keys().map(String::as_str).collect();
-        format!("Unknown model `{name}`. Available: {}.", names.join(", "))
+        ParamError::UnknownModel {
+            available: data.models.keys().cloned().collect(),
+            name: name.clone(),
+        }
+        .to_string()
     })?;
     let init = with_image.then(|| {
         data.data_dir
