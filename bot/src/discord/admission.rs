@@ -7,7 +7,8 @@ use std::future::Future;
 
 use anyhow::Context as _;
 
-use super::{download_image, messages, Data, Error};
+use super::image_prompt::download_image;
+use super::{messages, Data, Error};
 use crate::store::NewJob;
 
 /// What became of a request.
