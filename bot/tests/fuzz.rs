@@ -379,16 +379,17 @@ fn toml_text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Flag values, a config file's text, a token for that file, where to cut the token's line.
+type ConfigCase = (
+    Vec<(&'static str, String)>,
+    Option<String>,
+    Option<String>,
+    prop::sample::Index,
+);
+
 /// Flag values (standing in for environment values: clap parses both the same way), a
 /// config file's text, and a token in that file that may be cut anywhere.
-fn config_case() -> impl Strategy<
-    Value = (
-        Vec<(&'static str, String)>,
-        Option<String>,
-        Option<String>,
-        prop::sample::Index,
-    ),
-> {
+fn config_case() -> impl Strategy<Value = ConfigCase> {
     (
         prop::collection::vec(
             prop::sample::select(FLAGS.to_vec())
