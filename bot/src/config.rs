@@ -156,8 +156,19 @@ pub struct Config {
 
 impl Config {
     pub fn resolve(args: &BotArgs) -> Result<Config> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
+        let text = match &args.config {
+            Some(path) => Some(read_file(path)?),
+            None => None,
+        };
+        let file = args.config.as_deref().zip(text.as_deref());
+        Config::resolve_with_file(args, file)
+    }
+
+    /// [`Config::resolve`] with the config file (its path and text) already read: no I/O, so
+    /// tests and the fuzzer can feed it any text.
+    pub fn resolve_with_file(args: &BotArgs, file: Option<(&Path, &str)>) -> Result<Config> {
+        let file = match file {
+            Some((path, text)) => parse_file(path, text)?,
             None => FileConfig::default(),
         };
         let token = args
@@ -181,8 +192,14 @@ impl Config {
         }
         let api_base = args.discord_api_base.clone().or(file.discord_api_base);
         if let Some(base) = &api_base {
-            if !(base.starts_with("http://") || base.starts_with("https://")) {
-                bail!("DISCORD_API_BASE must be an http(s) URL, got {base:?}");
+            // A scheme alone ("http://") would pass a prefix check and fail much later.
+            let url = reqwest::Url::parse(base).ok();
+            let web = url.as_ref().is_some_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+            });
+            if !web {
+                bail!("DISCORD_API_BASE must be an http(s) URL with a host, such as https://discord.com; got {base:?}");
             }
         }
         let taesd = args
@@ -307,10 +324,27 @@ fn retention_limits(days: Option<u32>, max_gb: Option<f64>) -> Result<RetentionL
     })
 }
 
-fn read_file(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+fn read_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))
+}
+
+/// Parses the config file. toml's own error quotes the offending line, which may be the
+/// token's: only the line number and toml's message are shown.
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig> {
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or(0, |span| span.start.min(text.len()));
+        let line = text.as_bytes()[..at]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        anyhow::anyhow!(
+            "invalid config file {}, line {line}: {}",
+            path.display(),
+            e.message().trim()
+        )
+    })
 }
 
 /// The name a model spec is known by in prompts: its last path component.
@@ -408,6 +442,36 @@ mod tests {
         a.discord_token = None;
         let err = Config::resolve(&a).unwrap_err().to_string();
         assert!(err.contains("DISCORD_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn an_api_base_without_a_host_is_refused() {
+        for base in ["http://", "http:", "discord.com", "ftp://x"] {
+            let mut a = args();
+            a.discord_api_base = Some(base.into());
+            let err = Config::resolve(&a).unwrap_err().to_string();
+            assert!(
+                err.contains("DISCORD_API_BASE must be an http(s) URL"),
+                "{base}: {err}"
+            );
+        }
+        let mut a = args();
+        a.discord_api_base = Some("http://127.0.0.1:8080/".into());
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.api_base.as_deref(), Some("http://127.0.0.1:8080"));
+    }
+
+    #[test]
+    fn a_broken_config_file_names_the_line_but_never_shows_the_token() {
+        let text = "queue_capacity = 8\ndiscord_token = \"sekrit-123\nuser_cap = 2\n";
+        let err = Config::resolve_with_file(&args(), Some((Path::new("imagine.toml"), text)))
+            .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.starts_with("invalid config file imagine.toml, line 2: "),
+            "{message}"
+        );
+        assert!(!message.contains("sekrit"), "{message}");
     }
 
     #[test]

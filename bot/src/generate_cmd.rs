@@ -11,6 +11,7 @@ use imagine_engine::{GenerateRequest, InitImage, LoadOptions, StableDiffusion, T
 
 use crate::cli::GenerateArgs;
 use crate::config::short_name;
+use crate::image_input;
 use crate::render::{grid_2x2, write_png, PngParameters};
 
 /// Largest image file we read from the command line.
@@ -129,19 +130,13 @@ fn read_limited(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn load_image(path: &Path) -> Result<image::DynamicImage> {
+/// Reads an image the user named, through the same checks as a Discord image prompt.
+fn load_image<T>(
+    path: &Path,
+    decode: impl FnOnce(&[u8]) -> Result<T, image_input::InputError>,
+) -> Result<T> {
     let bytes = read_limited(path)?;
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .context("reading the image")?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(8192);
-    limits.max_image_height = Some(8192);
-    limits.max_alloc = Some(512 << 20);
-    reader.limits(limits);
-    reader
-        .decode()
-        .with_context(|| format!("{} is not an image we can read (PNG)", path.display()))
+    decode(&bytes).with_context(|| format!("cannot use {}", path.display()))
 }
 
 /// Loads the init image (and mask), checks they match, and scales both to the output size.
@@ -152,10 +147,10 @@ fn load_init(
     w: usize,
     h: usize,
 ) -> Result<InitImage> {
-    let image = load_image(path)?.to_rgb8();
+    let image = load_image(path, image_input::decode_rgb)?;
     let mask: Option<GrayImage> = match mask {
         Some(m) => {
-            let m = load_image(m)?.to_luma8();
+            let m = load_image(m, image_input::decode_mask)?;
             if m.dimensions() != image.dimensions() {
                 bail!(
                     "the mask is {}x{} but the init image is {}x{}: they must be the same size",

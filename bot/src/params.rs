@@ -176,16 +176,29 @@ pub enum ParamError {
         shown(.word)
     )]
     UnexpectedText { flag: Flag, word: String },
+    /// Not raised by [`parse_prompt`]: the caller knows which models are configured.
+    #[error("Unknown model `{}`. Available: {}.", shown(.name), listed(.available))]
+    UnknownModel {
+        name: String,
+        available: Vec<String>,
+    },
 }
 
 fn accepted_list() -> String {
     Flag::ALL.map(Flag::name).join(", ")
 }
 
-/// A user-typed value made safe to show inside a code span: no backticks, at most 40 chars.
+/// The most names [`ParamError::UnknownModel`] lists; the rest are counted.
+const MAX_LISTED_MODELS: usize = 20;
+
+/// A user-typed value made safe to show inside a code span: no backticks or control
+/// characters, at most 40 chars.
 fn shown(value: &str) -> String {
     const MAX: usize = 40;
-    let clean: String = value.chars().filter(|&c| c != '`').collect();
+    let clean: String = value
+        .chars()
+        .filter(|&c| c != '`' && !c.is_control())
+        .collect();
     if clean.chars().count() <= MAX {
         clean
     } else {
@@ -193,6 +206,20 @@ fn shown(value: &str) -> String {
         cut.push('…');
         cut
     }
+}
+
+/// Model names as code spans, shortened like user input (a configuration may hold many, with
+/// long names), so the whole reply stays far under Discord's 2,000 characters.
+fn listed(names: &[String]) -> String {
+    let mut list: Vec<String> = names
+        .iter()
+        .take(MAX_LISTED_MODELS)
+        .map(|n| format!("`{}`", shown(n)))
+        .collect();
+    if names.len() > MAX_LISTED_MODELS {
+        list.push(format!("and {} more", names.len() - MAX_LISTED_MODELS));
+    }
+    list.join(", ")
 }
 
 /// If `token` is a flag (`--name`, or `—name` / `–name` as phones autocorrect it), returns the
@@ -805,6 +832,30 @@ mod tests {
         assert_eq!(message.matches('`').count(), 2, "{message}");
         assert!(message.chars().count() < 120, "{message}");
         assert!(message.contains('…'));
+    }
+
+    #[test]
+    fn an_unknown_model_reply_stays_short_whatever_the_names() {
+        let e = ParamError::UnknownModel {
+            name: "nope".into(),
+            available: vec!["sd-turbo".into(), "sd15".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "Unknown model `nope`. Available: `sd-turbo`, `sd15`."
+        );
+        let e = ParamError::UnknownModel {
+            name: format!("`{}\n@everyone", "m".repeat(5000)),
+            available: (0..1000)
+                .map(|i| format!("model-{i}-{}", "x".repeat(300)))
+                .collect(),
+        };
+        let message = e.to_string();
+        assert!(message.chars().count() <= 1200, "{}", message.len());
+        assert!(!message.contains('\n'), "{message}");
+        assert!(message.ends_with("and 980 more."), "{message}");
+        let name_shown = message.split('`').nth(1).unwrap();
+        assert_eq!(name_shown.chars().count(), 40, "{name_shown}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! write and read.
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use image::RgbImage;
@@ -85,16 +86,27 @@ pub fn grid_2x2(images: &[RgbImage]) -> Result<RgbImage> {
     Ok(grid)
 }
 
-/// Encodes an RGB image as PNG bytes with a `parameters` text chunk.
+/// The keyword of the chunk that carries the generation parameters.
+const PARAMETERS: &str = "parameters";
+/// The most text a compressed chunk may inflate to when read back.
+const MAX_TEXT_BYTES: usize = 1 << 20;
+
+/// Encodes an RGB image as PNG bytes with a `parameters` text chunk: `tEXt` when the text is
+/// Latin-1, `iTXt` (UTF-8) when it is not, as the web UIs' PNG writers (Pillow's
+/// `PngInfo.add_text`) do, so readers of either kind find the prompt in any language.
 pub fn png_bytes(img: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut out, img.width(), img.height());
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
-        encoder
-            .add_text_chunk("parameters".into(), parameters.into())
-            .context("adding the parameters chunk")?;
+        let (keyword, text) = (PARAMETERS.to_string(), parameters.to_string());
+        if parameters.chars().all(|c| u32::from(c) <= 0xFF) {
+            encoder.add_text_chunk(keyword, text)
+        } else {
+            encoder.add_itxt_chunk(keyword, text)
+        }
+        .context("adding the parameters chunk")?;
         let mut writer = encoder.write_header().context("writing the PNG header")?;
         writer
             .write_image_data(img.as_raw())
@@ -104,25 +116,68 @@ pub fn png_bytes(img: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes `png_bytes` to a file, creating or replacing it.
-pub fn write_png(path: &std::path::Path, img: &RgbImage, parameters: &str) -> Result<()> {
-    let bytes = png_bytes(img, parameters)?;
-    let mut file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(&bytes)
-        .with_context(|| format!("cannot write {}", path.display()))
+/// Writes `png_bytes` to a file, creating or replacing it atomically.
+pub fn write_png(path: &Path, img: &RgbImage, parameters: &str) -> Result<()> {
+    write_file_atomically(path, &png_bytes(img, parameters)?)
 }
 
-/// Reads the `parameters` text chunk back from PNG bytes, if present.
+/// Writes `bytes` to `path` so that a reader (or a restart after a crash) sees either the
+/// old file or the whole new one, never a torn one: a temporary file beside it, flushed to
+/// disk, then renamed over it.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
+    let temp = path.with_file_name(temp_name);
+    let written = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Reads the `parameters` text chunk back from PNG bytes, if present, whichever of `tEXt`,
+/// `zTXt` and `iTXt` carries it.
 pub fn read_parameters(bytes: &[u8]) -> Result<Option<String>> {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let reader = decoder.read_info().context("not a PNG")?;
     let info = reader.info();
-    Ok(info
+    if let Some(t) = info
         .uncompressed_latin1_text
         .iter()
-        .find(|t| t.keyword == "parameters")
-        .map(|t| t.text.clone()))
+        .find(|t| t.keyword == PARAMETERS)
+    {
+        return Ok(Some(t.text.clone()));
+    }
+    if let Some(t) = info.utf8_text.iter().find(|t| t.keyword == PARAMETERS) {
+        let mut t = t.clone();
+        t.decompress_text_with_limit(MAX_TEXT_BYTES)
+            .context("reading the iTXt parameters chunk")?;
+        return Ok(Some(
+            t.get_text().context("reading the iTXt parameters chunk")?,
+        ));
+    }
+    if let Some(t) = info
+        .compressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == PARAMETERS)
+    {
+        let mut t = t.clone();
+        t.decompress_text_with_limit(MAX_TEXT_BYTES)
+            .context("reading the zTXt parameters chunk")?;
+        return Ok(Some(
+            t.get_text().context("reading the zTXt parameters chunk")?,
+        ));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -179,6 +234,78 @@ mod tests {
         );
         let back = image::load_from_memory(&bytes).unwrap().to_rgb8();
         assert_eq!(back, img);
+    }
+
+    /// The chunk types of a PNG, in order.
+    fn chunk_types(bytes: &[u8]) -> Vec<String> {
+        let mut types = Vec::new();
+        let mut at = 8;
+        while at + 8 <= bytes.len() {
+            let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            types.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).into_owned());
+            at += 12 + len;
+        }
+        types
+    }
+
+    #[test]
+    fn any_unicode_prompt_is_carried_in_an_itxt_chunk() {
+        let img = RgbImage::from_pixel(2, 2, image::Rgb([9, 9, 9]));
+        for prompt in [
+            "un café — à Paris ☕ 東京 Москва",
+            "“curly quotes”",
+            "🐶🏖️",
+            "naïve café",
+        ] {
+            let mut p = params();
+            p.prompt = prompt.into();
+            let text = p.to_text();
+            let bytes = png_bytes(&img, &text).unwrap();
+            assert_eq!(read_parameters(&bytes).unwrap().as_deref(), Some(&*text));
+            let latin1 = prompt.chars().all(|c| (c as u32) <= 0xFF);
+            let chunk = if latin1 { "tEXt" } else { "iTXt" };
+            assert!(chunk_types(&bytes).contains(&chunk.to_string()), "{prompt}");
+            assert_eq!(image::load_from_memory(&bytes).unwrap().to_rgb8(), img);
+        }
+    }
+
+    fn png_with_text(chunk: &impl png::text_metadata::EncodableTextChunk) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, 1, 1);
+        encoder.set_color(png::ColorType::Rgb);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_text_chunk(chunk).unwrap();
+        writer.write_image_data(&[1, 2, 3]).unwrap();
+        writer.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn parameters_are_read_from_compressed_chunks_too() {
+        let ztxt = png_with_text(&png::text_metadata::ZTXtChunk::new("parameters", "a fox"));
+        assert!(chunk_types(&ztxt).contains(&"zTXt".to_string()));
+        assert_eq!(read_parameters(&ztxt).unwrap().as_deref(), Some("a fox"));
+        let mut itxt = png::text_metadata::ITXtChunk::new("parameters", "a fox ❄");
+        itxt.compressed = true;
+        let itxt = png_with_text(&itxt);
+        assert_eq!(read_parameters(&itxt).unwrap().as_deref(), Some("a fox ❄"));
+        let other = png_with_text(&png::text_metadata::TEXtChunk::new("Comment", "hi"));
+        assert_eq!(read_parameters(&other).unwrap(), None);
+    }
+
+    #[test]
+    fn a_png_is_replaced_whole_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.png");
+        let img = RgbImage::from_pixel(2, 2, image::Rgb([1, 1, 1]));
+        write_png(&path, &img, "first").unwrap();
+        write_png(&path, &img, "second").unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(read_parameters(&bytes).unwrap().as_deref(), Some("second"));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        let err = write_png(&dir.path().join("missing/0.png"), &img, "x").unwrap_err();
+        assert!(format!("{err:#}").contains("cannot write"), "{err:#}");
     }
 
     #[test]

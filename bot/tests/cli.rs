@@ -47,6 +47,11 @@ fn generate(out: &Path, extra: &[&str], threads: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+fn testdata(name: &str) -> String {
+    let path = root().join("assets/testdata/images").join(name);
+    path.display().to_string()
+}
+
 fn parameters(png: &[u8]) -> String {
     imagine::render::read_parameters(png)
         .unwrap()
@@ -75,6 +80,41 @@ fn a_grid_png_carries_its_parameters() {
         parameters(&png),
         "a brown puppy on the beach\nNegative prompt: blurry\nSteps: 6, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd15"
     );
+}
+
+#[test]
+fn a_prompt_in_any_language_is_written_into_the_png_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "un café — à Paris ☕ 東京 Москва";
+    let out = dir.path().join("u.png");
+    let (sd, out_s) = (model("tiny-sd15"), out.display().to_string());
+    let o = imagine(
+        &[
+            "generate", prompt, "--model", &sd, "--steps", "2", "--out", &out_s,
+        ],
+        "2",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = parameters(&std::fs::read(&out).unwrap());
+    assert_eq!(text.lines().next(), Some(prompt), "{text}");
+}
+
+#[test]
+fn a_rotated_jpeg_photo_and_an_animated_gif_are_init_images() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["photo_exif_orientation_6.jpg", "animated.gif"] {
+        let init = testdata(name);
+        let png = generate(
+            &dir.path().join("i.png"),
+            &["--init-image", &init, "--strength", "0.5", "--steps", "4"],
+            "2",
+        );
+        assert!(
+            parameters(&png).ends_with("Denoising strength: 0.5"),
+            "{name}: {}",
+            parameters(&png)
+        );
+    }
 }
 
 #[test]
@@ -164,6 +204,8 @@ fn bad_input_fails_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.png").display().to_string();
     let sd = model("tiny-sd15");
+    let bomb = testdata("bomb_50000x50000.png");
+    let random = testdata("random_bytes.png");
     let cases: &[(&[&str], &str)] = &[
         (&["--size", "60x64"], "multiples of 8"),
         (&["--size", "big"], "WxH"),
@@ -171,6 +213,11 @@ fn bad_input_fails_with_a_message() {
         (&["--scheduler", "pndm"], "euler"),
         (&["--init-image", "/nonexistent.png"], "cannot read"),
         (&["--init-image", "Cargo.toml"], "not an image"),
+        (
+            &["--init-image", &bomb],
+            "is 50000x50000 pixels, over the limit of 4096x4096",
+        ),
+        (&["--init-image", &random], "it is not an image"),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["generate", "p", "--model", &sd, "--out", &out];

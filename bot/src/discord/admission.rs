@@ -10,9 +10,10 @@ use anyhow::Context as _;
 use poise::serenity_prelude::{CreateActionRow, CreateAllowedMentions};
 use tracing::Instrument;
 
+use super::image_prompt::download_image;
 use super::shutdown::RESTARTING;
 use super::updates::Update;
-use super::{download_image, messages, orphans, Data, Error};
+use super::{messages, orphans, Data, Error};
 use crate::store::{JobId, JobStatus, NewJob};
 
 /// What became of a request.

@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use tracing::Instrument;
 
 use super::engine_thread::{EngineEvent, EngineThread, JobEnd};
+use super::image_prompt::download_image;
 use super::updates::Update;
-use super::{download_image, Data};
+use super::Data;
 use crate::queue::StopReason;
 use crate::store::{ImageRecord, Job, JobId, StoreError};
 

@@ -6,16 +6,14 @@ use poise::serenity_prelude::{self as serenity, CreateMessage};
 use poise::CreateReply;
 
 use super::admission::{admit, Admission, FirstReply};
+use super::image_prompt::MAX_DOWNLOAD_BYTES;
 use super::messages::no_mentions;
 use super::place::bot_in_place;
 use super::{Context, Data, Error};
+use crate::image_input;
 use crate::jobs::{imagine_job, Requester};
-use crate::params::parse_prompt;
+use crate::params::{parse_prompt, ParamError};
 use crate::store::NewJob;
-
-/// Largest image prompt accepted.
-const MAX_IMAGE_BYTES: u32 = 10 << 20;
-const MAX_IMAGE_SIDE: u32 = 4096;
 
 /// Draw four pictures from a prompt. Parameters go inline: --ar 3:2 --seed 42 --no text
 #[poise::command(
@@ -27,7 +25,7 @@ pub async fn imagine(
     ctx: Context<'_>,
     #[description = "What to draw, with optional --ar, --seed, --no, --steps, --stylize, --chaos, --model"]
     prompt: String,
-    #[description = "An image to start from (PNG, JPEG or WebP, up to 10 MB)"] image: Option<
+    #[description = "An image to start from (PNG, JPEG, WebP or GIF, up to 10 MB)"] image: Option<
         serenity::Attachment,
     >,
 ) -> Result<(), Error> {
@@ -90,8 +88,11 @@ pub fn prepare(
         .clone()
         .unwrap_or_else(|| data.config.default_model.clone());
     let info = data.models.get(&name).ok_or_else(|| {
-        let names: Vec<&str> = data.models.keys().map(String::as_str).collect();
-        format!("Unknown model `{name}`. Available: {}.", names.join(", "))
+        ParamError::UnknownModel {
+            available: data.models.keys().cloned().collect(),
+            name: name.clone(),
+        }
+        .to_string()
     })?;
     let init = with_image.then(|| {
         data.data_dir
@@ -103,20 +104,25 @@ pub fn prepare(
     Ok(imagine_job(&parsed, &name, info, who, init, rand::random()))
 }
 
+/// Early refusals from what Discord says about the attachment, answered privately before any
+/// job exists. Nothing is accepted here: the downloaded bytes decide in
+/// [`image_input`](crate::image_input), whatever the declared type.
 fn check_attachment(att: &serenity::Attachment) -> Result<(), String> {
-    let kind = att.content_type.as_deref().unwrap_or("");
-    if !matches!(kind, "image/png" | "image/jpeg" | "image/webp") {
+    let declared = att.content_type.as_deref().unwrap_or("");
+    if !declared.is_empty() && !declared.starts_with("image/") {
         return Err(format!(
-            "`{}` is not an image I can use: attach a PNG, JPEG or WebP.",
-            att.filename
+            "That attachment is not an image: attach a {}.",
+            image_input::ACCEPTED
         ));
     }
-    if att.size > MAX_IMAGE_BYTES {
+    if att.size as usize > MAX_DOWNLOAD_BYTES {
         return Err("That image is larger than 10 MB: attach a smaller one.".into());
     }
-    if att.width.unwrap_or(0) > MAX_IMAGE_SIDE || att.height.unwrap_or(0) > MAX_IMAGE_SIDE {
+    let (w, h) = (att.width.unwrap_or(0), att.height.unwrap_or(0));
+    if w > image_input::MAX_SIDE || h > image_input::MAX_SIDE {
         return Err(format!(
-            "That image is larger than {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels: attach a smaller one."
+            "That image is {w}x{h} pixels, over the limit of {max}x{max}: attach a smaller one.",
+            max = image_input::MAX_SIDE
         ));
     }
     Ok(())

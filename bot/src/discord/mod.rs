@@ -10,6 +10,7 @@
 //! - [`updates`]: live edits (positions, progress) off the engine's path, through [`courier`].
 //! - [`delivery`]: the outbox of ended jobs, over [`rest`]; [`place`]: where the bot may post.
 //! - [`shutdown`]: SIGTERM / Ctrl-C, bounded graceful stop.
+//! - [`image_prompt`]: the attached image, downloaded with limits and checked.
 //! - [`messages`]: the text and buttons of each job state.
 
 pub mod admission;
@@ -18,6 +19,7 @@ pub mod delivery;
 pub mod dispatcher;
 pub mod engine_thread;
 pub mod events;
+pub mod image_prompt;
 pub mod imagine_cmd;
 pub mod messages;
 pub mod orphans;
@@ -82,47 +84,6 @@ impl BotState {
     pub fn courier(&self) -> &Courier {
         &self.courier
     }
-}
-
-/// Largest image prompt downloaded.
-const MAX_DOWNLOAD: usize = 10 << 20;
-
-/// Downloads an image prompt, checks it is a real image of sane size, and saves it as PNG.
-pub async fn download_image(data: &Data, url: &str, path: &str) -> Result<(), String> {
-    let fail = |what: &str| format!("I could not use the attached image ({what}).");
-    let response = data
-        .http_client
-        .get(url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|_| fail("download failed"))?;
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|_| fail("download failed"))?;
-    if bytes.len() > MAX_DOWNLOAD {
-        return Err(fail("larger than 10 MB"));
-    }
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|_| fail("unknown format"))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(4096);
-    limits.max_image_height = Some(4096);
-    limits.max_alloc = Some(256 << 20);
-    reader.limits(limits);
-    let img = reader
-        .decode()
-        .map_err(|_| fail("not a PNG, JPEG or WebP image"))?;
-    let path = PathBuf::from(path);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|_| fail("cannot save it"))?;
-    }
-    img.to_rgb8()
-        .save(&path)
-        .map_err(|_| fail("cannot save it"))?;
-    Ok(())
 }
 
 /// Every HTTP client of the bot gives up on a connection after this.
