@@ -1,4 +1,4 @@
-//! Fault injection: make chosen REST routes answer 429 or 5xx, or answer late.
+//! Fault injection: make chosen REST routes answer 429 or 5xx, answer late, or never answer.
 //!
 //! A rule names an HTTP method and a route pattern below `/api/v10` in which `*` stands for one
 //! path segment and a trailing `**` for any rest, e.g. `POST /webhooks/*/*`. Each rule fires a
@@ -15,6 +15,13 @@ pub enum Fault {
     ServerError(u16),
     /// Answer normally, but only after this delay.
     Latency(Duration),
+    /// Never answer and never act: the connection stays open until the client gives up (its
+    /// timeout) or the simulator stops. Both are noted in the transcript.
+    Hang,
+    /// Act on the request (create or edit the message, ...) and record it, but never send the
+    /// answer: the client cannot tell whether it worked, as when a connection drops after
+    /// Discord committed. The retry that follows must not deliver twice.
+    HangAfterApplying,
 }
 
 #[derive(Clone, Debug)]
