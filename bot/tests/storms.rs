@@ -153,17 +153,17 @@ async fn kill_9_storm_every_admitted_job_is_delivered_exactly_once() {
             let pause = rng.between(0, 6) as usize;
             grown_by(&w.sim, pause).await;
         }
-        // Now and then an edit that Discord applies but never answers: when the bot dies, it
-        // cannot know whether its result (or progress) arrived.
+        // Now and then a result that never gets an answer, applied by Discord or not: when the
+        // bot dies, it cannot know whether the user saw it.
         if rng.between(0, 1) == 1 {
             let victim = &sent[rng.between(0, sent.len() as u64 - 1) as usize];
-            let route = format!("/webhooks/*/{}/messages/@original", victim.run.token);
-            w.sim
-                .fail_route("PATCH", &route, Fault::HangAfterApplying, 1);
-            eprintln!(
-                "the next edit of {}'s message hangs after applying",
-                victim.tag
-            );
+            let fault = match rng.between(0, 1) {
+                0 => Fault::Hang,
+                _ => Fault::HangAfterApplying,
+            };
+            eprintln!("{}'s result will hang: {fault:?}", victim.tag);
+            let route = format!("/webhooks/*/{}/**", victim.run.token);
+            w.sim.fail_result_route("*", &route, fault, 1);
         }
         // Anywhere from before the first answer to the middle of a delivery.
         let moment = rng.between(1, 80) as usize;

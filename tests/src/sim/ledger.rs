@@ -106,6 +106,20 @@ pub fn looks_finished(message: &Value) -> bool {
     !ephemeral && attached && button_ids(message).len() >= 2
 }
 
+/// Whether a request body (or a callback's) would show a finished result: at least two
+/// buttons, and a file uploaded or an attachment named. The request-side twin of
+/// [`looks_finished`], for faults that hit only deliveries.
+pub(crate) fn carries_result(body: &Value, uploads: usize) -> bool {
+    let message = match body.get("data") {
+        Some(data) if body.get("type").is_some() => data,
+        _ => body,
+    };
+    let named = message["attachments"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty());
+    button_ids(message).len() >= 2 && (uploads > 0 || named)
+}
+
 /// The custom_ids of a message's buttons, row by row.
 pub fn button_ids(message: &Value) -> Vec<String> {
     let rows = message["components"]

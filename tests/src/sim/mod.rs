@@ -332,6 +332,13 @@ impl Simulator {
             .push(FaultRule::new(method, pattern, fault, times));
     }
 
+    /// Like [`Simulator::fail_route`], but the rule fires only on requests that carry a
+    /// finished result (two or more buttons and a file); queued and progress edits pass.
+    pub fn fail_result_route(&self, method: &str, pattern: &str, fault: Fault, times: usize) {
+        let rule = FaultRule::new(method, pattern, fault, times).for_results();
+        self.shared.world().faults.push(rule);
+    }
+
     /// Closes the bot's gateway connection (close code 4000) so it must RESUME. Dispatches sent
     /// meanwhile are replayed on RESUME. Returns false when no connection was open.
     pub fn drop_gateway(&self) -> bool {

@@ -237,3 +237,58 @@ async fn a_result_edited_again_is_one_delivery_and_posted_again_is_two() {
     assert_eq!(deliveries[1].event.interaction, None);
     assert_eq!(result.id, deliveries[0].event.message_id);
 }
+
+#[tokio::test]
+async fn a_result_fault_spares_progress_edits_and_hits_the_result() {
+    let world = ready_world().await;
+    let sim = &world.sim;
+    sim.fail_result_route("POST", "/webhooks/**", Fault::ServerError(502), 1);
+    let run = sim
+        .slash_command(world.alice, world.channel, "ignore", vec![])
+        .unwrap();
+    let base = sim.api_base();
+    let callback = format!(
+        "{base}/api/v10/interactions/{}/{}/callback",
+        run.id, run.token
+    );
+    let deferred = client()
+        .post(callback)
+        .json(&json!({ "type": 5 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deferred.status().as_u16(), 204);
+    let url = format!(
+        "{base}/api/v10/webhooks/{}/{}",
+        sim.application_id(),
+        run.token
+    );
+    let post = |body: Value, with_file: bool| {
+        let mut form = reqwest::multipart::Form::new().text("payload_json", body.to_string());
+        if with_file {
+            let file = reqwest::multipart::Part::bytes(TINY_PNG.to_vec()).file_name("grid.png");
+            form = form.part("files[0]", file);
+        }
+        client().post(url.clone()).multipart(form).send()
+    };
+    let buttons = json!([{ "type": 1, "components": [
+        { "type": 2, "style": 2, "label": "U1", "custom_id": "imagine:u:1:0" },
+        { "type": 2, "style": 2, "label": "U2", "custom_id": "imagine:u:1:1" },
+    ] }]);
+    let progress = post(json!({ "content": "50%" }), true).await.unwrap();
+    assert_eq!(
+        progress.status().as_u16(),
+        200,
+        "a preview without buttons passes"
+    );
+    let result = json!({ "content": "done", "components": buttons });
+    assert_eq!(
+        post(result.clone(), true).await.unwrap().status().as_u16(),
+        502
+    );
+    assert_eq!(
+        post(result, true).await.unwrap().status().as_u16(),
+        200,
+        "one shot"
+    );
+}

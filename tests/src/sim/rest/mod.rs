@@ -125,7 +125,8 @@ async fn record_and_fault(
     let refusal = if needs_bot_token(&path) && !authorized(&shared, &parts.headers) {
         Some(DiscordError::unauthorized().into_response())
     } else {
-        let fault = take_fault(&mut shared.world().faults, &method, &path);
+        let result = super::ledger::carries_result(&payload.json, payload.files.len());
+        let fault = take_fault(&mut shared.world().faults, &method, &path, result);
         match fault {
             Some(Fault::Hang) => {
                 hang(&shared, &method, &path, "unanswered and not acted on").await;
