@@ -386,9 +386,10 @@ async fn sigterm_mid_job_exits_cleanly_in_time_and_the_job_is_delivered_once_aft
     let w = world().await;
     let env = [("IMAGINE_SHUTDOWN_TIMEOUT", "20")];
     let bot = start_bot(&w.sim, w.dir.path(), &env).await;
-    // One job running and two waiting when the signal comes.
+    // One job running and two waiting when the signal comes ("slow": 0.4 s a step, a test
+    // fault of the bot; without it the job may just be fast).
     let sent: Vec<Sent> = (0..3)
-        .map(|i| send(&w, w.alice, i, "a long exposure --steps 100"))
+        .map(|i| send(&w, w.alice, i, "a slow long exposure --steps 10"))
         .collect();
     for s in &sent {
         w.sim.wait_callback(&s.run, WAIT).await.unwrap();
