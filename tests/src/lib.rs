@@ -41,9 +41,20 @@
 //! thing happens and, on timeout, an error whose `Debug` prints the transcript.
 //!
 //! Rules and faults: [`Simulator::advance_clock`] moves the simulator's clock (for the 3 s and
-//! 15 min rules), [`Simulator::fail_route`] injects 429/5xx/latency on chosen routes, and
+//! 15 min rules), [`Simulator::fail_route`] injects 429/5xx/latency/hangs on chosen routes, and
 //! [`Simulator::drop_gateway`] closes the bot's WebSocket so it must RESUME. Every REST call and
 //! gateway frame lands in [`Simulator::transcript`]; failed waits print it.
+//!
+//! Places: [`Simulator::add_guild`] (the bot is a member), [`Simulator::add_guild_without_bot`]
+//! and [`Simulator::add_group_dm`] (reached only through users who ran
+//! [`Simulator::install_app`]; the bot's channel endpoints there answer 403 Missing Access),
+//! and DMs with the bot. Messages honour `allowed_mentions` and channel posts `nonce` +
+//! `enforce_nonce`, as Discord does.
+//!
+//! Storm bookkeeping: [`Simulator::interaction_reports`] (when each interaction was first
+//! answered, against the 3 s rule), [`Simulator::message_events`] (every change of every bot
+//! message and whom it pinged) and [`Simulator::deliveries`] (how often each finished result
+//! reached users).
 
 // The GUILD_CREATE fixture is one large `json!` literal.
 #![recursion_limit = "256"]
@@ -52,6 +63,10 @@ mod sim;
 
 pub use sim::faults::Fault;
 pub use sim::fixtures;
+pub use sim::ledger::{
+    button_ids, looks_finished, Change, Delivery, InteractionReport, MessageEvent,
+};
+pub use sim::mentions::Pings;
 pub use sim::transcript::{Direction, Entry, FileSummary, RestCall, Transcript};
 pub use sim::{
     Callback, Interaction, OptionValue, SimConfig, SimError, Simulator, Upload, WaitError,

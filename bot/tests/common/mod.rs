@@ -98,6 +98,86 @@ impl Bot {
     pub async fn stop(mut self) {
         self.child.kill().await.unwrap();
     }
+
+    /// SIGKILL, as the OOM killer or a power cut would: no cleanup of any kind.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+
+    /// SIGTERM, what systemd and container runtimes send; waits up to `limit` for the exit.
+    /// `None`: still running after `limit` (it is then killed).
+    pub async fn terminate(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().expect("the bot is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => Some(status.unwrap()),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                None
+            }
+        }
+    }
+}
+
+/// Every job row in the bot's database, by id (read after the bot stopped, or beside it).
+pub async fn all_jobs(dir: &Path) -> Vec<imagine::store::Job> {
+    let store = imagine::store::Store::open(dir.join("imagine.db"))
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    for id in 1.. {
+        match store.job(imagine::store::JobId(id)).await.unwrap() {
+            Some(job) => jobs.push(job),
+            None => break,
+        }
+    }
+    store.close().await;
+    jobs
+}
+
+/// How many times a finished result whose text contains `marker` reached users.
+pub fn deliveries_of(sim: &Simulator, marker: &str) -> usize {
+    sim.deliveries()
+        .iter()
+        .filter(|d| d.content().contains(marker))
+        .count()
+}
+
+/// A small seeded generator (SplitMix64), so a failing storm can be replayed from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `IMAGINE_STORM_SEED` if set, else from the clock; prints the seed.
+    pub fn from_env_or_clock(test: &str) -> Self {
+        let seed = std::env::var("IMAGINE_STORM_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("{test}: seed {seed} (replay with IMAGINE_STORM_SEED={seed})");
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
 }
 
 pub fn count(entries: &[Entry], f: impl Fn(&imagine_tests::RestCall) -> bool) -> usize {

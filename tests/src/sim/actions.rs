@@ -186,9 +186,21 @@ impl Simulator {
     ) -> Result<Interaction, SimError> {
         let shared = &self.shared;
         let user_value = user_json(shared, user)?;
-        let (channel_value, application_id) = {
+        let (channel_value, application_id, user_install_only) = {
             let world = shared.world();
-            (world.channel_json(place), world.application_id)
+            let user_install_only = !world.bot_can_access(place);
+            let installed = world
+                .users
+                .get(&user.get())
+                .is_some_and(|u| u.installed_app);
+            if user_install_only && !installed {
+                return Err(SimError::NotInstalled(user.get()));
+            }
+            (
+                world.channel_json(place),
+                world.application_id,
+                user_install_only,
+            )
         };
         let id = shared.snowflake();
         let token = format!("simulated-interaction-token-{id}");
@@ -202,12 +214,17 @@ impl Simulator {
             user: &user_value,
             member_joined_at: &joined_at,
             attachment_size_limit: shared.config.attachment_size_limit,
+            context: place.context(),
+            user_install_only,
         };
         let payload = build(&parts);
         let record = InteractionRecord {
             id,
             channel_id: place.id,
+            user_id: user.get(),
             created_at: shared.clock.elapsed(),
+            answered_at: None,
+            reply: Value::Null,
             status: InteractionStatus::Pending,
             original: None,
             source_message,
@@ -275,7 +292,8 @@ fn user_json(shared: &Shared, user: UserId) -> Result<Value, SimError> {
 }
 
 /// The registered command `name` usable in `place`: guild commands first, then global ones,
-/// refusing contexts the command does not allow (0 = guild, 1 = bot DM).
+/// refusing contexts the command does not allow (0 = guild, 1 = bot DM, 2 = group DM), and
+/// places the bot is not in unless the command is user-installable (integration type 1).
 fn find_command(shared: &Shared, place: &ChannelRecord, name: &str) -> Result<Value, SimError> {
     let world = shared.world();
     let guild_commands = place
@@ -288,10 +306,14 @@ fn find_command(shared: &Shared, place: &ChannelRecord, name: &str) -> Result<Va
         .find(|c| c["name"] == name)
         .cloned()
         .ok_or_else(|| SimError::UnknownCommand(name.to_owned()))?;
-    let context = if place.guild_id().is_some() { 0 } else { 1 };
-    let allowed = command["contexts"]
+    let context = place.context();
+    let in_context = command["contexts"]
         .as_array()
         .is_none_or(|list| list.contains(&json!(context)));
+    let user_installable = command["integration_types"]
+        .as_array()
+        .is_some_and(|list| list.contains(&json!(1)));
+    let allowed = in_context && (world.bot_can_access(place) || user_installable);
     allowed
         .then_some(command)
         .ok_or_else(|| SimError::NotAllowedHere(name.to_owned()))

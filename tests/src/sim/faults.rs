@@ -1,4 +1,4 @@
-//! Fault injection: make chosen REST routes answer 429 or 5xx, or answer late.
+//! Fault injection: make chosen REST routes answer 429 or 5xx, answer late, or never answer.
 //!
 //! A rule names an HTTP method and a route pattern below `/api/v10` in which `*` stands for one
 //! path segment and a trailing `**` for any rest, e.g. `POST /webhooks/*/*`. Each rule fires a
@@ -15,6 +15,13 @@ pub enum Fault {
     ServerError(u16),
     /// Answer normally, but only after this delay.
     Latency(Duration),
+    /// Never answer and never act: the connection stays open until the client gives up (its
+    /// timeout) or the simulator stops. Both are noted in the transcript.
+    Hang,
+    /// Act on the request (create or edit the message, ...) and record it, but never send the
+    /// answer: the client cannot tell whether it worked, as when a connection drops after
+    /// Discord committed. The retry that follows must not deliver twice.
+    HangAfterApplying,
 }
 
 #[derive(Clone, Debug)]
@@ -23,6 +30,8 @@ pub(crate) struct FaultRule {
     pattern: Vec<String>,
     fault: Fault,
     remaining: usize,
+    /// Fire only on requests that carry a finished result (see `ledger::carries_result`).
+    results_only: bool,
 }
 
 impl FaultRule {
@@ -32,7 +41,14 @@ impl FaultRule {
             pattern: segments(pattern).map(str::to_owned).collect(),
             fault,
             remaining: times,
+            results_only: false,
         }
+    }
+
+    /// A rule that lets everything else through and fires only on finished results.
+    pub(crate) fn for_results(mut self) -> Self {
+        self.results_only = true;
+        self
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
@@ -62,10 +78,16 @@ fn segments(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Finds the first live rule for this call, uses one of its shots, and returns its fault.
-pub(crate) fn take_fault(rules: &mut Vec<FaultRule>, method: &str, path: &str) -> Option<Fault> {
-    let index = rules
-        .iter()
-        .position(|r| r.remaining > 0 && r.matches(method, path))?;
+/// `carries_result`: the request would show a finished result.
+pub(crate) fn take_fault(
+    rules: &mut Vec<FaultRule>,
+    method: &str,
+    path: &str,
+    carries_result: bool,
+) -> Option<Fault> {
+    let index = rules.iter().position(|r| {
+        r.remaining > 0 && r.matches(method, path) && (carries_result || !r.results_only)
+    })?;
     let rule = &mut rules[index];
     rule.remaining -= 1;
     let fault = rule.fault.clone();
@@ -90,6 +112,26 @@ mod tests {
     }
 
     #[test]
+    fn result_rules_let_other_requests_through() {
+        let rule = FaultRule::new("PATCH", "/webhooks/**", Fault::Hang, 1).for_results();
+        let mut rules = vec![rule];
+        assert!(take_fault(
+            &mut rules,
+            "PATCH",
+            "/webhooks/1/t/messages/@original",
+            false
+        )
+        .is_none());
+        assert!(take_fault(
+            &mut rules,
+            "PATCH",
+            "/webhooks/1/t/messages/@original",
+            true
+        )
+        .is_some());
+    }
+
+    #[test]
     fn rules_retire_after_their_shots() {
         let mut rules = vec![FaultRule::new(
             "GET",
@@ -97,8 +139,8 @@ mod tests {
             Fault::ServerError(503),
             2,
         )];
-        assert!(take_fault(&mut rules, "GET", "/gateway").is_some());
-        assert!(take_fault(&mut rules, "GET", "/gateway").is_some());
-        assert!(take_fault(&mut rules, "GET", "/gateway").is_none());
+        assert!(take_fault(&mut rules, "GET", "/gateway", false).is_some());
+        assert!(take_fault(&mut rules, "GET", "/gateway", false).is_some());
+        assert!(take_fault(&mut rules, "GET", "/gateway", false).is_none());
     }
 }

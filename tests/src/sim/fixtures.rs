@@ -48,6 +48,14 @@ pub fn dm_channel(id: u64, recipient: &Value) -> Value {
     })
 }
 
+/// A group DM (type 3) among users; bots are never members of one.
+pub fn group_dm_channel(id: u64, name: &str, owner_id: u64, recipients: Vec<Value>) -> Value {
+    json!({
+        "id": id.to_string(), "type": 3, "name": name, "icon": null, "last_message_id": null,
+        "owner_id": owner_id.to_string(), "flags": 0, "recipients": recipients,
+    })
+}
+
 pub struct GuildParts<'a> {
     pub id: u64,
     pub name: &'a str,
@@ -150,6 +158,11 @@ pub struct InteractionParts<'a> {
     pub user: &'a Value,
     pub member_joined_at: &'a str,
     pub attachment_size_limit: usize,
+    /// 0 guild, 1 bot DM, 2 private channel (group DM).
+    pub context: u8,
+    /// Only the user's own install authorizes the interaction (a server without the bot, a
+    /// group DM): `authorizing_integration_owners` then has only the user key `"1"`.
+    pub user_install_only: bool,
 }
 
 fn interaction(parts: &InteractionParts<'_>, kind: u8, data: Value) -> Value {
@@ -161,20 +174,22 @@ fn interaction(parts: &InteractionParts<'_>, kind: u8, data: Value) -> Value {
         "channel_id": parts.channel["id"], "channel": parts.channel,
         "app_permissions": ALL_PERMISSIONS,
     });
+    interaction["context"] = json!(parts.context);
+    let mut owners = json!({ "1": user_id });
     match parts.guild_id {
         Some(guild_id) => {
             interaction["guild_id"] = json!(guild_id.to_string());
             interaction["guild_locale"] = json!("en-US");
+            interaction["guild"] =
+                json!({ "id": guild_id.to_string(), "locale": "en-US", "features": [] });
             interaction["member"] = member(parts.user, parts.member_joined_at);
-            interaction["context"] = json!(0);
-            interaction["authorizing_integration_owners"] = json!({ "0": guild_id.to_string() });
+            if !parts.user_install_only {
+                owners = json!({ "0": guild_id.to_string() });
+            }
         }
-        None => {
-            interaction["user"] = parts.user.clone();
-            interaction["context"] = json!(1);
-            interaction["authorizing_integration_owners"] = json!({ "1": user_id });
-        }
+        None => interaction["user"] = parts.user.clone(),
     }
+    interaction["authorizing_integration_owners"] = owners;
     interaction
 }
 

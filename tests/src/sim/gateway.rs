@@ -110,7 +110,7 @@ fn identify(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value)
     let url = super::rest::gateway_url(shared);
     let ready = {
         let mut world = shared.world();
-        let guild_ids: Vec<u64> = world.guilds.keys().copied().collect();
+        let guild_ids = world.bot_guild_ids();
         let ready = fixtures::ready(
             &world.bot().json(),
             world.application_id,
@@ -129,7 +129,7 @@ fn identify(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value)
         ready
     };
     dispatch(shared, "READY", ready);
-    let guild_ids: Vec<u64> = shared.world().guilds.keys().copied().collect();
+    let guild_ids = shared.world().bot_guild_ids();
     for guild_id in guild_ids {
         dispatch_guild_create(shared, guild_id);
     }
@@ -209,7 +209,7 @@ pub(crate) fn dispatch_guild_create(shared: &Shared, guild_id: u64) {
     let joined_at = shared.clock.timestamp();
     let payload = {
         let world = shared.world();
-        let Some(guild) = world.guilds.get(&guild_id) else {
+        let Some(guild) = world.guilds.get(&guild_id).filter(|g| g.bot_member) else {
             return;
         };
         let channels = guild
@@ -223,7 +223,7 @@ pub(crate) fn dispatch_guild_create(shared: &Shared, guild_id: u64) {
             world
                 .users
                 .values()
-                .filter(|u| !u.bot)
+                .filter(|u| !u.bot && u.shares_guild)
                 .map(|u| fixtures::member(&u.json(), &joined_at)),
         );
         fixtures::guild_create(GuildParts {

@@ -6,6 +6,8 @@ mod clock;
 pub mod faults;
 pub mod fixtures;
 mod gateway;
+pub mod ledger;
+pub mod mentions;
 mod rest;
 mod rules;
 mod state;
@@ -65,6 +67,11 @@ pub enum SimError {
     NoSuchButton(String),
     /// The bot has no gateway session, so nothing can be delivered to it.
     BotNotConnected,
+    /// The user shares no server with the bot and did not install the app.
+    CannotDm(u64),
+    /// A command in a place only a user install reaches (a server without the bot, a group
+    /// DM), by a user who has not installed the app.
+    NotInstalled(u64),
 }
 
 impl fmt::Display for SimError {
@@ -79,6 +86,11 @@ impl fmt::Display for SimError {
             SimError::NotAllowedHere(name) => write!(f, "/{name} is not allowed in this context"),
             SimError::NoSuchButton(id) => write!(f, "the message has no enabled button {id:?}"),
             SimError::BotNotConnected => write!(f, "the bot has no gateway session"),
+            SimError::CannotDm(id) => write!(f, "the bot cannot open a DM with user {id}"),
+            SimError::NotInstalled(id) => write!(
+                f,
+                "user {id} has not installed the app, so its commands are not offered here"
+            ),
         }
     }
 }
@@ -119,6 +131,7 @@ impl Simulator {
         let address = listener.local_addr().expect("bound address");
         let shared = Arc::new(Shared {
             world: Mutex::new(World::default()),
+            nonce_gate: Mutex::new(()),
             clock: SimClock::new(),
             changed: watch::channel(0).0,
             base: format!("http://{address}"),
@@ -131,6 +144,8 @@ impl Simulator {
                 id: bot_id,
                 name: shared.config.bot_name.clone(),
                 bot: true,
+                shares_guild: true,
+                installed_app: false,
             };
             world.users.insert(bot_id, bot.clone());
             world.bot = Some(bot);
@@ -183,6 +198,20 @@ impl Simulator {
     /// Adds a guild the bot is in. If the bot is already connected it gets GUILD_CREATE now,
     /// otherwise on IDENTIFY.
     pub fn add_guild(&self, name: &str) -> GuildId {
+        let id = self.insert_guild(name, true);
+        gateway::dispatch_guild_create(&self.shared, id);
+        GuildId::new(id)
+    }
+
+    /// Adds a server the bot is not a member of, where users who installed the app to their
+    /// account can still run its commands (a user-installed context): the bot gets no
+    /// GUILD_CREATE for it, and its channel endpoints there answer 403 Missing Access (50001).
+    /// Only the interaction's own webhook (callback, `@original`, follow-ups) reaches users.
+    pub fn add_guild_without_bot(&self, name: &str) -> GuildId {
+        GuildId::new(self.insert_guild(name, false))
+    }
+
+    fn insert_guild(&self, name: &str, bot_member: bool) -> u64 {
         let id = self.shared.snowflake();
         let owner_id = self.shared.world().bot().id;
         let record = GuildRecord {
@@ -190,10 +219,31 @@ impl Simulator {
             name: name.to_owned(),
             owner_id,
             channels: Vec::new(),
+            bot_member,
         };
         self.shared.world().guilds.insert(id, record);
-        gateway::dispatch_guild_create(&self.shared, id);
-        GuildId::new(id)
+        id
+    }
+
+    /// Adds a group DM (channel type 3) among `users`. The bot is never a member: only users
+    /// who installed the app can run its commands there (context 2), and the bot's channel
+    /// endpoints answer 403 Missing Access.
+    pub fn add_group_dm(&self, name: &str, users: &[UserId]) -> Result<ChannelId, SimError> {
+        let mut world = self.shared.world();
+        if let Some(unknown) = users.iter().find(|u| !world.users.contains_key(&u.get())) {
+            return Err(SimError::UnknownUser(unknown.get()));
+        }
+        drop(world);
+        let id = self.shared.snowflake();
+        let record = ChannelRecord {
+            id,
+            name: name.to_owned(),
+            kind: ChannelKind::GroupDm,
+            recipients: users.iter().map(|u| u.get()).collect(),
+        };
+        world = self.shared.world();
+        world.channels.insert(id, record);
+        Ok(ChannelId::new(id))
     }
 
     /// Adds a text channel to a guild.
@@ -204,6 +254,7 @@ impl Simulator {
             id,
             name: name.to_owned(),
             kind: ChannelKind::Guild(guild.get()),
+            recipients: Vec::new(),
         };
         world.channels.insert(id, record);
         if let Some(guild) = world.guilds.get_mut(&guild.get()) {
@@ -212,24 +263,58 @@ impl Simulator {
         ChannelId::new(id)
     }
 
-    /// Adds a (human) user; users are members of every guild.
+    /// Adds a (human) user; users are members of every guild the bot is in.
     pub fn add_user(&self, name: &str) -> UserId {
+        self.insert_user(name, true)
+    }
+
+    /// Adds a user who shares no server with the bot and has not installed the app: the bot
+    /// cannot open a DM with them. [`Simulator::install_app`] changes the latter.
+    pub fn add_stranger(&self, name: &str) -> UserId {
+        self.insert_user(name, false)
+    }
+
+    fn insert_user(&self, name: &str, shares_guild: bool) -> UserId {
         let id = self.shared.snowflake();
         let record = UserRecord {
             id,
             name: name.to_owned(),
             bot: false,
+            shares_guild,
+            installed_app: false,
         };
         self.shared.world().users.insert(id, record);
         UserId::new(id)
     }
 
-    /// The DM channel between the bot and `user`, opened on first use.
+    /// The user installs the app to their account: its commands then work for them in servers
+    /// without the bot and in group DMs, and the bot may open a DM with them.
+    pub fn install_app(&self, user: UserId) -> Result<(), SimError> {
+        let mut world = self.shared.world();
+        let record = world
+            .users
+            .get_mut(&user.get())
+            .ok_or(SimError::UnknownUser(user.get()))?;
+        record.installed_app = true;
+        Ok(())
+    }
+
+    /// The DM channel between the bot and `user`, opened on first use. Discord opens one only
+    /// with users who share a server with the bot or installed the app.
     pub fn dm_channel(&self, user: UserId) -> Result<ChannelId, SimError> {
+        if !self.shared.world().users.contains_key(&user.get()) {
+            return Err(SimError::UnknownUser(user.get()));
+        }
         rest::open_dm(&self.shared, user.get())
             .ok()
             .map(ChannelId::new)
-            .ok_or(SimError::UnknownUser(user.get()))
+            .ok_or(SimError::CannotDm(user.get()))
+    }
+
+    /// The simulator's clock: time since it started, plus every `advance_clock`. Interaction
+    /// reports and message events are stamped with it.
+    pub fn clock(&self) -> Duration {
+        self.shared.clock.elapsed()
     }
 
     /// Moves the simulator's clock forward (for the 3 s and 15 min rules).
@@ -245,6 +330,13 @@ impl Simulator {
             .world()
             .faults
             .push(FaultRule::new(method, pattern, fault, times));
+    }
+
+    /// Like [`Simulator::fail_route`], but the rule fires only on requests that carry a
+    /// finished result (two or more buttons and a file); queued and progress edits pass.
+    pub fn fail_result_route(&self, method: &str, pattern: &str, fault: Fault, times: usize) {
+        let rule = FaultRule::new(method, pattern, fault, times).for_results();
+        self.shared.world().faults.push(rule);
     }
 
     /// Closes the bot's gateway connection (close code 4000) so it must RESUME. Dispatches sent

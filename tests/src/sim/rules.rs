@@ -32,7 +32,7 @@ impl DiscordError {
         }
     }
 
-    fn invalid_form(errors: Value) -> Self {
+    pub(crate) fn invalid_form(errors: Value) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             body: json!({ "code": 50035, "message": "Invalid Form Body", "errors": errors }),
@@ -78,12 +78,12 @@ impl IntoResponse for DiscordError {
     }
 }
 
-fn field_error(code: &str, message: &str) -> Value {
+pub(crate) fn field_error(code: &str, message: &str) -> Value {
     json!({ "_errors": [{ "code": code, "message": message }] })
 }
 
 /// Wraps `inner` in the nested objects named by `path`, as Discord nests form errors.
-fn nest(path: &[String], inner: Value) -> Value {
+pub(crate) fn nest(path: &[String], inner: Value) -> Value {
     path.iter().rev().fold(inner, |acc, key| {
         let mut map = Map::new();
         map.insert(key.clone(), acc);
@@ -91,7 +91,7 @@ fn nest(path: &[String], inner: Value) -> Value {
     })
 }
 
-/// Checks a message payload (content and components) and uploaded file sizes.
+/// Checks a message payload (content, components, allowed_mentions) and uploaded file sizes.
 ///
 /// `prefix` is where the message sits in the request (`["data"]` for interaction callbacks).
 pub(crate) fn check_message(
@@ -113,7 +113,11 @@ pub(crate) fn check_message(
             return Err(DiscordError::invalid_form(nest(&at(&["content"]), inner)));
         }
     }
-    check_components(payload, &at).map_err(DiscordError::invalid_form)
+    check_components(payload, &at).map_err(DiscordError::invalid_form)?;
+    super::mentions::check_allowed_mentions(payload).map_err(|(path, code, message)| {
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        DiscordError::invalid_form(nest(&at(&path), field_error(code, &message)))
+    })
 }
 
 fn check_components(payload: &Value, at: &dyn Fn(&[&str]) -> Vec<String>) -> Result<(), Value> {

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use super::clock::SimClock;
 use super::faults::FaultRule;
 use super::fixtures;
+use super::ledger::MessageEvent;
 use super::transcript::Entry;
 
 /// Discord's epoch (2015-01-01) in Unix milliseconds, for snowflakes.
@@ -21,6 +22,9 @@ const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
 
 pub(crate) struct Shared {
     pub world: Mutex<World>,
+    /// Held across "look up the nonce, create the message, remember the nonce", so two
+    /// concurrent posts with the same nonce cannot both create a message.
+    pub nonce_gate: Mutex<()>,
     pub clock: SimClock,
     pub changed: watch::Sender<u64>,
     pub config: super::SimConfig,
@@ -63,6 +67,10 @@ pub(crate) struct UserRecord {
     pub id: u64,
     pub name: String,
     pub bot: bool,
+    /// A member of the guilds the bot is in (users from `add_user` are).
+    pub shares_guild: bool,
+    /// Installed the app to their account (user install), so it works wherever they are.
+    pub installed_app: bool,
 }
 
 impl UserRecord {
@@ -77,12 +85,18 @@ pub(crate) struct GuildRecord {
     pub name: String,
     pub owner_id: u64,
     pub channels: Vec<u64>,
+    /// False for a server where only users installed the app: no GUILD_CREATE, and the bot's
+    /// own channel endpoints there answer 403 Missing Access.
+    pub bot_member: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ChannelKind {
     Guild(u64),
+    /// The DM between the bot and this user.
     Dm(u64),
+    /// A group DM among users (recipients in the record); the bot is never in it.
+    GroupDm,
 }
 
 #[derive(Clone, Debug)]
@@ -90,13 +104,24 @@ pub(crate) struct ChannelRecord {
     pub id: u64,
     pub name: String,
     pub kind: ChannelKind,
+    /// The members of a group DM (empty otherwise).
+    pub recipients: Vec<u64>,
 }
 
 impl ChannelRecord {
     pub(crate) fn guild_id(&self) -> Option<u64> {
         match self.kind {
             ChannelKind::Guild(id) => Some(id),
-            ChannelKind::Dm(_) => None,
+            ChannelKind::Dm(_) | ChannelKind::GroupDm => None,
+        }
+    }
+
+    /// Discord's interaction context type: 0 guild, 1 bot DM, 2 private channel (group DM).
+    pub(crate) fn context(&self) -> u8 {
+        match self.kind {
+            ChannelKind::Guild(_) => 0,
+            ChannelKind::Dm(_) => 1,
+            ChannelKind::GroupDm => 2,
         }
     }
 }
@@ -114,7 +139,12 @@ pub(crate) enum InteractionStatus {
 pub(crate) struct InteractionRecord {
     pub id: u64,
     pub channel_id: u64,
+    pub user_id: u64,
     pub created_at: Duration,
+    /// When the first accepted callback arrived (simulator clock).
+    pub answered_at: Option<Duration>,
+    /// The accepted callback's `data` (`Null` when none).
+    pub reply: Value,
     pub status: InteractionStatus,
     /// The message a type 4/5 callback created (the `@original`), or for a component
     /// interaction answered with 6/7, the message the button sits on.
@@ -168,6 +198,10 @@ pub(crate) struct World {
     pub guild_commands: HashMap<u64, Vec<Value>>,
     pub commands_registered: bool,
     pub transcript: Vec<Entry>,
+    /// Every creation and edit of a message, in order, with whom it pinged.
+    pub message_log: Vec<MessageEvent>,
+    /// Channel-message nonces: (author, nonce) -> (message, when), for `enforce_nonce`.
+    pub nonces: HashMap<(u64, String), (u64, Duration)>,
     pub faults: Vec<FaultRule>,
     pub gateway: GatewayState,
 }
@@ -177,6 +211,15 @@ impl World {
         self.bot.as_ref().expect("the bot user exists from start")
     }
 
+    /// The guilds the bot is a member of (READY and GUILD_CREATE name only these).
+    pub(crate) fn bot_guild_ids(&self) -> Vec<u64> {
+        self.guilds
+            .values()
+            .filter(|g| g.bot_member)
+            .map(|g| g.id)
+            .collect()
+    }
+
     pub(crate) fn dm_channel_of(&self, user_id: u64) -> Option<u64> {
         self.channels
             .values()
@@ -184,9 +227,29 @@ impl World {
             .map(|c| c.id)
     }
 
+    /// Whether the bot's own channel endpoints reach this channel: its guilds and its DMs, not
+    /// group DMs or servers where only users installed the app.
+    pub(crate) fn bot_can_access(&self, channel: &ChannelRecord) -> bool {
+        match channel.kind {
+            ChannelKind::Guild(guild) => self.guilds.get(&guild).is_some_and(|g| g.bot_member),
+            ChannelKind::Dm(_) => true,
+            ChannelKind::GroupDm => false,
+        }
+    }
+
     /// The channel object Discord puts in interactions and DM-channel answers.
     pub(crate) fn channel_json(&self, channel: &ChannelRecord) -> Value {
         match channel.kind {
+            ChannelKind::GroupDm => {
+                let recipients: Vec<Value> = channel
+                    .recipients
+                    .iter()
+                    .filter_map(|id| self.users.get(id))
+                    .map(UserRecord::json)
+                    .collect();
+                let owner = channel.recipients.first().copied().unwrap_or(0);
+                fixtures::group_dm_channel(channel.id, &channel.name, owner, recipients)
+            }
             ChannelKind::Guild(guild_id) => {
                 fixtures::guild_channel(channel.id, guild_id, &channel.name)
             }

@@ -87,6 +87,33 @@ impl Simulator {
         }
     }
 
+    /// Waits until `found` returns something, re-asking whenever the transcript grows. Unlike
+    /// [`Simulator::wait_for`], `found` may call the simulator (reports, deliveries, messages).
+    pub async fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut found: impl FnMut(&Simulator) -> Option<T>,
+    ) -> Result<T, WaitError> {
+        let mut changes = self.shared.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.borrow_and_update();
+            if let Some(value) = found(self) {
+                return Ok(value);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Err(WaitError {
+                    what: format!("{what} (after {timeout:?})"),
+                    transcript: self.transcript(),
+                });
+            }
+        }
+    }
+
     /// Ready means: the bot identified (READY was sent) and registered its commands with a
     /// successful PUT, which poise does last in its setup.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), WaitError> {

@@ -1,9 +1,12 @@
 //! End-to-end tests of the Discord simulator, driving a minimal serenity/poise bot.
 
 mod bot;
+mod contexts;
+mod delivery;
 mod faults;
 mod fixtures;
 mod flows;
+mod mentions;
 mod rest;
 mod rules;
 

@@ -161,10 +161,19 @@ pub(super) async fn create_dm(
     Ok(Json(world.channel_json(&world.channels[&channel_id])))
 }
 
-/// The DM channel between the bot and `user_id`, created on first use.
+/// The DM channel between the bot and `user_id`, created on first use. Discord lets a bot
+/// reach only users who share a server with it or installed the app.
 pub(crate) fn open_dm(shared: &Shared, user_id: u64) -> Result<u64, DiscordError> {
-    if !shared.world().users.contains_key(&user_id) {
-        return Err(DiscordError::not_found(10013, "User"));
+    let reachable = match shared.world().users.get(&user_id) {
+        None => return Err(DiscordError::not_found(10013, "User")),
+        Some(user) => user.shares_guild || user.installed_app,
+    };
+    if !reachable {
+        return Err(DiscordError::new(
+            StatusCode::FORBIDDEN,
+            50007,
+            "Cannot send messages to this user",
+        ));
     }
     if let Some(id) = shared.world().dm_channel_of(user_id) {
         return Ok(id);
@@ -174,6 +183,7 @@ pub(crate) fn open_dm(shared: &Shared, user_id: u64) -> Result<u64, DiscordError
         id,
         name: String::new(),
         kind: ChannelKind::Dm(user_id),
+        recipients: Vec::new(),
     };
     shared.world().channels.insert(id, record);
     Ok(id)

@@ -51,10 +51,13 @@ fn claim(shared: &Shared, id: u64, token: &str) -> Result<InteractionRecord, Dis
     }
 }
 
-fn settle(shared: &Shared, token: &str, kind: u8, original: Option<u64>) {
+fn settle(shared: &Shared, token: &str, kind: u8, original: Option<u64>, reply: Value) {
+    let now = shared.clock.elapsed();
     if let Some(record) = shared.world().interactions.get_mut(token) {
         record.status = InteractionStatus::Answered(kind);
+        record.answered_at.get_or_insert(now);
         record.original = original;
+        record.reply = reply;
     }
 }
 
@@ -83,6 +86,7 @@ pub(super) async fn callback(
                 &data,
                 &payload,
                 application_id,
+                Some(id),
             )?)
         }
         (5, _) => {
@@ -95,12 +99,13 @@ pub(super) async fn callback(
                 &body,
                 &Payload::default(),
                 application_id,
+                Some(id),
             )?)
         }
         (6, Some(source)) => shared.world().messages.get(&source).cloned(),
         (7, Some(source)) => {
             validate(&shared, &data, &payload, &["data"])?;
-            Some(edit_message(&shared, source, &data, &payload)?)
+            Some(edit_message(&shared, source, &data, &payload, Some(id))?)
         }
         (9, _) => None,
         _ => {
@@ -112,7 +117,7 @@ pub(super) async fn callback(
     let original_id = original
         .as_ref()
         .and_then(|m| m["id"].as_str()?.parse().ok());
-    settle(&shared, &token, kind, original_id);
+    settle(&shared, &token, kind, original_id, data);
     shared.note(format!(
         "interaction {id} answered with {kind} ({})",
         callback_kind_name(kind)
@@ -174,7 +179,13 @@ pub(super) async fn followup(
     validate(&shared, &payload.json, &payload, &[])?;
     if let Some(original) = record.original.filter(|id| is_loading(&shared, *id)) {
         let body = finish_loading(&shared, original, &payload.json);
-        return Ok(Json(edit_message(&shared, original, &body, &payload)?));
+        return Ok(Json(edit_message(
+            &shared,
+            original,
+            &body,
+            &payload,
+            Some(record.id),
+        )?));
     }
     let bot = shared.world().bot().json();
     Ok(Json(create_message(
@@ -184,6 +195,7 @@ pub(super) async fn followup(
         &payload.json,
         &payload,
         Some(app),
+        Some(record.id),
     )?))
 }
 
@@ -222,7 +234,13 @@ pub(super) async fn edit_webhook_message(
         true => finish_loading(&shared, id, &payload.json),
         false => payload.json.clone(),
     };
-    Ok(Json(edit_message(&shared, id, &body, &payload)?))
+    Ok(Json(edit_message(
+        &shared,
+        id,
+        &body,
+        &payload,
+        Some(record.id),
+    )?))
 }
 
 pub(super) async fn delete_webhook_message(

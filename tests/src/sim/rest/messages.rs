@@ -11,8 +11,15 @@ use serde_json::{json, Value};
 
 use super::Payload;
 use crate::sim::fixtures::{self, MessageParts};
-use crate::sim::rules::{check_message, DiscordError};
+use crate::sim::ledger::Change;
+use crate::sim::mentions::{self, Pings};
+use crate::sim::rules::{check_message, field_error, nest, DiscordError};
 use crate::sim::state::{Shared, StoredFile};
+
+/// Most characters in a message nonce.
+const MAX_NONCE: usize = 25;
+/// How long Discord remembers a nonce for `enforce_nonce` ("a few minutes").
+const NONCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 type Answer = Result<Json<Value>, DiscordError>;
 
@@ -56,7 +63,33 @@ pub(crate) fn validate(
     )
 }
 
-/// Creates and stores a message in `channel_id`, written by `author`.
+/// Whom `body`'s content pings in `message`'s channel, and the message's mention fields set
+/// to match (Discord fills `mentions`, `mention_roles`, `mention_everyone` the same way).
+fn apply_mentions(shared: &Shared, message: &mut Value, body: &Value) -> Pings {
+    let Some(content) = body["content"].as_str() else {
+        return Pings::default();
+    };
+    let in_guild = message.get("guild_id").is_some_and(|g| !g.is_null());
+    let allowed = body.get("allowed_mentions").filter(|v| !v.is_null());
+    let world = shared.world();
+    let pings = mentions::pings(content, allowed, in_guild, |id| {
+        world.users.contains_key(&id)
+    });
+    let users: Vec<Value> = pings
+        .users
+        .iter()
+        .filter_map(|u| world.users.get(&u.get()))
+        .map(|u| u.json())
+        .collect();
+    let roles: Vec<Value> = pings.roles.iter().map(|r| json!(r.to_string())).collect();
+    message["mentions"] = json!(users);
+    message["mention_roles"] = json!(roles);
+    message["mention_everyone"] = json!(pings.everyone);
+    pings
+}
+
+/// Creates and stores a message in `channel_id`, written by `author` (the bot), through
+/// `interaction`'s webhook if given.
 pub(crate) fn create_message(
     shared: &Shared,
     channel_id: u64,
@@ -64,6 +97,7 @@ pub(crate) fn create_message(
     body: &Value,
     payload: &Payload,
     application_id: Option<u64>,
+    interaction: Option<u64>,
 ) -> Result<Value, DiscordError> {
     let guild_id = {
         let world = shared.world();
@@ -76,7 +110,7 @@ pub(crate) fn create_message(
     let id = shared.snowflake();
     let attachments = store_files(shared, payload);
     let timestamp = shared.clock.timestamp();
-    let message = fixtures::message(MessageParts {
+    let mut message = fixtures::message(MessageParts {
         id,
         channel_id,
         guild_id,
@@ -86,7 +120,9 @@ pub(crate) fn create_message(
         attachments,
         application_id,
     });
+    let pings = apply_mentions(shared, &mut message, body);
     shared.world().messages.insert(id, message.clone());
+    shared.log_message(&message, Change::Created, interaction, pings);
     Ok(message)
 }
 
@@ -96,6 +132,7 @@ pub(crate) fn edit_message(
     message_id: u64,
     body: &Value,
     payload: &Payload,
+    interaction: Option<u64>,
 ) -> Result<Value, DiscordError> {
     let mut message = shared
         .world()
@@ -122,7 +159,9 @@ pub(crate) fn edit_message(
         list.extend(added);
     }
     message["edited_timestamp"] = json!(shared.clock.timestamp());
+    let pings = apply_mentions(shared, &mut message, body);
     shared.world().messages.insert(message_id, message.clone());
+    shared.log_message(&message, Change::Edited, interaction, pings);
     Ok(message)
 }
 
@@ -139,11 +178,29 @@ pub(crate) fn unknown_message() -> DiscordError {
     DiscordError::not_found(10008, "Message")
 }
 
+/// The bot's own channel endpoints reach only its guilds and its DMs.
+fn bot_access(shared: &Shared, channel_id: u64) -> Result<(), DiscordError> {
+    let world = shared.world();
+    let channel = world
+        .channels
+        .get(&channel_id)
+        .ok_or_else(|| DiscordError::not_found(10003, "Channel"))?;
+    if world.bot_can_access(channel) {
+        return Ok(());
+    }
+    Err(DiscordError::new(
+        StatusCode::FORBIDDEN,
+        50001,
+        "Missing Access",
+    ))
+}
+
 fn message_in_channel(
     shared: &Shared,
     channel_id: u64,
     message_id: u64,
 ) -> Result<Value, DiscordError> {
+    bot_access(shared, channel_id)?;
     let world = shared.world();
     let message = world
         .messages
@@ -159,6 +216,7 @@ pub(super) async fn get_channel(
     State(shared): State<Arc<Shared>>,
     Path(channel): Path<u64>,
 ) -> Answer {
+    bot_access(&shared, channel)?;
     let world = shared.world();
     let record = world
         .channels
@@ -172,16 +230,55 @@ pub(super) async fn create(
     Path(channel): Path<u64>,
     Extension(payload): Extension<Payload>,
 ) -> Answer {
+    bot_access(&shared, channel)?;
     validate(&shared, &payload.json, &payload, &[])?;
+    let nonce = nonce_of(&payload.json)?;
+    let enforce = payload.json["enforce_nonce"].as_bool() == Some(true);
     let bot = shared.world().bot().json();
-    Ok(Json(create_message(
-        &shared,
-        channel,
-        &bot,
-        &payload.json,
-        &payload,
-        None,
-    )?))
+    let bot_id = shared.world().bot().id;
+    let _gate = shared
+        .nonce_gate
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(earlier) = nonce.as_ref().filter(|_| enforce).and_then(|nonce| {
+        let now = shared.clock.elapsed();
+        let world = shared.world();
+        let (id, at) = world.nonces.get(&(bot_id, nonce.clone()))?;
+        (now.saturating_sub(*at) <= NONCE_WINDOW)
+            .then(|| world.messages.get(id).cloned())
+            .flatten()
+    }) {
+        shared.note("a channel message with an enforced nonce seen before: no new message");
+        return Ok(Json(earlier));
+    }
+    let message = create_message(&shared, channel, &bot, &payload.json, &payload, None, None)?;
+    if let (Some(nonce), Some(id)) = (nonce, message["id"].as_str()) {
+        let id = id.parse().unwrap_or(0);
+        let at = shared.clock.elapsed();
+        shared.world().nonces.insert((bot_id, nonce), (id, at));
+    }
+    Ok(Json(message))
+}
+
+/// The message's nonce, as a string: an integer or a string of at most 25 characters.
+fn nonce_of(body: &Value) -> Result<Option<String>, DiscordError> {
+    let refuse = |code: &str, message: &str| {
+        let errors = nest(&["nonce".to_owned()], field_error(code, message));
+        DiscordError::invalid_form(errors)
+    };
+    match body.get("nonce") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
+        Some(Value::String(s)) if s.chars().count() <= MAX_NONCE => Ok(Some(s.clone())),
+        Some(Value::String(_)) => Err(refuse(
+            "BASE_TYPE_MAX_LENGTH",
+            &format!("Must be {MAX_NONCE} or fewer in length."),
+        )),
+        Some(_) => Err(refuse(
+            "NONCE_TYPE_INVALID",
+            "Nonce must be an integer or a string.",
+        )),
+    }
 }
 
 pub(super) async fn get(
@@ -211,6 +308,7 @@ pub(super) async fn edit(
         message,
         &payload.json,
         &payload,
+        None,
     )?))
 }
 

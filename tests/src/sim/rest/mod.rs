@@ -121,11 +121,21 @@ async fn record_and_fault(
     let (mut parts, body) = request.into_parts();
     let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
     let payload = payload::parse(&parts.headers, bytes).await;
+    let mut hang_after = false;
     let refusal = if needs_bot_token(&path) && !authorized(&shared, &parts.headers) {
         Some(DiscordError::unauthorized().into_response())
     } else {
-        let fault = take_fault(&mut shared.world().faults, &method, &path);
+        let result = super::ledger::carries_result(&payload.json, payload.files.len());
+        let fault = take_fault(&mut shared.world().faults, &method, &path, result);
         match fault {
+            Some(Fault::Hang) => {
+                hang(&shared, &method, &path, "unanswered and not acted on").await;
+                None
+            }
+            Some(Fault::HangAfterApplying) => {
+                hang_after = true;
+                None
+            }
             Some(Fault::RateLimited { retry_after }) => {
                 Some(rate_limited(retry_after.as_secs_f64()))
             }
@@ -144,7 +154,33 @@ async fn record_and_fault(
             next.run(Request::from_parts(parts, Body::empty())).await
         }
     };
-    finish(&shared, method, path, payload, response).await
+    let response = finish(&shared, method.clone(), path.clone(), payload, response).await;
+    if hang_after {
+        hang(&shared, &method, &path, "acted on, answer withheld").await;
+    }
+    response
+}
+
+/// Holds the request open forever; notes when it starts and when the client gives up (the
+/// server drops this future when the connection closes).
+async fn hang(shared: &Arc<Shared>, method: &str, path: &str, how: &str) {
+    struct GaveUp {
+        shared: Arc<Shared>,
+        call: String,
+    }
+    impl Drop for GaveUp {
+        fn drop(&mut self) {
+            self.shared
+                .note(format!("{}: the client gave up waiting", self.call));
+        }
+    }
+    let call = format!("{method} {path}");
+    shared.note(format!("{call}: hanging ({how})"));
+    let _gave_up = GaveUp {
+        shared: shared.clone(),
+        call,
+    };
+    std::future::pending::<()>().await;
 }
 
 /// Records the call and hands the answer on unchanged.
