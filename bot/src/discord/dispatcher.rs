@@ -30,6 +30,7 @@ fn start_worker(
     std::thread::Builder::new()
         .name("imagine-worker".into())
         .spawn(move || {
+            imagine_engine::kernels::denormals::flush_on_compute_threads();
             for (item, events) in rx {
                 let progress_events = events.clone();
                 let result = run_job(&mut engines, &item, &data_dir, &mut |p| {
