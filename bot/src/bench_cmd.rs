@@ -221,8 +221,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Builds rayon's global pool (which candle's CPU kernels and gemm use) so that every worker
-/// sets the denormal mode when it starts; the main thread sets it too.
 /// `--precision`: fp32 or bf16.
 pub fn parse_precision(s: &str) -> std::result::Result<ComputePrecision, String> {
     ComputePrecision::parse(s).ok_or_else(|| format!("unknown precision {s:?}: use fp32 or bf16"))
@@ -244,23 +242,14 @@ fn arch_dir(arch: &str) -> Result<PathBuf> {
         })
 }
 
+/// Builds rayon's global pool (which candle's CPU kernels and gemm use) and, unless
+/// `--keep-denormals`, sets the denormal mode on it and on the main thread.
 fn install_thread_pool(flush: bool) -> Result<()> {
-    if flush {
-        report::set_flush_denormals();
-    }
     rayon::ThreadPoolBuilder::new()
-        .start_handler(move |_| {
-            if flush {
-                report::set_flush_denormals();
-            }
-        })
         .build_global()
         .context("the compute thread pool was already started")?;
-    if flush {
-        let all = rayon::broadcast(|_| report::flushes_denormals());
-        if !report::flushes_denormals() || all.contains(&false) {
-            bail!("could not set flush-to-zero on every compute thread");
-        }
+    if flush && !imagine_engine::kernels::denormals::flush_on_compute_threads() {
+        bail!("could not set flush-to-zero on every compute thread");
     }
     Ok(())
 }

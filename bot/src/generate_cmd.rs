@@ -18,6 +18,7 @@ use crate::render::{grid_2x2, write_png, PngParameters};
 const MAX_INPUT_BYTES: u64 = 64 << 20;
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
+    imagine_engine::kernels::denormals::flush_on_compute_threads();
     let dir = imagine_engine::resolve_model(&args.model)?;
     let load = LoadOptions {
         precision: args.precision,

@@ -1,23 +1,23 @@
 //! GEMM throughput at the UNet's and VAE's shapes: our kernel in fp32 and bf16 vs the gemm
-//! crate (what candle uses), and one core's fp32 FMA and bf16 dot-product peaks. Run with `PEAK=1` for the peak alone:
+//! crate (what candle uses), and one core's fp32 FMA peak at each vector width the CPU has
+//! (AVX-512, AVX2) and its bf16 dot-product peak. Run with `PEAK=1` for the peaks alone:
 //!
 //! ```sh
 //! RAYON_NUM_THREADS=2 cargo run --release -p imagine-engine --example gemm_rate
 //! ```
+//!
+//! `IMAGINE_KERNELS=avx2` times the AVX2 kernel on an AVX-512 machine.
+use imagine_engine::kernels::isa::isa;
 use imagine_engine::kernels::matmul::{self, AOperand, Bf16, PackedA, Precision, F32};
 use imagine_engine::kernels::{Mat, MatMut};
 use std::time::Instant;
 
 fn main() {
     if std::env::var("PEAK").is_ok() {
-        println!("peak one core: fp32 FMA {:.1} GFLOP/s", unsafe { peak() });
-        if Bf16::available() {
-            println!("peak one core: bf16 dot {:.1} GFLOP/s", unsafe {
-                peak_bf16()
-            });
-        }
+        print_peaks();
         return;
     }
+    println!("our fp32 kernel: {}", isa().name());
     for &(m, n, k) in &[
         (320usize, 4096usize, 2880usize),
         (640, 1024, 5760),
@@ -44,7 +44,11 @@ fn main() {
         };
         let f = 2.0 * (m * n * k) as f64 / 1e9;
         let packed = PackedA::<F32>::pack(a_mat);
-        let fp32 = f / best_of(4, || ours(&mut c, &packed, b_mat));
+        let fp32 = if matmul::available() {
+            format!("{:.1}", f / best_of(4, || ours(&mut c, &packed, b_mat)))
+        } else {
+            "-".into()
+        };
         let bf16 = if Bf16::available() {
             let packed = PackedA::<Bf16>::pack(a_mat);
             format!("{:.1}", f / best_of(4, || ours(&mut c, &packed, b_mat)))
@@ -75,7 +79,7 @@ fn main() {
             )
         });
         println!(
-            "m{m} n{n} k{k}: ours fp32 {fp32:.1} GFLOP/s, ours bf16 {bf16}, gemm crate fp32 {crate_rate:.1}"
+            "m{m} n{n} k{k}: ours fp32 {fp32} GFLOP/s, ours bf16 {bf16}, gemm crate fp32 {crate_rate:.1}"
         );
     }
 }
@@ -96,58 +100,90 @@ fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::MAX, f64::min)
 }
 
+/// One core's peaks, at each width this CPU has.
+#[cfg(target_arch = "x86_64")]
+fn print_peaks() {
+    use imagine_engine::kernels::isa::{detected, Isa};
+    if detected() >= Isa::Avx512 {
+        // SAFETY: the CPU has AVX-512F.
+        let rate = unsafe { peak_avx512() };
+        println!("peak one core: fp32 FMA AVX-512 {rate:.1} GFLOP/s");
+    }
+    if detected() >= Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA.
+        let rate = unsafe { peak_avx2() };
+        println!("peak one core: fp32 FMA AVX2 {rate:.1} GFLOP/s");
+    }
+    if Bf16::available() {
+        // SAFETY: the CPU has AVX512_BF16.
+        let rate = unsafe { peak_bf16() };
+        println!("peak one core: bf16 dot {rate:.1} GFLOP/s");
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn print_peaks() {
+    println!("no peak measurement for this architecture yet");
+}
+
 /// Twelve independent FMA chains on one core, in GFLOP/s.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn peak() -> f64 {
+unsafe fn peak_avx512() -> f64 {
     use std::arch::x86_64::*;
-    let a = _mm512_set1_ps(0.999);
-    let b = _mm512_set1_ps(0.001);
-    let (
-        mut c0,
-        mut c1,
-        mut c2,
-        mut c3,
-        mut c4,
-        mut c5,
-        mut c6,
-        mut c7,
-        mut c8,
-        mut c9,
-        mut c10,
-        mut c11,
-    ) = (a, b, a, b, a, b, a, b, a, b, a, b);
+    let (a, b) = (_mm512_set1_ps(0.999), _mm512_set1_ps(0.001));
+    let mut c = [a; 12];
     let iters = 100_000_000usize;
     let t = Instant::now();
     for _ in 0..iters {
-        c0 = _mm512_fmadd_ps(a, c0, b);
-        c1 = _mm512_fmadd_ps(a, c1, b);
-        c2 = _mm512_fmadd_ps(a, c2, b);
-        c3 = _mm512_fmadd_ps(a, c3, b);
-        c4 = _mm512_fmadd_ps(a, c4, b);
-        c5 = _mm512_fmadd_ps(a, c5, b);
-        c6 = _mm512_fmadd_ps(a, c6, b);
-        c7 = _mm512_fmadd_ps(a, c7, b);
-        c8 = _mm512_fmadd_ps(a, c8, b);
-        c9 = _mm512_fmadd_ps(a, c9, b);
-        c10 = _mm512_fmadd_ps(a, c10, b);
-        c11 = _mm512_fmadd_ps(a, c11, b);
+        for v in c.iter_mut() {
+            *v = _mm512_fmadd_ps(a, *v, b);
+        }
     }
     let s = t.elapsed().as_secs_f64();
-    let sum = [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11]
-        .iter()
-        .map(|x| _mm512_reduce_add_ps(*x))
-        .sum::<f32>();
-    std::hint::black_box(sum);
+    std::hint::black_box(c.iter().map(|x| _mm512_reduce_add_ps(*x)).sum::<f32>());
     (iters * 12 * 32) as f64 / s / 1e9
+}
+
+/// Twelve independent 8-wide FMA chains on one core (enough to cover two FMA pipes of latency
+/// 4 or 5), in GFLOP/s.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn peak_avx2() -> f64 {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm256_set1_ps(0.999), _mm256_set1_ps(0.001));
+    let mut c = [a; 12];
+    let iters = 100_000_000usize;
+    let t = Instant::now();
+    for _ in 0..iters {
+        for v in c.iter_mut() {
+            *v = _mm256_fmadd_ps(a, *v, b);
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    let mut sum = [0f32; 8];
+    for v in c {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+        for (s, l) in sum.iter_mut().zip(lanes) {
+            *s += l;
+        }
+    }
+    std::hint::black_box(sum);
+    (iters * 12 * 16) as f64 / s / 1e9
 }
 
 /// Twelve independent `vdpbf16ps` chains on one core, in GFLOP/s (64 per instruction).
 ///
 /// # Safety
 /// The CPU must support AVX512_BF16.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn peak_bf16() -> f64 {
     use std::arch::x86_64::*;

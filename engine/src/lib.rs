@@ -12,7 +12,7 @@
 //! - [`pixels`]: image/tensor conversion and cheap latent previews.
 //! - [`taesd`]: the tiny autoencoder, for previews and fast decodes.
 //! - [`unet`], [`vae`], [`clip`]: the networks, built from [`blocks`] and [`layers`], which run
-//!   on our CPU [`kernels`] (AVX-512 GEMM, implicit-GEMM convolution, tiled attention) and on
+//!   on our CPU [`kernels`] (AVX-512 or AVX2 GEMM, implicit-GEMM convolution, tiled attention) and on
 //!   candle's generic ops elsewhere.
 //! - [`random_weights`]: seeded random weights for benchmarking an architecture.
 

@@ -1,6 +1,7 @@
 //! Parity with diffusers on the committed tiny models: tokens, text embeddings, one UNet
 //! forward, and final pixels for DDIM, Euler and DPM++ 2M Karras with guidance, and image to
 //! image at strength 0.6. References come from tools/make_reference.py (diffusers 0.42.1).
+//! Each kernel path the CPU has (AVX-512, AVX2, generic) is checked against the same bounds.
 
 mod common;
 
@@ -187,5 +188,41 @@ fn image_to_image_at_strength_0_6_matches_diffusers() {
             max_abs_diff(&latents, &want) < 1e-4,
             "{model}: VAE mean differs"
         );
+    }
+}
+
+/// The kernel path is chosen once per process (`IMAGINE_KERNELS`), so this runs every test in
+/// this file again in a child process on each lower path the CPU has: AVX2 on an AVX-512
+/// machine, and the generic fallback (the gemm crate) on every x86-64 one. The same 2/255
+/// bound then holds for each path.
+#[test]
+fn parity_holds_on_every_lower_kernel_path() {
+    use imagine_engine::kernels::isa::{isa, Isa};
+    if std::env::var_os("IMAGINE_KERNELS").is_some() {
+        return; // a child, or a run forced to one path by hand
+    }
+    for level in [Isa::Avx2, Isa::Generic].into_iter().filter(|&l| l < isa()) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("IMAGINE_KERNELS", level.name())
+            .args(["--skip", "parity_holds_on_every_lower_kernel_path"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "parity on the {} path:\n{}\n{}",
+            level.name(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A run forced to a path (see above) is on that path, where the CPU has it.
+#[test]
+fn kernels_run_on_the_path_asked_for() {
+    use imagine_engine::kernels::isa::{detected, isa, Isa};
+    if let Ok(asked) = std::env::var("IMAGINE_KERNELS") {
+        let asked = Isa::parse(&asked).unwrap();
+        assert_eq!(isa(), asked.min(detected()));
     }
 }

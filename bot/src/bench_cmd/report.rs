@@ -1,5 +1,5 @@
 //! What `imagine bench` measures with, besides the clock: the process's peak resident memory,
-//! the CPU's denormal mode on every computing thread, and the table / JSON it reports.
+//! and the table / JSON it reports.
 
 use std::path::Path;
 
@@ -114,33 +114,4 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-/// MXCSR bits: FTZ (flush results to zero, bit 15) and DAZ (denormal inputs are zero, bit 6).
-#[cfg(target_arch = "x86_64")]
-const FTZ_DAZ: u32 = (1 << 15) | (1 << 6);
-
-/// Sets flush-to-zero and denormals-are-zero on the calling thread.
-#[cfg(target_arch = "x86_64")]
-#[allow(deprecated)] // _mm_setcsr is deprecated in favour of inline asm; it still does this job.
-pub fn set_flush_denormals() {
-    use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
-    // SAFETY: only changes this thread's floating-point mode, which we own.
-    unsafe { _mm_setcsr(_mm_getcsr() | FTZ_DAZ) }
-}
-
-/// Whether the calling thread flushes denormals (both FTZ and DAZ set).
-#[cfg(target_arch = "x86_64")]
-#[allow(deprecated)]
-pub fn flushes_denormals() -> bool {
-    // SAFETY: reads this thread's MXCSR.
-    unsafe { std::arch::x86_64::_mm_getcsr() & FTZ_DAZ == FTZ_DAZ }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub fn set_flush_denormals() {}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub fn flushes_denormals() -> bool {
-    false
 }

@@ -282,6 +282,9 @@ mod tests {
     #[test]
     fn matches_naive_attention() {
         check::<F32>(2e-5);
+        for level in crate::kernels::isa::vector_levels() {
+            crate::kernels::isa::with_vectors(level, || check::<F32>(2e-5));
+        }
     }
 
     /// bf16 products: q·kᵀ and P·v each round their inputs to 8 significant bits, so the

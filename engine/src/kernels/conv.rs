@@ -634,6 +634,7 @@ fn im2col(g: &Geometry, x: &[f32], b: usize, rows: std::ops::Range<usize>, col: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::isa::{vector_levels, with_vectors};
 
     /// Direct 7-loop convolution, the definition.
     fn reference(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
@@ -707,15 +708,10 @@ mod tests {
             conv::<F32>(&g, &x, Weights::Plain(&wt), &bias, None, COL_BUDGET),
             conv::<F32>(&g, &x, Weights::Plain(&wt), &bias, None, 2 * g.k() * g.wo),
         ];
-        if matmul::available() {
-            runs.push(conv(
-                &g,
-                &x,
-                Weights::Packed(&packed),
-                &bias,
-                None,
-                COL_BUDGET,
-            ));
+        for level in vector_levels() {
+            runs.push(with_vectors(level, || {
+                conv(&g, &x, Weights::Packed(&packed), &bias, None, COL_BUDGET)
+            }));
         }
         if Bf16::available() {
             // bf16: the exact convolution of the bf16-rounded input and weights.
@@ -758,9 +754,12 @@ mod tests {
 
     #[test]
     fn fused_additions_match_adding_afterwards() {
-        if !matmul::available() {
-            return;
+        for level in vector_levels() {
+            with_vectors(level, fused_additions_match);
         }
+    }
+
+    fn fused_additions_match() {
         let (batch, cin, h, w, cout) = (2, 3, 5, 6, 4);
         let g = Geometry {
             batch,

@@ -1,11 +1,16 @@
-//! Our GEMM for AVX-512: a 12x32 register-blocked micro-kernel over packed panels, in f32 or
-//! with bf16 inputs and f32 accumulation.
+//! Our GEMM for AVX-512 and AVX2: register-blocked micro-kernels over packed 12x32 panels, in
+//! f32 or (AVX-512 only) with bf16 inputs and f32 accumulation.
 //!
 //! The gemm crate reaches ~35 GFLOP/s per core on this project's convolution shapes, a seventh
 //! of an AVX-512 core's peak. This follows the BLIS structure instead: operands are copied into
 //! panels the micro-kernel reads sequentially (A: 12 rows interleaved per k, broadcast; B: 32
 //! columns per k, two vector loads), with k blocked so a B micro-panel stays in L1 and an A
 //! block in L2. Callers that reuse a B operand (attention's keys and values) pack it once.
+//!
+//! AVX2 has 16 vector registers of 8 floats, too few for a 12x32 tile; its kernel walks the
+//! same panels as 6x16 tiles, so packing (weights at load, convolution inputs per call) is
+//! one code path for both, and both kernels sum every output in the same order: their
+//! results are identical, bit for bit.
 //!
 //! The [`Precision`] decides what a panel holds: f32 values, or (where the CPU has
 //! AVX512_BF16) pairs of consecutive k values rounded to bf16 in one 32-bit word, which
@@ -17,6 +22,7 @@
 
 use rayon::prelude::*;
 
+use super::isa::{isa, vector_isa, Isa};
 use super::{Mat, MatMut, SendPtr};
 
 pub const MR: usize = 12;
@@ -82,7 +88,8 @@ pub trait Precision: Copy + Send + Sync + 'static {
     );
 }
 
-/// f32 panels and FMA: the reference precision.
+/// f32 panels and FMA: the reference precision, on AVX-512 (one 12x32 tile in 24 zmm
+/// accumulators) or AVX2 (the same panels as four 6x16 tiles).
 #[derive(Clone, Copy, Debug)]
 pub struct F32;
 
@@ -91,25 +98,16 @@ pub struct F32;
 #[derive(Clone, Copy, Debug)]
 pub struct Bf16;
 
+/// Whether the CPU has AVX512_BF16 (with the AVX-512 subset its packers use).
 #[cfg(target_arch = "x86_64")]
-fn detect(bf16: bool) -> bool {
+fn has_bf16() -> bool {
     use std::sync::OnceLock;
-    static F: OnceLock<bool> = OnceLock::new();
-    static B: OnceLock<bool> = OnceLock::new();
-    if bf16 {
-        *B.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512bf16")
-        })
-    } else {
-        *F.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
-    }
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bf16"))
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn detect(_: bool) -> bool {
+fn has_bf16() -> bool {
     false
 }
 
@@ -120,7 +118,7 @@ impl Precision for F32 {
     const NC: usize = 512;
 
     fn available() -> bool {
-        detect(false)
+        isa() >= Isa::Avx2
     }
 
     fn convert<'a>(src: &'a [f32], _: usize, _: usize, _: &'a mut Vec<u32>) -> &'a [f32] {
@@ -150,10 +148,11 @@ impl Precision for F32 {
         accumulate: bool,
         rows: usize,
     ) {
-        match rows {
-            12 => micro_f32::<12>(steps, a, b, c, ldc, alpha, accumulate),
-            8 => micro_f32::<8>(steps, a, b, c, ldc, alpha, accumulate),
-            4 => micro_f32::<4>(steps, a, b, c, ldc, alpha, accumulate),
+        match (vector_isa(), rows) {
+            (Isa::Avx512, 12) => micro_f32::<12>(steps, a, b, c, ldc, alpha, accumulate),
+            (Isa::Avx512, 8) => micro_f32::<8>(steps, a, b, c, ldc, alpha, accumulate),
+            (Isa::Avx512, 4) => micro_f32::<4>(steps, a, b, c, ldc, alpha, accumulate),
+            (_, 4 | 8 | 12) => micro_f32_avx2(steps, a, b, c, ldc, alpha, accumulate, rows),
             _ => unreachable!("micro-kernel heights are 4, 8 and 12"),
         }
     }
@@ -166,7 +165,7 @@ impl Precision for Bf16 {
     const NC: usize = 256;
 
     fn available() -> bool {
-        detect(true)
+        isa() == Isa::Avx512 && has_bf16()
     }
 
     fn convert<'a>(src: &'a [f32], kc: usize, width: usize, out: &'a mut Vec<u32>) -> &'a [u32] {
@@ -210,7 +209,8 @@ impl Precision for Bf16 {
     }
 }
 
-/// Whether this CPU runs our f32 kernel (otherwise callers use the gemm crate).
+/// Whether this process runs our f32 kernel (AVX-512 or AVX2; otherwise callers use the gemm
+/// crate).
 pub fn available() -> bool {
     F32::available()
 }
@@ -939,6 +939,94 @@ unsafe fn micro_bf16<const R: usize>(
     store_tile(&acc, c, ldc, alpha, accumulate);
 }
 
+/// The AVX2 micro-kernel: the same 12x32 panels (so weights pack the same way on both
+/// paths), multiplied as 6x16 or 4x16 tiles. A 6x16 tile holds 12 ymm accumulators, two B
+/// vectors and a broadcast A value: 15 of AVX2's 16 registers. Both row groups of one column
+/// half run back to back, so that half of the B panel (16 KiB at KC 256) stays in L1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_f32_avx2(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+    rows: usize,
+) {
+    for half in [0, 16] {
+        let (b, c) = (b.add(half), c.add(half));
+        match rows {
+            12 => {
+                tile_avx2::<6>(kc, a, b, c, ldc, alpha, accumulate);
+                tile_avx2::<6>(kc, a.add(6), b, c.add(6 * ldc), ldc, alpha, accumulate);
+            }
+            8 => {
+                tile_avx2::<4>(kc, a, b, c, ldc, alpha, accumulate);
+                tile_avx2::<4>(kc, a.add(4), b, c.add(4 * ldc), ldc, alpha, accumulate);
+            }
+            _ => tile_avx2::<4>(kc, a, b, c, ldc, alpha, accumulate),
+        }
+    }
+}
+
+/// One R x 16 tile of [`micro_f32_avx2`]: A rows at `a` (panel stride MR), B columns at `b`
+/// (panel stride NR).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_avx2<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for p in 0..kc {
+        let b0 = _mm256_loadu_ps(b.add(p * NR));
+        let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+        let ap = a.add(p * MR);
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*ap.add(i));
+            row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+            row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+        }
+    }
+    let alpha = _mm256_set1_ps(alpha);
+    for (i, row) in acc.iter().enumerate() {
+        for (h, v) in row.iter().enumerate() {
+            let dst = c.add(i * ldc + 8 * h);
+            let v = _mm256_mul_ps(*v, alpha);
+            let v = if accumulate {
+                _mm256_add_ps(_mm256_loadu_ps(dst), v)
+            } else {
+                v
+            };
+            _mm256_storeu_ps(dst, v);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_f32_avx2(
+    _: usize,
+    _: *const f32,
+    _: *const f32,
+    _: *mut f32,
+    _: usize,
+    _: f32,
+    _: bool,
+    _: usize,
+) {
+    unreachable!("available() is false off x86-64")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn micro_f32<const R: usize>(
     _: usize,
@@ -968,6 +1056,7 @@ unsafe fn micro_bf16<const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::isa::{vector_levels, with_vectors};
 
     /// The product in f64 of A and B with each input first passed through `round`.
     fn reference(
@@ -1004,6 +1093,7 @@ mod tests {
             (100, 70, 600),
             (5, 200, 3),
             (30, 40, 1100),
+            (20, 64, 300),
         ] {
             let av: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 23) as f32 - 11.0) / 11.3)
@@ -1044,8 +1134,9 @@ mod tests {
                         .fold(0f32, f32::max)
                 };
                 let case = format!(
-                    "{} {m}x{n}x{k} transposed B {transpose_b}",
-                    std::any::type_name::<P>()
+                    "{} on {:?}: {m}x{n}x{k} transposed B {transpose_b}",
+                    std::any::type_name::<P>(),
+                    vector_isa()
                 );
                 let mut got = vec![1f32; m * n];
                 let plain = AOperand::<P>::Plain(a);
@@ -1089,8 +1180,50 @@ mod tests {
     }
 
     #[test]
-    fn f32_matches_reference_for_odd_shapes_and_strides() {
-        matches_reference::<F32>(|x| x);
+    fn f32_matches_reference_for_odd_shapes_and_strides_on_every_level() {
+        for level in vector_levels() {
+            with_vectors(level, || matches_reference::<F32>(|x| x));
+        }
+    }
+
+    /// Both kernels sum each output over k in the same order, so a model gives the same GEMM
+    /// results on an AVX2 machine as on an AVX-512 one.
+    #[test]
+    fn avx2_and_avx512_products_are_identical() {
+        if vector_levels().len() < 2 {
+            return;
+        }
+        let (m, n, k) = (40, 100, 700);
+        let av: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 23) as f32).sin()).collect();
+        let bv: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 19) as f32).cos()).collect();
+        let a = Mat {
+            data: &av,
+            rows: m,
+            cols: k,
+            row_stride: k,
+            col_stride: 1,
+        };
+        let b = Mat {
+            data: &bv,
+            rows: k,
+            cols: n,
+            row_stride: n,
+            col_stride: 1,
+        };
+        let product = |level| {
+            let mut c = vec![0.5f32; m * n];
+            with_vectors(level, || {
+                gemm(
+                    MatMut::new(&mut c, m, n, n),
+                    AOperand::<F32>::Plain(a),
+                    &b,
+                    0.7,
+                    true,
+                )
+            });
+            c
+        };
+        assert!(product(Isa::Avx2) == product(Isa::Avx512));
     }
 
     #[test]

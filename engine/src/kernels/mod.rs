@@ -4,11 +4,15 @@
 //! gemm built without its AVX-512 kernels); these keep the same numbers within f32 rounding.
 //!
 //! Every op takes contiguous f32 tensors on the CPU; [`crate::layers`] calls them there and
-//! falls back to candle's generic ops on other devices and dtypes.
+//! falls back to candle's generic ops on other devices and dtypes. The products run on our
+//! GEMM with AVX-512 or AVX2 + FMA, and on the gemm crate elsewhere ([`isa`] decides, once
+//! per process).
 
 pub mod attention;
 pub mod conv;
+pub mod denormals;
 pub mod elementwise;
+pub mod isa;
 pub mod matmul;
 pub mod norm;
 pub mod simd;

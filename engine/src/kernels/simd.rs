@@ -6,8 +6,9 @@
 //! call them into full-width SIMD there. The GEMM has its own micro-kernels.
 
 /// Defines a function whose body is compiled three times (AVX-512, AVX2+FMA, baseline) and
-/// dispatched at run time on what the CPU has. The body is an `#[inline(always)]` inner
-/// function, so it is always compiled with the wrapper's features; a closure handed to a
+/// dispatched at run time on [`super::isa::vector_isa`] (what the CPU has, unless lowered).
+/// The body is an `#[inline(always)]` inner function, so it is always compiled with the
+/// wrapper's features; a closure handed to a
 /// `#[target_feature]` function is not (LLVM may leave it out of line, at SSE2 width, which
 /// is how the attention softmax and group norm once ran 4-wide).
 macro_rules! multiversion {
@@ -27,48 +28,18 @@ macro_rules! multiversion {
                 body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            {
-                if $crate::kernels::simd::has_avx512() {
-                    // SAFETY: the CPU supports every feature `avx512` is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if $crate::kernels::simd::has_avx2() {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
+            match $crate::kernels::isa::vector_isa() {
+                // SAFETY: `vector_isa` is never above what the CPU has.
+                $crate::kernels::isa::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                $crate::kernels::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                $crate::kernels::isa::Isa::Generic => {}
             }
             body($($arg),*)
         }
     };
 }
 pub(crate) use multiversion;
-
-/// Whether the CPU has the AVX-512 subset [`multiversion`] compiles for.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx512() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("bmi2")
-    })
-}
-
-/// Whether the CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx2() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("bmi2")
-    })
-}
 
 /// e^x for f32, branch-free (Cephes `expf`: range reduction by ln 2 and a degree-5
 /// polynomial), within 2 ulp of `f32::exp` for x in [-87, 88]; smaller x gives ~1e-38.
@@ -164,10 +135,16 @@ mod tests {
     }
 
     #[test]
-    fn multiversion_runs_the_body() {
-        let mut v = vec![0f32; 100];
-        exps(&mut v);
-        assert!((v[10] - std::f32::consts::E).abs() < 1e-6);
-        assert!((v[99] - 9.9f32.exp()).abs() < 1e-6 * 9.9f32.exp());
+    fn multiversion_runs_the_body_on_every_level() {
+        let check = || {
+            let mut v = vec![0f32; 100];
+            exps(&mut v);
+            assert!((v[10] - std::f32::consts::E).abs() < 1e-6);
+            assert!((v[99] - 9.9f32.exp()).abs() < 1e-6 * 9.9f32.exp());
+        };
+        check();
+        for level in crate::kernels::isa::vector_levels() {
+            crate::kernels::isa::with_vectors(level, check);
+        }
     }
 }
