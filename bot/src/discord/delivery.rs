@@ -88,6 +88,9 @@ impl Outbox {
                     if let Err(e) = outbox.store.forget_dead_tokens(dead_before).await {
                         tracing::warn!("cannot forget dead interaction tokens: {e}");
                     }
+                    if let Err(e) = outbox.store.compact_wal().await {
+                        tracing::warn!("cannot compact the database's log: {e}");
+                    }
                 }
                 let _ = tokio::time::timeout(POLL, outbox.wake.notified()).await;
             }

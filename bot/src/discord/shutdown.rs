@@ -132,6 +132,9 @@ pub fn drain(data: Data) {
             wait_idle(&data, deadline).await;
         }
         data.outbox.flush(deadline).await;
+        if let Err(e) = data.store.compact_wal().await {
+            tracing::warn!("cannot compact the database's log: {e}");
+        }
         tracing::info!("stopped");
         data.shutdown.drained.send_replace(true);
     });

@@ -72,6 +72,8 @@ impl Store {
             // drop the last transactions.
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Cleared interaction tokens must not linger in freed space of the file.
+            .pragma("secure_delete", "ON")
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -99,6 +101,16 @@ impl Store {
     async fn migrated(pool: SqlitePool) -> Result<Store, StoreError> {
         sqlx::migrate!("../migrations").run(&pool).await?;
         Ok(Store { pool })
+    }
+
+    /// Copies the write-ahead log into the database file and empties it, so what was
+    /// overwritten (interaction tokens once used) is gone from the WAL file too. Best effort:
+    /// a busy reader only makes it partial.
+    pub async fn compact_wal(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Closes every connection, waiting for those in use. Later calls fail.
