@@ -133,6 +133,24 @@ async fn retention_deletes_old_images_and_their_buttons_say_they_were_cleaned_up
     let job = ButtonId::parse(&button(&grid, "U1")).unwrap().job;
     let job_dir = w.dir.path().join("data/jobs").join(job.0.to_string());
     assert!(job_dir.join("0.png").exists());
+    // Retention never takes a result the outbox has not marked delivered: let it.
+    let store = Store::open(w.dir.path().join("imagine.db")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store
+        .job(job)
+        .await
+        .unwrap()
+        .unwrap()
+        .delivery
+        .delivered_at
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never marked delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(bot);
 
     // Restarted with a 1,000-byte limit: the pass at start deletes the grid's images.
@@ -142,7 +160,6 @@ async fn retention_deletes_old_images_and_their_buttons_say_they_were_cleaned_up
         &[("IMAGINE_RETENTION_MAX_GB", "0.000001")],
     )
     .await;
-    let store = Store::open(w.dir.path().join("imagine.db")).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     while !store.images_purged(job).await.unwrap() {
         assert!(tokio::time::Instant::now() < deadline, "never purged");
