@@ -75,11 +75,14 @@ async fn finished(sim: &Simulator, token: &str) -> Message {
     );
     sim.wait_for("a finished job", WAIT, |entries| {
         entries.iter().filter_map(Entry::as_rest).find_map(|c| {
+            // The queued and progress views carry only the ❌ button; a result has labelled ones.
             let done = c.path == path
                 && c.status < 300
-                && c.response["components"]
-                    .as_array()
-                    .is_some_and(|r| !r.is_empty());
+                && c.response["components"].as_array().is_some_and(|rows| {
+                    rows.iter()
+                        .flat_map(|r| r["components"].as_array().into_iter().flatten())
+                        .any(|b| b["label"].is_string())
+                });
             done.then(|| serde_json::from_value(c.response.clone()).unwrap())
         })
     })
