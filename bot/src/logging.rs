@@ -17,6 +17,7 @@ pub fn init() {
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(|| RedactingWriter(Vec::new()))
         .try_init();
 }
@@ -49,8 +50,8 @@ fn patterns() -> &'static [Regex] {
     static PATTERNS: OnceLock<Vec<Regex>> = OnceLock::new();
     PATTERNS.get_or_init(|| {
         [
-            r#"(?i)(\\*"?token\\*"?\s*[:=]\s*(?:Some\()?\\*")[^"\\]+"#,
-            r#"(?i)(\btoken\s*[:=]\s*)[^\s",}\)\]]+"#,
+            r#"(?i)(\\*"?token\\*"?(?:\x1b\[[0-9;]*m)*\s*[:=](?:\x1b\[[0-9;]*m)*\s*(?:Some\()?\\*")[^"\\]+"#,
+            r#"(?i)(token(?:\x1b\[[0-9;]*m)*\s*[:=](?:\x1b\[[0-9;]*m)*\s*)[^\s",}\)\]\x1b]+"#,
             r#"(/(?:webhooks|interactions)/\d+/)[^/\s"'?\\]+"#,
             r#"(\bBot\s+)[A-Za-z0-9._\-]{16,}"#,
         ]
@@ -84,6 +85,7 @@ mod tests {
             "authorization: Bot Bot.abc.DEF-ghi_123xyz",
             "token=aW50ZXJhY3Rpb246abc job=3",
             r#"NewJob { interaction_token: Some("aW50ZXJhY3Rpb246abc"), kind: Imagine }"#,
+            "\x1b[3mtoken\x1b[0m\x1b[2m=\x1b[0maW50ZXJhY3Rpb246abc \x1b[3mjob\x1b[0m=3",
         ];
         for line in lines {
             let out = redact(line);
