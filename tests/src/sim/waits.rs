@@ -68,23 +68,8 @@ impl Simulator {
         timeout: Duration,
         mut found: impl FnMut(&[Entry]) -> Option<T>,
     ) -> Result<T, WaitError> {
-        let mut changes = self.shared.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            changes.borrow_and_update();
-            if let Some(value) = found(&self.shared.world().transcript) {
-                return Ok(value);
-            }
-            if tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err()
-            {
-                return Err(WaitError {
-                    what: format!("{what} (after {timeout:?})"),
-                    transcript: self.transcript(),
-                });
-            }
-        }
+        self.wait_until(what, timeout, |sim| found(&sim.shared.world().transcript))
+            .await
     }
 
     /// Waits until `found` returns something, re-asking whenever the transcript grows. Unlike
