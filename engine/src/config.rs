@@ -271,6 +271,10 @@ pub struct VaeFileConfig {
     pub use_post_quant_conv: bool,
     #[serde(default)]
     pub act_fn: Option<String>,
+    /// Decode and encode in f32 when the model runs in fp16 (diffusers' default: true; SD's
+    /// VAE overflows in fp16).
+    #[serde(default = "yes")]
+    pub force_upcast: bool,
 }
 
 fn three() -> usize {

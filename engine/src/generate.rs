@@ -311,7 +311,7 @@ impl StableDiffusion {
         let n = latents.dim(0)?;
         let mut images = Vec::with_capacity(n);
         for i in 0..n {
-            let one = latents.narrow(0, i, 1)?.to_dtype(self.dtype)?;
+            let one = latents.narrow(0, i, 1)?;
             images.extend(tensor_to_images(&self.vae_decode(&one)?)?);
         }
         Ok(images)
@@ -352,7 +352,7 @@ impl StableDiffusion {
     }
 
     fn encode_image(&self, image: &RgbImage) -> Result<Tensor> {
-        let pixels = image_to_tensor(image, &self.device)?.to_dtype(self.dtype)?;
+        let pixels = image_to_tensor(image, &self.device)?;
         Ok(self.vae_encode(&pixels)?.to_dtype(DType::F32)?)
     }
 
@@ -362,7 +362,7 @@ impl StableDiffusion {
         let keep = (1.0 - &full)?;
         let masked = image_to_tensor(image, &self.device)?.broadcast_mul(&keep)?;
         let latents = self
-            .vae_encode(&masked.to_dtype(self.dtype)?)?
+            .vae_encode(&masked)?
             .to_dtype(DType::F32)?
             .repeat((n, 1, 1, 1))?;
         let mask = mask_to_latent(&full, self.info().vae_scale)?.repeat((n, 1, 1, 1))?;

@@ -40,7 +40,9 @@ fn packing_precision() -> ComputePrecision {
 }
 
 fn fast_path(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+    matches!(x.device(), Device::Cpu)
+        && x.dtype() == DType::F32
+        && crate::kernels::isa::isa() > crate::kernels::isa::Isa::Candle
 }
 
 /// Whether a weight should be packed for our GEMM at load time: on the CPU, in f32, where the
@@ -374,6 +376,20 @@ pub fn attention(
             },
         );
     }
+    let (b, s, _) = q.dims3()?;
+    let rows = attention_chunk_rows(b * heads, s, k.dim(1)?);
+    generic_attention(q, k, v, heads, scale, rows)
+}
+
+/// candle's attention, `rows` queries at a time (the result does not depend on `rows`).
+fn generic_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    rows: usize,
+) -> Result<Tensor> {
     let split = |t: &Tensor| -> Result<Tensor> {
         let (b, s, w) = t.dims3()?;
         t.reshape((b, s, heads, w / heads))?
@@ -381,17 +397,38 @@ pub fn attention(
             .contiguous()
     };
     let (b, s, w) = q.dims3()?;
-    let (qh, kh, vh) = (
-        split(q)?.to_dtype(DType::F32)?,
-        split(k)?.to_dtype(DType::F32)?,
-        split(v)?.to_dtype(DType::F32)?,
-    );
-    let probs = candle_nn::ops::softmax_last_dim(&(qh.matmul(&kh.t()?)? * scale)?)?;
-    probs
-        .matmul(&vh)?
-        .to_dtype(q.dtype())?
-        .transpose(1, 2)?
-        .reshape((b, s, w))
+    let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
+    let mut outs = Vec::with_capacity(s.div_ceil(rows));
+    for start in (0..s).step_by(rows) {
+        let q = qh.narrow(2, start, rows.min(s - start))?;
+        outs.push(attention_rows(&q, &kh, &vh, scale)?);
+    }
+    Tensor::cat(&outs, 2)?.transpose(1, 2)?.reshape((b, s, w))
+}
+
+/// The most bytes one chunk of f32 attention scores may take on the generic path: a score
+/// matrix for every query at once would need 8.6 GB for SD 1.5 at 1024 px.
+const ATTENTION_CHUNK_BYTES: usize = 256 << 20;
+
+/// How many query rows a chunk of generic attention takes, so that its `[BH, rows, keys]` f32
+/// scores stay under [`ATTENTION_CHUNK_BYTES`].
+fn attention_chunk_rows(batch_heads: usize, queries: usize, keys: usize) -> usize {
+    let per_row = batch_heads * keys * 4;
+    (ATTENTION_CHUNK_BYTES / per_row.max(1)).clamp(1, queries.max(1))
+}
+
+/// softmax(q kᵀ · scale) v for `[BH, rows, D]` queries: the products in the tensors' dtype,
+/// the softmax in f32 (as diffusers' fused attention does in fp16).
+fn attention_rows(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let scores = if q.dtype() == DType::F32 {
+        (q.matmul(&k.t()?)? * scale)?
+    } else {
+        // Scaled first, so that half-precision scores stay far from their overflow.
+        (q * scale)?.matmul(&k.t()?)?.to_dtype(DType::F32)?
+    };
+    candle_nn::ops::softmax_last_dim(&scores)?
+        .to_dtype(v.dtype())?
+        .matmul(v)
 }
 
 /// diffusers' GEGLU activation: `x[..., :n] * gelu(x[..., n:])`.
@@ -434,5 +471,39 @@ pub fn upsample_nearest(x: &Tensor, size: Option<(usize, usize)>) -> Result<Tens
         None if fast_path(x) => x.contiguous()?.apply_op1_no_bwd(&elementwise::Upsample2xOp),
         None => x.upsample_nearest2d(2 * h, 2 * w),
         Some((th, tw)) => x.upsample_nearest2d(th, tw),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generic_attention_gives_the_same_result_in_chunks() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (2, 37, 16), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 11, 16), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 11, 16), &dev).unwrap();
+        let whole = generic_attention(&q, &k, &v, 4, 0.5, 37).unwrap();
+        for rows in [1, 5, 36] {
+            let chunked = generic_attention(&q, &k, &v, 4, 0.5, rows).unwrap();
+            let diff = (&whole - &chunked)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "{rows} rows");
+        }
+        assert_eq!(whole.dims(), &[2, 37, 16]);
+    }
+
+    #[test]
+    fn attention_chunks_bound_the_score_memory() {
+        // SD 1.5 at 1024 px with guidance: 2 x 8 heads over 16384 tokens.
+        let rows = attention_chunk_rows(16, 16384, 16384);
+        assert!(rows * 16 * 16384 * 4 <= ATTENTION_CHUNK_BYTES && rows >= 64);
+        // Small problems run in one chunk.
+        assert_eq!(attention_chunk_rows(16, 4096 / 16, 77), 4096 / 16);
     }
 }

@@ -5,6 +5,7 @@
 //! tensors, configs and schedulers; it never knows Discord, SQL or files beyond the weights.
 //!
 //! - [`config`]: serde mirrors of the folder's config.json files, validated.
+//! - [`device`]: which device and precision to compute in (`auto`: the best the host has).
 //! - [`source`]: local folder, HF cache, or download.
 //! - [`model`]: the loaded components; [`generate`]: the sampling loop.
 //! - [`schedulers`]: Euler, Euler-a, DDIM, DPM++ 2M (Karras), as diffusers computes them.
@@ -19,6 +20,7 @@
 pub mod blocks;
 pub mod clip;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod kernels;
@@ -34,6 +36,7 @@ pub mod tokenizer;
 pub mod unet;
 pub mod vae;
 
+pub use device::{device_name, DeviceChoice, Precision, PrecisionChoice};
 pub use error::{EngineError, Result};
 pub use generate::{GenerateRequest, Generation, InitImage, Progress};
 pub use model::{ComputePrecision, LoadOptions, ModelInfo, StableDiffusion, UNetKind};

@@ -113,6 +113,8 @@ pub struct StableDiffusion {
     pub(crate) latent_channels: usize,
     pub(crate) device: Device,
     pub(crate) dtype: DType,
+    /// The VAE's dtype: f32 for an fp16 model whose VAE config sets `force_upcast`.
+    pub(crate) vae_dtype: DType,
     info: ModelInfo,
     /// TAESD, for previews and fast decodes (see [`crate::taesd`]).
     pub(crate) tiny_decoder: Option<crate::taesd::Taesd>,
@@ -164,16 +166,23 @@ impl StableDiffusion {
         let tokenizer =
             ClipTokenizer::load(&dir.join("tokenizer"), text_cfg.max_position_embeddings)?;
         let (device, dtype) = (&opts.device, opts.dtype);
-        let text_encoder = ClipTextModel::new(weights(dir, "text_encoder", opts)?, &text_cfg)
-            .map_err(|e| mismatch(dir, "text_encoder", e))?;
+        // As diffusers: an fp16 model decodes with its VAE in f32 when the VAE asks for it.
+        let vae_dtype = if dtype == DType::F16 && vae_cfg.force_upcast {
+            DType::F32
+        } else {
+            dtype
+        };
+        let text_encoder =
+            ClipTextModel::new(weights(dir, "text_encoder", opts, dtype)?, &text_cfg)
+                .map_err(|e| mismatch(dir, "text_encoder", e))?;
         let unet = UNet::load(
-            weights(dir, "unet", opts)?,
+            weights(dir, "unet", opts, dtype)?,
             unet_cfg.in_channels,
             unet_cfg.out_channels,
             &unet_candle,
         )
         .map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
-        let vae = Autoencoder::new(weights(dir, "vae", opts)?, &vae_cfg)
+        let vae = Autoencoder::new(weights(dir, "vae", opts, vae_dtype)?, &vae_cfg)
             .map_err(|e| mismatch(dir, "vae", e))?;
         Ok(Self {
             tokenizer,
@@ -184,6 +193,7 @@ impl StableDiffusion {
             latent_channels: vae_cfg.latent_channels,
             device: device.clone(),
             dtype,
+            vae_dtype,
             info,
             tiny_decoder: None,
         })
@@ -206,14 +216,24 @@ impl StableDiffusion {
         Ok(self.unet.forward(latents, t, context)?)
     }
 
-    /// Scaled latents to pixels in [-1, 1].
+    /// Scaled latents to pixels in [-1, 1], in the VAE's dtype.
     pub fn vae_decode(&self, latents: &Tensor) -> Result<Tensor> {
-        self.vae.decode(latents)
+        self.vae.decode(&latents.to_dtype(self.vae_dtype)?)
     }
 
-    /// Pixels in [-1, 1] to scaled latents (the distribution's mean).
+    /// Pixels in [-1, 1] to scaled latents (the distribution's mean), in the VAE's dtype.
     pub fn vae_encode(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.vae.encode_mean(pixels)
+        self.vae.encode_mean(&pixels.to_dtype(self.vae_dtype)?)
+    }
+
+    /// The device the model computes on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype of the text encoder and UNet (the VAE may be upcast, see `force_upcast`).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The model timesteps `kind` visits in `steps` steps on this model's schedule.
@@ -252,8 +272,13 @@ fn mismatch(dir: &Path, component: &str, e: EngineError) -> EngineError {
 }
 
 /// Memory-maps a component's safetensors weights (whole, fp16 variant, or sharded).
-fn weights(dir: &Path, component: &str, opts: &LoadOptions) -> Result<VarBuilder<'static>> {
-    let (dtype, device) = (opts.dtype, &opts.device);
+fn weights(
+    dir: &Path,
+    component: &str,
+    opts: &LoadOptions,
+    dtype: DType,
+) -> Result<VarBuilder<'static>> {
+    let device = &opts.device;
     if let Some(seed) = opts.random_weights {
         let backend = crate::random_weights::RandomWeights::new(
             seed ^ crate::random_weights::fnv1a(component),

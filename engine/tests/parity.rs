@@ -193,15 +193,19 @@ fn image_to_image_at_strength_0_6_matches_diffusers() {
 
 /// The kernel path is chosen once per process (`IMAGINE_KERNELS`), so this runs every test in
 /// this file again in a child process on each lower path the CPU has: AVX2 on an AVX-512
-/// machine, and the generic fallback (the gemm crate) on every x86-64 one. The same 2/255
-/// bound then holds for each path.
+/// machine, the generic fallback (the gemm crate) on every x86-64 one, and candle's own ops
+/// with none of our kernels (the path a GPU takes, minus the device) everywhere. The same
+/// 2/255 bound then holds for each path.
 #[test]
 fn parity_holds_on_every_lower_kernel_path() {
     use imagine_engine::kernels::isa::{isa, Isa};
     if std::env::var_os("IMAGINE_KERNELS").is_some() {
         return; // a child, or a run forced to one path by hand
     }
-    for level in [Isa::Avx2, Isa::Generic].into_iter().filter(|&l| l < isa()) {
+    for level in [Isa::Avx2, Isa::Generic, Isa::Candle]
+        .into_iter()
+        .filter(|&l| l < isa())
+    {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .env("IMAGINE_KERNELS", level.name())
             .args(["--skip", "parity_holds_on_every_lower_kernel_path"])

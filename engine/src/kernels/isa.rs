@@ -1,8 +1,9 @@
 //! Which instruction set the kernels run on, decided once per process.
 //!
 //! The best level this CPU has is used, unless the hidden setting `IMAGINE_KERNELS`
-//! (`avx512`, `avx2` or `generic`) asks for a lower one: that is how a machine with AVX-512
-//! checks the AVX2 and generic paths against its own and against the parity tests. Every
+//! (`avx512`, `avx2`, `generic` or `candle`) asks for a lower one: that is how a machine with
+//! AVX-512 checks the AVX2 and generic paths against its own and against the parity tests, and
+//! how CI runs the parity tests through candle's own ops alone (`candle`), the path a GPU takes. Every
 //! dispatch (whether weights are packed, which GEMM micro-kernel and which compilation of
 //! [`super::simd::multiversion`]'s kernels runs) follows [`isa`], so a process never mixes paths.
 
@@ -11,7 +12,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// An instruction-set level, ordered from least to most capable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
-    /// No kernels of ours: candle's generic ops and the gemm crate.
+    /// No kernels of ours at all: every layer runs candle's ops, as on a GPU.
+    Candle,
+    /// No vector kernels: our scalar kernels, candle's convolutions and the gemm crate.
     Generic,
     /// AVX2 + FMA: 8-wide vectors, 16 registers.
     Avx2,
@@ -23,6 +26,7 @@ impl Isa {
     /// The `IMAGINE_KERNELS` spelling.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Candle => "candle",
             Self::Generic => "generic",
             Self::Avx2 => "avx2",
             Self::Avx512 => "avx512",
@@ -32,17 +36,18 @@ impl Isa {
     /// Parses an `IMAGINE_KERNELS` value.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
+            "candle" => Ok(Self::Candle),
             "generic" => Ok(Self::Generic),
             "avx2" => Ok(Self::Avx2),
             "avx512" => Ok(Self::Avx512),
             _ => Err(format!(
-                "IMAGINE_KERNELS={s:?} is not a kernel path: use avx512, avx2 or generic"
+                "IMAGINE_KERNELS={s:?} is not a kernel path: use avx512, avx2, generic or candle"
             )),
         }
     }
 
     fn from_u8(v: u8) -> Option<Self> {
-        [Self::Generic, Self::Avx2, Self::Avx512]
+        [Self::Candle, Self::Generic, Self::Avx2, Self::Avx512]
             .get(v as usize)
             .copied()
     }
@@ -126,7 +131,7 @@ pub(crate) fn with_vectors<T>(level: Isa, f: impl FnOnce() -> T) -> T {
     use std::sync::Mutex;
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     assert!(
-        level != Isa::Generic && level <= isa(),
+        level >= Isa::Avx2 && level <= isa(),
         "{level:?} cannot run here"
     );
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -161,13 +166,14 @@ mod tests {
         assert_eq!(chosen(Isa::Avx512, Some(" Generic ")), Isa::Generic);
         assert_eq!(chosen(Isa::Avx2, Some("avx512")), Isa::Avx2);
         assert_eq!(chosen(Isa::Avx2, Some("sse9")), Isa::Avx2);
+        assert_eq!(chosen(Isa::Generic, Some("candle")), Isa::Candle);
     }
 
     #[test]
     fn bad_settings_say_what_is_accepted() {
         let e = Isa::parse("avx-512").unwrap_err();
-        assert!(e.contains("avx512, avx2 or generic"), "{e}");
-        for isa in [Isa::Generic, Isa::Avx2, Isa::Avx512] {
+        assert!(e.contains("avx512, avx2, generic or candle"), "{e}");
+        for isa in [Isa::Candle, Isa::Generic, Isa::Avx2, Isa::Avx512] {
             assert_eq!(Isa::parse(isa.name()), Ok(isa));
         }
     }

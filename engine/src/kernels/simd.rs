@@ -33,7 +33,7 @@ macro_rules! multiversion {
                 $crate::kernels::isa::Isa::Avx512 => return unsafe { avx512($($arg),*) },
                 // SAFETY: as above.
                 $crate::kernels::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                $crate::kernels::isa::Isa::Generic => {}
+                $crate::kernels::isa::Isa::Generic | $crate::kernels::isa::Isa::Candle => {}
             }
             body($($arg),*)
         }
