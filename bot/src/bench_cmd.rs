@@ -20,7 +20,11 @@ use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use imagine_engine::noise::LatentNoise;
 use imagine_engine::pixels::latent_preview;
-use imagine_engine::{ComputePrecision, GenerateRequest, LoadOptions, StableDiffusion, Taesd};
+use imagine_engine::{
+    DeviceChoice, GenerateRequest, LoadOptions, PrecisionChoice, StableDiffusion, Taesd,
+};
+
+use crate::hardware::Hardware;
 use serde_json::Value;
 
 use report::{Measurement, Report};
@@ -66,10 +70,13 @@ pub struct BenchArgs {
     /// taesd-preview rows.
     #[arg(long)]
     pub taesd: Option<PathBuf>,
-    /// What the convolutions, linear layers and attention products compute in: fp32, or bf16
-    /// inputs with f32 sums (needs AVX512_BF16).
-    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
-    pub precision: ComputePrecision,
+    /// What the model computes in: auto (fp16 on a GPU, bf16 on a CPU with AVX512_BF16, else
+    /// fp32), fp32, bf16 (on a CPU: bf16 products with f32 sums) or fp16.
+    #[arg(long, env = "IMAGINE_PRECISION", default_value = "auto", value_parser = crate::hardware::parse_precision)]
+    pub precision: PrecisionChoice,
+    /// Where to compute: auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, env = "IMAGINE_DEVICE", default_value = "auto", value_parser = crate::hardware::parse_device)]
+    pub device: DeviceChoice,
     /// Keep the CPU's default denormal handling instead of flushing to zero.
     #[arg(long)]
     pub keep_denormals: bool,
@@ -142,10 +149,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if flush { "ON on every thread" } else { "off" }
     );
 
-    let base = LoadOptions {
-        precision: args.precision,
-        ..LoadOptions::default()
-    };
+    let hw = Hardware::choose(args.device, args.precision)?;
+    eprintln!(
+        "device {}, precision {}",
+        hw.device_name(),
+        hw.precision.name()
+    );
+    let base = hw.load_options();
     let (dir, load) = match (&args.model, &args.arch) {
         (Some(dir), _) => (dir.clone(), base.clone()),
         (None, Some(arch)) => (
@@ -206,7 +216,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             None => dir.display().to_string(),
         },
         threads,
-        precision: args.precision.name(),
+        precision: hw.precision.name(),
+        device: hw.device_name(),
         flush_denormals: flush,
         warmup: args.warmup,
         runs: args.runs,
@@ -219,11 +230,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         report.write_json(path)?;
     }
     Ok(())
-}
-
-/// `--precision`: fp32 or bf16.
-pub fn parse_precision(s: &str) -> std::result::Result<ComputePrecision, String> {
-    ComputePrecision::parse(s).ok_or_else(|| format!("unknown precision {s:?}: use fp32 or bf16"))
 }
 
 /// `assets/archs/<arch>`: under the current directory, or the checkout this binary was
@@ -327,7 +333,11 @@ impl Bench<'_> {
         let latents = |n: usize| -> Result<Tensor> {
             let seeds: Vec<u64> = (0..n as u64).collect();
             let lat = self.model.info().latent_channels;
-            Ok(LatentNoise::new(&seeds, (lat, s / 8, s / 8), &candle_core::Device::Cpu).draw()?)
+            Ok(
+                LatentNoise::new(&seeds, (lat, s / 8, s / 8), self.model.device())
+                    .draw()?
+                    .to_dtype(self.model.dtype())?,
+            )
         };
         let model = self.model;
         let window = model.tokenizer().encode(PROMPT, 1)?.chunks.remove(0);
@@ -424,10 +434,13 @@ impl Bench<'_> {
             work()?;
             eprint!("w ");
         }
+        self.model.device().synchronize()?;
         let mut all = Vec::with_capacity(runs);
         for _ in 0..runs {
             let start = Instant::now();
             work()?;
+            // A GPU returns before its queued work is done.
+            self.model.device().synchronize()?;
             all.push(start.elapsed().as_secs_f64());
             eprint!("{:.3}s ", all.last().expect("pushed"));
         }

@@ -24,6 +24,8 @@ IMAGINE_QUEUE_CAPACITY   jobs that may wait (32)\n  \
 IMAGINE_USER_CAP         queued or running jobs per user (3)\n  \
 DISCORD_API_BASE         Discord-compatible API base URL (https://discord.com)\n  \
 IMAGINE_TAESD            TAESD folder or repo id: previews that look like the image (none)\n  \
+IMAGINE_DEVICE           auto, cpu, cuda, cuda:N, metal; a list (cuda:0,cuda:1): a worker each (auto)\n  \
+IMAGINE_PRECISION        auto (fp16 on GPUs, bf16 on AVX512_BF16 CPUs, else fp32), fp32, bf16, fp16\n  \
 IMAGINE_FAST_GRID_DECODE decode grids with TAESD; U images use the full VAE (false)\n  \
 IMAGINE_METRICS_ADDR     serve Prometheus metrics at ADDRESS:PORT/metrics (off)\n  \
 IMAGINE_RETENTION_DAYS   delete images of jobs finished longer ago than this (keep)\n  \
@@ -96,10 +98,14 @@ pub struct GenerateArgs {
     /// softer.
     #[arg(long, requires = "taesd")]
     pub fast_decode: bool,
-    /// What the matrix products compute in: fp32, or bf16 inputs with f32 sums (faster;
-    /// needs a CPU with AVX512_BF16; pixels differ slightly from fp32).
-    #[arg(long, default_value = "fp32", value_parser = crate::bench_cmd::parse_precision)]
-    pub precision: imagine_engine::ComputePrecision,
+    /// What the model computes in: auto (fp16 on a GPU, bf16 on a CPU with AVX512_BF16, else
+    /// fp32), fp32 (diffusers' pixels within 2/255), bf16, or fp16.
+    #[arg(long, env = "IMAGINE_PRECISION", default_value = "auto", value_parser = crate::hardware::parse_precision)]
+    pub precision: imagine_engine::PrecisionChoice,
+    /// Where to compute: auto (a CUDA or Metal GPU when this binary has one, else the CPU),
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, env = "IMAGINE_DEVICE", default_value = "auto", value_parser = crate::hardware::parse_device)]
+    pub device: imagine_engine::DeviceChoice,
     /// Where to write the PNG.
     #[arg(long)]
     pub out: PathBuf,

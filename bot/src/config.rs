@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use imagine_engine::ComputePrecision;
+use imagine_engine::{DeviceChoice, Precision, PrecisionChoice};
 use serde::Deserialize;
 
 use crate::store::RetentionLimits;
@@ -78,10 +78,15 @@ pub struct BotArgs {
     /// image with the model's full VAE. Needs --taesd [default: false].
     #[arg(long, env = "IMAGINE_FAST_GRID_DECODE", num_args = 0..=1, default_missing_value = "true")]
     pub fast_grid_decode: Option<bool>,
-    /// What the matrix products compute in: fp32, or bf16 (about 1.8x faster, half the
-    /// weight memory, pixels a little different; needs a CPU with AVX512_BF16) [default: fp32].
+    /// What the models compute in: auto (fp16 on a GPU, bf16 on a CPU with AVX512_BF16,
+    /// else fp32), fp32 (exactly diffusers' pixels), bf16 or fp16 [default: auto].
     #[arg(long, env = "IMAGINE_PRECISION")]
     pub precision: Option<String>,
+    /// Where the models run: auto (a CUDA or Metal GPU when the binary has it, else the CPU),
+    /// cpu, cuda, cuda:N or metal; a comma-separated list (cuda:0,cuda:1) runs one worker per
+    /// device, all fed by the one queue [default: auto].
+    #[arg(long, env = "IMAGINE_DEVICE")]
+    pub device: Option<String>,
     /// Seconds a stop (SIGTERM, Ctrl-C) may take: the running job finishes or is stopped
     /// between steps and resumes at the next start; finished results are delivered [default: 30].
     #[arg(long, env = "IMAGINE_SHUTDOWN_TIMEOUT")]
@@ -116,6 +121,8 @@ struct FileConfig {
     taesd: Option<String>,
     fast_grid_decode: Option<bool>,
     precision: Option<String>,
+    device: Option<String>,
+    devices: Option<Vec<String>>,
     shutdown_timeout: Option<f64>,
     http_timeout: Option<f64>,
     metrics_addr: Option<String>,
@@ -142,8 +149,10 @@ pub struct Config {
     pub taesd: Option<String>,
     /// Grids decoded with TAESD; U images always with the full VAE.
     pub fast_grid_decode: bool,
-    /// What the models' matrix products compute in.
-    pub precision: ComputePrecision,
+    /// What the models compute in (`auto`: the best each device offers).
+    pub precision: PrecisionChoice,
+    /// The compute devices, one worker each (at least one).
+    pub devices: Vec<DeviceChoice>,
     /// How long a graceful stop may take.
     pub shutdown_timeout: Duration,
     /// How long one HTTP request may take.
@@ -215,13 +224,15 @@ impl Config {
             bail!("fast_grid_decode decodes grids with TAESD: set taesd too (IMAGINE_TAESD, e.g. madebyollin/taesd)");
         }
         let precision = match args.precision.clone().or(file.precision) {
-            None => ComputePrecision::Fp32,
-            Some(p) => ComputePrecision::parse(p.trim()).with_context(|| {
-                format!("precision {p:?} is not fp32 or bf16 (IMAGINE_PRECISION)")
-            })?,
+            None => PrecisionChoice::Auto,
+            Some(p) => PrecisionChoice::parse(&p)
+                .map_err(|e| anyhow::anyhow!("{e} (IMAGINE_PRECISION)"))?,
         };
-        if precision == ComputePrecision::Bf16 && !ComputePrecision::bf16_available() {
-            bail!("precision bf16 needs a CPU with AVX512_BF16, which this one lacks: use fp32");
+        let devices = devices(args.device.as_deref(), file.device, file.devices)?;
+        if precision == PrecisionChoice::Exactly(Precision::Bf16)
+            && devices.iter().all(|d| *d == DeviceChoice::Cpu)
+        {
+            Precision::Bf16.check_on(&candle_core::Device::Cpu)?;
         }
         let shutdown_timeout = seconds(
             "shutdown_timeout (IMAGINE_SHUTDOWN_TIMEOUT)",
@@ -265,12 +276,52 @@ impl Config {
             taesd,
             fast_grid_decode,
             precision,
+            devices,
             shutdown_timeout,
             http_timeout,
             metrics_addr,
             retention,
         })
     }
+}
+
+/// The most compute devices one process drives.
+const MAX_DEVICES: usize = 16;
+
+/// The devices to run workers on: `--device`/`IMAGINE_DEVICE` (one, or a comma-separated
+/// list), else the file's `device` or `devices` (not both), else `auto`.
+fn devices(
+    flag: Option<&str>,
+    file_device: Option<String>,
+    file_devices: Option<Vec<String>>,
+) -> Result<Vec<DeviceChoice>> {
+    let names: Vec<String> = match (flag, file_device, file_devices) {
+        (Some(list), _, _) => list.split(',').map(str::to_string).collect(),
+        (None, Some(_), Some(_)) => {
+            bail!("the config file sets both device and devices: keep one (devices = [\"cuda:0\", \"cuda:1\"] for several)")
+        }
+        (None, Some(one), None) => vec![one],
+        (None, None, Some(list)) => list,
+        (None, None, None) => vec!["auto".into()],
+    };
+    if names.is_empty() || names.len() > MAX_DEVICES {
+        bail!(
+            "devices must list 1 to {MAX_DEVICES} devices, got {}",
+            names.len()
+        );
+    }
+    let mut devices = Vec::with_capacity(names.len());
+    for name in &names {
+        let device =
+            DeviceChoice::parse(name).map_err(|e| anyhow::anyhow!("{e} (IMAGINE_DEVICE)"))?;
+        // Two workers on one GPU would fight over its memory; `auto` names no one device.
+        let gpu = matches!(device, DeviceChoice::Cuda(_) | DeviceChoice::Metal(_));
+        if (gpu && devices.contains(&device)) || (device == DeviceChoice::Auto && names.len() > 1) {
+            bail!("devices {names:?}: name each GPU once, and no auto in a list (cuda:0,cuda:1)");
+        }
+        devices.push(device);
+    }
+    Ok(devices)
 }
 
 /// A duration setting in seconds, within `range`.
@@ -373,6 +424,7 @@ mod tests {
             taesd: None,
             fast_grid_decode: None,
             precision: None,
+            device: None,
             shutdown_timeout: None,
             http_timeout: None,
             metrics_addr: None,
@@ -540,6 +592,44 @@ mod tests {
             a.retention_max_gb = gb;
             let err = Config::resolve(&a).unwrap_err().to_string();
             assert!(err.contains(needle), "{set:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn devices_and_precision_default_to_auto_and_take_lists() {
+        let c = Config::resolve(&args()).unwrap();
+        assert_eq!(c.devices, vec![DeviceChoice::Auto]);
+        assert_eq!(c.precision, PrecisionChoice::Auto);
+        let mut a = args();
+        a.device = Some("cuda:0, cuda:1".into());
+        a.precision = Some("FP16".into());
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(
+            c.devices,
+            vec![DeviceChoice::Cuda(0), DeviceChoice::Cuda(1)]
+        );
+        assert_eq!(c.precision, PrecisionChoice::Exactly(Precision::Fp16));
+        let file =
+            |text: &str| Config::resolve_with_file(&args(), Some((Path::new("c.toml"), text)));
+        let c = file("devices = [\"cpu\", \"cpu\"]").unwrap();
+        assert_eq!(c.devices, vec![DeviceChoice::Cpu, DeviceChoice::Cpu]);
+        assert_eq!(
+            file("device = \"metal\"").unwrap().devices,
+            vec![DeviceChoice::Metal(0)]
+        );
+        for (text, needle) in [
+            (
+                "device = \"cpu\"\ndevices = [\"cpu\"]",
+                "both device and devices",
+            ),
+            ("devices = []", "1 to 16"),
+            ("devices = [\"cuda:0\", \"cuda:0\"]", "each GPU once"),
+            ("devices = [\"auto\", \"cpu\"]", "no auto in a list"),
+            ("device = \"tpu\"", "IMAGINE_DEVICE"),
+            ("precision = \"int8\"", "auto, fp32, bf16, fp16"),
+        ] {
+            let err = file(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
         }
     }
 }

@@ -9,6 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
 use imagine_engine::{GenerateRequest, InitImage, LoadOptions, StableDiffusion, Taesd};
 
+use crate::hardware::Hardware;
+
 use crate::cli::GenerateArgs;
 use crate::config::short_name;
 use crate::image_input;
@@ -20,10 +22,8 @@ const MAX_INPUT_BYTES: u64 = 64 << 20;
 pub fn run(args: &GenerateArgs) -> Result<()> {
     imagine_engine::kernels::denormals::flush_on_compute_threads();
     let dir = imagine_engine::resolve_model(&args.model)?;
-    let load = LoadOptions {
-        precision: args.precision,
-        ..LoadOptions::default()
-    };
+    let hw = Hardware::choose(args.device, args.precision)?;
+    let load = hw.load_options();
     let mut model = StableDiffusion::load(&dir, &load)
         .with_context(|| format!("loading the model from {}", dir.display()))?;
     if let Some(spec) = &args.taesd {
@@ -102,6 +102,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         height,
         model: info.name.clone(),
         strength: req.init.as_ref().map(|i| i.strength),
+        precision: hw.precision.name().into(),
+        device: hw.device_name(),
         vae: args
             .fast_decode
             .then(|| args.taesd.as_deref().map(short_name))

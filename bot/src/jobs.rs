@@ -87,6 +87,7 @@ pub fn imagine_job(
             stylize: parsed.stylize,
             strength,
             init_image,
+            precision: None,
         },
         model: model.to_string(),
         seeds: grid_seeds(parsed.seed.unwrap_or(random_seed)),
@@ -140,6 +141,10 @@ pub fn button_job(
         req.params.steps = steps_for_strength(req.params.steps, s);
     }
     req.params.strength = strength;
+    // What the parent computed in, so that the button reproduces its image.
+    if let Some(compute) = &parent.compute {
+        req.params.precision = Some(compute.precision.clone());
+    }
     if let Some(src) = source {
         req.params.init_image = Some(src.path.to_string_lossy().into_owned());
         req.params.width = src.width;
@@ -227,6 +232,10 @@ mod tests {
             started_at: None,
             finished_at: None,
             delivery: Default::default(),
+            compute: Some(crate::store::Compute {
+                precision: "fp16".into(),
+                device: "cuda:1".into(),
+            }),
         };
         let images: Vec<ImageRecord> = (0..4)
             .map(|i| ImageRecord {
@@ -264,6 +273,13 @@ mod tests {
             })
         );
         let r = button_job(ButtonAction::Reroll, &parent, &images, other, 50).unwrap();
-        assert_eq!((r.params.init_image, r.seeds[0]), (None, 50));
+        assert_eq!((r.params.init_image.clone(), r.seeds[0]), (None, 50));
+        for child in [&u, &v, &r] {
+            assert_eq!(
+                child.params.precision.as_deref(),
+                Some("fp16"),
+                "a button reproduces its parent's precision"
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! - [`cli`]: argument parsing and dispatch (`imagine generate`).
 //! - [`generate_cmd`]: the offline `generate` subcommand.
 //! - [`bench_cmd`]: `imagine bench`, timings of the engine's pieces on a model folder.
+//! - [`hardware`]: the compute device and precision (`auto`: the best the host has).
 //! - [`image_input`]: every image a user hands us, checked and decoded (PNG, JPEG, WebP, GIF).
 //! - [`render`]: grids and PNG files with their `parameters` text chunk.
 //! - [`logging`]: tracing setup.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod discord;
 pub mod generate_cmd;
+pub mod hardware;
 pub mod image_input;
 pub mod jobs;
 pub mod logging;

@@ -3,12 +3,15 @@
 //! [`Reservation`]: the slot is taken (and the caps checked) before the job is written to the
 //! store, and the job enters the line only once everything it needs is ready.
 //!
-//! A waiting job can be withdrawn (cancel); the running one carries a [`StopFlag`] that the
-//! engine reads between steps (cancel, or a graceful stop that requeues it).
+//! A waiting job can be withdrawn (cancel); a running one carries a [`StopFlag`] that the
+//! engine reads between steps (cancel, or a graceful stop that requeues it). As many jobs run
+//! at once as there are workers (one per compute device); positions count the line, and the
+//! wait a position means is estimated from recent job times and the number of workers.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -63,17 +66,18 @@ impl StopFlag {
 #[derive(Debug, Default)]
 struct State {
     waiting: VecDeque<(JobId, u64)>,
-    running: Option<(JobId, u64)>,
-    /// The running job's stop flag.
-    stop: StopFlag,
+    /// The running jobs, each with its user and stop flag.
+    running: Vec<(JobId, u64, StopFlag)>,
     /// Slots taken by admissions not yet committed, per user.
     reserved: Vec<u64>,
+    /// A moving average of how long a finished job took.
+    typical: Option<Duration>,
 }
 
 impl State {
     fn active_for(&self, user: u64) -> usize {
         self.waiting.iter().filter(|(_, u)| *u == user).count()
-            + self.running.iter().filter(|(_, u)| *u == user).count()
+            + self.running.iter().filter(|(_, u, _)| *u == user).count()
             + self.reserved.iter().filter(|u| **u == user).count()
     }
 }
@@ -85,6 +89,8 @@ pub struct JobQueue {
     ready: Arc<Notify>,
     capacity: usize,
     user_cap: usize,
+    /// How many jobs run at once.
+    workers: usize,
 }
 
 /// A taken slot; dropped without [`Reservation::commit`], it is given back.
@@ -112,7 +118,7 @@ impl Reservation {
         let position = s.waiting.len();
         crate::metrics::queue_depth(position);
         drop(s);
-        self.queue.ready.notify_one();
+        self.queue.ready.notify_waiters();
         position
     }
 }
@@ -138,7 +144,19 @@ impl JobQueue {
             ready: Arc::new(Notify::new()),
             capacity,
             user_cap,
+            workers: 1,
         }
+    }
+
+    /// A queue feeding `workers` workers (at least one): that many jobs run at once.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// How many jobs run at once.
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -168,7 +186,7 @@ impl JobQueue {
         s.waiting.push_back((job, user));
         crate::metrics::queue_depth(s.waiting.len());
         drop(s);
-        self.ready.notify_one();
+        self.ready.notify_waiters();
     }
 
     /// Waits for the next job and marks it running.
@@ -177,12 +195,11 @@ impl JobQueue {
             let notified = self.ready.notified();
             {
                 let mut s = self.lock();
-                if s.running.is_none() {
-                    if let Some(next) = s.waiting.pop_front() {
-                        s.running = Some(next);
-                        s.stop = StopFlag::default();
+                if s.running.len() < self.workers {
+                    if let Some((job, user)) = s.waiting.pop_front() {
+                        s.running.push((job, user, StopFlag::default()));
                         crate::metrics::queue_depth(s.waiting.len());
-                        return next.0;
+                        return job;
                     }
                 }
             }
@@ -190,14 +207,12 @@ impl JobQueue {
         }
     }
 
-    /// The running job ended; the next may start.
+    /// A running job ended; the next may start.
     pub fn finish(&self, job: JobId) {
         let mut s = self.lock();
-        if s.running.is_some_and(|(j, _)| j == job) {
-            s.running = None;
-        }
+        s.running.retain(|(j, _, _)| *j != job);
         drop(s);
-        self.ready.notify_one();
+        self.ready.notify_waiters();
     }
 
     /// Takes a waiting job out of line (it was cancelled). False if it was not waiting.
@@ -208,17 +223,40 @@ impl JobQueue {
         s.waiting.len() != before
     }
 
-    /// The running job, if any.
-    pub fn running(&self) -> Option<JobId> {
-        self.lock().running.map(|(job, _)| job)
+    /// The running jobs.
+    pub fn running(&self) -> Vec<JobId> {
+        self.lock().running.iter().map(|(job, _, _)| *job).collect()
     }
 
-    /// The stop flag of `job` if it is the running one.
+    /// The stop flag of `job` if it is running.
     pub fn stop_flag(&self, job: JobId) -> Option<StopFlag> {
         let s = self.lock();
         s.running
-            .is_some_and(|(j, _)| j == job)
-            .then(|| s.stop.clone())
+            .iter()
+            .find(|(j, _, _)| *j == job)
+            .map(|(_, _, flag)| flag.clone())
+    }
+
+    /// Records how long a finished job took, for [`JobQueue::wait_for`].
+    pub fn record_job_time(&self, took: Duration) {
+        let mut s = self.lock();
+        s.typical = Some(match s.typical {
+            None => took,
+            // Recent jobs weigh most: models, sizes and load change.
+            Some(avg) => avg.mul_f64(0.7) + took.mul_f64(0.3),
+        });
+    }
+
+    /// About how long the job at `position` (1 = next) waits before it starts: the jobs
+    /// before it and the running ones are shared among the workers. `None` until a job has
+    /// finished (nothing to estimate from).
+    pub fn wait_for(&self, position: usize) -> Option<Duration> {
+        let s = self.lock();
+        let typical = s.typical?;
+        let rounds = position.div_ceil(self.workers);
+        // The running jobs are half done, on average.
+        let busy = s.running.len().min(self.workers) as f64 / self.workers as f64;
+        Some(typical.mul_f64((rounds as f64 - 1.0 + busy * 0.5).max(0.0)))
     }
 
     /// Waiting jobs with their positions (1 = next).
@@ -312,5 +350,48 @@ mod tests {
         assert_eq!(q.next().await, JobId(1));
         assert_eq!(q.reserve(7).err(), Some(QueueError::UserCap(1)));
         assert!(q.reserve(8).is_ok());
+    }
+
+    #[tokio::test]
+    async fn several_workers_run_as_many_jobs_at_once() {
+        let q = JobQueue::new(8, 8).with_workers(2);
+        for id in 1..=3 {
+            q.reserve(id).unwrap().commit(JobId(id as i64));
+        }
+        assert_eq!(q.next().await, JobId(1));
+        assert_eq!(q.next().await, JobId(2), "the second worker starts at once");
+        let third = tokio::time::timeout(std::time::Duration::from_millis(50), q.next()).await;
+        assert!(third.is_err(), "two workers run two jobs, not three");
+        assert_eq!(q.running(), vec![JobId(1), JobId(2)]);
+        assert!(q.stop_flag(JobId(2)).is_some() && q.stop_flag(JobId(3)).is_none());
+        q.finish(JobId(2));
+        assert_eq!(q.next().await, JobId(3), "a finished job frees its worker");
+        assert_eq!(q.running(), vec![JobId(1), JobId(3)]);
+    }
+
+    #[tokio::test]
+    async fn the_wait_estimate_shares_the_line_among_the_workers() {
+        let one = JobQueue::new(8, 8);
+        let two = JobQueue::new(8, 8).with_workers(2);
+        assert_eq!(one.wait_for(1), None, "nothing to estimate from yet");
+        for q in [&one, &two] {
+            q.record_job_time(Duration::from_secs(10));
+            for id in 1..=5 {
+                q.reserve(id).unwrap().commit(JobId(id as i64));
+            }
+        }
+        assert_eq!(one.next().await, JobId(1));
+        assert_eq!(two.next().await, JobId(1));
+        assert_eq!(two.next().await, JobId(2));
+        // One worker: the running job is half done, then three jobs before position 4.
+        assert_eq!(one.wait_for(4), Some(Duration::from_secs(35)));
+        // Two workers: both busy (half done), then one round of two before position 3.
+        assert_eq!(two.wait_for(3), Some(Duration::from_secs(15)));
+        assert_eq!(two.wait_for(1), Some(Duration::from_secs(5)));
+        two.record_job_time(Duration::from_secs(20));
+        assert_eq!(
+            two.wait_for(1),
+            Some(Duration::from_secs(6) + Duration::from_millis(500))
+        );
     }
 }

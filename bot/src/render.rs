@@ -21,12 +21,17 @@ pub struct PngParameters {
     pub height: usize,
     pub model: String,
     pub strength: Option<f64>,
+    /// What the image was computed in (`fp32`, `bf16`, `fp16`) and on (`cpu`, `cuda:0`).
+    pub precision: String,
+    pub device: String,
     /// The decoder, when not the model's own VAE (TAESD's name after a fast decode).
     pub vae: Option<String>,
 }
 
 impl PngParameters {
-    /// `prompt\nNegative prompt: ...\nSteps: N, Sampler: ..., CFG scale: ..., Seed: ..., Size: WxH, Model: ...`
+    /// `prompt\nNegative prompt: ...\nSteps: N, Sampler: ..., CFG scale: ..., Seed: ..., Size: WxH,
+    /// Model: ..., Precision: ..., Device: ...` (the web UIs' format, which readers split on
+    /// `, ` and `: `, so fields of ours are kept by tools that do not know them).
     pub fn to_text(&self) -> String {
         let mut text = self.prompt.clone();
         if !self.negative_prompt.is_empty() {
@@ -39,6 +44,10 @@ impl PngParameters {
         if let Some(s) = self.strength {
             text.push_str(&format!(", Denoising strength: {s}"));
         }
+        text.push_str(&format!(
+            ", Precision: {}, Device: {}",
+            self.precision, self.device
+        ));
         if let Some(vae) = &self.vae {
             text.push_str(&format!(", VAE: {vae}"));
         }
@@ -196,6 +205,8 @@ mod tests {
             height: 768,
             model: "sd-turbo".into(),
             strength: None,
+            precision: "fp32".into(),
+            device: "cpu".into(),
             vae: None,
         }
     }
@@ -204,7 +215,7 @@ mod tests {
     fn parameters_text_follows_the_web_ui_format() {
         assert_eq!(
             params().to_text(),
-            "a brown puppy\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 42, Size: 512x768, Model: sd-turbo"
+            "a brown puppy\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, CFG scale: 7.5, Seed: 42, Size: 512x768, Model: sd-turbo, Precision: fp32, Device: cpu"
         );
     }
 
@@ -215,7 +226,9 @@ mod tests {
         p.strength = Some(0.6);
         let text = p.to_text();
         assert!(
-            text.ends_with("Model: sd-turbo, Denoising strength: 0.6, VAE: taesd"),
+            text.ends_with(
+                "Model: sd-turbo, Denoising strength: 0.6, Precision: fp32, Device: cpu, VAE: taesd"
+            ),
             "{text}"
         );
         p.vae = None;

@@ -12,13 +12,12 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use imagine_engine::noise::LatentNoise;
 use imagine_engine::{
-    ComputePrecision, GenerateRequest, InitImage, LoadOptions, SchedulerKind, StableDiffusion,
-    Taesd,
+    device_name, GenerateRequest, InitImage, Precision, SchedulerKind, StableDiffusion, Taesd,
 };
 use sha2::{Digest, Sha256};
 
 use crate::render::{grid_2x2, png_bytes, read_parameters, without_vae, PngParameters};
-use crate::store::{ImageRecord, Job, JobKind};
+use crate::store::{Compute, ImageRecord, Job, JobKind};
 
 /// How often a running job may report a new preview.
 pub const PREVIEW_INTERVAL: Duration = Duration::from_millis(2500);
@@ -45,12 +44,15 @@ impl PreviewClock {
     }
 }
 
-/// Models by name, loaded on first use and kept.
+/// Models by name, loaded on first use and kept, on one device.
 pub struct Engines {
     specs: BTreeMap<String, String>,
-    loaded: HashMap<String, StableDiffusion>,
+    /// Each model in one precision at a time (a job asking for another reloads it).
+    loaded: HashMap<String, (Precision, StableDiffusion)>,
     tiny: Option<TinyDecoder>,
-    load: LoadOptions,
+    device: Device,
+    /// What jobs compute in unless they ask for another precision this device offers.
+    precision: Precision,
 }
 
 /// TAESD, attached to every model the worker loads.
@@ -68,14 +70,41 @@ impl Engines {
             specs,
             loaded: HashMap::new(),
             tiny: None,
-            load: LoadOptions::default(),
+            device: Device::Cpu,
+            precision: Precision::Fp32,
         }
     }
 
-    /// Loads models (and TAESD) with their matrix products in `precision`.
-    pub fn with_precision(mut self, precision: ComputePrecision) -> Self {
-        self.load.precision = precision;
+    /// Runs the models on `device`, in `precision` unless a job asks for another.
+    pub fn on(mut self, device: Device, precision: Precision) -> Self {
+        self.device = device;
+        self.precision = precision;
         self
+    }
+
+    /// The precision a job computes in: the one it asks for (its parent's, so that buttons
+    /// reproduce their image) where this device offers it, else this worker's.
+    pub fn precision_for(&self, asked: Option<&str>) -> Precision {
+        match asked.map(|a| (a, Precision::parse(a))) {
+            None => self.precision,
+            Some((_, Some(p))) if p.check_on(&self.device).is_ok() => p,
+            Some((name, _)) => {
+                tracing::info!(
+                    asked = name,
+                    using = self.precision.name(),
+                    "the job's precision is not offered here; using this worker's"
+                );
+                self.precision
+            }
+        }
+    }
+
+    /// What a job computed in, as recorded with it.
+    fn compute(&self, precision: Precision) -> Compute {
+        Compute {
+            precision: precision.name().into(),
+            device: device_name(&self.device),
+        }
     }
 
     /// Attaches the TAESD folder `dir` to every model: previews come from it, and with
@@ -97,23 +126,29 @@ impl Engines {
             .map(|t| t.name.clone())
     }
 
-    pub fn get(&mut self, name: &str) -> Result<&StableDiffusion> {
-        if !self.loaded.contains_key(name) {
+    /// The model `name` in `precision`, loaded on first use.
+    pub fn get(&mut self, name: &str, precision: Precision) -> Result<&StableDiffusion> {
+        if self.loaded.get(name).is_none_or(|(p, _)| *p != precision) {
+            // The other precision's copy goes first: two copies may not fit.
+            self.loaded.remove(name);
             let spec = self
                 .specs
                 .get(name)
                 .ok_or_else(|| anyhow!("the model {name:?} is no longer configured"))?;
             let dir = imagine_engine::resolve_model(spec)?;
-            tracing::info!(model = name, dir = %dir.display(), "loading model");
-            let mut model = StableDiffusion::load(&dir, &self.load)?;
+            let device = device_name(&self.device);
+            let precision_name = precision.name();
+            tracing::info!(model = name, dir = %dir.display(), device, precision = precision_name, "loading model");
+            let load = precision.load_options(&self.device);
+            let mut model = StableDiffusion::load(&dir, &load)?;
             if let Some(tiny) = &self.tiny {
-                let taesd = Taesd::load(&tiny.dir, &self.load)
+                let taesd = Taesd::load(&tiny.dir, &load)
                     .with_context(|| format!("loading TAESD from {}", tiny.dir.display()))?;
                 model = model.with_tiny_decoder(taesd)?;
             }
-            self.loaded.insert(name.to_string(), model);
+            self.loaded.insert(name.to_string(), (precision, model));
         }
-        Ok(&self.loaded[name])
+        Ok(&self.loaded[name].1)
     }
 }
 
@@ -130,6 +165,13 @@ pub struct WorkItem {
     pub job: Job,
 }
 
+/// What a finished job made, and what it computed in.
+#[derive(Debug)]
+pub struct JobOutput {
+    pub images: Vec<ImageRecord>,
+    pub compute: Compute,
+}
+
 /// Runs one job to completion, writing `<data_dir>/jobs/<id>/<idx>.png`. `progress` returning
 /// `ControlFlow::Break` stops the job at its next step (the error is then
 /// [`imagine_engine::EngineError::Cancelled`], see [`was_stopped`]).
@@ -138,16 +180,19 @@ pub fn run_job(
     item: &WorkItem,
     data_dir: &Path,
     progress: &mut dyn FnMut(JobProgress) -> ControlFlow<()>,
-) -> Result<Vec<ImageRecord>> {
+) -> Result<JobOutput> {
     let job = &item.job;
     let dir = data_dir.join("jobs").join(job.id.0.to_string());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let precision = engines.precision_for(job.request.params.precision.as_deref());
+    let compute = engines.compute(precision);
     if job.request.kind == JobKind::Upscale {
-        return upscale(engines, item, &dir);
+        let images = upscale(engines, item, &dir, precision)?;
+        return Ok(JobOutput { images, compute });
     }
     let fast_decoder = engines.fast_grid_decoder();
     let model = engines
-        .get(&job.request.model)
+        .get(&job.request.model, precision)
         .with_context(|| format!("the model {} could not be loaded", job.request.model))?;
     let mut req = build_request(model, item)?;
     req.fast_decode = fast_decoder.is_some();
@@ -182,6 +227,8 @@ pub fn run_job(
             height: p.height as usize,
             model: job.request.model.clone(),
             strength: req.init.as_ref().map(|i| i.strength),
+            precision: compute.precision.clone(),
+            device: compute.device.clone(),
             vae: fast_decoder.clone(),
         };
         let path = dir.join(format!("{idx}.png"));
@@ -207,7 +254,10 @@ pub fn run_job(
             height: img.height(),
         });
     }
-    Ok(records)
+    Ok(JobOutput {
+        images: records,
+        compute,
+    })
 }
 
 /// Whether a job's error means it was stopped between steps (cancel or graceful stop) rather
@@ -243,7 +293,12 @@ pub fn latents_path(png: &Path) -> PathBuf {
 
 /// U buttons: the chosen image alone, at the full resolution it was made at. An image of a
 /// fast-decoded grid (its latents kept beside it) is decoded again with the full VAE.
-fn upscale(engines: &mut Engines, item: &WorkItem, dir: &Path) -> Result<Vec<ImageRecord>> {
+fn upscale(
+    engines: &mut Engines,
+    item: &WorkItem,
+    dir: &Path,
+    precision: Precision,
+) -> Result<Vec<ImageRecord>> {
     let parent = item
         .job
         .request
@@ -255,7 +310,7 @@ fn upscale(engines: &mut Engines, item: &WorkItem, dir: &Path) -> Result<Vec<Ima
     let mut img = image::load_from_memory(&bytes)?.to_rgb8();
     let latents = latents_path(Path::new(parent));
     if latents.exists() {
-        match engines.get(&item.job.request.model) {
+        match engines.get(&item.job.request.model, precision) {
             Ok(model) => {
                 img = full_decode(model, &latents)?;
                 let text = read_parameters(&bytes)?.unwrap_or_default();

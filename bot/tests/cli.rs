@@ -71,6 +71,8 @@ fn a_grid_png_carries_its_parameters() {
             "blurry",
             "--steps",
             "6",
+            "--precision",
+            "fp32",
         ],
         "2",
     );
@@ -78,7 +80,7 @@ fn a_grid_png_carries_its_parameters() {
     assert_eq!((img.width(), img.height()), (128, 128));
     assert_eq!(
         parameters(&png),
-        "a brown puppy on the beach\nNegative prompt: blurry\nSteps: 6, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd15"
+        "a brown puppy on the beach\nNegative prompt: blurry\nSteps: 6, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd15, Precision: fp32, Device: cpu"
     );
 }
 
@@ -110,7 +112,7 @@ fn a_rotated_jpeg_photo_and_an_animated_gif_are_init_images() {
             "2",
         );
         assert!(
-            parameters(&png).ends_with("Denoising strength: 0.5"),
+            parameters(&png).contains(", Denoising strength: 0.5, "),
             "{name}: {}",
             parameters(&png)
         );
@@ -290,7 +292,7 @@ fn a_repo_id_loads_from_the_hugging_face_cache_offline() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let png = std::fs::read(&out).unwrap();
     assert!(
-        parameters(&png).ends_with("Model: test-org/tiny-sd15"),
+        parameters(&png).contains(", Model: test-org/tiny-sd15, "),
         "{}",
         parameters(&png)
     );

@@ -1,5 +1,6 @@
 //! The worker with TAESD: fast-decoded grids keep their latents, and U on such a grid gives
 //! exactly the image the full VAE would have made, with the same parameters as without TAESD.
+//! And precision: a button job computes in its parent's precision, whatever the worker's own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,8 @@ use imagine::jobs::{button_job, imagine_job, Requester};
 use imagine::params::parse_prompt;
 use imagine::render::read_parameters;
 use imagine::store::{ImageRecord, Job, JobId, JobStatus, NewJob};
-use imagine::worker::{latents_path, run_job, Engines, WorkItem};
-use imagine_engine::StableDiffusion;
+use imagine::worker::{latents_path, run_job, Engines, JobOutput, WorkItem};
+use imagine_engine::{Precision, StableDiffusion};
 
 fn asset(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -49,15 +50,20 @@ fn job(id: i64, request: NewJob) -> Job {
         started_at: None,
         finished_at: None,
         delivery: Default::default(),
+        compute: None,
     }
 }
 
-fn run(engines: &mut Engines, job: &Job, data: &Path) -> Vec<ImageRecord> {
+fn run_out(engines: &mut Engines, job: &Job, data: &Path) -> JobOutput {
     let item = WorkItem { job: job.clone() };
     run_job(engines, &item, data, &mut |_| {
         std::ops::ControlFlow::Continue(())
     })
     .unwrap()
+}
+
+fn run(engines: &mut Engines, job: &Job, data: &Path) -> Vec<ImageRecord> {
+    run_out(engines, job, data).images
 }
 
 /// A grid job, then U2 under it; returns the grid's images and U2's image.
@@ -101,4 +107,44 @@ fn u_under_a_fast_grid_is_the_full_vae_image() {
     assert_eq!(u_fast, full_img);
     assert_eq!(u_fast_text, u_full_text);
     assert_eq!(fast_u.seed, full_u.seed);
+}
+
+#[test]
+fn a_button_job_computes_in_its_parents_precision() {
+    let specs = BTreeMap::from([(
+        "tiny-sd15".to_string(),
+        asset("tiny-sd15").display().to_string(),
+    )]);
+    let on = |p: Precision| Engines::new(specs.clone()).on(candle_core::Device::Cpu, p);
+    let data = tempfile::tempdir().unwrap();
+    let info = StableDiffusion::describe(&asset("tiny-sd15")).unwrap();
+    let parsed = parse_prompt("a red fox in the snow --seed 7 --steps 4").unwrap();
+    let grid = job(1, imagine_job(&parsed, "tiny-sd15", &info, who(), None, 0));
+    let out = run_out(&mut on(Precision::Fp16), &grid, data.path());
+    assert_eq!(
+        (out.compute.precision.as_str(), out.compute.device.as_str()),
+        ("fp16", "cpu")
+    );
+    assert!(png(&out.images[0])
+        .1
+        .contains(", Precision: fp16, Device: cpu"));
+
+    // The grid as stored after it finished, then V2 under it, on workers whose own
+    // precision differs: both run it in fp16 and make the same pixels.
+    let mut parent = grid.clone();
+    parent.compute = Some(out.compute.clone());
+    let v2 = button_job(ButtonAction::Variation(1), &parent, &out.images, who(), 3).unwrap();
+    assert_eq!(v2.params.precision.as_deref(), Some("fp16"));
+    let on_fp32 = run_out(&mut on(Precision::Fp32), &job(2, v2.clone()), data.path());
+    assert_eq!(on_fp32.compute.precision, "fp16");
+    let first = png(&on_fp32.images[0]);
+    let on_fp16 = run_out(&mut on(Precision::Fp16), &job(3, v2), data.path());
+    assert_eq!(png(&on_fp16.images[0]).0, first.0, "same job, same pixels");
+    assert!(first.1.contains("Precision: fp16"), "{}", first.1);
+
+    // A precision the worker cannot offer (an unknown name here) falls back to its own.
+    let mut odd = grid.clone();
+    odd.request.params.precision = Some("fp8".into());
+    let out = run_out(&mut on(Precision::Fp32), &job(4, odd.request), data.path());
+    assert_eq!(out.compute.precision, "fp32");
 }

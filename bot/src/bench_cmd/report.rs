@@ -33,8 +33,10 @@ pub struct Report {
     pub tool: &'static str,
     pub model: String,
     pub threads: usize,
-    /// The matrix products' precision: fp32 or bf16.
+    /// What the model computed in: fp32, bf16 or fp16.
     pub precision: &'static str,
+    /// Where: cpu, cuda:0, metal:0.
+    pub device: String,
     pub flush_denormals: bool,
     pub warmup: usize,
     pub runs: usize,
@@ -47,8 +49,9 @@ pub struct Report {
 impl Report {
     pub fn print_table(&self) {
         println!(
-            "\nimagine bench: {} | {} | {} threads | flush-to-zero/denormals-are-zero {} | warm-up {}, median of {} runs (grid: {})",
+            "\nimagine bench: {} | {} | {} | {} threads | flush-to-zero/denormals-are-zero {} | warm-up {}, median of {} runs (grid: {})",
             self.model,
+            self.device,
             self.precision,
             self.threads,
             if self.flush_denormals { "ON" } else { "off" },

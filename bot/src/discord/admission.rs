@@ -63,7 +63,7 @@ where
             .await?
             .context("the job just written is missing")?;
         let first = FirstReply {
-            content: messages::queued(&job, expected),
+            content: messages::queued(&job, expected, data.queue.wait_for(expected)),
             components: messages::cancel_row(id),
             mentions: messages::mentions(&job),
         };
@@ -100,7 +100,8 @@ where
         let position = reservation.commit(id);
         crate::metrics::job_admitted(new_job.kind);
         if position != expected {
-            data.updates.show(id, Update::Queued(position));
+            let wait = data.queue.wait_for(position);
+            data.updates.show(id, Update::Queued(position, wait));
         }
         Ok(Admission::Accepted)
     }

@@ -70,8 +70,14 @@ impl Courier {
         Ok(())
     }
 
-    pub async fn queued(&self, job: &Job, position: usize) -> Result<()> {
-        self.edit(job, messages::queued(job, position), None).await
+    pub async fn queued(
+        &self,
+        job: &Job,
+        position: usize,
+        wait: Option<std::time::Duration>,
+    ) -> Result<()> {
+        self.edit(job, messages::queued(job, position, wait), None)
+            .await
     }
 
     pub async fn progress(&self, job: &Job, percent: u8, preview: Option<Vec<u8>>) -> Result<()> {

@@ -1,4 +1,5 @@
-//! The dispatcher: takes jobs off the queue one at a time, hands each to the engine thread,
+//! The dispatcher: one loop per worker (compute device), each taking jobs off the shared queue
+//! one at a time and handing each to its engine thread,
 //! passes its progress on to the live updates (at most every 2.5 s, only when something
 //! changed; never waiting on Discord), and records how it ended in the store, then wakes the
 //! outbox, which tells the user. The dispatcher supervises itself: if its loop panics, the job
@@ -23,24 +24,32 @@ const EDIT_INTERVAL: Duration = Duration::from_millis(2500);
 /// What a job that panicked tells its user.
 pub const INTERNAL_ERROR: &str = "internal error (the details are in the bot's log)";
 
-/// Runs until the bot stops: the queue loop, restarted if it panics.
-pub fn start(data: Data, engine: EngineThread) {
-    let engine = std::sync::Arc::new(engine);
-    tokio::spawn(async move {
-        loop {
-            let run = tokio::spawn(dispatch(data.clone(), engine.clone()));
-            match run.await {
-                Ok(()) => return,
-                Err(e) if e.is_panic() => {
-                    tracing::error!("the dispatcher panicked; starting it again");
-                    if let Some(job) = data.queue.running() {
-                        end_after_panic(&data, job).await;
+/// The job a dispatch loop has in hand, for its supervisor.
+type InHand = std::sync::Arc<std::sync::Mutex<Option<JobId>>>;
+
+/// Runs until the bot stops: a queue loop per engine thread, each restarted if it panics.
+pub fn start(data: Data, engines: Vec<EngineThread>) {
+    for engine in engines {
+        let engine = std::sync::Arc::new(engine);
+        let data = data.clone();
+        tokio::spawn(async move {
+            let in_hand = InHand::default();
+            loop {
+                let run = tokio::spawn(dispatch(data.clone(), engine.clone(), in_hand.clone()));
+                match run.await {
+                    Ok(()) => return,
+                    Err(e) if e.is_panic() => {
+                        tracing::error!("the dispatcher panicked; starting it again");
+                        let job = in_hand.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        if let Some(job) = job {
+                            end_after_panic(&data, job).await;
+                        }
                     }
+                    Err(_) => return,
                 }
-                Err(_) => return,
             }
-        }
-    });
+        });
+    }
 }
 
 async fn end_after_panic(data: &Data, job: JobId) {
@@ -51,7 +60,7 @@ async fn end_after_panic(data: &Data, job: JobId) {
     data.outbox.notify();
 }
 
-async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>) {
+async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>, in_hand: InHand) {
     loop {
         // Stopping wins over a waiting job: no job starts once the stop began.
         let id = tokio::select! {
@@ -59,6 +68,7 @@ async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>) {
             () = data.shutdown.stopping() => return,
             id = data.queue.next() => id,
         };
+        *in_hand.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
         let span = tracing::info_span!("job", id = id.0);
         let outcome = run_one(&data, &engine, id).instrument(span.clone()).await;
         if let Err(e) = outcome {
@@ -67,6 +77,7 @@ async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>) {
             // Whatever state it was left in, it ends visibly.
             let _ = data.store.fail_job(id, INTERNAL_ERROR).await;
         }
+        in_hand.lock().unwrap_or_else(|p| p.into_inner()).take();
         data.queue.finish(id);
         data.outbox.notify();
     }
@@ -130,11 +141,14 @@ async fn run_one(data: &Data, engine: &EngineThread, id: JobId) -> anyhow::Resul
         }
     };
     match &end {
-        JobEnd::Done(_) => crate::metrics::job_finished(
-            job.request.kind,
-            &job.request.model,
-            started.elapsed().as_secs_f64(),
-        ),
+        JobEnd::Done(_) => {
+            data.queue.record_job_time(started.elapsed());
+            crate::metrics::job_finished(
+                job.request.kind,
+                &job.request.model,
+                started.elapsed().as_secs_f64(),
+            )
+        }
         JobEnd::Failed { .. } => crate::metrics::job_failed(crate::metrics::FailureCause::Engine),
         JobEnd::Panicked => crate::metrics::job_failed(crate::metrics::FailureCause::WorkerPanic),
         JobEnd::Stopped(_) => {}
@@ -145,8 +159,10 @@ async fn run_one(data: &Data, engine: &EngineThread, id: JobId) -> anyhow::Resul
 async fn record_end(data: &Data, id: JobId, end: JobEnd) -> anyhow::Result<()> {
     let store = &data.store;
     match end {
-        JobEnd::Done(images) => {
-            store.finish_job(id, &images).await?;
+        JobEnd::Done(output) => {
+            store
+                .finish_job_on(id, &output.images, Some(&output.compute))
+                .await?;
             tracing::info!("job done");
         }
         JobEnd::Failed { shown, detail } => {

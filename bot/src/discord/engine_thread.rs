@@ -12,12 +12,12 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::queue::{StopFlag, StopReason};
-use crate::store::{ImageRecord, Job};
-use crate::worker::{run_job, was_stopped, Engines, JobProgress, WorkItem};
+use crate::store::Job;
+use crate::worker::{run_job, was_stopped, Engines, JobOutput, JobProgress, WorkItem};
 
 /// How a job ended on the engine thread.
 pub enum JobEnd {
-    Done(Vec<ImageRecord>),
+    Done(JobOutput),
     /// `shown` is what the user reads; `detail` the whole chain, for the log.
     Failed {
         shown: String,
@@ -195,7 +195,7 @@ fn serve(
             })
         }));
         let end = match outcome {
-            Ok(Ok(images)) => JobEnd::Done(images),
+            Ok(Ok(output)) => JobEnd::Done(output),
             Ok(Err(e)) if was_stopped(&e) => {
                 JobEnd::Stopped(stop.requested().unwrap_or(StopReason::Cancelled))
             }

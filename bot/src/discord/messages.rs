@@ -28,9 +28,15 @@ fn headline(job: &Job) -> String {
     format!("**{prompt}{ellipsis}**{what} - <@{}>", job.request.user_id)
 }
 
-pub fn queued(job: &Job, position: usize) -> String {
+/// A waiting job: its place in line and, once jobs have been timed, about how long it waits.
+pub fn queued(job: &Job, position: usize, wait: Option<std::time::Duration>) -> String {
+    let wait = match wait.map(|w| w.as_secs()) {
+        None => String::new(),
+        Some(s) if s < 60 => ", starts in less than a minute".into(),
+        Some(s) => format!(", starts in about {} min", s.div_ceil(60)),
+    };
     format!(
-        "{} (Waiting to start, position {position} in the queue)",
+        "{} (Waiting to start, position {position} in the queue{wait})",
         headline(job)
     )
 }

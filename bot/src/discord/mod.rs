@@ -123,7 +123,8 @@ struct Startup {
     store: Store,
     queue: JobQueue,
     models: BTreeMap<String, ModelInfo>,
-    engines: EnginesFactory,
+    /// One per compute device: each worker builds its models with its own.
+    engines: Vec<EnginesFactory>,
     rest: Rest,
     http_client: reqwest::Client,
 }
@@ -140,7 +141,7 @@ pub async fn run(mut config: Config) -> Result<()> {
     let requeued = store.requeue_running().await?;
     crate::metrics::install(config.metrics_addr)?;
     let models = describe_models(&config).await?;
-    let engines = engines_factory(&config).await?;
+    let engines = engines_factories(&config).await?;
     let http_client = http_client(&config)?;
     let rest = Rest::new(
         http_client.clone(),
@@ -155,7 +156,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             "resolved jobs whose first reply was unconfirmed"
         );
     }
-    let queue = JobQueue::new(config.queue_capacity, config.user_cap);
+    let queue = JobQueue::new(config.queue_capacity, config.user_cap).with_workers(engines.len());
     let unfinished = store.unfinished_jobs().await?;
     if !unfinished.is_empty() {
         tracing::info!(
@@ -230,7 +231,12 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         updates.clone(),
         config.data_dir.clone(),
     );
-    let engine = EngineThread::new(s.engines, config.data_dir.clone(), TestFaults::from_env());
+    let faults = TestFaults::from_env();
+    let engines = s
+        .engines
+        .into_iter()
+        .map(|factory| EngineThread::new(factory, config.data_dir.clone(), faults.clone()))
+        .collect();
     let data = Data(Arc::new(BotState {
         store: s.store,
         queue: s.queue,
@@ -246,7 +252,7 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
     }));
     // Delivers at once what ended before a restart and was never confirmed.
     data.outbox.start();
-    dispatcher::start(data.clone(), engine);
+    dispatcher::start(data.clone(), engines);
     shutdown::drain(data.clone());
     data
 }
@@ -267,10 +273,15 @@ async fn describe_models(config: &Config) -> Result<BTreeMap<String, ModelInfo>>
     Ok(models)
 }
 
-/// How the engine thread builds its (lazily loaded) models, again after a panic.
-async fn engines_factory(config: &Config) -> Result<EnginesFactory> {
-    let specs = config.models.clone();
-    let precision = config.precision;
+/// How each engine thread (one per configured device) builds its lazily loaded models, again
+/// after a panic. The devices are opened here, once, and the choices logged.
+async fn engines_factories(config: &Config) -> Result<Vec<EnginesFactory>> {
+    let mut hardware = Vec::with_capacity(config.devices.len());
+    for device in &config.devices {
+        let hw = crate::hardware::Hardware::choose(*device, config.precision)
+            .with_context(|| format!("device {device:?}"))?;
+        hardware.push(hw);
+    }
     let taesd = match &config.taesd {
         Some(spec) => {
             let dir = tokio::task::spawn_blocking({
@@ -283,13 +294,17 @@ async fn engines_factory(config: &Config) -> Result<EnginesFactory> {
         }
         None => None,
     };
-    Ok(Arc::new(move || {
-        let engines = Engines::new(specs.clone()).with_precision(precision);
-        match &taesd {
-            Some((dir, name, fast)) => engines.with_taesd(dir.clone(), name.clone(), *fast),
-            None => engines,
-        }
-    }))
+    let factories = hardware.into_iter().map(|hw| {
+        let (specs, taesd) = (config.models.clone(), taesd.clone());
+        Arc::new(move || {
+            let engines = Engines::new(specs.clone()).on(hw.device.clone(), hw.precision);
+            match &taesd {
+                Some((dir, name, fast)) => engines.with_taesd(dir.clone(), name.clone(), *fast),
+                None => engines,
+            }
+        }) as EnginesFactory
+    });
+    Ok(factories.collect())
 }
 
 /// Errors poise could not hand to a command: logged, with interaction tokens cut out of any

@@ -120,7 +120,7 @@ pub fn drain(data: Data) {
         let deadline = started + data.shutdown.timeout;
         let finish_by = started + data.shutdown.timeout / 2;
         if !wait_idle(&data, finish_by).await {
-            if let Some(job) = data.queue.running() {
+            for job in data.queue.running() {
                 tracing::info!(
                     job = job.0,
                     "stopping the running job; it resumes at the next start"
@@ -143,7 +143,7 @@ pub fn drain(data: Data) {
 /// Waits until no job runs, or `until`; returns whether none runs.
 async fn wait_idle(data: &Data, until: Instant) -> bool {
     loop {
-        if data.queue.running().is_none() {
+        if data.queue.running().is_empty() {
             return true;
         }
         if Instant::now() >= until {

@@ -19,8 +19,8 @@ use crate::store::{Job, JobId, Store};
 
 /// What a live message should show.
 pub enum Update {
-    /// Waiting, at this position (1 = next).
-    Queued(usize),
+    /// Waiting, at this position (1 = next), with the estimated wait.
+    Queued(usize, Option<std::time::Duration>),
     /// Running, with a preview PNG when there is a new one.
     Progress {
         percent: u8,
@@ -74,7 +74,7 @@ impl LiveUpdates {
     /// Every waiting job's new place in line.
     pub fn show_positions(&self, queue: &JobQueue) {
         for (job, position) in queue.positions() {
-            self.show(job, Update::Queued(position));
+            self.show(job, Update::Queued(position, queue.wait_for(position)));
         }
     }
 
@@ -117,7 +117,7 @@ async fn edit(courier: &Courier, job: &Job, update: Update) {
         return;
     }
     let result = match update {
-        Update::Queued(position) => courier.queued(job, position).await,
+        Update::Queued(position, wait) => courier.queued(job, position, wait).await,
         Update::Progress { percent, preview } => courier.progress(job, percent, preview).await,
     };
     if let Err(e) = result {

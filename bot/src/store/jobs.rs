@@ -4,7 +4,7 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::Row;
 
 use super::types::{
-    Delivery, ImageRecord, Job, JobId, JobKind, JobStatus, NewJob, Parent, StoreError,
+    Compute, Delivery, ImageRecord, Job, JobId, JobKind, JobStatus, NewJob, Parent, StoreError,
 };
 use super::{now_ms, Store};
 
@@ -87,11 +87,29 @@ impl Store {
     /// `running -> done`, with its images, in one transaction: either both are stored or
     /// neither is. At least one image; indices must be distinct.
     pub async fn finish_job(&self, job: JobId, images: &[ImageRecord]) -> Result<(), StoreError> {
+        self.finish_job_on(job, images, None).await
+    }
+
+    /// [`Store::finish_job`], recording what the job computed in and on.
+    pub async fn finish_job_on(
+        &self,
+        job: JobId,
+        images: &[ImageRecord],
+        compute: Option<&Compute>,
+    ) -> Result<(), StoreError> {
         if images.is_empty() {
             return Err(StoreError::NoImages(job));
         }
         let mut tx = self.pool.begin().await?;
         transition(&mut tx, job, JobStatus::Done, None).await?;
+        if let Some(c) = compute {
+            sqlx::query("UPDATE jobs SET precision = ?, device = ? WHERE id = ?")
+                .bind(&c.precision)
+                .bind(&c.device)
+                .bind(job.0)
+                .execute(&mut *tx)
+                .await?;
+        }
         for image in images {
             let path = image
                 .path
@@ -298,6 +316,13 @@ pub(super) fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        compute: match (
+            row.try_get::<Option<String>, _>("precision")?,
+            row.try_get::<Option<String>, _>("device")?,
+        ) {
+            (Some(precision), Some(device)) => Some(Compute { precision, device }),
+            _ => None,
+        },
         delivery: Delivery {
             admitted: row.try_get("admitted")?,
             delivered_at: row.try_get("delivered_at")?,

@@ -22,7 +22,7 @@ macro_rules! select_jobs {
                     message_id, kind, parent_job, parent_index, prompt, negative_prompt,
                     params_json, model, seeds, status, error, created_at, started_at, finished_at,
                     bot_in_place, admitted, delivered_at, delivery_attempts, dm_notice_at,
-                    image_url
+                    image_url, precision, device
              FROM jobs ",
             $tail
         )
@@ -48,7 +48,8 @@ use sqlx::sqlite::{
 
 pub use retention::{Purge, RetainedJob, RetentionInventory, RetentionLimits};
 pub use types::{
-    Delivery, ImageRecord, Job, JobId, JobKind, JobParams, JobStatus, NewJob, Parent, StoreError,
+    Compute, Delivery, ImageRecord, Job, JobId, JobKind, JobParams, JobStatus, NewJob, Parent,
+    StoreError,
 };
 
 /// How long a connection waits for another writer before giving up with "database is locked".

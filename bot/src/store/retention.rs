@@ -269,6 +269,7 @@ mod tests {
                 stylize: None,
                 strength: None,
                 init_image: init.map(|p| p.to_string_lossy().into_owned()),
+                precision: None,
             },
             model: "tiny".into(),
             seeds: vec![1],

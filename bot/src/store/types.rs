@@ -138,6 +138,19 @@ pub struct JobParams {
     /// The image prompt (`/imagine` attachment) saved in the data dir, for image-to-image.
     #[serde(default)]
     pub init_image: Option<String>,
+    /// The precision the job asks for: its parent's, so that a button reproduces the image
+    /// it was pressed under. `None`: the worker's own (see [`Job::compute`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
+}
+
+/// What a finished job computed in and on, as recorded in its row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compute {
+    /// `fp32`, `bf16` or `fp16`.
+    pub precision: String,
+    /// `cpu`, `cuda:0`, `metal:0`.
+    pub device: String,
 }
 
 /// The job a button was pressed under, and which of its images (U/V buttons).
@@ -192,6 +205,8 @@ pub struct Job {
     pub finished_at: Option<i64>,
     /// How far its admission and delivery have got.
     pub delivery: Delivery,
+    /// What it computed in and on, once done (migration 0004; `None` for older rows).
+    pub compute: Option<Compute>,
 }
 
 /// A job's admission and delivery state (migration 0002).
