@@ -150,11 +150,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
 
     let hw = Hardware::choose(args.device, args.precision)?;
-    eprintln!(
-        "device {}, precision {}",
-        hw.device_name(),
-        hw.precision.name()
-    );
     let base = hw.load_options();
     let (dir, load) = match (&args.model, &args.arch) {
         (Some(dir), _) => (dir.clone(), base.clone()),

@@ -25,6 +25,9 @@ pub fn parse_precision(s: &str) -> std::result::Result<PrecisionChoice, String> 
 pub struct Hardware {
     pub device: Device,
     pub precision: Precision,
+    /// Why these, in words ("auto: built without CUDA, without Metal").
+    pub device_why: String,
+    pub precision_why: String,
 }
 
 impl Hardware {
@@ -32,12 +35,17 @@ impl Hardware {
     pub fn choose(device: DeviceChoice, precision: PrecisionChoice) -> Result<Hardware> {
         let (device, device_why) = device.open()?;
         let (precision, precision_why) = precision.resolve(&device)?;
-        let hw = Hardware { device, precision };
+        let hw = Hardware {
+            device,
+            precision,
+            device_why,
+            precision_why,
+        };
         tracing::info!(
             device = hw.device_name(),
-            device_why,
+            device_why = hw.device_why,
             precision = precision.name(),
-            precision_why,
+            precision_why = hw.precision_why,
             "compute device chosen"
         );
         Ok(hw)

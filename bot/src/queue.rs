@@ -68,6 +68,9 @@ struct State {
     waiting: VecDeque<(JobId, u64)>,
     /// The running jobs, each with its user and stop flag.
     running: Vec<(JobId, u64, StopFlag)>,
+    /// Running jobs not yet recorded as started in the store: they keep their place in the
+    /// capacity until then, so that the store never shows more jobs waiting than it allows.
+    starting: Vec<JobId>,
     /// Slots taken by admissions not yet committed, per user.
     reserved: Vec<u64>,
     /// A moving average of how long a finished job took.
@@ -166,7 +169,7 @@ impl JobQueue {
     /// Takes a slot for `user`, or says why not.
     pub fn reserve(&self, user: u64) -> Result<Reservation, QueueError> {
         let mut s = self.lock();
-        if s.waiting.len() + s.reserved.len() >= self.capacity {
+        if s.waiting.len() + s.reserved.len() + s.starting.len() >= self.capacity {
             return Err(QueueError::Full(self.capacity));
         }
         if s.active_for(user) >= self.user_cap {
@@ -198,6 +201,7 @@ impl JobQueue {
                 if s.running.len() < self.workers {
                     if let Some((job, user)) = s.waiting.pop_front() {
                         s.running.push((job, user, StopFlag::default()));
+                        s.starting.push(job);
                         crate::metrics::queue_depth(s.waiting.len());
                         return job;
                     }
@@ -207,10 +211,17 @@ impl JobQueue {
         }
     }
 
+    /// The store records `job` as running (or it ended before it could start): its place
+    /// in the queue's capacity is free.
+    pub fn started(&self, job: JobId) {
+        self.lock().starting.retain(|j| *j != job);
+    }
+
     /// A running job ended; the next may start.
     pub fn finish(&self, job: JobId) {
         let mut s = self.lock();
         s.running.retain(|(j, _, _)| *j != job);
+        s.starting.retain(|j| *j != job);
         drop(s);
         self.ready.notify_waiters();
     }
@@ -348,6 +359,12 @@ mod tests {
         let q = JobQueue::new(1, 1);
         q.reserve(7).unwrap().commit(JobId(1));
         assert_eq!(q.next().await, JobId(1));
+        assert_eq!(
+            q.reserve(8).err(),
+            Some(QueueError::Full(1)),
+            "until the store records it as started, it holds its place"
+        );
+        q.started(JobId(1));
         assert_eq!(q.reserve(7).err(), Some(QueueError::UserCap(1)));
         assert!(q.reserve(8).is_ok());
     }

@@ -84,7 +84,9 @@ async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>, in_hand: InH
 }
 
 async fn run_one(data: &Data, engine: &EngineThread, id: JobId) -> anyhow::Result<()> {
-    match data.store.mark_running(id).await {
+    let marked = data.store.mark_running(id).await;
+    data.queue.started(id);
+    match marked {
         // Cancelled between entering the line and starting: nothing to run.
         Err(StoreError::IllegalTransition { from, .. }) if from.is_finished() => {
             tracing::info!("the job ended before it started ({from})");
