@@ -216,14 +216,17 @@ impl StableDiffusion {
         Ok(self.unet.forward(latents, t, context)?)
     }
 
-    /// Scaled latents to pixels in [-1, 1], in the VAE's dtype.
+    /// Scaled latents (on any device: latents kept on disk are read to the CPU) to pixels in
+    /// [-1, 1], in the VAE's dtype, on the model's device.
     pub fn vae_decode(&self, latents: &Tensor) -> Result<Tensor> {
-        self.vae.decode(&latents.to_dtype(self.vae_dtype)?)
+        let latents = latents.to_device(&self.device)?.to_dtype(self.vae_dtype)?;
+        self.vae.decode(&latents)
     }
 
     /// Pixels in [-1, 1] to scaled latents (the distribution's mean), in the VAE's dtype.
     pub fn vae_encode(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.vae.encode_mean(&pixels.to_dtype(self.vae_dtype)?)
+        let pixels = pixels.to_device(&self.device)?.to_dtype(self.vae_dtype)?;
+        self.vae.encode_mean(&pixels)
     }
 
     /// The device the model computes on.

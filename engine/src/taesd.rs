@@ -246,6 +246,7 @@ pub struct Taesd {
     /// (input channels, output channels, pixels per latent cell) of every conv, for costing.
     convs: Vec<(usize, usize, usize, usize)>,
     dtype: DType,
+    device: candle_core::Device,
     dir: PathBuf,
 }
 
@@ -270,7 +271,7 @@ impl Taesd {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, opts.dtype, &opts.device) }
             .map_err(|e| EngineError::bad_file(dir, e))?;
         crate::layers::loading_with(opts.precision, || {
-            Self::new(vb.pp("decoder"), &cfg, dir, opts.dtype)
+            Self::new(vb.pp("decoder"), &cfg, dir, opts.dtype, &opts.device)
         })
         .map_err(|e| {
             EngineError::bad_file(dir, format!("the weights do not match config.json ({e})"))
@@ -282,6 +283,7 @@ impl Taesd {
         cfg: &TaesdConfig,
         dir: &Path,
         dtype: DType,
+        device: &candle_core::Device,
     ) -> candle_core::Result<Self> {
         let act = Activation::parse(&cfg.act_fn).expect("validated");
         let vb = vb.pp("layers");
@@ -324,6 +326,7 @@ impl Taesd {
             scale: cfg.scale_factor(),
             convs,
             dtype,
+            device: device.clone(),
             dir: dir.to_path_buf(),
         })
     }
@@ -338,7 +341,7 @@ impl Taesd {
                 self.latent_channels
             )));
         }
-        let z = (latents.to_dtype(self.dtype)? / self.scaling_factor)?;
+        let z = (latents.to_device(&self.device)?.to_dtype(self.dtype)? / self.scaling_factor)?;
         let mut xs = ((z / 3.0)?.tanh()? * 3.0)?;
         for layer in &self.layers {
             xs = layer.forward(&xs)?;
