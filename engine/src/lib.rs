@@ -10,6 +10,7 @@
 //! - [`model`]: the loaded components; [`generate`]: the sampling loop.
 //! - [`schedulers`]: Euler, Euler-a, DDIM, DPM++ 2M (Karras), as diffusers computes them.
 //! - [`noise`]: every random number, from per-image seeds.
+//! - [`outpaint`]: Zoom Out and Pan canvases: placement, pre-fill, feathered masks, compositing.
 //! - [`pixels`]: image/tensor conversion and cheap latent previews.
 //! - [`taesd`]: the tiny autoencoder, for previews and fast decodes.
 //! - [`unet`], [`vae`], [`clip`]: the networks, built from [`blocks`] and [`layers`], which run
@@ -27,6 +28,7 @@ pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod noise;
+pub mod outpaint;
 pub mod pixels;
 pub mod random_weights;
 pub mod schedulers;
