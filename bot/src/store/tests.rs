@@ -537,3 +537,83 @@ async fn concurrent_finishers_cannot_both_win() {
     }
     store.close().await;
 }
+
+/// A database made by the previous version (migrations 1-4) with a grid, a U job under it and
+/// their images: the toolbox migration (5) rebuilds the jobs table and loses nothing, keeps
+/// the foreign keys working, and admits the new kinds.
+#[tokio::test]
+async fn the_toolbox_migration_keeps_every_job_and_image() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let (grid, child, grid_job, child_job, images) = {
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let mut old = sqlx::migrate!("../migrations");
+        old.migrations = std::borrow::Cow::Owned(
+            old.migrations
+                .iter()
+                .filter(|m| m.version <= 4)
+                .cloned()
+                .collect(),
+        );
+        old.run(&pool).await.unwrap();
+        let store = Store { pool };
+        let grid = store.insert_job(&new_job(1, "a grid")).await.unwrap();
+        store.mark_running(grid).await.unwrap();
+        let images = vec![image(0, 5), image(1, 6), image(2, 7), image(3, 8)];
+        let compute = Compute {
+            precision: "fp16".into(),
+            device: "cuda:0".into(),
+        };
+        store
+            .finish_job_on(grid, &images, Some(&compute))
+            .await
+            .unwrap();
+        let mut u = new_job(2, "a grid");
+        u.kind = JobKind::Upscale;
+        u.parent = Some(Parent {
+            job: grid,
+            index: Some(1),
+        });
+        let child = store.insert_job(&u).await.unwrap();
+        let grid_job = store.job(grid).await.unwrap().unwrap();
+        let child_job = store.job(child).await.unwrap().unwrap();
+        store.close().await;
+        (grid, child, grid_job, child_job, images)
+    };
+
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(store.job(grid).await.unwrap().unwrap(), grid_job);
+    assert_eq!(store.job(child).await.unwrap().unwrap(), child_job);
+    assert_eq!(store.images(grid).await.unwrap(), images);
+    // The new kinds are accepted, with their parent; a parent that does not exist is not.
+    let mut pan = new_job(3, "a grid");
+    pan.kind = JobKind::Pan;
+    pan.parent = Some(Parent {
+        job: child,
+        index: Some(0),
+    });
+    let id = store.insert_job(&pan).await.unwrap();
+    assert_eq!(
+        store.job(id).await.unwrap().unwrap().request.kind,
+        JobKind::Pan
+    );
+    pan.parent = Some(Parent {
+        job: JobId(9_999),
+        index: Some(0),
+    });
+    assert!(
+        store.insert_job(&pan).await.is_err(),
+        "the foreign key holds"
+    );
+    // New ids continue after the old ones.
+    assert!(id.0 > child.0);
+}

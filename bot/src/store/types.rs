@@ -74,6 +74,10 @@ sql_enum! {
         VarySubtle => "vary_subtle",
         /// Vary (Strong) under a single image.
         VaryStrong => "vary_strong",
+        /// Zoom Out under a single image: four outpaintings around it, shrunk.
+        ZoomOut => "zoom_out",
+        /// ⬅️ ➡️ ⬆️ ⬇️ under a single image: four outpaintings extending it that way.
+        Pan => "pan",
     }
 }
 
