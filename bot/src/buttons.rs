@@ -14,10 +14,15 @@
 //! | 🔄 reroll       | `im1:r:<job>`      |
 //! | Vary (Subtle)   | `im1:vs:<job>`     |
 //! | Vary (Strong)   | `im1:vx:<job>`     |
+//! | Zoom Out 2x     | `im1:z2:<job>`     |
+//! | Zoom Out 1.5x   | `im1:z15:<job>`    |
+//! | ⬅️ ➡️ ⬆️ ⬇️ pan   | `im1:pl:<job>`, `im1:pr:<job>`, `im1:pu:<job>`, `im1:pd:<job>` |
 //! | ❌ cancel       | `im1:x:<job>`      |
 //!
 //! `<job>` is a non-negative decimal without leading zeros, so every accepted string is the
 //! encoding of exactly one [`ButtonId`] and `encode(parse(s)) == s`.
+
+use imagine_engine::outpaint::Direction;
 
 use crate::store::{JobId, JobKind};
 
@@ -41,6 +46,10 @@ pub enum ButtonAction {
     VarySubtle,
     /// Under a single image: a loose variation.
     VaryStrong,
+    /// Under a single image: four pictures around it, it shrunk by 2 (`true`) or 1.5.
+    ZoomOut { double: bool },
+    /// Under a single image: four pictures extending it half a side that way.
+    Pan(Direction),
     /// Under a queued or running job: stop it. Starts no job.
     Cancel,
 }
@@ -63,8 +72,20 @@ impl ButtonAction {
         ],
     ];
 
-    /// The buttons under a single (upscaled) image.
-    pub const SINGLE_ROW: &[ButtonAction] = &[ButtonAction::VarySubtle, ButtonAction::VaryStrong];
+    /// The buttons under a single (upscaled) image, row by row, as Midjourney lays them out.
+    pub const SINGLE_ROWS: [&[ButtonAction]; 3] = [
+        &[ButtonAction::VarySubtle, ButtonAction::VaryStrong],
+        &[
+            ButtonAction::ZoomOut { double: true },
+            ButtonAction::ZoomOut { double: false },
+        ],
+        &[
+            ButtonAction::Pan(Direction::Left),
+            ButtonAction::Pan(Direction::Right),
+            ButtonAction::Pan(Direction::Up),
+            ButtonAction::Pan(Direction::Down),
+        ],
+    ];
 
     /// The button's text, or `None` for the emoji-only reroll button.
     pub fn label(&self) -> Option<String> {
@@ -74,7 +95,9 @@ impl ButtonAction {
             ButtonAction::Reroll => None,
             ButtonAction::VarySubtle => Some("Vary (Subtle)".to_string()),
             ButtonAction::VaryStrong => Some("Vary (Strong)".to_string()),
-            ButtonAction::Cancel => None,
+            ButtonAction::ZoomOut { double: true } => Some("Zoom Out 2x".to_string()),
+            ButtonAction::ZoomOut { double: false } => Some("Zoom Out 1.5x".to_string()),
+            ButtonAction::Pan(_) | ButtonAction::Cancel => None,
         }
     }
 
@@ -83,6 +106,10 @@ impl ButtonAction {
         match self {
             ButtonAction::Reroll => Some("🔄"),
             ButtonAction::Cancel => Some("❌"),
+            ButtonAction::Pan(Direction::Left) => Some("⬅️"),
+            ButtonAction::Pan(Direction::Right) => Some("➡️"),
+            ButtonAction::Pan(Direction::Up) => Some("⬆️"),
+            ButtonAction::Pan(Direction::Down) => Some("⬇️"),
             _ => None,
         }
     }
@@ -95,6 +122,8 @@ impl ButtonAction {
             ButtonAction::Reroll => Some(JobKind::Reroll),
             ButtonAction::VarySubtle => Some(JobKind::VarySubtle),
             ButtonAction::VaryStrong => Some(JobKind::VaryStrong),
+            ButtonAction::ZoomOut { .. } => Some(JobKind::ZoomOut),
+            ButtonAction::Pan(_) => Some(JobKind::Pan),
             ButtonAction::Cancel => None,
         }
     }
@@ -132,6 +161,9 @@ impl ButtonId {
             ButtonAction::Reroll => format!("{PREFIX}:r:{job}"),
             ButtonAction::VarySubtle => format!("{PREFIX}:vs:{job}"),
             ButtonAction::VaryStrong => format!("{PREFIX}:vx:{job}"),
+            ButtonAction::ZoomOut { double: true } => format!("{PREFIX}:z2:{job}"),
+            ButtonAction::ZoomOut { double: false } => format!("{PREFIX}:z15:{job}"),
+            ButtonAction::Pan(d) => format!("{PREFIX}:p{}:{job}", &d.name()[..1]),
             ButtonAction::Cancel => format!("{PREFIX}:x:{job}"),
         }
     }
@@ -155,6 +187,12 @@ impl ButtonId {
             "r" => ButtonAction::Reroll,
             "vs" => ButtonAction::VarySubtle,
             "vx" => ButtonAction::VaryStrong,
+            "z2" => ButtonAction::ZoomOut { double: true },
+            "z15" => ButtonAction::ZoomOut { double: false },
+            "pl" => ButtonAction::Pan(Direction::Left),
+            "pr" => ButtonAction::Pan(Direction::Right),
+            "pu" => ButtonAction::Pan(Direction::Up),
+            "pd" => ButtonAction::Pan(Direction::Down),
             "x" => ButtonAction::Cancel,
             _ => return None,
         };
@@ -197,6 +235,11 @@ mod tests {
             ButtonAction::VaryStrong,
             ButtonAction::Cancel,
         ]);
+        actions.extend(
+            ButtonAction::SINGLE_ROWS
+                .iter()
+                .flat_map(|r| r.iter().copied()),
+        );
         actions
     }
 
@@ -209,6 +252,34 @@ mod tests {
         assert_eq!(id(ButtonAction::VarySubtle), "im1:vs:123");
         assert_eq!(id(ButtonAction::VaryStrong), "im1:vx:123");
         assert_eq!(id(ButtonAction::Cancel), "im1:x:123");
+        assert_eq!(id(ButtonAction::ZoomOut { double: true }), "im1:z2:123");
+        assert_eq!(id(ButtonAction::ZoomOut { double: false }), "im1:z15:123");
+        assert_eq!(id(ButtonAction::Pan(Direction::Left)), "im1:pl:123");
+        assert_eq!(id(ButtonAction::Pan(Direction::Down)), "im1:pd:123");
+    }
+
+    #[test]
+    fn a_single_image_has_the_toolbox_within_discords_limits() {
+        let rows = ButtonAction::SINGLE_ROWS;
+        assert!(rows.len() <= 5 && rows.iter().all(|r| !r.is_empty() && r.len() <= 5));
+        let shown: Vec<String> = rows
+            .iter()
+            .flat_map(|r| r.iter())
+            .map(|a| a.label().or(a.emoji().map(str::to_string)).unwrap())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "Vary (Subtle)",
+                "Vary (Strong)",
+                "Zoom Out 2x",
+                "Zoom Out 1.5x",
+                "⬅️",
+                "➡️",
+                "⬆️",
+                "⬇️"
+            ]
+        );
     }
 
     #[test]
@@ -347,14 +418,6 @@ mod tests {
         assert_eq!(labels, expected);
         assert_eq!(ButtonAction::Reroll.emoji(), Some("🔄"));
         assert_eq!(ButtonAction::Upscale(0).emoji(), None);
-        let single: Vec<_> = ButtonAction::SINGLE_ROW.iter().map(|a| a.label()).collect();
-        assert_eq!(
-            single,
-            [
-                Some("Vary (Subtle)".to_string()),
-                Some("Vary (Strong)".to_string())
-            ]
-        );
         // Every button shows something: a label or an emoji.
         for action in all_actions() {
             assert!(action.label().is_some() || action.emoji().is_some());

@@ -14,6 +14,9 @@ pub const VARIATION_STRENGTH: f32 = 0.6;
 pub const SUBTLE_STRENGTH: f32 = 0.35;
 pub const STRONG_STRENGTH: f32 = 0.75;
 pub const IMAGE_PROMPT_STRENGTH: f32 = 0.75;
+/// Zoom Out and Pan paint the new area from noise (the kept area is blended back each step,
+/// then composited exactly): the pre-fill only seeds its colours.
+pub const OUTPAINT_STRENGTH: f32 = 1.0;
 
 /// Who asked, and where the answer goes.
 #[derive(Debug, Clone)]
@@ -88,6 +91,8 @@ pub fn imagine_job(
             strength,
             init_image,
             precision: None,
+            zoom: None,
+            pan: None,
         },
         model: model.to_string(),
         seeds: grid_seeds(parsed.seed.unwrap_or(random_seed)),
@@ -105,7 +110,10 @@ pub fn button_job(
     let mut req = parent.request.clone();
     let index = match action {
         ButtonAction::Upscale(i) | ButtonAction::Variation(i) => Some(i),
-        ButtonAction::VarySubtle | ButtonAction::VaryStrong => Some(0),
+        ButtonAction::VarySubtle
+        | ButtonAction::VaryStrong
+        | ButtonAction::ZoomOut { .. }
+        | ButtonAction::Pan(_) => Some(0),
         ButtonAction::Reroll | ButtonAction::Cancel => None,
     };
     let source = match index {
@@ -135,6 +143,7 @@ pub fn button_job(
         ButtonAction::Variation(_) => Some(VARIATION_STRENGTH),
         ButtonAction::VarySubtle => Some(SUBTLE_STRENGTH),
         ButtonAction::VaryStrong => Some(STRONG_STRENGTH),
+        ButtonAction::ZoomOut { .. } | ButtonAction::Pan(_) => Some(OUTPAINT_STRENGTH),
         ButtonAction::Reroll => req.params.strength,
     };
     if let Some(s) = strength {
@@ -149,6 +158,22 @@ pub fn button_job(
         req.params.init_image = Some(src.path.to_string_lossy().into_owned());
         req.params.width = src.width;
         req.params.height = src.height;
+    }
+    req.params.zoom = None;
+    req.params.pan = None;
+    match action {
+        ButtonAction::ZoomOut { double } => {
+            req.params.zoom = Some(if double { 2.0 } else { 1.5 });
+        }
+        ButtonAction::Pan(direction) => {
+            let size = (req.params.width, req.params.height);
+            let (w, h) = imagine_engine::outpaint::pan_size(size, direction).map_err(|_| {
+                "This image is as large as this bot makes them: it cannot be panned further."
+            })?;
+            req.params.pan = Some(direction.name().to_string());
+            (req.params.width, req.params.height) = (w, h);
+        }
+        _ => {}
     }
     req.seeds = match action {
         ButtonAction::Upscale(_) => vec![source.map_or(0, |s| s.seed)],
@@ -274,6 +299,41 @@ mod tests {
         );
         let r = button_job(ButtonAction::Reroll, &parent, &images, other, 50).unwrap();
         assert_eq!((r.params.init_image.clone(), r.seeds[0]), (None, 50));
+        let pan = button_job(
+            ButtonAction::Pan(imagine_engine::outpaint::Direction::Up),
+            &parent,
+            &images,
+            who(),
+            8,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                pan.params.width,
+                pan.params.height,
+                pan.params.pan.as_deref()
+            ),
+            (512, 768, Some("up"))
+        );
+        assert_eq!(
+            (pan.params.strength, pan.seeds.len()),
+            (Some(OUTPAINT_STRENGTH), 4)
+        );
+        let zoom = button_job(
+            ButtonAction::ZoomOut { double: false },
+            &parent,
+            &images,
+            who(),
+            8,
+        )
+        .unwrap();
+        assert_eq!((zoom.params.width, zoom.params.zoom), (512, Some(1.5)));
+        // Past the size limit a pan is refused with a sentence, not a job.
+        let mut huge = images.clone();
+        huge[0].width = 1536;
+        let right = ButtonAction::Pan(imagine_engine::outpaint::Direction::Right);
+        let e = button_job(right, &parent, &huge, who(), 8).unwrap_err();
+        assert!(e.contains("cannot be panned further"), "{e}");
         for child in [&u, &v, &r] {
             assert_eq!(
                 child.params.precision.as_deref(),

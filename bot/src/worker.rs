@@ -16,6 +16,8 @@ use imagine_engine::{
 };
 use sha2::{Digest, Sha256};
 
+use imagine_engine::outpaint::{Direction, Outpaint};
+
 use crate::render::{grid_2x2, png_bytes, read_parameters, without_vae, PngParameters};
 use crate::store::{Compute, ImageRecord, Job, JobKind};
 
@@ -190,11 +192,15 @@ pub fn run_job(
         let images = upscale(engines, item, &dir, precision)?;
         return Ok(JobOutput { images, compute });
     }
-    let fast_decoder = engines.fast_grid_decoder();
+    let mut fast_decoder = engines.fast_grid_decoder();
     let model = engines
         .get(&job.request.model, precision)
         .with_context(|| format!("the model {} could not be loaded", job.request.model))?;
-    let mut req = build_request(model, item)?;
+    let (mut req, canvas) = build_request(model, item)?;
+    if canvas.is_some() {
+        // Outpainted images are composited over their canvas: no latents decode to them.
+        fast_decoder = None;
+    }
     req.fast_decode = fast_decoder.is_some();
     let mut clock = PreviewClock::default();
     let mut report = |p: &imagine_engine::Progress| {
@@ -215,7 +221,15 @@ pub fn run_job(
     let out = model.generate(&req, &mut report)?;
     let p = &job.request.params;
     let mut records = Vec::with_capacity(out.images.len());
-    for (idx, (img, seed)) in out.images.iter().zip(&job.request.seeds).enumerate() {
+    let images = match &canvas {
+        Some(canvas) => out
+            .images
+            .iter()
+            .map(|generated| canvas.composite(generated))
+            .collect::<imagine_engine::Result<Vec<_>>>()?,
+        None => out.images.clone(),
+    };
+    for (idx, (img, seed)) in images.iter().zip(&job.request.seeds).enumerate() {
         let params = PngParameters {
             prompt: job.request.prompt.clone(),
             negative_prompt: job.request.negative_prompt.clone(),
@@ -346,7 +360,12 @@ fn full_decode(model: &StableDiffusion, latents: &Path) -> Result<RgbImage> {
     Ok(images.remove(0))
 }
 
-fn build_request(model: &StableDiffusion, item: &WorkItem) -> Result<GenerateRequest> {
+/// The engine request of a stored job and, for Zoom Out and Pan, the outpainting canvas its
+/// images are composited over.
+fn build_request(
+    model: &StableDiffusion,
+    item: &WorkItem,
+) -> Result<(GenerateRequest, Option<Outpaint>)> {
     let job = &item.job.request;
     let p = &job.params;
     let seeds: Vec<u64> = job.seeds.iter().map(|s| *s as u64).collect();
@@ -359,11 +378,29 @@ fn build_request(model: &StableDiffusion, item: &WorkItem) -> Result<GenerateReq
     } else {
         Some(p.scheduler.parse::<SchedulerKind>()?)
     };
+    let mut canvas = None;
     if let Some(path) = p.init_image.as_ref().map(PathBuf::from) {
         let img = image::open(&path)
             .with_context(|| format!("cannot read the start image {}", path.display()))?
             .to_rgb8();
-        let img = if img.dimensions() == (p.width, p.height) {
+        let seed = req.seeds[0];
+        canvas = match (p.zoom, p.pan.as_deref()) {
+            (Some(zoom), _) => Some(Outpaint::zoom_out(
+                &img,
+                zoom as f64,
+                (p.width, p.height),
+                seed,
+            )?),
+            (None, Some(pan)) => {
+                let direction = Direction::parse(pan)
+                    .with_context(|| format!("the stored pan direction {pan:?} is unknown"))?;
+                Some(Outpaint::pan(&img, direction, seed)?)
+            }
+            (None, None) => None,
+        };
+        let img = if let Some(c) = &canvas {
+            c.image.clone()
+        } else if img.dimensions() == (p.width, p.height) {
             img
         } else {
             image::imageops::resize(
@@ -376,11 +413,11 @@ fn build_request(model: &StableDiffusion, item: &WorkItem) -> Result<GenerateReq
         req.init = Some(InitImage {
             image: img,
             strength: p.strength.unwrap_or(0.7) as f64,
-            mask: None,
+            mask: canvas.as_ref().map(|c| c.mask.clone()),
         });
     }
     req.initial_noise = Some(chaos_noise(model, &req, p.chaos)?);
-    Ok(req)
+    Ok((req, canvas))
 }
 
 /// Starting noise with `--chaos`: each image's noise mixes a component shared by the batch

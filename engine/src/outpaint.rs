@@ -19,7 +19,7 @@ pub const FEATHER: u32 = 32;
 const FILL_NOISE: f64 = 24.0;
 
 /// Which way a Pan extends the picture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     Left,
     Right,
@@ -90,14 +90,12 @@ impl Outpaint {
     /// picture keeps its pixels where they were, and the new strip continues it.
     pub fn pan(parent: &RgbImage, direction: Direction, seed: u64) -> Result<Self> {
         let (pw, ph) = parent.dimensions();
-        let grow = |side: u32| (side / 2).div_ceil(8) * 8;
-        let (size, x, y) = match direction {
-            Direction::Left => ((pw + grow(pw), ph), grow(pw), 0),
-            Direction::Right => ((pw + grow(pw), ph), 0, 0),
-            Direction::Up => ((pw, ph + grow(ph)), 0, grow(ph)),
-            Direction::Down => ((pw, ph + grow(ph)), 0, 0),
+        let size = pan_size((pw, ph), direction)?;
+        let (x, y) = match direction {
+            Direction::Left => (size.0 - pw, 0),
+            Direction::Up => (0, size.1 - ph),
+            Direction::Right | Direction::Down => (0, 0),
         };
-        check_size(size)?;
         let kept = Rect {
             x,
             y,
@@ -171,6 +169,36 @@ impl Outpaint {
     /// Whether the kept picture borders new area on its left, right, top, bottom side.
     pub fn open_sides(&self) -> [bool; 4] {
         self.open
+    }
+}
+
+/// The canvas a Pan of a `(width, height)` picture makes: half a side more (rounded up to 8
+/// pixels) in `direction`; an error past the size limit.
+pub fn pan_size((w, h): (u32, u32), direction: Direction) -> Result<(u32, u32)> {
+    let grow = |side: u32| (side / 2).div_ceil(8) * 8;
+    let size = match direction {
+        Direction::Left | Direction::Right => (w + grow(w), h),
+        Direction::Up | Direction::Down => (w, h + grow(h)),
+    };
+    check_size(size)?;
+    Ok(size)
+}
+
+impl Direction {
+    /// `left`, `right`, `up`, `down`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Left => "left",
+            Self::Right => "right",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Left, Self::Right, Self::Up, Self::Down]
+            .into_iter()
+            .find(|d| d.name() == s)
     }
 }
 

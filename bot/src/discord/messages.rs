@@ -23,6 +23,14 @@ fn headline(job: &Job) -> String {
         (JobKind::Variation, _) => " - Variations".to_string(),
         (JobKind::VarySubtle, _) => " - Variations (Subtle)".to_string(),
         (JobKind::VaryStrong, _) => " - Variations (Strong)".to_string(),
+        (JobKind::ZoomOut, _) => match job.request.params.zoom {
+            Some(z) => format!(" - Zoom Out {z}x"),
+            None => " - Zoom Out".to_string(),
+        },
+        (JobKind::Pan, _) => match job.request.params.pan.as_deref() {
+            Some(d) => format!(" - Pan {}", capitalised(d)),
+            None => " - Pan".to_string(),
+        },
         _ => String::new(),
     };
     format!("**{prompt}{ellipsis}**{what} - <@{}>", job.request.user_id)
@@ -102,11 +110,11 @@ pub fn cancel_row(job: JobId) -> Vec<CreateActionRow> {
     vec![CreateActionRow::Buttons(vec![button])]
 }
 
-/// The buttons under a finished job: U1–U4 + 🔄 and V1–V4 under a grid, Vary under a single
-/// image.
+/// The buttons under a finished job: U1–U4 + 🔄 and V1–V4 under a grid, the toolbox (Vary,
+/// Zoom Out, Pan) under a single image.
 pub fn buttons(job: JobId, kind: JobKind) -> Vec<CreateActionRow> {
     let rows: Vec<&[ButtonAction]> = if kind == JobKind::Upscale {
-        vec![ButtonAction::SINGLE_ROW]
+        ButtonAction::SINGLE_ROWS.to_vec()
     } else {
         ButtonAction::GRID_ROWS.to_vec()
     };
@@ -129,4 +137,12 @@ pub fn buttons(job: JobId, kind: JobKind) -> Vec<CreateActionRow> {
             )
         })
         .collect()
+}
+
+fn capitalised(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }

@@ -270,6 +270,8 @@ mod tests {
                 strength: None,
                 init_image: init.map(|p| p.to_string_lossy().into_owned()),
                 precision: None,
+                zoom: None,
+                pan: None,
             },
             model: "tiny".into(),
             seeds: vec![1],

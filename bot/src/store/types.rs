@@ -146,6 +146,12 @@ pub struct JobParams {
     /// it was pressed under. `None`: the worker's own (see [`Job::compute`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
+    /// Zoom Out: how much the parent image shrinks (1.5 or 2) into the middle of the canvas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoom: Option<f32>,
+    /// Pan: which way the canvas grows (`left`, `right`, `up`, `down`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pan: Option<String>,
 }
 
 /// What a finished job computed in and on, as recorded in its row.

@@ -1,0 +1,129 @@
+//! The toolbox under a single image, end to end through the simulator with the real bot and
+//! the tiny model, measured on the pixels: Zoom Out keeps the picture (shrunk) in the middle of
+//! each of its four images, Pan keeps the old pixels where they were and grows the canvas, and
+//! the buttons keep working after a restart and on their own results.
+
+mod common;
+
+use common::*;
+use image::{imageops, RgbImage};
+use imagine_engine::outpaint::FEATHER;
+
+/// Image `k` (0-3) of a 2x2 grid.
+fn quadrant(grid: &RgbImage, k: u32) -> RgbImage {
+    let (w, h) = (grid.width() / 2, grid.height() / 2);
+    imageops::crop_imm(grid, (k % 2) * w, (k / 2) * h, w, h).to_image()
+}
+
+/// Every pixel of `part` at offset (x0, y0) in `whole`, within `margin` of `part`'s edges
+/// left out, is equal to the one in `whole`.
+fn assert_kept(
+    whole: &RgbImage,
+    part: &RgbImage,
+    (x0, y0): (u32, u32),
+    margin: [u32; 4],
+    what: &str,
+) {
+    let [left, right, top, bottom] = margin;
+    for y in top..part.height() - bottom {
+        for x in left..part.width() - right {
+            assert_eq!(
+                whole.get_pixel(x0 + x, y0 + y),
+                part.get_pixel(x, y),
+                "{what}: ({x}, {y})"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zoom_out_and_pan_extend_an_upscaled_image_and_survive_a_restart() {
+    let w = world().await;
+    let dir = w.dir.path();
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let grid = imagine(
+        &w,
+        w.alice,
+        w.channel,
+        "a lighthouse on a cliff --seed 3 --steps 3",
+    )
+    .await;
+    let u2 = click(&w, w.alice, &grid, "U2").await;
+    let picture = png_of(&w.sim, &u2);
+    assert_eq!(picture.dimensions(), (64, 64));
+
+    // Zoom Out 2x: four images of the same size, the picture at half size in the middle.
+    let zoom = click(&w, w.alice, &u2, "Zoom Out 2x").await;
+    assert!(zoom.content.contains("Zoom Out 2x"), "{}", zoom.content);
+    let zoomed = png_of(&w.sim, &zoom);
+    assert_eq!(
+        zoomed.dimensions(),
+        (128, 128),
+        "a 2x2 grid of 64 px images"
+    );
+    let shrunk = imageops::resize(&picture, 32, 32, imageops::FilterType::Lanczos3);
+    let f = FEATHER.min(32 / 4);
+    for k in 0..4 {
+        assert_kept(&quadrant(&zoomed, k), &shrunk, (16, 16), [f; 4], "zoom");
+    }
+    assert_ne!(
+        quadrant(&zoomed, 0),
+        quadrant(&zoomed, 1),
+        "four different borders"
+    );
+
+    // ➡️: the canvas grows by half a side, the old pixels stay where they were.
+    let pan = click(&w, w.alice, &u2, "➡️").await;
+    assert!(pan.content.contains("Pan Right"), "{}", pan.content);
+    let panned = png_of(&w.sim, &pan);
+    assert_eq!(
+        panned.dimensions(),
+        (192, 128),
+        "four 96x64 images: a square panned right is 3:2"
+    );
+    let f = FEATHER.min(64 / 4);
+    for k in 0..4 {
+        assert_kept(
+            &quadrant(&panned, k),
+            &picture,
+            (0, 0),
+            [0, f, 0, 0],
+            "pan right",
+        );
+    }
+    bot.stop().await;
+
+    // After a restart the same buttons work; and a U image of a pan has the toolbox too.
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let left = click(&w, w.bob, &u2, "⬅️").await;
+    let lefted = png_of(&w.sim, &left);
+    assert_eq!(lefted.dimensions(), (192, 128));
+    for k in 0..4 {
+        assert_kept(
+            &quadrant(&lefted, k),
+            &picture,
+            (32, 0),
+            [f, 0, 0, 0],
+            "pan left",
+        );
+    }
+    let u1 = click(&w, w.bob, &pan, "U1").await;
+    let wide = png_of(&w.sim, &u1);
+    assert_eq!(
+        wide,
+        quadrant(&panned, 0),
+        "U1 is the first image of the pan"
+    );
+    let up = click(&w, w.bob, &u1, "⬆️").await;
+    let upped = png_of(&w.sim, &up);
+    assert_eq!(upped.dimensions(), (192, 192), "96x64 panned up: 96x96");
+    let zoom = click(&w, w.bob, &u1, "Zoom Out 1.5x").await;
+    let zoomed = png_of(&w.sim, &zoom);
+    assert_eq!(zoomed.dimensions(), (192, 128), "zoom keeps the 3:2 size");
+    bot.stop().await;
+
+    let jobs = all_jobs(dir).await;
+    assert!(jobs
+        .iter()
+        .all(|j| j.status == imagine::store::JobStatus::Done));
+}
