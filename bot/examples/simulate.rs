@@ -1,6 +1,7 @@
 //! Try the real bot by hand, without Discord: starts the Discord simulator, runs `imagine bot`
-//! against it with a model of your choice, sends one `/imagine`, presses U1 and V1, and saves
-//! every image the bot posted.
+//! against it with a model of your choice, sends one `/imagine`, presses U2 and V1, then Zoom
+//! Out 2x and ➡️ under U2, U1 of the pan and ⬆️ under that, and saves every image the bot
+//! posted.
 //!
 //! ```sh
 //! cargo build -p imagine && cargo run -p imagine --example simulate -- \
@@ -58,12 +59,24 @@ async fn main() {
         .unwrap();
     let grid = finished(&sim, &run.token).await;
     save(&sim, &grid, &out.join("grid.png"));
-    for (label, name) in [("U1", "u1.png"), ("V1", "v1-grid.png")] {
+    // Each step presses a button under an earlier result: (under, button, saved as).
+    let steps = [
+        ("grid", "U2", "u2"),
+        ("grid", "V1", "v1-grid"),
+        ("u2", "Zoom Out 2x", "u2-zoom-out-2x"),
+        ("u2", "➡️", "u2-pan-right"),
+        ("u2-pan-right", "U1", "u2-pan-right-u1"),
+        ("u2-pan-right-u1", "⬆️", "u2-pan-right-u1-pan-up"),
+    ];
+    let mut messages = std::collections::HashMap::from([("grid", grid)]);
+    for (under, label, name) in steps {
+        let parent = &messages[under];
         let click = sim
-            .click_button(alice, grid.id, &custom_id(&grid, label))
+            .click_button(alice, parent.id, &custom_id(parent, label))
             .unwrap();
         let msg = finished(&sim, &click.token).await;
-        save(&sim, &msg, &out.join(name));
+        save(&sim, &msg, &out.join(format!("{name}.png")));
+        messages.insert(name, msg);
     }
     println!("{}", sim.transcript());
 }
@@ -96,7 +109,9 @@ fn custom_id(msg: &Message, label: &str) -> String {
         .unwrap()
         .iter()
         .flat_map(|r| r["components"].as_array().unwrap().clone())
-        .find(|b| b["label"].as_str() == Some(label))
+        .find(|b| {
+            b["label"].as_str() == Some(label) || b["emoji"]["name"].as_str() == Some(label)
+        })
         .and_then(|b| b["custom_id"].as_str().map(str::to_owned))
         .expect("the button")
 }
