@@ -109,9 +109,7 @@ fn custom_id(msg: &Message, label: &str) -> String {
         .unwrap()
         .iter()
         .flat_map(|r| r["components"].as_array().unwrap().clone())
-        .find(|b| {
-            b["label"].as_str() == Some(label) || b["emoji"]["name"].as_str() == Some(label)
-        })
+        .find(|b| b["label"].as_str() == Some(label) || b["emoji"]["name"].as_str() == Some(label))
         .and_then(|b| b["custom_id"].as_str().map(str::to_owned))
         .expect("the button")
 }

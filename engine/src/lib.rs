@@ -11,6 +11,7 @@
 //! - [`schedulers`]: Euler, Euler-a, DDIM, DPM++ 2M (Karras), as diffusers computes them.
 //! - [`noise`]: every random number, from per-image seeds.
 //! - [`outpaint`]: Zoom Out and Pan canvases: placement, pre-fill, feathered masks, compositing.
+//! - [`upscale`]: 2x with added detail: Lanczos, then image-to-image over blended tiles.
 //! - [`pixels`]: image/tensor conversion and cheap latent previews.
 //! - [`taesd`]: the tiny autoencoder, for previews and fast decodes.
 //! - [`unet`], [`vae`], [`clip`]: the networks, built from [`blocks`] and [`layers`], which run
@@ -36,6 +37,7 @@ pub mod source;
 pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
+pub mod upscale;
 pub mod vae;
 
 pub use device::{device_name, DeviceChoice, Precision, PrecisionChoice};
