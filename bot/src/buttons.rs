@@ -14,6 +14,8 @@
 //! | 🔄 reroll       | `im1:r:<job>`      |
 //! | Vary (Subtle)   | `im1:vs:<job>`     |
 //! | Vary (Strong)   | `im1:vx:<job>`     |
+//! | Upscale (Subtle)   | `im1:us:<job>` |
+//! | Upscale (Creative) | `im1:uc:<job>` |
 //! | Zoom Out 2x     | `im1:z2:<job>`     |
 //! | Zoom Out 1.5x   | `im1:z15:<job>`    |
 //! | ⬅️ ➡️ ⬆️ ⬇️ pan   | `im1:pl:<job>`, `im1:pr:<job>`, `im1:pu:<job>`, `im1:pd:<job>` |
@@ -46,6 +48,8 @@ pub enum ButtonAction {
     VarySubtle,
     /// Under a single image: a loose variation.
     VaryStrong,
+    /// Under a single image: twice the size, repainted lightly (or more, `creative`).
+    UpscaleTiled { creative: bool },
     /// Under a single image: four pictures around it, it shrunk by 2 (`true`) or 1.5.
     ZoomOut { double: bool },
     /// Under a single image: four pictures extending it half a side that way.
@@ -73,8 +77,12 @@ impl ButtonAction {
     ];
 
     /// The buttons under a single (upscaled) image, row by row, as Midjourney lays them out.
-    pub const SINGLE_ROWS: [&[ButtonAction]; 3] = [
+    pub const SINGLE_ROWS: [&[ButtonAction]; 4] = [
         &[ButtonAction::VarySubtle, ButtonAction::VaryStrong],
+        &[
+            ButtonAction::UpscaleTiled { creative: false },
+            ButtonAction::UpscaleTiled { creative: true },
+        ],
         &[
             ButtonAction::ZoomOut { double: true },
             ButtonAction::ZoomOut { double: false },
@@ -95,6 +103,8 @@ impl ButtonAction {
             ButtonAction::Reroll => None,
             ButtonAction::VarySubtle => Some("Vary (Subtle)".to_string()),
             ButtonAction::VaryStrong => Some("Vary (Strong)".to_string()),
+            ButtonAction::UpscaleTiled { creative: false } => Some("Upscale (Subtle)".to_string()),
+            ButtonAction::UpscaleTiled { creative: true } => Some("Upscale (Creative)".to_string()),
             ButtonAction::ZoomOut { double: true } => Some("Zoom Out 2x".to_string()),
             ButtonAction::ZoomOut { double: false } => Some("Zoom Out 1.5x".to_string()),
             ButtonAction::Pan(_) | ButtonAction::Cancel => None,
@@ -122,6 +132,8 @@ impl ButtonAction {
             ButtonAction::Reroll => Some(JobKind::Reroll),
             ButtonAction::VarySubtle => Some(JobKind::VarySubtle),
             ButtonAction::VaryStrong => Some(JobKind::VaryStrong),
+            ButtonAction::UpscaleTiled { creative: false } => Some(JobKind::UpscaleSubtle),
+            ButtonAction::UpscaleTiled { creative: true } => Some(JobKind::UpscaleCreative),
             ButtonAction::ZoomOut { .. } => Some(JobKind::ZoomOut),
             ButtonAction::Pan(_) => Some(JobKind::Pan),
             ButtonAction::Cancel => None,
@@ -161,6 +173,8 @@ impl ButtonId {
             ButtonAction::Reroll => format!("{PREFIX}:r:{job}"),
             ButtonAction::VarySubtle => format!("{PREFIX}:vs:{job}"),
             ButtonAction::VaryStrong => format!("{PREFIX}:vx:{job}"),
+            ButtonAction::UpscaleTiled { creative: false } => format!("{PREFIX}:us:{job}"),
+            ButtonAction::UpscaleTiled { creative: true } => format!("{PREFIX}:uc:{job}"),
             ButtonAction::ZoomOut { double: true } => format!("{PREFIX}:z2:{job}"),
             ButtonAction::ZoomOut { double: false } => format!("{PREFIX}:z15:{job}"),
             ButtonAction::Pan(d) => format!("{PREFIX}:p{}:{job}", &d.name()[..1]),
@@ -187,6 +201,8 @@ impl ButtonId {
             "r" => ButtonAction::Reroll,
             "vs" => ButtonAction::VarySubtle,
             "vx" => ButtonAction::VaryStrong,
+            "us" => ButtonAction::UpscaleTiled { creative: false },
+            "uc" => ButtonAction::UpscaleTiled { creative: true },
             "z2" => ButtonAction::ZoomOut { double: true },
             "z15" => ButtonAction::ZoomOut { double: false },
             "pl" => ButtonAction::Pan(Direction::Left),
@@ -272,6 +288,8 @@ mod tests {
             [
                 "Vary (Subtle)",
                 "Vary (Strong)",
+                "Upscale (Subtle)",
+                "Upscale (Creative)",
                 "Zoom Out 2x",
                 "Zoom Out 1.5x",
                 "⬅️",

@@ -17,6 +17,9 @@ pub const IMAGE_PROMPT_STRENGTH: f32 = 0.75;
 /// Zoom Out and Pan paint the new area from noise (the kept area is blended back each step,
 /// then composited exactly): the pre-fill only seeds its colours.
 pub const OUTPAINT_STRENGTH: f32 = 1.0;
+/// Upscale (Subtle) repaints each enlarged tile a little, Upscale (Creative) more.
+pub const UPSCALE_SUBTLE_STRENGTH: f32 = 0.25;
+pub const UPSCALE_CREATIVE_STRENGTH: f32 = 0.45;
 
 /// Who asked, and where the answer goes.
 #[derive(Debug, Clone)]
@@ -112,6 +115,7 @@ pub fn button_job(
         ButtonAction::Upscale(i) | ButtonAction::Variation(i) => Some(i),
         ButtonAction::VarySubtle
         | ButtonAction::VaryStrong
+        | ButtonAction::UpscaleTiled { .. }
         | ButtonAction::ZoomOut { .. }
         | ButtonAction::Pan(_) => Some(0),
         ButtonAction::Reroll | ButtonAction::Cancel => None,
@@ -144,6 +148,8 @@ pub fn button_job(
         ButtonAction::VarySubtle => Some(SUBTLE_STRENGTH),
         ButtonAction::VaryStrong => Some(STRONG_STRENGTH),
         ButtonAction::ZoomOut { .. } | ButtonAction::Pan(_) => Some(OUTPAINT_STRENGTH),
+        ButtonAction::UpscaleTiled { creative: false } => Some(UPSCALE_SUBTLE_STRENGTH),
+        ButtonAction::UpscaleTiled { creative: true } => Some(UPSCALE_CREATIVE_STRENGTH),
         ButtonAction::Reroll => req.params.strength,
     };
     if let Some(s) = strength {
@@ -165,6 +171,16 @@ pub fn button_job(
         ButtonAction::ZoomOut { double } => {
             req.params.zoom = Some(if double { 2.0 } else { 1.5 });
         }
+        ButtonAction::UpscaleTiled { .. } => {
+            let (w, h) = (req.params.width * 2, req.params.height * 2);
+            if w.max(h) as usize > imagine_engine::generate::MAX_SIDE {
+                return Err(
+                    "This image is as large as this bot makes them: it cannot be upscaled further."
+                        .into(),
+                );
+            }
+            (req.params.width, req.params.height) = (w, h);
+        }
         ButtonAction::Pan(direction) => {
             let size = (req.params.width, req.params.height);
             let (w, h) = imagine_engine::outpaint::pan_size(size, direction).map_err(|_| {
@@ -177,6 +193,7 @@ pub fn button_job(
     }
     req.seeds = match action {
         ButtonAction::Upscale(_) => vec![source.map_or(0, |s| s.seed)],
+        ButtonAction::UpscaleTiled { .. } => vec![random_seed],
         _ => grid_seeds(random_seed),
     };
     Ok(req)

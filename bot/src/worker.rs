@@ -17,6 +17,7 @@ use imagine_engine::{
 use sha2::{Digest, Sha256};
 
 use imagine_engine::outpaint::{Direction, Outpaint};
+use imagine_engine::upscale::UpscaleRequest;
 
 use crate::render::{grid_2x2, png_bytes, read_parameters, without_vae, PngParameters};
 use crate::store::{Compute, ImageRecord, Job, JobKind};
@@ -192,6 +193,13 @@ pub fn run_job(
         let images = upscale(engines, item, &dir, precision)?;
         return Ok(JobOutput { images, compute });
     }
+    if matches!(
+        job.request.kind,
+        JobKind::UpscaleSubtle | JobKind::UpscaleCreative
+    ) {
+        let images = tiled_upscale(engines, item, &dir, precision, &compute, progress)?;
+        return Ok(JobOutput { images, compute });
+    }
     let mut fast_decoder = engines.fast_grid_decoder();
     let model = engines
         .get(&job.request.model, precision)
@@ -341,6 +349,82 @@ fn upscale(
     Ok(vec![ImageRecord {
         idx: 0,
         seed: item.job.request.seeds.first().copied().unwrap_or(0),
+        path,
+        sha256: hex_sha256(&bytes),
+        width: img.width(),
+        height: img.height(),
+    }])
+}
+
+/// Upscale (Subtle / Creative): the parent image at twice the size, repainted tile by tile
+/// with the job's model (see [`imagine_engine::upscale`]).
+fn tiled_upscale(
+    engines: &mut Engines,
+    item: &WorkItem,
+    dir: &Path,
+    precision: Precision,
+    compute: &Compute,
+    progress: &mut dyn FnMut(JobProgress) -> ControlFlow<()>,
+) -> Result<Vec<ImageRecord>> {
+    let job = &item.job.request;
+    let p = &job.params;
+    let parent = p
+        .init_image
+        .as_ref()
+        .context("the image this button refers to is gone")?;
+    let image = image::open(parent)
+        .with_context(|| format!("cannot read {parent}"))?
+        .to_rgb8();
+    let model = engines
+        .get(&job.model, precision)
+        .with_context(|| format!("the model {} could not be loaded", job.model))?;
+    let strength = p.strength.unwrap_or(0.25) as f64;
+    let seed = job.seeds.first().copied().unwrap_or(0);
+    let scheduler = match p.scheduler.as_str() {
+        "" => None,
+        name => Some(name.parse::<SchedulerKind>()?),
+    };
+    let req = UpscaleRequest {
+        image,
+        factor: 2,
+        prompt: job.prompt.clone(),
+        negative_prompt: job.negative_prompt.clone(),
+        steps: p.steps as usize,
+        guidance: p.guidance as f64,
+        scheduler,
+        strength,
+        seed: seed as u64,
+    };
+    let img = model.upscale(&req, &mut |done, total| {
+        progress(JobProgress {
+            percent: (done * 100 / total.max(1)) as u8,
+            preview_png: None,
+        })
+    })?;
+    let params = PngParameters {
+        prompt: job.prompt.clone(),
+        negative_prompt: job.negative_prompt.clone(),
+        steps: req.steps,
+        sampler: scheduler
+            .unwrap_or(model.info().default_scheduler)
+            .webui_name()
+            .into(),
+        guidance: req.guidance,
+        seed: seed as u64,
+        width: img.width() as usize,
+        height: img.height() as usize,
+        model: job.model.clone(),
+        strength: Some(strength),
+        precision: compute.precision.clone(),
+        device: compute.device.clone(),
+        vae: None,
+    };
+    let bytes = png_bytes(&img, &params.to_text())?;
+    let path = dir.join("0.png");
+    write_atomically(&path, &bytes)?;
+    Ok(vec![ImageRecord {
+        idx: 0,
+        seed,
         path,
         sha256: hex_sha256(&bytes),
         width: img.width(),

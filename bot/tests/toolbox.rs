@@ -127,3 +127,57 @@ async fn zoom_out_and_pan_extend_an_upscaled_image_and_survive_a_restart() {
         .iter()
         .all(|j| j.status == imagine::store::JobStatus::Done));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upscales_double_the_size_with_new_detail_and_chain_with_pan_and_zoom() {
+    let w = world().await;
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    let grid = imagine(
+        &w,
+        w.alice,
+        w.channel,
+        "a fox in the snow --seed 9 --steps 4",
+    )
+    .await;
+    let u3 = click(&w, w.alice, &grid, "U3").await;
+    let picture = png_of(&w.sim, &u3);
+
+    let subtle = click(&w, w.alice, &u3, "Upscale (Subtle)").await;
+    assert!(
+        subtle.content.contains("Upscaled (Subtle)"),
+        "{}",
+        subtle.content
+    );
+    let (big, text) = png_and_parameters(&w.sim, &subtle);
+    assert_eq!(big.dimensions(), (128, 128));
+    assert!(
+        text.contains("Size: 128x128") && text.contains("Denoising strength: 0.25"),
+        "{text}"
+    );
+    let resized = imageops::resize(&picture, 128, 128, imageops::FilterType::Lanczos3);
+    assert_ne!(big, resized, "more than a resize");
+    // An upscaled image has the whole toolbox, a second upscale included.
+    for label in ["Vary (Subtle)", "Upscale (Creative)", "Zoom Out 2x", "⬇️"] {
+        button(&subtle, label);
+    }
+    let creative = click(&w, w.alice, &subtle, "Upscale (Creative)").await;
+    assert_eq!(png_of(&w.sim, &creative).dimensions(), (256, 256));
+
+    // The chain: Pan, then Zoom Out, then Upscale.
+    let pan = click(&w, w.alice, &u3, "⬇️").await;
+    let pan_u1 = click(&w, w.alice, &pan, "U1").await;
+    assert_eq!(png_of(&w.sim, &pan_u1).dimensions(), (64, 96));
+    let zoom = click(&w, w.alice, &pan_u1, "Zoom Out 2x").await;
+    let zoom_u4 = click(&w, w.alice, &zoom, "U4").await;
+    assert_eq!(png_of(&w.sim, &zoom_u4).dimensions(), (64, 96));
+    let up = click(&w, w.alice, &zoom_u4, "Upscale (Subtle)").await;
+    assert_eq!(png_of(&w.sim, &up).dimensions(), (128, 192));
+    bot.stop().await;
+
+    let jobs = all_jobs(w.dir.path()).await;
+    assert!(jobs
+        .iter()
+        .all(|j| j.status == imagine::store::JobStatus::Done));
+    let kinds: Vec<&str> = jobs.iter().map(|j| j.request.kind.as_str()).collect();
+    assert!(kinds.contains(&"upscale_subtle") && kinds.contains(&"upscale_creative"));
+}

@@ -132,7 +132,7 @@ impl StableDiffusion {
             )));
         }
         let scale = self.info().vae_scale as u32;
-        if size.0 % scale != 0 || size.1 % scale != 0 {
+        if !size.0.is_multiple_of(scale) || !size.1.is_multiple_of(scale) {
             return Err(EngineError::invalid(format!(
                 "the upscaled size {}x{} is not a multiple of {scale} pixels",
                 size.0, size.1

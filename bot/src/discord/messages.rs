@@ -23,6 +23,8 @@ fn headline(job: &Job) -> String {
         (JobKind::Variation, _) => " - Variations".to_string(),
         (JobKind::VarySubtle, _) => " - Variations (Subtle)".to_string(),
         (JobKind::VaryStrong, _) => " - Variations (Strong)".to_string(),
+        (JobKind::UpscaleSubtle, _) => " - Upscaled (Subtle)".to_string(),
+        (JobKind::UpscaleCreative, _) => " - Upscaled (Creative)".to_string(),
         (JobKind::ZoomOut, _) => match job.request.params.zoom {
             Some(z) => format!(" - Zoom Out {z}x"),
             None => " - Zoom Out".to_string(),
@@ -113,7 +115,7 @@ pub fn cancel_row(job: JobId) -> Vec<CreateActionRow> {
 /// The buttons under a finished job: U1–U4 + 🔄 and V1–V4 under a grid, the toolbox (Vary,
 /// Zoom Out, Pan) under a single image.
 pub fn buttons(job: JobId, kind: JobKind) -> Vec<CreateActionRow> {
-    let rows: Vec<&[ButtonAction]> = if kind == JobKind::Upscale {
+    let rows: Vec<&[ButtonAction]> = if kind.makes_single_image() {
         ButtonAction::SINGLE_ROWS.to_vec()
     } else {
         ButtonAction::GRID_ROWS.to_vec()

@@ -78,6 +78,10 @@ sql_enum! {
         ZoomOut => "zoom_out",
         /// ⬅️ ➡️ ⬆️ ⬇️ under a single image: four outpaintings extending it that way.
         Pan => "pan",
+        /// Upscale (Subtle) under a single image: 2x, lightly repainted tile by tile.
+        UpscaleSubtle => "upscale_subtle",
+        /// Upscale (Creative): 2x, repainted more.
+        UpscaleCreative => "upscale_creative",
     }
 }
 
@@ -91,6 +95,16 @@ sql_enum! {
         Done => "done",
         Failed => "failed",
         Cancelled => "cancelled",
+    }
+}
+
+impl JobKind {
+    /// Whether the job makes one image (shown with the toolbox) rather than a grid.
+    pub fn makes_single_image(self) -> bool {
+        matches!(
+            self,
+            JobKind::Upscale | JobKind::UpscaleSubtle | JobKind::UpscaleCreative
+        )
     }
 }
 
