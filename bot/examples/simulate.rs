@@ -1,6 +1,6 @@
 //! Try the real bot by hand, without Discord: starts the Discord simulator, runs `imagine bot`
-//! against it with a model of your choice, sends one `/imagine`, presses U2 and V1, then Zoom
-//! Out 2x and ➡️ under U2, U1 of the pan and ⬆️ under that, and saves every image the bot
+//! against it with a model of your choice, sends one `/imagine`, presses U2 and V1, then
+//! Upscale (Subtle), Zoom Out 2x and ➡️ under U2, U1 of the pan and ⬆️ under that, and saves every image the bot
 //! posted.
 //!
 //! ```sh
@@ -63,6 +63,7 @@ async fn main() {
     let steps = [
         ("grid", "U2", "u2"),
         ("grid", "V1", "v1-grid"),
+        ("u2", "Upscale (Subtle)", "u2-upscale-subtle"),
         ("u2", "Zoom Out 2x", "u2-zoom-out-2x"),
         ("u2", "➡️", "u2-pan-right"),
         ("u2-pan-right", "U1", "u2-pan-right-u1"),
