@@ -87,6 +87,10 @@ pub struct BotArgs {
     /// device, all fed by the one queue [default: auto].
     #[arg(long, env = "IMAGINE_DEVICE")]
     pub device: Option<String>,
+    /// The longest side, in pixels, an image may reach through Upscale and Pan (256 to 2048)
+    /// [default: 2048].
+    #[arg(long, env = "IMAGINE_MAX_IMAGE_SIDE")]
+    pub max_image_side: Option<u32>,
     /// Seconds a stop (SIGTERM, Ctrl-C) may take: the running job finishes or is stopped
     /// between steps and resumes at the next start; finished results are delivered [default: 30].
     #[arg(long, env = "IMAGINE_SHUTDOWN_TIMEOUT")]
@@ -123,6 +127,7 @@ struct FileConfig {
     precision: Option<String>,
     device: Option<String>,
     devices: Option<Vec<String>>,
+    max_image_side: Option<u32>,
     shutdown_timeout: Option<f64>,
     http_timeout: Option<f64>,
     metrics_addr: Option<String>,
@@ -153,6 +158,8 @@ pub struct Config {
     pub precision: PrecisionChoice,
     /// The compute devices, one worker each (at least one).
     pub devices: Vec<DeviceChoice>,
+    /// The longest side an Upscale or Pan may make.
+    pub max_image_side: u32,
     /// How long a graceful stop may take.
     pub shutdown_timeout: Duration,
     /// How long one HTTP request may take.
@@ -229,6 +236,10 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("{e} (IMAGINE_PRECISION)"))?,
         };
         let devices = devices(args.device.as_deref(), file.device, file.devices)?;
+        let max_image_side = args.max_image_side.or(file.max_image_side).unwrap_or(2048);
+        if !(256..=imagine_engine::generate::MAX_SIDE as u32).contains(&max_image_side) {
+            bail!("max_image_side must be between 256 and 2048 pixels, got {max_image_side} (IMAGINE_MAX_IMAGE_SIDE)");
+        }
         if precision == PrecisionChoice::Exactly(Precision::Bf16)
             && devices.iter().all(|d| *d == DeviceChoice::Cpu)
         {
@@ -277,6 +288,7 @@ impl Config {
             fast_grid_decode,
             precision,
             devices,
+            max_image_side,
             shutdown_timeout,
             http_timeout,
             metrics_addr,
@@ -425,6 +437,7 @@ mod tests {
             fast_grid_decode: None,
             precision: None,
             device: None,
+            max_image_side: None,
             shutdown_timeout: None,
             http_timeout: None,
             metrics_addr: None,
@@ -598,6 +611,7 @@ mod tests {
     #[test]
     fn devices_and_precision_default_to_auto_and_take_lists() {
         let c = Config::resolve(&args()).unwrap();
+        assert_eq!(c.max_image_side, 2048);
         assert_eq!(c.devices, vec![DeviceChoice::Auto]);
         assert_eq!(c.precision, PrecisionChoice::Auto);
         let mut a = args();
@@ -627,6 +641,7 @@ mod tests {
             ("devices = [\"auto\", \"cpu\"]", "no auto in a list"),
             ("device = \"tpu\"", "IMAGINE_DEVICE"),
             ("precision = \"int8\"", "auto, fp32, bf16, fp16"),
+            ("max_image_side = 4096", "between 256 and 2048"),
         ] {
             let err = file(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");

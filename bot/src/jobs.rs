@@ -109,6 +109,7 @@ pub fn button_job(
     parent_images: &[ImageRecord],
     who: Requester,
     random_seed: u32,
+    max_side: u32,
 ) -> Result<NewJob, String> {
     let mut req = parent.request.clone();
     let index = match action {
@@ -173,7 +174,7 @@ pub fn button_job(
         }
         ButtonAction::UpscaleTiled { .. } => {
             let (w, h) = (req.params.width * 2, req.params.height * 2);
-            if w.max(h) as usize > imagine_engine::generate::MAX_SIDE {
+            if w.max(h) > max_side {
                 return Err(
                     "This image is as large as this bot makes them: it cannot be upscaled further."
                         .into(),
@@ -183,9 +184,12 @@ pub fn button_job(
         }
         ButtonAction::Pan(direction) => {
             let size = (req.params.width, req.params.height);
-            let (w, h) = imagine_engine::outpaint::pan_size(size, direction).map_err(|_| {
-                "This image is as large as this bot makes them: it cannot be panned further."
-            })?;
+            let too_large =
+                "This image is as large as this bot makes them: it cannot be panned further.";
+            let (w, h) = imagine_engine::outpaint::pan_size(size, direction)
+                .ok()
+                .filter(|(w, h)| *w.max(h) <= max_side)
+                .ok_or(too_large)?;
             req.params.pan = Some(direction.name().to_string());
             (req.params.width, req.params.height) = (w, h);
         }
@@ -291,7 +295,15 @@ mod tests {
             .collect();
         let mut other = who();
         other.user_id = 77;
-        let u = button_job(ButtonAction::Upscale(2), &parent, &images, other.clone(), 5).unwrap();
+        let u = button_job(
+            ButtonAction::Upscale(2),
+            &parent,
+            &images,
+            other.clone(),
+            5,
+            2048,
+        )
+        .unwrap();
         assert_eq!(u.seeds, vec![102]);
         assert_eq!(u.user_id, 77, "the new job belongs to whoever pressed");
         assert_eq!(u.params.init_image.as_deref(), Some("/d/2.png"));
@@ -301,6 +313,7 @@ mod tests {
             &images,
             other.clone(),
             5,
+            2048,
         )
         .unwrap();
         assert_eq!(
@@ -314,7 +327,7 @@ mod tests {
                 index: Some(1)
             })
         );
-        let r = button_job(ButtonAction::Reroll, &parent, &images, other, 50).unwrap();
+        let r = button_job(ButtonAction::Reroll, &parent, &images, other, 50, 2048).unwrap();
         assert_eq!((r.params.init_image.clone(), r.seeds[0]), (None, 50));
         let pan = button_job(
             ButtonAction::Pan(imagine_engine::outpaint::Direction::Up),
@@ -322,6 +335,7 @@ mod tests {
             &images,
             who(),
             8,
+            2048,
         )
         .unwrap();
         assert_eq!(
@@ -342,6 +356,7 @@ mod tests {
             &images,
             who(),
             8,
+            2048,
         )
         .unwrap();
         assert_eq!((zoom.params.width, zoom.params.zoom), (512, Some(1.5)));
@@ -349,8 +364,18 @@ mod tests {
         let mut huge = images.clone();
         huge[0].width = 1536;
         let right = ButtonAction::Pan(imagine_engine::outpaint::Direction::Right);
-        let e = button_job(right, &parent, &huge, who(), 8).unwrap_err();
+        let e = button_job(right, &parent, &huge, who(), 8, 2048).unwrap_err();
         assert!(e.contains("cannot be panned further"), "{e}");
+        // The host's own limit (max_image_side) holds too.
+        let up = ButtonAction::UpscaleTiled { creative: false };
+        let e = button_job(up, &parent, &images, who(), 8, 768).unwrap_err();
+        assert!(e.contains("cannot be upscaled further"), "{e}");
+        assert!(button_job(right, &parent, &images, who(), 8, 700).is_err());
+        let ok = button_job(up, &parent, &images, who(), 8, 1024).unwrap();
+        assert_eq!(
+            (ok.params.width, ok.params.height, ok.seeds.len()),
+            (1024, 1024, 1)
+        );
         for child in [&u, &v, &r] {
             assert_eq!(
                 child.params.precision.as_deref(),

@@ -73,7 +73,7 @@ fn grid_then_u2(fast_grids: bool, data: &Path) -> (Vec<ImageRecord>, ImageRecord
     let parsed = parse_prompt("a brown puppy on the beach --seed 42 --steps 4 --chaos 20").unwrap();
     let grid = job(1, imagine_job(&parsed, "tiny-sd15", &info, who(), None, 0));
     let images = run(&mut engines, &grid, data);
-    let u2 = button_job(ButtonAction::Upscale(1), &grid, &images, who(), 0).unwrap();
+    let u2 = button_job(ButtonAction::Upscale(1), &grid, &images, who(), 0, 2048).unwrap();
     let single = run(&mut engines, &job(2, u2), data).remove(0);
     (images, single)
 }
@@ -133,7 +133,15 @@ fn a_button_job_computes_in_its_parents_precision() {
     // precision differs: both run it in fp16 and make the same pixels.
     let mut parent = grid.clone();
     parent.compute = Some(out.compute.clone());
-    let v2 = button_job(ButtonAction::Variation(1), &parent, &out.images, who(), 3).unwrap();
+    let v2 = button_job(
+        ButtonAction::Variation(1),
+        &parent,
+        &out.images,
+        who(),
+        3,
+        2048,
+    )
+    .unwrap();
     assert_eq!(v2.params.precision.as_deref(), Some("fp16"));
     let on_fp32 = run_out(&mut on(Precision::Fp32), &job(2, v2.clone()), data.path());
     assert_eq!(on_fp32.compute.precision, "fp16");

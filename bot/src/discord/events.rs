@@ -88,7 +88,15 @@ async fn on_click(
             click.guild_id,
         ),
     };
-    let new_job = match button_job(button.action, &parent, &images, who, rand::random()) {
+    let max_side = data.config.max_image_side;
+    let new_job = match button_job(
+        button.action,
+        &parent,
+        &images,
+        who,
+        rand::random(),
+        max_side,
+    ) {
         Ok(job) => job,
         Err(msg) => return reply_private(ctx, click, &msg).await,
     };
