@@ -91,6 +91,10 @@ pub struct BotArgs {
     /// [default: 2048].
     #[arg(long, env = "IMAGINE_MAX_IMAGE_SIDE")]
     pub max_image_side: Option<u32>,
+    /// An ESRGAN-family model (RRDBNet `.safetensors`, e.g. Real-ESRGAN x2plus or x4plus) for
+    /// the first stage of Upscale (Subtle / Creative) instead of Lanczos [default: none].
+    #[arg(long, env = "IMAGINE_UPSCALER")]
+    pub upscaler: Option<PathBuf>,
     /// Seconds a stop (SIGTERM, Ctrl-C) may take: the running job finishes or is stopped
     /// between steps and resumes at the next start; finished results are delivered [default: 30].
     #[arg(long, env = "IMAGINE_SHUTDOWN_TIMEOUT")]
@@ -128,6 +132,7 @@ struct FileConfig {
     device: Option<String>,
     devices: Option<Vec<String>>,
     max_image_side: Option<u32>,
+    upscaler: Option<PathBuf>,
     shutdown_timeout: Option<f64>,
     http_timeout: Option<f64>,
     metrics_addr: Option<String>,
@@ -160,6 +165,8 @@ pub struct Config {
     pub devices: Vec<DeviceChoice>,
     /// The longest side an Upscale or Pan may make.
     pub max_image_side: u32,
+    /// The ESRGAN model upscales start from, if any.
+    pub upscaler: Option<PathBuf>,
     /// How long a graceful stop may take.
     pub shutdown_timeout: Duration,
     /// How long one HTTP request may take.
@@ -289,6 +296,11 @@ impl Config {
             precision,
             devices,
             max_image_side,
+            upscaler: args
+                .upscaler
+                .clone()
+                .or(file.upscaler)
+                .filter(|p| !p.as_os_str().is_empty()),
             shutdown_timeout,
             http_timeout,
             metrics_addr,
@@ -438,6 +450,7 @@ mod tests {
             precision: None,
             device: None,
             max_image_side: None,
+            upscaler: None,
             shutdown_timeout: None,
             http_timeout: None,
             metrics_addr: None,

@@ -104,6 +104,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         strength: req.init.as_ref().map(|i| i.strength),
         precision: hw.precision.name().into(),
         device: hw.device_name(),
+        upscaler: None,
         vae: args
             .fast_decode
             .then(|| args.taesd.as_deref().map(short_name))

@@ -24,6 +24,8 @@ pub struct PngParameters {
     /// What the image was computed in (`fp32`, `bf16`, `fp16`) and on (`cpu`, `cuda:0`).
     pub precision: String,
     pub device: String,
+    /// The first stage of an upscale, when not Lanczos (the ESRGAN file's name).
+    pub upscaler: Option<String>,
     /// The decoder, when not the model's own VAE (TAESD's name after a fast decode).
     pub vae: Option<String>,
 }
@@ -48,6 +50,9 @@ impl PngParameters {
             ", Precision: {}, Device: {}",
             self.precision, self.device
         ));
+        if let Some(upscaler) = &self.upscaler {
+            text.push_str(&format!(", Upscaler: {upscaler}"));
+        }
         if let Some(vae) = &self.vae {
             text.push_str(&format!(", VAE: {vae}"));
         }
@@ -207,6 +212,7 @@ mod tests {
             strength: None,
             precision: "fp32".into(),
             device: "cpu".into(),
+            upscaler: None,
             vae: None,
         }
     }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -16,6 +17,7 @@ use imagine_engine::{
 };
 use sha2::{Digest, Sha256};
 
+use imagine_engine::esrgan::Esrgan;
 use imagine_engine::outpaint::{Direction, Outpaint};
 use imagine_engine::upscale::UpscaleRequest;
 
@@ -53,6 +55,8 @@ pub struct Engines {
     /// Each model in one precision at a time (a job asking for another reloads it).
     loaded: HashMap<String, (Precision, StableDiffusion)>,
     tiny: Option<TinyDecoder>,
+    /// The ESRGAN file upscales start from, loaded on first use.
+    upscaler: Option<(PathBuf, Option<Arc<Esrgan>>)>,
     device: Device,
     /// What jobs compute in unless they ask for another precision this device offers.
     precision: Precision,
@@ -73,9 +77,37 @@ impl Engines {
             specs,
             loaded: HashMap::new(),
             tiny: None,
+            upscaler: None,
             device: Device::Cpu,
             precision: Precision::Fp32,
         }
+    }
+
+    /// Upscales start from this ESRGAN model instead of Lanczos.
+    pub fn with_upscaler(mut self, path: PathBuf) -> Self {
+        self.upscaler = Some((path, None));
+        self
+    }
+
+    /// The ESRGAN model and its display name, loaded on first use; `None` without one.
+    fn esrgan(&mut self) -> Result<Option<(Arc<Esrgan>, String)>> {
+        let device = self.device.clone();
+        let Some((path, loaded)) = &mut self.upscaler else {
+            return Ok(None);
+        };
+        if loaded.is_none() {
+            let opts = Precision::Fp32.load_options(&device);
+            tracing::info!(path = %path.display(), "loading the upscaler");
+            *loaded =
+                Some(Arc::new(Esrgan::load(path, &opts).with_context(|| {
+                    format!("loading the upscaler {}", path.display())
+                })?));
+        }
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(loaded.clone().map(|e| (e, name)))
     }
 
     /// Runs the models on `device`, in `precision` unless a job asks for another.
@@ -251,6 +283,7 @@ pub fn run_job(
             strength: req.init.as_ref().map(|i| i.strength),
             precision: compute.precision.clone(),
             device: compute.device.clone(),
+            upscaler: None,
             vae: fast_decoder.clone(),
         };
         let path = dir.join(format!("{idx}.png"));
@@ -367,6 +400,33 @@ fn tiled_upscale(
     progress: &mut dyn FnMut(JobProgress) -> ControlFlow<()>,
 ) -> Result<Vec<ImageRecord>> {
     let job = &item.job.request;
+    let first_stage = engines.esrgan()?;
+    let model = engines
+        .get(&job.model, precision)
+        .with_context(|| format!("the model {} could not be loaded", job.model))?;
+    let (img, bytes) = upscale_with(model, first_stage, item, compute, progress)?;
+    let path = dir.join("0.png");
+    write_atomically(&path, &bytes)?;
+    Ok(vec![ImageRecord {
+        idx: 0,
+        seed: job.seeds.first().copied().unwrap_or(0),
+        path,
+        sha256: hex_sha256(&bytes),
+        width: img.width(),
+        height: img.height(),
+    }])
+}
+
+/// The upscaled image of a job and its PNG bytes.
+fn upscale_with(
+    model: &StableDiffusion,
+    first_stage: Option<(Arc<Esrgan>, String)>,
+    item: &WorkItem,
+    compute: &Compute,
+    progress: &mut dyn FnMut(JobProgress) -> ControlFlow<()>,
+) -> Result<(RgbImage, Vec<u8>)> {
+    let (esrgan, upscaler) = first_stage.unzip();
+    let job = &item.job.request;
     let p = &job.params;
     let parent = p
         .init_image
@@ -375,9 +435,6 @@ fn tiled_upscale(
     let image = image::open(parent)
         .with_context(|| format!("cannot read {parent}"))?
         .to_rgb8();
-    let model = engines
-        .get(&job.model, precision)
-        .with_context(|| format!("the model {} could not be loaded", job.model))?;
     let strength = p.strength.unwrap_or(0.25) as f64;
     let seed = job.seeds.first().copied().unwrap_or(0);
     let scheduler = match p.scheduler.as_str() {
@@ -395,7 +452,7 @@ fn tiled_upscale(
         strength,
         seed: seed as u64,
     };
-    let img = model.upscale(&req, &mut |done, total| {
+    let img = model.upscale(&req, esrgan.as_deref(), &mut |done, total| {
         progress(JobProgress {
             percent: (done * 100 / total.max(1)) as u8,
             preview_png: None,
@@ -417,19 +474,11 @@ fn tiled_upscale(
         strength: Some(strength),
         precision: compute.precision.clone(),
         device: compute.device.clone(),
+        upscaler,
         vae: None,
     };
     let bytes = png_bytes(&img, &params.to_text())?;
-    let path = dir.join("0.png");
-    write_atomically(&path, &bytes)?;
-    Ok(vec![ImageRecord {
-        idx: 0,
-        seed,
-        path,
-        sha256: hex_sha256(&bytes),
-        width: img.width(),
-        height: img.height(),
-    }])
+    Ok((img, bytes))
 }
 
 /// The full VAE's image of latents kept by [`run_job`] after a fast decode.

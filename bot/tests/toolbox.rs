@@ -181,3 +181,37 @@ async fn upscales_double_the_size_with_new_detail_and_chain_with_pan_and_zoom() 
     let kinds: Vec<&str> = jobs.iter().map(|j| j.request.kind.as_str()).collect();
     assert!(kinds.contains(&"upscale_subtle") && kinds.contains(&"upscale_creative"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_esrgan_model_is_the_first_stage_of_upscales() {
+    let w = world().await;
+    let esrgan = root().join("assets/models/tiny-esrgan-x2.safetensors");
+    let env = [("IMAGINE_UPSCALER", esrgan.to_str().unwrap())];
+    let bot = start_bot(&w.sim, w.dir.path(), &env).await;
+    let grid = imagine(&w, w.alice, w.channel, "a red barn --seed 2 --steps 4").await;
+    let u1 = click(&w, w.alice, &grid, "U1").await;
+    let up = click(&w, w.alice, &u1, "Upscale (Subtle)").await;
+    let (img, text) = png_and_parameters(&w.sim, &up);
+    assert_eq!(img.dimensions(), (128, 128));
+    assert!(text.contains(", Upscaler: tiny-esrgan-x2"), "{text}");
+    bot.stop().await;
+
+    // A file that is not an ESRGAN model stops the bot at start, saying why.
+    let taesd = root().join("assets/models/tiny-taesd/diffusion_pytorch_model.safetensors");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imagine"))
+        .arg("bot")
+        .env("DISCORD_TOKEN", w.sim.token())
+        .env("DISCORD_API_BASE", w.sim.api_base())
+        .env("IMAGINE_MODEL", root().join("assets/models/tiny-sd15"))
+        .env("IMAGINE_DB", w.dir.path().join("other.db"))
+        .env("IMAGINE_DATA_DIR", w.dir.path().join("other"))
+        .env("IMAGINE_UPSCALER", &taesd)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("upscaler") && err.contains("conv_first"),
+        "{err}"
+    );
+}

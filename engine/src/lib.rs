@@ -11,7 +11,7 @@
 //! - [`schedulers`]: Euler, Euler-a, DDIM, DPM++ 2M (Karras), as diffusers computes them.
 //! - [`noise`]: every random number, from per-image seeds.
 //! - [`outpaint`]: Zoom Out and Pan canvases: placement, pre-fill, feathered masks, compositing.
-//! - [`upscale`]: 2x with added detail: Lanczos, then image-to-image over blended tiles.
+//! - [`upscale`]: 2x with added detail: Lanczos or [`esrgan`], then image-to-image over blended tiles.
 //! - [`pixels`]: image/tensor conversion and cheap latent previews.
 //! - [`taesd`]: the tiny autoencoder, for previews and fast decodes.
 //! - [`unet`], [`vae`], [`clip`]: the networks, built from [`blocks`] and [`layers`], which run
@@ -24,6 +24,7 @@ pub mod clip;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod esrgan;
 pub mod generate;
 pub mod kernels;
 pub mod layers;

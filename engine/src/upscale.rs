@@ -9,10 +9,15 @@ use std::ops::ControlFlow;
 use image::{imageops, RgbImage};
 
 use crate::error::{EngineError, Result};
+use crate::esrgan::Esrgan;
 use crate::generate::{GenerateRequest, InitImage, MAX_SIDE};
 use crate::model::StableDiffusion;
 use crate::outpaint::Rect;
 use crate::schedulers::SchedulerKind;
+
+/// Input pixels per side of one ESRGAN tile: a Real-ESRGAN x4 model's activations for it
+/// stay near 1 GB.
+const ESRGAN_TILE: u32 = 256;
 
 /// An upscale: the picture, how much larger, and the image-to-image settings of each tile.
 #[derive(Debug, Clone)]
@@ -115,12 +120,13 @@ pub fn blend(parts: &[(Rect, RgbImage)], size: (u32, u32), ramp: u32) -> Result<
 }
 
 impl StableDiffusion {
-    /// Enlarges `req.image` by `req.factor` and repaints it tile by tile (see the module).
-    /// `progress(done, total)` is called after every denoising step of every tile; `Break`
-    /// cancels.
+    /// Enlarges `req.image` by `req.factor` (with `first_stage` when given, else Lanczos) and
+    /// repaints it tile by tile (see the module). `progress(done, total)` is called after
+    /// every denoising step of every tile; `Break` cancels.
     pub fn upscale(
         &self,
         req: &UpscaleRequest,
+        first_stage: Option<&Esrgan>,
         progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
     ) -> Result<RgbImage> {
         let (w, h) = req.image.dimensions();
@@ -138,7 +144,10 @@ impl StableDiffusion {
                 size.0, size.1
             )));
         }
-        let enlarged = imageops::resize(&req.image, size.0, size.1, imageops::FilterType::Lanczos3);
+        let enlarged = match first_stage {
+            Some(esrgan) => esrgan.enlarge(&req.image, size, ESRGAN_TILE)?,
+            None => imageops::resize(&req.image, size.0, size.1, imageops::FilterType::Lanczos3),
+        };
         let tile = self.info().native_size as u32;
         let overlap = tile / 8;
         let layout = tiles(size, tile, overlap);

@@ -111,7 +111,7 @@ fn an_upscale_doubles_the_size_and_adds_detail_a_resize_does_not() {
     };
     let mut calls = 0;
     let subtle = sd
-        .upscale(&req(0.25), &mut |_, _| {
+        .upscale(&req(0.25), None, &mut |_, _| {
             calls += 1;
             ControlFlow::Continue(())
         })
@@ -129,7 +129,7 @@ fn an_upscale_doubles_the_size_and_adds_detail_a_resize_does_not() {
         total as f64 / a.as_raw().len() as f64
     };
     let creative = sd
-        .upscale(&req(0.5), &mut |_, _| ControlFlow::Continue(()))
+        .upscale(&req(0.5), None, &mut |_, _| ControlFlow::Continue(()))
         .unwrap();
     let (d_subtle, d_creative) = (diff(&subtle, &resized), diff(&creative, &resized));
     eprintln!(
@@ -144,7 +144,20 @@ fn an_upscale_doubles_the_size_and_adds_detail_a_resize_does_not() {
     assert!(d_creative > 0.5 && creative != subtle);
     // The same request gives the same pixels.
     let again = sd
-        .upscale(&req(0.25), &mut |_, _| ControlFlow::Continue(()))
+        .upscale(&req(0.25), None, &mut |_, _| ControlFlow::Continue(()))
         .unwrap();
     assert_eq!(again, subtle);
+    // With an ESRGAN first stage the enlargement is the network's, not Lanczos'.
+    let esrgan = imagine_engine::esrgan::Esrgan::load(
+        &assets().join("models/tiny-esrgan-x4.safetensors"),
+        &imagine_engine::LoadOptions::default(),
+    )
+    .unwrap();
+    let with_esrgan = sd
+        .upscale(&req(0.25), Some(&esrgan), &mut |_, _| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(with_esrgan.dimensions(), (128, 128));
+    assert_ne!(with_esrgan, subtle);
 }

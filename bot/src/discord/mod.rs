@@ -294,10 +294,24 @@ async fn engines_factories(config: &Config) -> Result<Vec<EnginesFactory>> {
         }
         None => None,
     };
+    if let Some(path) = &config.upscaler {
+        // Refused at start, with the reason, rather than at the first upscale.
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            imagine_engine::esrgan::Esrgan::load(&path, &imagine_engine::LoadOptions::default())
+                .map(drop)
+                .with_context(|| format!("the upscaler {}", path.display()))
+        })
+        .await??;
+    }
     let factories = hardware.into_iter().map(|hw| {
         let (specs, taesd) = (config.models.clone(), taesd.clone());
+        let upscaler = config.upscaler.clone();
         Arc::new(move || {
-            let engines = Engines::new(specs.clone()).on(hw.device.clone(), hw.precision);
+            let mut engines = Engines::new(specs.clone()).on(hw.device.clone(), hw.precision);
+            if let Some(path) = &upscaler {
+                engines = engines.with_upscaler(path.clone());
+            }
             match &taesd {
                 Some((dir, name, fast)) => engines.with_taesd(dir.clone(), name.clone(), *fast),
                 None => engines,
