@@ -85,3 +85,6 @@ CREATE INDEX jobs_outbox ON jobs (next_delivery_at, id)
 CREATE INDEX jobs_live_tokens ON jobs (created_at) WHERE interaction_token IS NOT NULL;
 CREATE INDEX jobs_retained ON jobs (finished_at, id)
     WHERE images_purged_at IS NULL AND status IN ('done', 'failed', 'cancelled');
+
+-- New: a reaction on a result (✉️) finds its job by message.
+CREATE INDEX jobs_message ON jobs (message_id) WHERE message_id IS NOT NULL;

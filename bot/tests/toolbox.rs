@@ -215,3 +215,47 @@ async fn a_configured_esrgan_model_is_the_first_stage_of_upscales() {
         "{err}"
     );
 }
+
+/// The bot's DMs to `user` so far, as text.
+fn dms_to(w: &World, user: serenity::all::UserId) -> Vec<String> {
+    let dm = w.sim.dm_channel(user).unwrap();
+    w.sim
+        .message_events()
+        .iter()
+        .filter(|e| e.channel_id == dm)
+        .map(|e| e.message["content"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_reaction_sends_the_seeds_and_parameters_by_dm() {
+    let w = world().await;
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    let grid = imagine(
+        &w,
+        w.alice,
+        w.channel,
+        "a quiet harbour --seed 1234 --steps 2",
+    )
+    .await;
+    // Other emoji, and messages that are no job, are left alone.
+    w.sim.add_reaction(w.bob, grid.id, "❤️").unwrap();
+    bot.stop().await;
+
+    // After a restart, ✉️ on the grid: Bob (who did not make it) gets its parameters.
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    w.sim.add_reaction(w.bob, grid.id, "✉️").unwrap();
+    let dm = w
+        .sim
+        .wait_until("the parameters by DM", WAIT, |_| {
+            dms_to(&w, w.bob).into_iter().find(|t| t.contains("seeds"))
+        })
+        .await
+        .unwrap();
+    assert!(dm.contains("seeds 1234, 1235, 1236, 1237"), "{dm}");
+    assert!(dm.contains("a quiet harbour\nSteps: 2, Sampler: "), "{dm}");
+    assert!(dm.contains("Seed: 1234, Size: 64x64"), "{dm}");
+    assert_eq!(dms_to(&w, w.bob).len(), 1, "one DM, for the one envelope");
+    assert!(dms_to(&w, w.alice).is_empty());
+    bot.stop().await;
+}

@@ -1,6 +1,6 @@
 //! Gateway events poise does not route to commands: button clicks (persistent: everything is
 //! read from the store by the job id in the custom_id, so they work after a restart) and plain
-//! DMs. The ❌ button cancels a queued or running job.
+//! DMs. The ❌ button cancels a queued or running job; ✉️ on a result DMs its parameters.
 
 use poise::serenity_prelude::{
     self as serenity, ComponentInteraction, CreateInteractionResponse,
@@ -28,6 +28,12 @@ pub async fn on_event(
         FullEvent::InteractionCreate {
             interaction: serenity::Interaction::Component(click),
         } => on_click(ctx, data, click).await,
+        FullEvent::ReactionAdd { add_reaction } => {
+            if let Err(e) = super::envelope::on_reaction(data, add_reaction).await {
+                tracing::warn!("✉️ reaction not answered: {e:#}");
+            }
+            Ok(())
+        }
         FullEvent::Message { new_message }
             if new_message.guild_id.is_none()
                 && !new_message.author.bot

@@ -18,6 +18,7 @@ pub mod courier;
 pub mod delivery;
 pub mod dispatcher;
 pub mod engine_thread;
+pub mod envelope;
 pub mod events;
 pub mod image_prompt;
 pub mod imagine_cmd;

@@ -84,6 +84,17 @@ impl Store {
         transition(&mut conn, job, JobStatus::Running, None).await
     }
 
+    /// The job whose message is `message` (its result, once shown), if any.
+    pub async fn job_by_message(&self, message: u64) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(select_jobs!(
+            "WHERE message_id = ? ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(message.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
     /// `running -> done`, with its images, in one transaction: either both are stored or
     /// neither is. At least one image; indices must be distinct.
     pub async fn finish_job(&self, job: JobId, images: &[ImageRecord]) -> Result<(), StoreError> {
