@@ -259,3 +259,68 @@ async fn an_envelope_reaction_sends_the_seeds_and_parameters_by_dm() {
     assert!(dms_to(&w, w.alice).is_empty());
     bot.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_shows_your_jobs_the_queue_and_the_models() {
+    let w = world().await;
+    let bot = start_bot(&w.sim, w.dir.path(), &[]).await;
+    imagine(&w, w.alice, w.channel, "a warm-up --steps 2").await;
+    let first = run_imagine(&w, w.alice, w.channel, "a slow long river --steps 20", None);
+    wait_status(w.dir.path(), 2, imagine::store::JobStatus::Running).await;
+    let second = run_imagine(
+        &w,
+        w.alice,
+        w.channel,
+        "a slow second river --steps 2",
+        None,
+    );
+    w.sim.wait_callback(&second, WAIT).await.unwrap();
+    // In line once its first reply is confirmed.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !all_jobs(w.dir.path())
+        .await
+        .iter()
+        .any(|j| j.id.0 == 3 && j.delivery.admitted)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job 3 never admitted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let ask = w
+        .sim
+        .slash_command(w.alice, w.channel, "info", vec![])
+        .unwrap();
+    let cb = w.sim.wait_callback(&ask, WAIT).await.unwrap();
+    assert_eq!(cb.data["flags"].as_u64().unwrap_or(0) & 64, 64, "private");
+    let text = cb.data["content"].as_str().unwrap();
+    assert!(text.contains("`a slow long river` (running)"), "{text}");
+    assert!(
+        text.contains("`a slow second river` (waiting, position 1)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("**Queue**: 1 waiting, 1 running on 1 worker"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`tiny-sd15` (default): a job takes about"),
+        "{text}"
+    );
+    // Bob has none.
+    let ask = w
+        .sim
+        .slash_command(w.bob, w.channel, "info", vec![])
+        .unwrap();
+    let cb = w.sim.wait_callback(&ask, WAIT).await.unwrap();
+    assert!(cb.data["content"]
+        .as_str()
+        .unwrap()
+        .contains("None queued or running."));
+    for run in [&first, &second] {
+        finished(&w.sim, &[original_path(&w.sim, &run.token)]).await;
+    }
+    bot.stop().await;
+}

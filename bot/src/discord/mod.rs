@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod events;
 pub mod image_prompt;
 pub mod imagine_cmd;
+pub mod info_cmd;
 pub mod messages;
 pub mod orphans;
 pub mod place;
@@ -184,7 +185,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         let shutdown = shutdown.clone();
         poise::Framework::builder()
             .options(poise::FrameworkOptions {
-                commands: vec![imagine_cmd::imagine()],
+                commands: vec![imagine_cmd::imagine(), info_cmd::info()],
                 event_handler: |framework, event| Box::pin(events::on_event(framework, event)),
                 on_error: |error| Box::pin(on_error(error)),
                 // Replies that set none ping no one.

@@ -206,6 +206,32 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// `user_id`'s queued and running jobs, oldest first.
+    pub async fn active_jobs_of(&self, user_id: u64) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(select_jobs!(
+            "WHERE user_id = ? AND status IN ('queued', 'running') AND admitted = 1
+             ORDER BY created_at, id"
+        ))
+        .bind(user_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Each model's mean job time in seconds, over the last 200 jobs that finished well.
+    pub async fn typical_job_seconds(&self) -> Result<Vec<(String, f64)>, StoreError> {
+        let rows: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT model, AVG(finished_at - started_at) / 1000.0 FROM (
+                 SELECT model, started_at, finished_at FROM jobs
+                 WHERE status = 'done' AND started_at IS NOT NULL AND finished_at IS NOT NULL
+                 ORDER BY id DESC LIMIT 200)
+             GROUP BY model ORDER BY model",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// How many of `user_id`'s jobs are queued or running, for per-user caps.
     pub async fn active_jobs_for_user(&self, user_id: u64) -> Result<i64, StoreError> {
         let count = sqlx::query_scalar(
