@@ -32,7 +32,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let info = model.info().clone();
     if info.scheduler_fallback {
         eprintln!(
-            "note: the model's scheduler is not one we implement; using {}",
+            "note: the model's scheduler (or one of its settings) is not one we implement; using {}",
             info.default_scheduler
         );
     }

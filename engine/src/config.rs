@@ -377,7 +377,9 @@ impl TextEncoderFileConfig {
 }
 
 /// `scheduler/scheduler_config.json`. Absent keys take the scheduler's own default, as
-/// diffusers' `from_config` does.
+/// diffusers' `from_config` does. Keys no sampler here reads are ignored (configs carry many
+/// harmless ones from other scheduler classes); the settings a sampler does read but does not
+/// implement are refused when that sampler is built (`SchedulerKind::check`).
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct SchedulerFileConfig {
     #[serde(rename = "_class_name", default)]
@@ -408,4 +410,166 @@ pub struct SchedulerFileConfig {
     pub final_sigmas_type: Option<String>,
     #[serde(default)]
     pub interpolation_type: Option<String>,
+    /// Karras sigma range overrides (Euler and DPM-Solver read them when present).
+    #[serde(default, deserialize_with = "json_float")]
+    pub sigma_min: Option<f64>,
+    #[serde(default, deserialize_with = "json_float")]
+    pub sigma_max: Option<f64>,
+    // Settings only some samplers read; see `SchedulerKind::check` for what each refuses.
+    #[serde(default)]
+    pub clip_sample: Option<bool>,
+    #[serde(default)]
+    pub thresholding: Option<bool>,
+    #[serde(default)]
+    pub timestep_type: Option<String>,
+    #[serde(default)]
+    pub use_exponential_sigmas: Option<bool>,
+    #[serde(default)]
+    pub use_beta_sigmas: Option<bool>,
+    #[serde(default)]
+    pub use_lu_lambdas: Option<bool>,
+    #[serde(default)]
+    pub use_flow_sigmas: Option<bool>,
+    #[serde(default)]
+    pub use_dynamic_shifting: Option<bool>,
+    #[serde(default)]
+    pub algorithm_type: Option<String>,
+    #[serde(default)]
+    pub solver_order: Option<usize>,
+    #[serde(default)]
+    pub solver_type: Option<String>,
+    #[serde(default)]
+    pub variance_type: Option<String>,
+    #[serde(default, deserialize_with = "json_float")]
+    pub lambda_min_clipped: Option<f64>,
+}
+
+impl SchedulerFileConfig {
+    /// Reads `scheduler_config.json` the way diffusers does: Python writes infinities as bare
+    /// `Infinity` / `-Infinity` (DPM-Solver's `lambda_min_clipped` defaults to `-inf`), which
+    /// strict JSON parsers refuse, and keys listed in `_use_default_values` were never set by
+    /// the model's author, so diffusers drops them and each scheduler uses its own default.
+    pub fn read(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(EngineError::MissingFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::bad_file(path, e))?;
+        Self::parse(&text).map_err(|e| EngineError::bad_file(path, e))
+    }
+
+    /// Parses the text of a `scheduler_config.json` (see [`SchedulerFileConfig::read`]).
+    pub fn parse(text: &str) -> std::result::Result<Self, serde_json::Error> {
+        let mut value: serde_json::Value = serde_json::from_str(&quote_non_finite(text))?;
+        if let Some(map) = value.as_object_mut() {
+            let defaults: Vec<String> = map
+                .get("_use_default_values")
+                .and_then(|v| v.as_array())
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(|k| k.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for key in defaults {
+                map.remove(&key);
+            }
+        }
+        serde_json::from_value(value)
+    }
+}
+
+/// Quotes Python's bare `NaN`, `Infinity` and `-Infinity` outside strings so that the text is
+/// JSON; [`json_float`] reads them back as numbers.
+fn quote_non_finite(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(word) = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|w| rest.starts_with(w))
+        {
+            out.push('"');
+            out.push_str(word);
+            out.push('"');
+            rest = &rest[word.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// An optional float that may also be one of Python's non-finite spellings.
+fn json_float<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Float {
+        Number(f64),
+        Word(String),
+    }
+    match Option::<Float>::deserialize(d)? {
+        None => Ok(None),
+        Some(Float::Number(x)) => Ok(Some(x)),
+        Some(Float::Word(w)) => match w.as_str() {
+            "Infinity" => Ok(Some(f64::INFINITY)),
+            "-Infinity" => Ok(Some(f64::NEG_INFINITY)),
+            "NaN" => Ok(Some(f64::NAN)),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a number, found {other:?}"
+            ))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_infinities_outside_strings_read_as_numbers() {
+        // What diffusers writes for DPMSolverMultistepScheduler's default lambda_min_clipped.
+        let cfg = SchedulerFileConfig::parse(
+            r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity,
+                "sigma_max": Infinity, "sigma_min": NaN, "note": "a -Infinity \"NaN\" string"}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.lambda_min_clipped, Some(f64::NEG_INFINITY));
+        assert_eq!(cfg.sigma_max, Some(f64::INFINITY));
+        assert!(cfg.sigma_min.unwrap().is_nan());
+        assert_eq!(cfg.class_name, "DPMSolverMultistepScheduler");
+    }
+
+    #[test]
+    fn keys_listed_as_default_values_are_dropped() {
+        let cfg = SchedulerFileConfig::parse(
+            r#"{"timestep_spacing": "linspace", "steps_offset": 1,
+                "_use_default_values": ["timestep_spacing", "not_present"]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.timestep_spacing, None);
+        assert_eq!(cfg.steps_offset, Some(1));
+    }
+
+    #[test]
+    fn a_word_where_a_number_belongs_is_an_error() {
+        let err = SchedulerFileConfig::parse(r#"{"sigma_min": "small"}"#).unwrap_err();
+        assert!(err.to_string().contains("small"), "{err}");
+    }
 }

@@ -18,6 +18,15 @@ pub enum EngineError {
     #[error("unsupported model architecture: {0}")]
     UnsupportedArchitecture(String),
 
+    /// The model's `scheduler_config.json` sets something the chosen sampler reads but does
+    /// not implement: running it anyway would give other images than diffusers does.
+    #[error("the model's scheduler/scheduler_config.json sets {setting}, which the {sampler} sampler does not implement (it supports {supported}); choose another sampler with --scheduler, or change that key in the config")]
+    UnsupportedSchedulerSetting {
+        sampler: &'static str,
+        setting: String,
+        supported: String,
+    },
+
     /// The model could not be found locally or in the Hugging Face cache.
     #[error("model not found: {0}")]
     ModelNotFound(String),

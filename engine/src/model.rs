@@ -134,9 +134,11 @@ pub struct ModelInfo {
     pub latent_channels: usize,
     /// The UNet's native resolution in pixels (`sample_size` x `vae_scale`).
     pub native_size: usize,
-    /// The sampler the folder's scheduler config names, or our fallback for one we lack.
+    /// The sampler the folder's scheduler config names, or our fallback for one we lack or
+    /// whose settings we do not implement.
     pub default_scheduler: SchedulerKind,
-    /// True when the config named a scheduler we do not implement (e.g. PNDM).
+    /// True when the config named a scheduler we do not implement (e.g. PNDM), or one with
+    /// settings we do not implement (logged when the model loads).
     pub scheduler_fallback: bool,
     /// Few-step distilled (trailing timestep spacing, e.g. SD-Turbo): 1 step, no guidance.
     pub distilled: bool,
@@ -393,8 +395,7 @@ impl Configs {
         let unet_cfg: UNetFileConfig = read_json(&dir.join("unet/config.json"))?;
         let vae_cfg: VaeFileConfig = read_json(&dir.join("vae/config.json"))?;
         let text_cfg: TextEncoderFileConfig = read_json(&dir.join("text_encoder/config.json"))?;
-        let sched_cfg: SchedulerFileConfig =
-            read_json(&dir.join("scheduler/scheduler_config.json"))?;
+        let sched_cfg = SchedulerFileConfig::read(&dir.join("scheduler/scheduler_config.json"))?;
         let unet_candle = unet_cfg.to_candle()?;
         vae_cfg.validate()?;
         text_cfg.validate()?;
@@ -419,8 +420,8 @@ impl Configs {
             )));
         }
         let schedule = NoiseSchedule::from_config(&sched_cfg)?;
-        let karras = sched_cfg.use_karras_sigmas == Some(true);
-        let named = SchedulerKind::from_diffusers_class(&sched_cfg.class_name, karras);
+        let (default_scheduler, scheduler_fallback) =
+            SchedulerKind::default_for(&sched_cfg.class_name, &schedule);
         let info = ModelInfo {
             dir: dir.to_path_buf(),
             name: display_name(dir),
@@ -428,8 +429,8 @@ impl Configs {
             vae_scale: vae_cfg.scale_factor(),
             latent_channels: vae_cfg.latent_channels,
             native_size: unet_cfg.sample_size.unwrap_or(64) * vae_cfg.scale_factor(),
-            default_scheduler: named.unwrap_or(SchedulerKind::DpmPp2mKarras),
-            scheduler_fallback: named.is_none(),
+            default_scheduler,
+            scheduler_fallback,
             distilled: schedule.spacing == Some(Spacing::Trailing),
         };
         Ok(Self {

@@ -20,6 +20,26 @@ pub fn model_dir(name: &str) -> PathBuf {
     assets().join("models").join(name)
 }
 
+/// A scratch copy of a committed model folder, for tests that edit its files.
+pub fn copy_model(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&model_dir(name), tmp.path());
+    tmp
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 pub fn load(name: &str) -> StableDiffusion {
     StableDiffusion::load(&model_dir(name), &LoadOptions::default())
         .unwrap_or_else(|e| panic!("loading {name}: {e}"))

@@ -8,25 +8,6 @@ use std::path::Path;
 use common::*;
 use imagine_engine::{EngineError, GenerateRequest, InitImage, LoadOptions, StableDiffusion};
 
-fn copy_model(name: &str) -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&model_dir(name), tmp.path());
-    tmp
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 fn load_err(dir: &Path) -> EngineError {
     match StableDiffusion::load(dir, &LoadOptions::default()) {
         Ok(_) => panic!("loading {} should fail", dir.display()),

@@ -53,6 +53,10 @@ impl Sampler for Ddim {
         &self.timesteps
     }
 
+    fn sigmas(&self) -> Option<&[f64]> {
+        None
+    }
+
     fn init_noise_sigma(&self) -> f64 {
         1.0
     }

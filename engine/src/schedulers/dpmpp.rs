@@ -6,8 +6,8 @@
 use candle_core::Tensor;
 
 use super::schedule::{
-    interp, karras_sigmas, linspace, round_half_even, sigma_to_t, NoiseSchedule, Prediction,
-    Spacing,
+    dpm_timesteps, interp, karras_sigmas, log_sigmas, round_half_even, sigma_to_t, NoiseSchedule,
+    Prediction, Spacing,
 };
 use super::{axpby, Sampler, StepOutput};
 use crate::error::Result;
@@ -35,47 +35,31 @@ fn lambda(s: f64) -> f64 {
 }
 
 impl DpmPp2m {
+    /// `karras` picks Karras sigmas; the model's `use_karras_sigmas` picks them too, as it
+    /// does for diffusers' scheduler built from that config.
     pub fn new(schedule: &NoiseSchedule, steps: usize, karras: bool) -> Self {
         let train = schedule.train_steps();
-        let mut timesteps: Vec<f64> = match schedule.spacing.unwrap_or(Spacing::Linspace) {
-            Spacing::Linspace => {
-                let mut t: Vec<f64> = linspace(0.0, (train - 1) as f64, steps + 1)
-                    .into_iter()
-                    .map(round_half_even)
-                    .rev()
-                    .collect();
-                t.pop();
-                t
-            }
-            Spacing::Leading => {
-                let ratio = train / (steps + 1);
-                (1..=steps)
-                    .rev()
-                    .map(|i| (i * ratio + schedule.steps_offset) as f64)
-                    .collect()
-            }
-            Spacing::Trailing => {
-                let ratio = train as f64 / steps as f64;
-                (0..steps)
-                    .map(|i| round_half_even(train as f64 - i as f64 * ratio) - 1.0)
-                    .collect()
-            }
-        };
         let train_sigmas = schedule.train_sigmas();
-        let mut sigmas: Vec<f64> = if karras {
-            let log_sigmas: Vec<f64> = train_sigmas.iter().map(|s| s.ln()).collect();
-            let descending: Vec<f64> = train_sigmas.iter().rev().cloned().collect();
-            let s = karras_sigmas(&descending, steps);
-            timesteps = s
+        let (timesteps, mut sigmas) = if karras || schedule.use_karras_sigmas == Some(true) {
+            let cfg = &schedule.config;
+            // diffusers flips the training sigmas, so its "last" is the smallest.
+            let sigma_min = cfg.sigma_min.unwrap_or(train_sigmas[0]);
+            let sigma_max = cfg.sigma_max.unwrap_or(train_sigmas[train - 1]);
+            let sigmas = karras_sigmas(sigma_min, sigma_max, steps);
+            let log_sigmas = log_sigmas(&train_sigmas);
+            let timesteps = sigmas
                 .iter()
-                .map(|x| round_half_even(sigma_to_t(*x, &log_sigmas)))
+                .map(|s| round_half_even(sigma_to_t(*s, &log_sigmas)))
                 .collect();
-            s
+            (timesteps, sigmas)
         } else {
-            timesteps
+            let spacing = schedule.spacing.unwrap_or(Spacing::Linspace);
+            let timesteps = dpm_timesteps(spacing, train, steps, schedule.steps_offset);
+            let sigmas = timesteps
                 .iter()
                 .map(|t| interp(*t, &train_sigmas))
-                .collect()
+                .collect();
+            (timesteps, sigmas)
         };
         sigmas.push(0.0);
         Self {
@@ -98,6 +82,10 @@ impl DpmPp2m {
 impl Sampler for DpmPp2m {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
     }
 
     fn init_noise_sigma(&self) -> f64 {

@@ -5,7 +5,8 @@
 use candle_core::Tensor;
 
 use super::schedule::{
-    interp, karras_sigmas, sigma_to_t, spaced_timesteps, NoiseSchedule, Prediction, Spacing,
+    interp, karras_sigmas, log_sigmas, sigma_to_t, spaced_timesteps, NoiseSchedule, Prediction,
+    Spacing,
 };
 use super::{axpby, Sampler, StepOutput};
 use crate::error::Result;
@@ -24,6 +25,7 @@ impl Euler {
     pub fn new(schedule: &NoiseSchedule, steps: usize, ancestral: bool) -> Self {
         let spacing = schedule.spacing.unwrap_or(Spacing::Linspace);
         let train = schedule.train_steps();
+        // diffusers holds these as float32 and interpolates sigmas at the float32 values.
         let mut timesteps: Vec<f64> =
             spaced_timesteps(spacing, train, steps, schedule.steps_offset)
                 .into_iter()
@@ -34,9 +36,13 @@ impl Euler {
             .iter()
             .map(|t| interp(*t, &train_sigmas))
             .collect();
+        // Euler-ancestral has no Karras option in diffusers.
         if !ancestral && schedule.use_karras_sigmas == Some(true) {
-            let log_sigmas: Vec<f64> = train_sigmas.iter().map(|s| s.ln()).collect();
-            sigmas = karras_sigmas(&sigmas, steps);
+            let cfg = &schedule.config;
+            let sigma_min = cfg.sigma_min.unwrap_or(sigmas[sigmas.len() - 1]);
+            let sigma_max = cfg.sigma_max.unwrap_or(sigmas[0]);
+            sigmas = karras_sigmas(sigma_min, sigma_max, steps);
+            let log_sigmas = log_sigmas(&train_sigmas);
             timesteps = sigmas
                 .iter()
                 .map(|s| sigma_to_t(*s, &log_sigmas) as f32 as f64)
@@ -72,6 +78,10 @@ impl Euler {
 impl Sampler for Euler {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
     }
 
     fn init_noise_sigma(&self) -> f64 {

@@ -81,6 +81,7 @@ impl SchedulerKind {
                 schedule.train_steps()
             )));
         }
+        self.check(schedule)?;
         Ok(match self {
             SchedulerKind::Euler => Box::new(euler::Euler::new(schedule, steps, false)),
             SchedulerKind::EulerAncestral => Box::new(euler::Euler::new(schedule, steps, true)),
@@ -88,6 +89,121 @@ impl SchedulerKind {
             SchedulerKind::DpmPp2m => Box::new(dpmpp::DpmPp2m::new(schedule, steps, false)),
             SchedulerKind::DpmPp2mKarras => Box::new(dpmpp::DpmPp2m::new(schedule, steps, true)),
         })
+    }
+
+    /// Refuses the model's scheduler settings that this sampler's diffusers class reads but we
+    /// do not implement, so that nothing runs differently from what the config asks for.
+    /// Absent keys pass: each class's default is what we implement, except DDIM's
+    /// `clip_sample` (true), which SD configs always write as false and other classes' configs
+    /// leave out. Settings only other classes read are ignored, as `from_config` ignores them.
+    pub fn check(self, schedule: &NoiseSchedule) -> Result<()> {
+        let cfg = &schedule.config;
+        let refuse = |setting: String, supported: &str| {
+            Err(EngineError::UnsupportedSchedulerSetting {
+                sampler: self.cli_name(),
+                setting,
+                supported: supported.to_owned(),
+            })
+        };
+        let on = |flag: Option<bool>| flag == Some(true);
+        let euler = self == SchedulerKind::Euler;
+        let dpm = matches!(self, SchedulerKind::DpmPp2m | SchedulerKind::DpmPp2mKarras);
+        if euler || dpm {
+            for (key, flag) in [
+                ("use_exponential_sigmas", cfg.use_exponential_sigmas),
+                ("use_beta_sigmas", cfg.use_beta_sigmas),
+            ] {
+                if on(flag) {
+                    return refuse(format!("{key} = true"), "false");
+                }
+            }
+            if let Some(kind) = cfg.final_sigmas_type.as_deref().filter(|k| *k != "zero") {
+                return refuse(format!("final_sigmas_type = {kind:?}"), "\"zero\"");
+            }
+        }
+        if euler {
+            if let Some(kind) = cfg.interpolation_type.as_deref().filter(|k| *k != "linear") {
+                return refuse(format!("interpolation_type = {kind:?}"), "\"linear\"");
+            }
+            // diffusers only acts on continuous timesteps for v-prediction models.
+            if cfg.timestep_type.as_deref() == Some("continuous")
+                && schedule.prediction == Prediction::VPrediction
+            {
+                return refuse(
+                    "timestep_type = \"continuous\" with v-prediction".into(),
+                    "\"discrete\"",
+                );
+            }
+        }
+        if self == SchedulerKind::Ddim && on(cfg.clip_sample) {
+            return refuse("clip_sample = true".into(), "false");
+        }
+        if (dpm || self == SchedulerKind::Ddim) && on(cfg.thresholding) {
+            return refuse("thresholding = true".into(), "false");
+        }
+        if dpm {
+            // diffusers itself runs "deis" as dpmsolver++ and the UniPC solver types as midpoint.
+            if let Some(kind) = cfg
+                .algorithm_type
+                .as_deref()
+                .filter(|k| !matches!(*k, "dpmsolver++" | "deis"))
+            {
+                return refuse(format!("algorithm_type = {kind:?}"), "\"dpmsolver++\"");
+            }
+            if let Some(order) = cfg.solver_order.filter(|o| *o != 2) {
+                return refuse(format!("solver_order = {order}"), "2");
+            }
+            if let Some(kind) = cfg
+                .solver_type
+                .as_deref()
+                .filter(|k| !matches!(*k, "midpoint" | "logrho" | "bh1" | "bh2"))
+            {
+                return refuse(format!("solver_type = {kind:?}"), "\"midpoint\"");
+            }
+            for (key, flag) in [
+                ("use_lu_lambdas", cfg.use_lu_lambdas),
+                ("use_flow_sigmas", cfg.use_flow_sigmas),
+                ("use_dynamic_shifting", cfg.use_dynamic_shifting),
+            ] {
+                if on(flag) {
+                    return refuse(format!("{key} = true"), "false");
+                }
+            }
+            if let Some(kind) = &cfg.variance_type {
+                return refuse(format!("variance_type = {kind:?}"), "null");
+            }
+            // Clipping drops the timesteps whose log-SNR is below the bound; on the schedules
+            // SD uses, the usual bound (-5.1) drops none, and then it changes nothing.
+            if let Some(bound) = cfg.lambda_min_clipped {
+                if schedule.lambdas().iter().any(|l| *l < bound) {
+                    return refuse(format!("lambda_min_clipped = {bound}"), "-inf");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The sampler a model gets when no request names one: the one its config names when we
+    /// implement it with the config's settings, else the first of these that accepts them.
+    /// The flag is true when it is not the config's own.
+    pub fn default_for(class: &str, schedule: &NoiseSchedule) -> (SchedulerKind, bool) {
+        let karras = schedule.use_karras_sigmas == Some(true);
+        if let Some(kind) = Self::from_diffusers_class(class, karras) {
+            match kind.check(schedule) {
+                Ok(()) => return (kind, false),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        // Euler-ancestral reads no setting we refuse, so the search always ends.
+        let kind = [
+            SchedulerKind::DpmPp2mKarras,
+            SchedulerKind::Euler,
+            SchedulerKind::EulerAncestral,
+        ]
+        .into_iter()
+        .find(|k| k.check(schedule).is_ok())
+        .unwrap_or(SchedulerKind::EulerAncestral);
+        (kind, true)
     }
 }
 
@@ -127,6 +243,8 @@ pub struct StepOutput {
 pub trait Sampler {
     /// The model timestep of each inference step.
     fn timesteps(&self) -> &[f64];
+    /// The noise level of each step and the final one, for samplers that step in sigma.
+    fn sigmas(&self) -> Option<&[f64]>;
     /// How much to scale unit-variance noise to start from pure noise.
     fn init_noise_sigma(&self) -> f64;
     /// Input scaling the UNet expects at `step`.
@@ -146,4 +264,156 @@ pub trait Sampler {
 /// `a * x + b * y` for f64 coefficients, computed in the tensors' dtype.
 pub(crate) fn axpby(a: f64, x: &Tensor, b: f64, y: &Tensor) -> Result<Tensor> {
     Ok(((x * a)? + (y * b)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SchedulerKind::*;
+    use super::*;
+    use crate::config::SchedulerFileConfig;
+
+    /// SD's noise schedule plus `extra` (JSON members, possibly none).
+    fn with(extra: &str) -> NoiseSchedule {
+        let sd = r#""beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012"#;
+        let sep = if extra.is_empty() { "" } else { ", " };
+        let cfg = SchedulerFileConfig::parse(&format!("{{{sd}{sep}{extra}}}")).unwrap();
+        NoiseSchedule::from_config(&cfg).unwrap()
+    }
+
+    const DPM: [SchedulerKind; 2] = [DpmPp2m, DpmPp2mKarras];
+
+    #[test]
+    fn settings_we_do_not_implement_are_refused_by_the_samplers_that_read_them() {
+        let cases: &[(&str, &[SchedulerKind])] = &[
+            (r#""clip_sample": true"#, &[Ddim]),
+            (r#""thresholding": true"#, &[Ddim, DpmPp2m, DpmPp2mKarras]),
+            (r#""algorithm_type": "sde-dpmsolver++""#, &DPM),
+            (r#""algorithm_type": "dpmsolver""#, &DPM),
+            (r#""solver_order": 3"#, &DPM),
+            (r#""solver_order": 1"#, &DPM),
+            (r#""solver_type": "heun""#, &DPM),
+            (r#""use_lu_lambdas": true"#, &DPM),
+            (r#""use_flow_sigmas": true"#, &DPM),
+            (r#""use_dynamic_shifting": true"#, &DPM),
+            (r#""variance_type": "learned_range""#, &DPM),
+            // SD's smallest log-SNR is about -2.7: this bound would drop timesteps.
+            (r#""lambda_min_clipped": -2.0"#, &DPM),
+            (
+                r#""use_exponential_sigmas": true"#,
+                &[Euler, DpmPp2m, DpmPp2mKarras],
+            ),
+            (
+                r#""use_beta_sigmas": true"#,
+                &[Euler, DpmPp2m, DpmPp2mKarras],
+            ),
+            (
+                r#""final_sigmas_type": "sigma_min""#,
+                &[Euler, DpmPp2m, DpmPp2mKarras],
+            ),
+            (r#""interpolation_type": "log_linear""#, &[Euler]),
+            (
+                r#""timestep_type": "continuous", "prediction_type": "v_prediction""#,
+                &[Euler],
+            ),
+        ];
+        for (setting, refused_by) in cases {
+            let schedule = with(setting);
+            let key = setting.split('"').nth(1).unwrap();
+            for kind in SchedulerKind::ALL {
+                match kind.build(&schedule, 4) {
+                    Err(e @ EngineError::UnsupportedSchedulerSetting { .. }) => {
+                        assert!(refused_by.contains(&kind), "{kind} refused {setting}: {e}");
+                        let msg = e.to_string();
+                        for part in [key, kind.cli_name(), "scheduler_config.json", "--scheduler"] {
+                            assert!(msg.contains(part), "{msg:?} lacks {part:?}");
+                        }
+                    }
+                    Err(e) => panic!("{kind} with {setting}: unexpected error {e}"),
+                    Ok(_) => assert!(!refused_by.contains(&kind), "{kind} ran {setting}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn values_that_change_nothing_and_unknown_keys_are_accepted() {
+        for setting in [
+            // SD 2.1's DDIM config.
+            r#""clip_sample": false, "thresholding": false, "clip_sample_range": 1.0,
+               "sample_max_value": 1.0, "dynamic_thresholding_ratio": 0.995"#,
+            // diffusers runs these as DPM++ 2M itself; the final step is first order anyway.
+            r#""algorithm_type": "deis", "solver_type": "bh2", "solver_order": 2,
+               "lower_order_final": false, "euler_at_final": true"#,
+            r#""lambda_min_clipped": -Infinity"#,
+            r#""lambda_min_clipped": -5.1"#,
+            // Continuous timesteps only change v-prediction models.
+            r#""timestep_type": "continuous""#,
+            r#""final_sigmas_type": "zero", "interpolation_type": "linear", "variance_type": null"#,
+            r#""skip_prk_steps": true, "a_future_key": [1, {"x": "Infinity"}]"#,
+        ] {
+            let schedule = with(setting);
+            for kind in SchedulerKind::ALL {
+                if let Err(e) = kind.build(&schedule, 4) {
+                    panic!("{kind} refused {setting}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_model_whose_sampler_refuses_its_settings_defaults_to_one_that_accepts_them() {
+        let plain = with("");
+        assert_eq!(
+            SchedulerKind::default_for("EulerDiscreteScheduler", &plain),
+            (Euler, false)
+        );
+        assert_eq!(
+            SchedulerKind::default_for("PNDMScheduler", &plain),
+            (DpmPp2mKarras, true)
+        );
+        let karras = with(r#""use_karras_sigmas": true"#);
+        assert_eq!(
+            SchedulerKind::default_for("DPMSolverMultistepScheduler", &karras),
+            (DpmPp2mKarras, false)
+        );
+        let thresholding = with(r#""thresholding": true"#);
+        assert_eq!(
+            SchedulerKind::default_for("DDIMScheduler", &thresholding),
+            (Euler, true)
+        );
+        let log_linear = with(r#""interpolation_type": "log_linear""#);
+        assert_eq!(
+            SchedulerKind::default_for("EulerDiscreteScheduler", &log_linear),
+            (DpmPp2mKarras, true)
+        );
+        let both = with(r#""thresholding": true, "use_beta_sigmas": true"#);
+        assert_eq!(
+            SchedulerKind::default_for("DPMSolverMultistepScheduler", &both),
+            (EulerAncestral, true)
+        );
+    }
+
+    #[test]
+    fn dpmpp_2m_honours_the_models_karras_setting() {
+        let karras = with(r#""use_karras_sigmas": true"#);
+        let plain = with("");
+        let by_config = DpmPp2m.build(&karras, 10).unwrap();
+        let by_name = DpmPp2mKarras.build(&plain, 10).unwrap();
+        assert_eq!(by_config.timesteps(), by_name.timesteps());
+        assert_eq!(by_config.sigmas(), by_name.sigmas());
+        let without = DpmPp2m.build(&plain, 10).unwrap();
+        assert_ne!(without.timesteps(), by_name.timesteps());
+    }
+
+    #[test]
+    fn karras_sigmas_span_the_configs_sigma_min_and_sigma_max() {
+        let schedule = with(r#""use_karras_sigmas": true, "sigma_min": 0.1, "sigma_max": 10.0"#);
+        for kind in [Euler, DpmPp2mKarras] {
+            let sampler = kind.build(&schedule, 5).unwrap();
+            let sigmas = sampler.sigmas().unwrap();
+            assert_eq!(sigmas[0], 10.0, "{kind}");
+            assert_eq!(sigmas[4], 0.1f32 as f64, "{kind}");
+            assert_eq!(sigmas[5], 0.0, "{kind}");
+        }
+    }
 }
