@@ -153,5 +153,5 @@ from the same wheels:
 or by copying libcudart, libcublas, libcublasLt and libcurand from this machine's $CUDA/lib
 (never its stubs/ folder), or from a CUDA 13 toolkit installed there. Then:
 
-  ./imagine --device cuda ...     # or --device auto, IMAGINE_DEVICE=cuda, device = "cuda" in TOML
+  ./imagine bot --device cuda     # or generate/bench --device cuda; --device auto, IMAGINE_DEVICE=cuda, device = "cuda" in TOML
 EOF
