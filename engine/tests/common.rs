@@ -86,3 +86,17 @@ pub fn max_pixel_diff(ours: &[image::RgbImage], reference: &Tensor) -> u8 {
         .max()
         .unwrap()
 }
+
+/// The mean and the largest per-channel difference between two sets of images, in levels.
+pub fn pixel_difference(a: &[image::RgbImage], b: &[image::RgbImage]) -> (f64, u8) {
+    let (mut total, mut worst, mut count) = (0u64, 0u8, 0u64);
+    for (a, b) in a.iter().zip(b) {
+        for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
+            let d = x.abs_diff(*y);
+            total += d as u64;
+            worst = worst.max(d);
+            count += 1;
+        }
+    }
+    (total as f64 / count.max(1) as f64, worst)
+}

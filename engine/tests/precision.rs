@@ -39,16 +39,7 @@ fn fp16_images_stay_within_a_few_levels_of_fp32() {
             fp32, fp16,
             "{model}: fp16 gave the fp32 pixels; is it running?"
         );
-        let (mut total, mut worst, mut count) = (0u64, 0u8, 0u64);
-        for (a, b) in fp32.iter().zip(&fp16) {
-            for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
-                let d = x.abs_diff(*y);
-                total += d as u64;
-                worst = worst.max(d);
-                count += 1;
-            }
-        }
-        let mean = total as f64 / count as f64;
+        let (mean, worst) = pixel_difference(&fp32, &fp16);
         eprintln!("{model}: fp16 vs fp32: mean {mean:.3} levels, max {worst}");
         assert!(
             mean < 1.0 && worst <= 12,
