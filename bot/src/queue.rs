@@ -66,22 +66,36 @@ impl StopFlag {
 #[derive(Debug, Default)]
 struct State {
     waiting: VecDeque<(JobId, u64)>,
-    /// The running jobs, each with its user and stop flag.
-    running: Vec<(JobId, u64, StopFlag)>,
-    /// Running jobs not yet recorded as started in the store: they keep their place in the
-    /// capacity until then, so that the store never shows more jobs waiting than it allows.
-    starting: Vec<JobId>,
+    running: Vec<Running>,
     /// Slots taken by admissions not yet committed, per user.
     reserved: Vec<u64>,
     /// A moving average of how long a finished job took.
     typical: Option<Duration>,
 }
 
+/// A job a worker has taken.
+#[derive(Debug)]
+struct Running {
+    job: JobId,
+    user: u64,
+    stop: StopFlag,
+    /// Recorded as running in the store. Until then the job keeps its place in the capacity,
+    /// so that the store never shows more jobs waiting than the queue allows.
+    started: bool,
+}
+
 impl State {
     fn active_for(&self, user: u64) -> usize {
         self.waiting.iter().filter(|(_, u)| *u == user).count()
-            + self.running.iter().filter(|(_, u, _)| *u == user).count()
+            + self.running.iter().filter(|r| r.user == user).count()
             + self.reserved.iter().filter(|u| **u == user).count()
+    }
+
+    /// Places the capacity counts: waiting, being admitted, taken but not yet started.
+    fn held(&self) -> usize {
+        self.waiting.len()
+            + self.reserved.len()
+            + self.running.iter().filter(|r| !r.started).count()
     }
 }
 
@@ -169,7 +183,7 @@ impl JobQueue {
     /// Takes a slot for `user`, or says why not.
     pub fn reserve(&self, user: u64) -> Result<Reservation, QueueError> {
         let mut s = self.lock();
-        if s.waiting.len() + s.reserved.len() + s.starting.len() >= self.capacity {
+        if s.held() >= self.capacity {
             return Err(QueueError::Full(self.capacity));
         }
         if s.active_for(user) >= self.user_cap {
@@ -200,8 +214,12 @@ impl JobQueue {
                 let mut s = self.lock();
                 if s.running.len() < self.workers {
                     if let Some((job, user)) = s.waiting.pop_front() {
-                        s.running.push((job, user, StopFlag::default()));
-                        s.starting.push(job);
+                        s.running.push(Running {
+                            job,
+                            user,
+                            stop: StopFlag::default(),
+                            started: false,
+                        });
                         crate::metrics::queue_depth(s.waiting.len());
                         return job;
                     }
@@ -214,14 +232,16 @@ impl JobQueue {
     /// The store records `job` as running (or it ended before it could start): its place
     /// in the queue's capacity is free.
     pub fn started(&self, job: JobId) {
-        self.lock().starting.retain(|j| *j != job);
+        let mut s = self.lock();
+        if let Some(r) = s.running.iter_mut().find(|r| r.job == job) {
+            r.started = true;
+        }
     }
 
     /// A running job ended; the next may start.
     pub fn finish(&self, job: JobId) {
         let mut s = self.lock();
-        s.running.retain(|(j, _, _)| *j != job);
-        s.starting.retain(|j| *j != job);
+        s.running.retain(|r| r.job != job);
         drop(s);
         self.ready.notify_waiters();
     }
@@ -236,7 +256,7 @@ impl JobQueue {
 
     /// The running jobs.
     pub fn running(&self) -> Vec<JobId> {
-        self.lock().running.iter().map(|(job, _, _)| *job).collect()
+        self.lock().running.iter().map(|r| r.job).collect()
     }
 
     /// The stop flag of `job` if it is running.
@@ -244,8 +264,8 @@ impl JobQueue {
         let s = self.lock();
         s.running
             .iter()
-            .find(|(j, _, _)| *j == job)
-            .map(|(_, _, flag)| flag.clone())
+            .find(|r| r.job == job)
+            .map(|r| r.stop.clone())
     }
 
     /// Records how long a finished job took, for [`JobQueue::wait_for`].

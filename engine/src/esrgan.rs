@@ -77,6 +77,18 @@ impl Rrdb {
     }
 }
 
+/// What an RRDBNet file holds, read from its tensors' names and shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EsrganLayout {
+    /// How much larger the output is: 1, 2 or 4.
+    pub scale: u32,
+    /// The input is pixel-unshuffled by this first (x2: 2, x1: 4).
+    pub unshuffle: usize,
+    pub features: usize,
+    pub growth: usize,
+    pub blocks: usize,
+}
+
 /// A loaded RRDBNet.
 pub struct Esrgan {
     /// How much larger the output is: 1, 2 or 4.
@@ -94,9 +106,9 @@ pub struct Esrgan {
 }
 
 impl Esrgan {
-    /// Loads an RRDBNet `.safetensors` file (basicsr keys: `conv_first`, `body.N.rdbM.convK`,
-    /// `conv_body`, `conv_up1`, `conv_up2`, `conv_hr`, `conv_last`).
-    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+    /// Reads an RRDBNet file's layout from its header alone (no weights), or says why it is
+    /// not one: what start-up checks a configured upscaler with.
+    pub fn describe(path: &Path) -> Result<EsrganLayout> {
         check_safetensors(path)?;
         let bad = |why: String| EngineError::bad_file(path, why);
         let shapes = header_shapes(path)?;
@@ -141,6 +153,27 @@ impl Esrgan {
                 "an RRDBNet of {blocks} blocks, {feat} features, {grow} growth"
             )));
         }
+        Ok(EsrganLayout {
+            scale,
+            unshuffle,
+            features: feat,
+            growth: grow,
+            blocks,
+        })
+    }
+
+    /// Loads an RRDBNet `.safetensors` file (basicsr keys: `conv_first`, `body.N.rdbM.convK`,
+    /// `conv_body`, `conv_up1`, `conv_up2`, `conv_hr`, `conv_last`).
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let bad = |why: String| EngineError::bad_file(path, why);
+        let EsrganLayout {
+            scale,
+            unshuffle,
+            features: feat,
+            growth: grow,
+            blocks,
+        } = Self::describe(path)?;
+        let cin = 3 * unshuffle * unshuffle;
         // SAFETY: the file is memory-mapped read-only; we never write to it while mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &opts.device) }
             .map_err(|e| bad(e.to_string()))?;

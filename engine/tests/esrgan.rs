@@ -22,6 +22,12 @@ fn rrdbnet_matches_pytorch_at_x2_and_x4() {
     for scale in [2, 4] {
         let net = model(scale);
         assert_eq!(net.scale, scale);
+        let file = assets().join(format!("models/tiny-esrgan-x{scale}.safetensors"));
+        let layout = Esrgan::describe(&file).unwrap();
+        assert_eq!(
+            (layout.scale, layout.features, layout.growth, layout.blocks),
+            (scale, 8, 4, 2)
+        );
         let got = net.forward(&r["input"]).unwrap();
         let diff = max_abs_diff(&got, &r[&format!("x{scale}")]);
         eprintln!("x{scale}: max abs difference {diff:e}");

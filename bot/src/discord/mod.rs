@@ -297,10 +297,11 @@ async fn engines_factories(config: &Config) -> Result<Vec<EnginesFactory>> {
         None => None,
     };
     if let Some(path) = &config.upscaler {
-        // Refused at start, with the reason, rather than at the first upscale.
+        // Refused at start, with the reason, rather than at the first upscale (the header is
+        // enough; each worker loads the weights on its first upscale).
         let path = path.clone();
         tokio::task::spawn_blocking(move || {
-            imagine_engine::esrgan::Esrgan::load(&path, &imagine_engine::LoadOptions::default())
+            imagine_engine::esrgan::Esrgan::describe(&path)
                 .map(drop)
                 .with_context(|| format!("the upscaler {}", path.display()))
         })
