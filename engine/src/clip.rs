@@ -141,11 +141,9 @@ impl ClipTextModel {
         let final_layer_norm = layer_norm(d, eps, vb.pp("final_layer_norm"))?;
         // The projection sits beside `text_model`, at the file's top level.
         let text_projection = match cfg.projection_dim {
-            Some(p) if cfg.with_projection() => Some(Linear::load_no_bias(
-                root.pp("text_projection"),
-                d,
-                p,
-            )?),
+            Some(p) if cfg.with_projection() => {
+                Some(Linear::load_no_bias(root.pp("text_projection"), d, p)?)
+            }
             _ => None,
         };
         Ok(Self {
@@ -186,8 +184,12 @@ impl ClipTextModel {
                 "pooled text embeddings need CLIPTextModelWithProjection's text_projection".into(),
             )
         })?;
-        let mask = causal_mask(ids.dim(1)?, hidden.dtype(), ids.device())?
-            .broadcast_as((ids.dim(0)?, 1, ids.dim(1)?, ids.dim(1)?))?;
+        let mask = causal_mask(ids.dim(1)?, hidden.dtype(), ids.device())?.broadcast_as((
+            ids.dim(0)?,
+            1,
+            ids.dim(1)?,
+            ids.dim(1)?,
+        ))?;
         let last = self.layers[n - 1].forward(&hidden, &mask)?;
         let last = self.final_layer_norm.forward(&last)?;
         let rows = self.pool_positions(ids)?;

@@ -356,6 +356,21 @@ impl StableDiffusion {
         })
     }
 
+    /// The conditioning of one unguided image of `width` x `height` (benchmarks and tools
+    /// that call [`StableDiffusion::unet_forward_added`] themselves): the context `[1, S, D]`
+    /// and, for SDXL, the pooled text and sizes.
+    pub fn text_conditioning(
+        &self,
+        prompt: &str,
+        width: usize,
+        height: usize,
+    ) -> Result<(Tensor, Option<AddedConditioning>)> {
+        let mut req = GenerateRequest::text(prompt, width, height, vec![0]);
+        req.guidance = 0.0;
+        let cond = self.conditioning(&req, 1)?;
+        Ok((cond.context, cond.added))
+    }
+
     /// SDXL's conditioning, as `StableDiffusionXLPipeline` builds it: both encoders'
     /// penultimate states side by side, the second's pooled output, and the six size numbers
     /// (original = target = the request's size, crop at 0,0). An empty negative prompt is
@@ -381,7 +396,10 @@ impl StableDiffusion {
             };
             (
                 Tensor::cat(&[uncond.repeat((n, 1, 1))?, cond.repeat((n, 1, 1))?], 0)?,
-                Tensor::cat(&[uncond_pooled.repeat((n, 1))?, cond_pooled.repeat((n, 1))?], 0)?,
+                Tensor::cat(
+                    &[uncond_pooled.repeat((n, 1))?, cond_pooled.repeat((n, 1))?],
+                    0,
+                )?,
             )
         } else {
             (cond.repeat((n, 1, 1))?, cond_pooled.repeat((n, 1))?)

@@ -509,8 +509,7 @@ impl Configs {
                 ))
             }
         };
-        let context_width =
-            text_cfg.hidden_size + text_cfg_2.as_ref().map_or(0, |c| c.hidden_size);
+        let context_width = text_cfg.hidden_size + text_cfg_2.as_ref().map_or(0, |c| c.hidden_size);
         let unet_kind = match (unet_cfg.in_channels, vae_cfg.latent_channels) {
             (i, l) if i == l => UNetKind::Standard,
             (i, l) if i == 2 * l + 1 => UNetKind::Inpainting,

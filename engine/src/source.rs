@@ -186,12 +186,16 @@ fn first_missing(dir: &Path, layout: Layout) -> Option<PathBuf> {
         .map(|f| dir.join(f))
         .find(|p| !p.exists());
     config.or_else(|| {
-        layout.weight_folders().iter().chain(extra_weights).find_map(|c| {
-            let present = weight_candidates(c)
-                .iter()
-                .any(|w| dir.join(c).join(w).exists());
-            (!present).then(|| dir.join(c).join(weight_candidates(c)[0]))
-        })
+        layout
+            .weight_folders()
+            .iter()
+            .chain(extra_weights)
+            .find_map(|c| {
+                let present = weight_candidates(c)
+                    .iter()
+                    .any(|w| dir.join(c).join(w).exists());
+                (!present).then(|| dir.join(c).join(weight_candidates(c)[0]))
+            })
     })
 }
 

@@ -130,34 +130,34 @@ impl UNet {
                      count: usize,
                      input: &dyn Fn(usize) -> usize,
                      depth: &dyn Fn(usize) -> usize| {
-                let cout = block.out_channels;
-                let mut level = Level {
-                    resnets: vec![],
-                    attentions: vec![],
-                };
-                for j in 0..count {
-                    let resnet = vb.pp("resnets").pp(j);
-                    level.resnets.push(ResnetBlock::load(
-                        resnet,
-                        input(j),
-                        cout,
-                        Some(temb),
-                        groups,
-                        eps,
-                        1.0,
-                    )?);
-                    if block.use_cross_attn.is_some() {
-                        let attn = vb.pp("attentions").pp(j);
-                        level.attentions.push(transformer(
-                            attn,
-                            cout,
-                            block.attention_head_dim,
-                            depth(j),
-                        )?);
-                    }
-                }
-                Ok::<_, candle_core::Error>(level)
+            let cout = block.out_channels;
+            let mut level = Level {
+                resnets: vec![],
+                attentions: vec![],
             };
+            for j in 0..count {
+                let resnet = vb.pp("resnets").pp(j);
+                level.resnets.push(ResnetBlock::load(
+                    resnet,
+                    input(j),
+                    cout,
+                    Some(temb),
+                    groups,
+                    eps,
+                    1.0,
+                )?);
+                if block.use_cross_attn.is_some() {
+                    let attn = vb.pp("attentions").pp(j);
+                    level.attentions.push(transformer(
+                        attn,
+                        cout,
+                        block.attention_head_dim,
+                        depth(j),
+                    )?);
+                }
+            }
+            Ok::<_, candle_core::Error>(level)
+        };
 
         let mut down = Vec::with_capacity(n);
         for (i, block) in blocks.iter().enumerate() {
