@@ -267,6 +267,43 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+fn an_sdxl_repo_id_loads_from_the_cache_and_needs_its_second_text_encoder() {
+    let home = tempfile::tempdir().unwrap();
+    let snapshot = fake_hf_cache(home.path(), "tiny-sdxl");
+    let out = home.path().join("xl.png").display().to_string();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_imagine"))
+            .args([
+                "generate",
+                "a lighthouse at dusk",
+                "--model",
+                "test-org/tiny-sdxl",
+                "--steps",
+                "2",
+                "--out",
+                &out,
+            ])
+            .env("HF_HOME", home.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = std::fs::read(&out).unwrap();
+    let params = parameters(&png);
+    assert!(params.contains(", Model: test-org/tiny-sdxl, "), "{params}");
+    let decoded = image::load_from_memory(&png).unwrap();
+    assert_eq!(decoded.width(), 64, "the model's native size");
+
+    std::fs::remove_file(snapshot.join("text_encoder_2/model.safetensors")).unwrap();
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("text_encoder_2/model.safetensors"), "{err}");
+}
+
+#[test]
 fn a_repo_id_loads_from_the_hugging_face_cache_offline() {
     let home = tempfile::tempdir().unwrap();
     let snapshot = fake_hf_cache(home.path(), "tiny-sd15");

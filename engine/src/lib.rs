@@ -44,7 +44,7 @@ pub mod vae;
 pub use device::{device_name, DeviceChoice, Precision, PrecisionChoice};
 pub use error::{EngineError, Result};
 pub use generate::{GenerateRequest, Generation, InitImage, Progress};
-pub use model::{ComputePrecision, LoadOptions, ModelInfo, StableDiffusion, UNetKind};
+pub use model::{ComputePrecision, LoadOptions, ModelFamily, ModelInfo, StableDiffusion, UNetKind};
 pub use schedulers::SchedulerKind;
 pub use source::{resolve_model, resolve_taesd};
 pub use taesd::Taesd;

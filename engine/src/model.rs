@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::clip::ClipTextModel;
+use crate::clip::{ClipTextModel, TextEncoding};
 use crate::config::{
     read_json, ModelIndex, SchedulerFileConfig, TextEncoderFileConfig, UNetFileConfig,
     VaeFileConfig,
@@ -16,7 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::schedulers::{NoiseSchedule, SchedulerKind, Spacing};
 use crate::source::weight_candidates;
 use crate::tokenizer::ClipTokenizer;
-use crate::unet::UNet;
+use crate::unet::{AddedConditioning, UNet, UNetExtras};
 use crate::vae::Autoencoder;
 
 /// Where and how to run a model.
@@ -103,10 +103,39 @@ pub enum UNetKind {
     Inpainting,
 }
 
+/// Which Stable Diffusion family a model belongs to, from its architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// SD 1.x: CLIP ViT-L text encoder (768-wide context).
+    Sd1,
+    /// SD 2.x (and SD-Turbo): OpenCLIP ViT-H text encoder (1024-wide context).
+    Sd2,
+    /// SDXL (and SDXL-Turbo, SSD-1B, Vega): two text encoders, pooled text and sizes.
+    Sdxl,
+}
+
+impl ModelFamily {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sd1 => "SD 1.x",
+            Self::Sd2 => "SD 2.x",
+            Self::Sdxl => "SDXL",
+        }
+    }
+}
+
+/// SDXL's second text encoder (OpenCLIP bigG with its projection) and its tokenizer.
+pub(crate) struct SecondEncoder {
+    pub(crate) tokenizer: ClipTokenizer,
+    pub(crate) model: ClipTextModel,
+}
+
 /// Everything needed to generate with one model.
 pub struct StableDiffusion {
     pub(crate) tokenizer: ClipTokenizer,
     pub(crate) text_encoder: ClipTextModel,
+    /// SDXL: the second encoder, whose penultimate states follow the first's on each token.
+    pub(crate) text_encoder_2: Option<SecondEncoder>,
     pub(crate) unet: UNet,
     pub(crate) vae: Autoencoder,
     pub(crate) schedule: NoiseSchedule,
@@ -127,6 +156,7 @@ pub struct ModelInfo {
     pub dir: PathBuf,
     /// A short display name (the folder's or repo's last component).
     pub name: String,
+    pub family: ModelFamily,
     pub unet_kind: UNetKind,
     /// Pixels per latent cell along each side (8 for every SD VAE).
     pub vae_scale: usize,
@@ -142,6 +172,9 @@ pub struct ModelInfo {
     pub scheduler_fallback: bool,
     /// Few-step distilled (trailing timestep spacing, e.g. SD-Turbo): 1 step, no guidance.
     pub distilled: bool,
+    /// SDXL: an empty negative prompt conditions on zeros (the pipeline's
+    /// `force_zeros_for_empty_prompt`), not on the encoding of "".
+    pub zeros_for_empty_negative: bool,
 }
 
 impl StableDiffusion {
@@ -161,6 +194,7 @@ impl StableDiffusion {
             unet_cfg,
             vae_cfg,
             text_cfg,
+            text_cfg_2,
             schedule,
             info,
         } = Configs::read(dir)?;
@@ -177,11 +211,27 @@ impl StableDiffusion {
         let text_encoder =
             ClipTextModel::new(weights(dir, "text_encoder", opts, dtype)?, &text_cfg)
                 .map_err(|e| mismatch(dir, "text_encoder", e))?;
+        let text_encoder_2 = match &text_cfg_2 {
+            None => None,
+            Some(cfg) => Some(SecondEncoder {
+                tokenizer: ClipTokenizer::load(
+                    &dir.join("tokenizer_2"),
+                    cfg.max_position_embeddings,
+                )?,
+                model: ClipTextModel::new(weights(dir, "text_encoder_2", opts, dtype)?, cfg)
+                    .map_err(|e| mismatch(dir, "text_encoder_2", e))?,
+            }),
+        };
+        let extras = UNetExtras {
+            text_time: unet_cfg.text_time()?,
+            up_depths: unet_cfg.up_depths(&unet_candle.blocks, unet_candle.layers_per_block)?,
+        };
         let unet = UNet::load(
             weights(dir, "unet", opts, dtype)?,
             unet_cfg.in_channels,
             unet_cfg.out_channels,
             &unet_candle,
+            &extras,
         )
         .map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
         let vae = Autoencoder::new(weights(dir, "vae", opts, vae_dtype)?, &vae_cfg)
@@ -189,6 +239,7 @@ impl StableDiffusion {
         Ok(Self {
             tokenizer,
             text_encoder,
+            text_encoder_2,
             unet,
             vae,
             schedule,
@@ -213,9 +264,40 @@ impl StableDiffusion {
         self.text_encoder.forward(&ids)
     }
 
+    /// SDXL's encoding of framed token windows `[B, 77]` (the same text through both
+    /// tokenizers): both encoders' penultimate hidden states side by side `[B, 77, D1 + D2]`,
+    /// and the second encoder's pooled, projected output `[B, P]`.
+    pub fn encode_tokens_xl(&self, ids: &[Vec<u32>], ids_2: &[Vec<u32>]) -> Result<TextEncoding> {
+        let second = self.text_encoder_2.as_ref().ok_or_else(|| {
+            EngineError::invalid("encode_tokens_xl needs a model with two text encoders (SDXL)")
+        })?;
+        let tensor = |ids: &[Vec<u32>]| {
+            let width = ids.first().map_or(0, Vec::len);
+            let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+            Tensor::from_vec(flat, (ids.len(), width), &self.device)
+        };
+        let first = self.text_encoder.encode_penultimate(&tensor(ids)?, false)?;
+        let second = second.model.encode_penultimate(&tensor(ids_2)?, true)?;
+        Ok(TextEncoding {
+            hidden: Tensor::cat(&[&first.hidden, &second.hidden], 2)?,
+            pooled: second.pooled,
+        })
+    }
+
     /// One UNet forward: `latents [B, C, h, w]`, timestep, context `[B, S, D]`.
     pub fn unet_forward(&self, latents: &Tensor, t: f64, context: &Tensor) -> Result<Tensor> {
         Ok(self.unet.forward(latents, t, context)?)
+    }
+
+    /// One UNet forward with SDXL's pooled text and size conditioning.
+    pub fn unet_forward_added(
+        &self,
+        latents: &Tensor,
+        t: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
+        Ok(self.unet.forward_added(latents, t, context, added)?)
     }
 
     /// Scaled latents (on any device: latents kept on disk are read to the CPU) to pixels in
@@ -377,6 +459,8 @@ struct Configs {
     unet_cfg: UNetFileConfig,
     vae_cfg: VaeFileConfig,
     text_cfg: TextEncoderFileConfig,
+    /// SDXL's second text encoder.
+    text_cfg_2: Option<TextEncoderFileConfig>,
     schedule: NoiseSchedule,
     info: ModelInfo,
 }
@@ -384,21 +468,48 @@ struct Configs {
 impl Configs {
     fn read(dir: &Path) -> Result<Self> {
         let index: ModelIndex = read_json(&dir.join("model_index.json"))?;
-        if index.text_encoder_2.as_ref().is_some_and(|v| !v.is_null())
-            || index.class_name.contains("XL")
-        {
+        let two_encoders = ModelIndex::has(&index.text_encoder_2);
+        if two_encoders && !ModelIndex::has(&index.text_encoder) {
             return Err(EngineError::UnsupportedArchitecture(format!(
-                "{} (SDXL-family models are not supported yet; use an SD 1.x / 2.x / Turbo model)",
+                "{} without a first text encoder (the SDXL refiner): use a base model",
                 index.class_name
             )));
         }
         let unet_cfg: UNetFileConfig = read_json(&dir.join("unet/config.json"))?;
         let vae_cfg: VaeFileConfig = read_json(&dir.join("vae/config.json"))?;
         let text_cfg: TextEncoderFileConfig = read_json(&dir.join("text_encoder/config.json"))?;
+        let text_cfg_2: Option<TextEncoderFileConfig> = two_encoders
+            .then(|| read_json(&dir.join("text_encoder_2/config.json")))
+            .transpose()?;
         let sched_cfg = SchedulerFileConfig::read(&dir.join("scheduler/scheduler_config.json"))?;
         let unet_candle = unet_cfg.to_candle()?;
         vae_cfg.validate()?;
         text_cfg.validate()?;
+        let text_time = unet_cfg.text_time()?;
+        let family = match (&text_cfg_2, text_time) {
+            (Some(second), Some(tt)) => {
+                second.validate()?;
+                if second.projection_dim != Some(tt.pooled_dim) || !second.with_projection() {
+                    return Err(EngineError::UnsupportedArchitecture(format!(
+                        "the UNet expects pooled text of width {} but text_encoder_2 is not a \
+                         CLIPTextModelWithProjection of that width",
+                        tt.pooled_dim
+                    )));
+                }
+                ModelFamily::Sdxl
+            }
+            // OpenCLIP's encoder (SD 2.x) uses exact GELU, OpenAI's CLIP (SD 1.x) quick GELU.
+            (None, None) if text_cfg.hidden_act == "gelu" => ModelFamily::Sd2,
+            (None, None) => ModelFamily::Sd1,
+            _ => {
+                return Err(EngineError::UnsupportedArchitecture(
+                    "two text encoders need a UNet with text_time conditioning and the \
+                     reverse (SDXL models have both)"
+                        .into(),
+                ))
+            }
+        };
+        let context_width = text_cfg.hidden_size + text_cfg_2.as_ref().map_or(0, |c| c.hidden_size);
         let unet_kind = match (unet_cfg.in_channels, vae_cfg.latent_channels) {
             (i, l) if i == l => UNetKind::Standard,
             (i, l) if i == 2 * l + 1 => UNetKind::Inpainting,
@@ -413,10 +524,10 @@ impl Configs {
                 "UNet out_channels differ from the VAE's latent_channels".into(),
             ));
         }
-        if unet_candle.cross_attention_dim != text_cfg.hidden_size {
+        if unet_candle.cross_attention_dim != context_width {
             return Err(EngineError::UnsupportedArchitecture(format!(
-                "UNet cross_attention_dim {} does not match the text encoder's hidden size {}",
-                unet_candle.cross_attention_dim, text_cfg.hidden_size
+                "UNet cross_attention_dim {} does not match the text encoders' width {context_width}",
+                unet_candle.cross_attention_dim
             )));
         }
         let schedule = NoiseSchedule::from_config(&sched_cfg)?;
@@ -425,6 +536,7 @@ impl Configs {
         let info = ModelInfo {
             dir: dir.to_path_buf(),
             name: display_name(dir),
+            family,
             unet_kind,
             vae_scale: vae_cfg.scale_factor(),
             latent_channels: vae_cfg.latent_channels,
@@ -432,11 +544,14 @@ impl Configs {
             default_scheduler,
             scheduler_fallback,
             distilled: schedule.spacing == Some(Spacing::Trailing),
+            zeros_for_empty_negative: family == ModelFamily::Sdxl
+                && index.force_zeros_for_empty_prompt.unwrap_or(true),
         };
         Ok(Self {
             unet_cfg,
             vae_cfg,
             text_cfg,
+            text_cfg_2,
             schedule,
             info,
         })

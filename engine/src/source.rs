@@ -19,11 +19,21 @@ const TOKENIZER_FILES: &[&str] = &[
     "tokenizer/special_tokens_map.json",
     "tokenizer/tokenizer_config.json",
 ];
+/// SDXL's second text encoder and tokenizer: fetched and required when `model_index.json`
+/// lists `text_encoder_2`.
+const SECOND_ENCODER_CONFIGS: &[&str] = &["text_encoder_2/config.json"];
+const SECOND_TOKENIZER_FILES: &[&str] = &[
+    "tokenizer_2/vocab.json",
+    "tokenizer_2/merges.txt",
+    "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/tokenizer_config.json",
+    "tokenizer_2/tokenizer.json",
+];
 
 /// Weight file names in order of preference for a component folder.
 pub fn weight_candidates(component: &str) -> &'static [&'static str] {
     match component {
-        "text_encoder" => &["model.safetensors", "model.fp16.safetensors"],
+        "text_encoder" | "text_encoder_2" => &["model.safetensors", "model.fp16.safetensors"],
         _ => &[
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
@@ -159,19 +169,33 @@ fn cached_snapshot(repo: &str, layout: Layout) -> Option<std::result::Result<Pat
     })
 }
 
+/// Whether a pipeline folder's `model_index.json` lists SDXL's second text encoder.
+fn lists_second_encoder(dir: &Path) -> bool {
+    crate::config::read_json::<crate::config::ModelIndex>(&dir.join("model_index.json"))
+        .is_ok_and(|index| crate::config::ModelIndex::has(&index.text_encoder_2))
+}
+
 fn first_missing(dir: &Path, layout: Layout) -> Option<PathBuf> {
+    let second = layout == Layout::Pipeline && lists_second_encoder(dir);
+    let extra_configs = if second { SECOND_ENCODER_CONFIGS } else { &[] };
+    let extra_weights: &[&str] = if second { &["text_encoder_2"] } else { &[] };
     let config = layout
         .configs()
         .iter()
+        .chain(extra_configs)
         .map(|f| dir.join(f))
         .find(|p| !p.exists());
     config.or_else(|| {
-        layout.weight_folders().iter().find_map(|c| {
-            let present = weight_candidates(c)
-                .iter()
-                .any(|w| dir.join(c).join(w).exists());
-            (!present).then(|| dir.join(c).join(weight_candidates(c)[0]))
-        })
+        layout
+            .weight_folders()
+            .iter()
+            .chain(extra_weights)
+            .find_map(|c| {
+                let present = weight_candidates(c)
+                    .iter()
+                    .any(|w| dir.join(c).join(w).exists());
+                (!present).then(|| dir.join(c).join(weight_candidates(c)[0]))
+            })
     })
 }
 
@@ -190,15 +214,24 @@ fn download(repo_id: &str, layout: Layout) -> Result<PathBuf> {
     let repo = api.model(repo_id.to_string());
     let info = repo.info().map_err(|e| offline("the repo listing", &e))?;
     let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    // SDXL repos: the second encoder is needed when the repo has one (the refiner, which
+    // lacks the first, is refused when it loads).
+    let second = layout == Layout::Pipeline && listed.contains(&"text_encoder_2/config.json");
     let mut wanted: Vec<String> = layout
         .configs()
         .iter()
         .copied()
         .chain(layout.extras())
+        .chain(if second {
+            [SECOND_ENCODER_CONFIGS, SECOND_TOKENIZER_FILES].concat()
+        } else {
+            Vec::new()
+        })
         .map(|s| s.to_string())
         .filter(|f| listed.contains(&f.as_str()))
         .collect();
-    for component in layout.weight_folders() {
+    let extra_weights: &[&str] = if second { &["text_encoder_2"] } else { &[] };
+    for component in layout.weight_folders().iter().chain(extra_weights) {
         let weights = weight_candidates(component)
             .iter()
             .map(|w| in_folder(component, w))
