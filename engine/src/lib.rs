@@ -21,6 +21,7 @@
 
 pub mod blocks;
 pub mod clip;
+mod clip_vocab;
 pub mod config;
 pub mod device;
 pub mod error;
