@@ -20,6 +20,7 @@
 //! - [`random_weights`]: seeded random weights for benchmarking an architecture.
 
 pub mod blocks;
+pub mod checkpoint;
 pub mod clip;
 mod clip_vocab;
 pub mod config;
@@ -42,6 +43,7 @@ pub mod unet;
 pub mod upscale;
 pub mod vae;
 
+pub use checkpoint::Prediction;
 pub use device::{device_name, DeviceChoice, Precision, PrecisionChoice};
 pub use error::{EngineError, Result};
 pub use generate::{GenerateRequest, Generation, InitImage, Progress};
