@@ -20,8 +20,10 @@ const OPEN_CLIP: &str = "cond_stage_model.model.";
 const SGM_OPEN_CLIP: &str = "conditioner.embedders.0.model.";
 const SDXL_CLIP_L: &str = "conditioner.embedders.0.transformer.";
 const SDXL_OPEN_CLIP: &str = "conditioner.embedders.1.model.";
-/// SDXL's `label_emb` input: pooled bigG text (1280) + six 256-wide size/crop embeddings.
-const SDXL_ADM: usize = 2816;
+/// SDXL's `text_time` values (original size, crop, target size), each embedded
+/// `addition_time_embed_dim` wide after the pooled text in `label_emb`'s input (SDXL: 1280 +
+/// 6 x 256 = 2816).
+const TIME_IDS: usize = 6;
 
 /// The model families a single file can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,21 @@ impl Detected {
         from_json(&self.scheduler_json, "scheduler")
     }
 
+    /// Refuses text encoders whose vocabulary is not CLIP's: a single file carries no
+    /// tokenizer, so its token ids must be the built-in vocabulary's.
+    pub fn require_builtin_vocabulary(&self) -> Found<()> {
+        for cfg in std::iter::once(&self.text_encoder_json).chain(&self.text_encoder_2_json) {
+            let vocab = cfg["vocab_size"].as_u64().unwrap_or(0) as usize;
+            if vocab != crate::clip_vocab::VOCAB_SIZE {
+                return Err(format!(
+                    "a text encoder with {vocab} tokens: single files load with CLIP's built-in vocabulary of {}",
+                    crate::clip_vocab::VOCAB_SIZE
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Diffusers name -> file tensor, for one component.
     pub fn key_map(&self, header: &Header, component: &str) -> Option<KeyMap> {
         let names = header.tensors.keys().map(String::as_str);
@@ -163,19 +180,37 @@ fn count(h: &Header, prefix: &str, suffix: &str) -> usize {
 
 /// Infers the model in `ckpt`; `prediction` overrides what the file says.
 pub fn detect(ckpt: &Checkpoint, prediction: Option<Prediction>) -> Found<Detected> {
-    let h = ckpt.header();
-    let adm = h
-        .shape(&format!("{UNET}label_emb.0.0.weight"))
-        .map(|s| s.get(1).copied());
+    let stem = ckpt
+        .path()
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    detect_in(
+        ckpt.header(),
+        &stem,
+        &|name| ckpt.tensor_values(name),
+        prediction,
+    )
+}
+
+/// [`detect`] on a header; `values` reads a tensor (only the SD 2 heuristic needs one).
+pub fn detect_in(
+    h: &Header,
+    stem: &str,
+    values: &dyn Fn(&str) -> Option<Vec<f32>>,
+    prediction: Option<Prediction>,
+) -> Found<Detected> {
+    let adm = h.shape(&format!("{UNET}label_emb.0.0.weight"));
     let (family, text, text_2) = if h.any_under(SDXL_OPEN_CLIP) || adm.is_some() {
-        match adm {
-            Some(Some(SDXL_ADM)) => {}
-            Some(other) => return Err(format!(
-                "a UNet with {} extra conditioning inputs (label_emb): the SDXL refiner and other \
-                     class-conditioned models are not supported",
-                other.map_or("unknown".into(), |n| n.to_string())
-            )),
-            None => return Err("an SDXL text encoder without SDXL's UNet conditioning".into()),
+        if !h.any_under(SDXL_OPEN_CLIP) || !h.any_under(SDXL_CLIP_L) {
+            return Err(
+                "a UNet with extra conditioning inputs (label_emb) without SDXL's two text \
+                        encoders: the SDXL refiner and class-conditioned models are not supported"
+                    .into(),
+            );
+        }
+        if adm.is_none() {
+            return Err("SDXL's text encoders without SDXL's UNet conditioning (label_emb)".into());
         }
         (
             Family::Sdxl,
@@ -195,22 +230,34 @@ pub fn detect(ckpt: &Checkpoint, prediction: Option<Prediction>) -> Found<Detect
                 .into(),
         );
     };
-    let turbo = is_turbo(ckpt);
-    let (unet_json, layout, in_channels) = unet(h, family, turbo)?;
+    let turbo = is_turbo(h, stem);
+    let (mut unet_json, layout, in_channels) = unet(h, family, turbo)?;
     let (vae_json, vae_levels) = vae(h, family)?;
     let text_encoder_json = text_encoder(h, text, family == Family::Sd2, None)?;
     let text_encoder_2_json = match text_2 {
         Some(layout) => Some(text_encoder(h, layout, false, Some(SDXL_OPEN_CLIP))?),
         None => None,
     };
+    if let (Some(adm), Some(text_2)) = (adm, &text_encoder_2_json) {
+        // label_emb takes the pooled text and the six embedded size/crop values.
+        let pooled = text_2["projection_dim"].as_u64().unwrap_or(0) as usize;
+        let adm = adm.get(1).copied().unwrap_or(0);
+        if adm <= pooled || (adm - pooled) % TIME_IDS != 0 {
+            return Err(format!(
+                "label_emb takes {adm} inputs, not {pooled} pooled text values plus six size/crop embeddings"
+            ));
+        }
+        unet_json["addition_embed_type"] = json!("text_time");
+        unet_json["addition_time_embed_dim"] = json!((adm - pooled) / TIME_IDS);
+        unet_json["projection_class_embeddings_input_dim"] = json!(adm);
+    }
     let (prediction, prediction_reason) = match prediction {
         Some(p) => (
             p,
             "set for this model (--prediction or the bot's [models] entry)".into(),
         ),
-        None => default_prediction(ckpt, family, in_channels),
+        None => default_prediction(h, values, family, in_channels),
     };
-    let mut unet_json = unet_json;
     if family == Family::Sd2 && prediction == Prediction::V && !turbo && in_channels == 4 {
         // SD 2.x v-models are the 768 px ones (stable-diffusion-2(-1)).
         unet_json["sample_size"] = json!(96);
@@ -237,14 +284,9 @@ pub fn detect(ckpt: &Checkpoint, prediction: Option<Prediction>) -> Found<Detect
 }
 
 /// SD-Turbo and SDXL-Turbo have their base's weights' shapes; only the name can tell.
-fn is_turbo(ckpt: &Checkpoint) -> bool {
-    let stem = ckpt
-        .path()
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    let title = ckpt
-        .header()
+fn is_turbo(h: &Header, stem: &str) -> bool {
+    let stem = stem.to_ascii_lowercase();
+    let title = h
         .metadata
         .get("modelspec.title")
         .map(|t| t.to_ascii_lowercase())
@@ -254,11 +296,11 @@ fn is_turbo(ckpt: &Checkpoint) -> bool {
 
 /// The file's own evidence first, then ComfyUI's heuristic for SD 2.x, else epsilon.
 fn default_prediction(
-    ckpt: &Checkpoint,
+    h: &Header,
+    values: &dyn Fn(&str) -> Option<Vec<f32>>,
     family: Family,
     in_channels: usize,
 ) -> (Prediction, String) {
-    let h = ckpt.header();
     if h.has("v_pred") {
         return (Prediction::V, "the file has a v_pred key".into());
     }
@@ -279,7 +321,7 @@ fn default_prediction(
             .rev()
             .map(|i| format!("{UNET}output_blocks.{i}.1.transformer_blocks.0.norm1.bias"))
             .find(|k| h.has(k));
-        if let Some(values) = key.and_then(|k| ckpt.tensor_values(&k)) {
+        if let Some(values) = key.and_then(|k| values(&k)) {
             let n = values.len().max(1) as f64;
             let mean = values.iter().map(|v| *v as f64).sum::<f64>() / n;
             let var = values
@@ -443,9 +485,6 @@ fn unet(h: &Header, family: Family, turbo: bool) -> Found<(Value, UNetLayout, us
     if family == Family::Sdxl {
         let depths: Vec<usize> = levels.iter().map(|l| l.depth.max(1)).collect();
         cfg["transformer_layers_per_block"] = json!(depths);
-        cfg["addition_embed_type"] = json!("text_time");
-        cfg["addition_time_embed_dim"] = json!(256);
-        cfg["projection_class_embeddings_input_dim"] = json!(SDXL_ADM);
     } else if levels.iter().any(|l| l.depth > 1) || mid_depth > 1 {
         return Err("an SD 1.x/2.x UNet with more than one transformer per attention block".into());
     }
@@ -527,12 +566,6 @@ fn text_encoder(
             "a text encoder {hidden} wide, not a multiple of CLIP's 64-channel heads"
         ));
     }
-    if vocab != crate::clip_vocab::VOCAB_SIZE {
-        return Err(format!(
-            "a text encoder with {vocab} tokens: single files load with CLIP's built-in vocabulary of {}",
-            crate::clip_vocab::VOCAB_SIZE
-        ));
-    }
     let mut cfg = json!({
         "architectures": [if projection.is_some() { "CLIPTextModelWithProjection" } else { "CLIPTextModel" }],
         "vocab_size": vocab,
@@ -573,6 +606,8 @@ fn scheduler(family: Family, prediction: Prediction, turbo: bool) -> Value {
         (Family::Sd1, false) => "PNDMScheduler",
         (Family::Sd2, false) => "DDIMScheduler",
         (Family::Sdxl, false) => {
+            // SDXL base's EulerDiscreteScheduler config has no clip_sample.
+            cfg.as_object_mut().map(|c| c.remove("clip_sample"));
             cfg["interpolation_type"] = json!("linear");
             cfg["use_karras_sigmas"] = json!(false);
             "EulerDiscreteScheduler"
@@ -580,4 +615,258 @@ fn scheduler(family: Family, prediction: Prediction, turbo: bool) -> Value {
     };
     cfg["_class_name"] = json!(class);
     cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::TensorInfo;
+
+    /// The tensors detection reads, with SDXL base 1.0's shapes.
+    fn sdxl_header() -> Header {
+        let mut t: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut add = |name: String, shape: &[usize]| t.push((name, shape.to_vec()));
+        let u = UNET;
+        add(format!("{u}input_blocks.0.0.weight"), &[320, 4, 3, 3]);
+        add(format!("{u}out.2.weight"), &[4, 320, 3, 3]);
+        add(format!("{u}label_emb.0.0.weight"), &[1280, 2816]);
+        let (channels, depths) = ([320, 640, 1280], [0, 2, 10]);
+        let mut n = 1;
+        for level in 0..3 {
+            for _ in 0..2 {
+                let c = channels[level];
+                add(
+                    format!("{u}input_blocks.{n}.0.out_layers.3.weight"),
+                    &[c, c, 3, 3],
+                );
+                for k in 0..depths[level] {
+                    let b = format!("{u}input_blocks.{n}.1.transformer_blocks.{k}.");
+                    add(format!("{b}norm1.weight"), &[c]);
+                    add(format!("{b}attn2.to_k.weight"), &[c, 2048]);
+                }
+                if depths[level] > 0 {
+                    add(format!("{u}input_blocks.{n}.1.proj_in.weight"), &[c, c]);
+                }
+                n += 1;
+            }
+            if level < 2 {
+                add(
+                    format!("{u}input_blocks.{n}.0.op.weight"),
+                    &[channels[level]; 2],
+                );
+                n += 1;
+            }
+        }
+        for i in 0..9 {
+            add(
+                format!("{u}output_blocks.{i}.0.in_layers.0.weight"),
+                &[1280],
+            );
+        }
+        for k in 0..10 {
+            add(
+                format!("{u}middle_block.1.transformer_blocks.{k}.norm1.weight"),
+                &[1280],
+            );
+        }
+        for (i, c) in [128, 256, 512, 512].into_iter().enumerate() {
+            for j in 0..2 {
+                add(
+                    format!("{VAE}encoder.down.{i}.block.{j}.conv1.weight"),
+                    &[c, c, 3, 3],
+                );
+            }
+        }
+        add(format!("{VAE}encoder.conv_in.weight"), &[128, 3, 3, 3]);
+        add(format!("{VAE}decoder.conv_in.weight"), &[512, 4, 3, 3]);
+        add(format!("{VAE}decoder.conv_out.weight"), &[3, 128, 3, 3]);
+        add(format!("{VAE}quant_conv.weight"), &[8, 8, 1, 1]);
+        add(format!("{VAE}post_quant_conv.weight"), &[4, 4, 1, 1]);
+        let l = format!("{SDXL_CLIP_L}text_model.");
+        add(
+            format!("{l}embeddings.token_embedding.weight"),
+            &[49408, 768],
+        );
+        add(
+            format!("{l}embeddings.position_embedding.weight"),
+            &[77, 768],
+        );
+        for i in 0..12 {
+            add(
+                format!("{l}encoder.layers.{i}.mlp.fc1.weight"),
+                &[3072, 768],
+            );
+        }
+        let g = SDXL_OPEN_CLIP;
+        add(format!("{g}token_embedding.weight"), &[49408, 1280]);
+        add(format!("{g}positional_embedding"), &[77, 1280]);
+        add(format!("{g}text_projection"), &[1280, 1280]);
+        for i in 0..32 {
+            add(
+                format!("{g}transformer.resblocks.{i}.mlp.c_fc.weight"),
+                &[5120, 1280],
+            );
+        }
+        Header {
+            tensors: t
+                .into_iter()
+                .map(|(name, shape)| {
+                    let dtype = "F16".to_string();
+                    (name, TensorInfo { dtype, shape })
+                })
+                .collect(),
+            metadata: Default::default(),
+        }
+    }
+
+    #[test]
+    fn sdxl_base_is_detected_with_the_configs_of_its_diffusers_repo() {
+        let d = detect_in(&sdxl_header(), "sd_xl_base_1.0", &|_| None, None).unwrap();
+        assert_eq!(d.family, Family::Sdxl);
+        let u = &d.unet_json;
+        assert_eq!(u["block_out_channels"], json!([320, 640, 1280]));
+        assert_eq!(u["attention_head_dim"], json!([5, 10, 20]));
+        assert_eq!(u["transformer_layers_per_block"], json!([1, 2, 10]));
+        assert_eq!(
+            u["down_block_types"],
+            json!([
+                "DownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D"
+            ])
+        );
+        assert_eq!(
+            u["up_block_types"],
+            json!(["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"])
+        );
+        assert_eq!(u["cross_attention_dim"], 2048);
+        assert_eq!(u["use_linear_projection"], true);
+        assert_eq!(u["addition_embed_type"], "text_time");
+        assert_eq!(u["addition_time_embed_dim"], 256);
+        assert_eq!(u["projection_class_embeddings_input_dim"], 2816);
+        assert_eq!(u["sample_size"], 128);
+        assert_eq!(d.vae_json["scaling_factor"], 0.13025);
+        assert_eq!(
+            d.vae_json["block_out_channels"],
+            json!([128, 256, 512, 512])
+        );
+        let (t1, t2) = (
+            &d.text_encoder_json,
+            d.text_encoder_2_json.as_ref().unwrap(),
+        );
+        assert_eq!(
+            (
+                t1["num_hidden_layers"].clone(),
+                t1["num_attention_heads"].clone()
+            ),
+            (json!(12), json!(12))
+        );
+        assert_eq!(t1["hidden_act"], "quick_gelu");
+        // SDXL keeps every layer of both encoders; the pipeline takes hidden_states[-2].
+        assert_eq!(
+            (
+                t2["num_hidden_layers"].clone(),
+                t2["num_attention_heads"].clone()
+            ),
+            (json!(32), json!(20))
+        );
+        assert_eq!(t2["hidden_act"], "gelu");
+        assert_eq!(t2["projection_dim"], 1280);
+        assert_eq!(t2["architectures"], json!(["CLIPTextModelWithProjection"]));
+        assert_eq!(d.scheduler_json["_class_name"], "EulerDiscreteScheduler");
+        assert_eq!(d.padding, ClipPadding::EndOfText);
+        assert!(d.require_builtin_vocabulary().is_ok());
+        let names = d.key_map(&sdxl_header(), "text_encoder_2").unwrap();
+        assert!(names.contains_key("text_projection.weight"));
+        assert!(names.contains_key("text_model.encoder.layers.31.mlp.fc1.weight"));
+    }
+
+    #[test]
+    fn turbo_is_told_by_name_and_runs_at_512_with_trailing_euler_a() {
+        let d = detect_in(&sdxl_header(), "sd_xl_turbo_1.0_fp16", &|_| None, None).unwrap();
+        assert!(d.turbo);
+        assert_eq!(d.unet_json["sample_size"], 64);
+        assert_eq!(
+            d.scheduler_json["_class_name"],
+            "EulerAncestralDiscreteScheduler"
+        );
+        assert_eq!(d.scheduler_json["timestep_spacing"], "trailing");
+    }
+
+    #[test]
+    fn a_refiner_is_refused_by_name() {
+        let mut h = sdxl_header();
+        h.tensors.retain(|k, _| !k.starts_with(SDXL_CLIP_L));
+        let err = detect_in(&h, "refiner", &|_| None, None).unwrap_err();
+        assert!(err.contains("refiner"), "{err}");
+    }
+
+    #[test]
+    fn the_sd2_heuristic_reads_the_last_attention_norm_bias() {
+        let bias = format!("{UNET}output_blocks.11.1.transformer_blocks.0.norm1.bias");
+        let h = Header {
+            tensors: [
+                (bias.clone(), vec![1280]),
+                (
+                    format!("{UNET}output_blocks.11.0.in_layers.0.weight"),
+                    vec![640],
+                ),
+            ]
+            .into_iter()
+            .map(|(n, shape)| {
+                (
+                    n,
+                    TensorInfo {
+                        dtype: "F32".into(),
+                        shape,
+                    },
+                )
+            })
+            .collect(),
+            metadata: Default::default(),
+        };
+        // Blocks 0..=11 must be counted from 0: give the counter the others.
+        let mut h = h;
+        for i in 0..11 {
+            h.tensors.insert(
+                format!("{UNET}output_blocks.{i}.0.in_layers.0.weight"),
+                TensorInfo {
+                    dtype: "F32".into(),
+                    shape: vec![640],
+                },
+            );
+        }
+        let wide = |_: &str| {
+            Some(
+                (0..1280)
+                    .map(|i| if i % 2 == 0 { 0.2 } else { -0.2 })
+                    .collect(),
+            )
+        };
+        let narrow = |_: &str| Some(vec![0.01; 1280]);
+        assert_eq!(
+            default_prediction(&h, &wide, Family::Sd2, 4).0,
+            Prediction::V
+        );
+        assert_eq!(
+            default_prediction(&h, &narrow, Family::Sd2, 4).0,
+            Prediction::Epsilon
+        );
+        // Inpainting SD 2 models are epsilon whatever the spread (ComfyUI's rule).
+        assert_eq!(
+            default_prediction(&h, &wide, Family::Sd2, 9).0,
+            Prediction::Epsilon
+        );
+        h.tensors.insert(
+            "v_pred".into(),
+            TensorInfo {
+                dtype: "F32".into(),
+                shape: vec![],
+            },
+        );
+        assert_eq!(
+            default_prediction(&h, &narrow, Family::Sd2, 4).0,
+            Prediction::V
+        );
+    }
 }

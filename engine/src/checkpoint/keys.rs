@@ -471,7 +471,7 @@ mod tests {
         assert!(map.contains_key("text_model.final_layer_norm.weight"));
         assert_eq!(
             map.len(),
-            10,
+            11,
             "logit_scale is not part of the text model: {map:?}"
         );
     }

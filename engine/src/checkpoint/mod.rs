@@ -158,7 +158,9 @@ impl Checkpoint {
 
     /// Infers the model's family and configs (see [`detect`]).
     pub fn detect(&self, prediction: Option<Prediction>) -> Result<Detected> {
-        detect::detect(self, prediction).map_err(|e| EngineError::bad_file(&self.path, e))
+        detect::detect(self, prediction)
+            .and_then(|d| d.require_builtin_vocabulary().map(|()| d))
+            .map_err(|e| EngineError::bad_file(&self.path, e))
     }
 
     /// A f32 copy of one tensor, for the few values detection looks at.
