@@ -309,9 +309,12 @@ async fn engines_factories(config: &Config) -> Result<Vec<EnginesFactory>> {
     }
     let factories = hardware.into_iter().map(|hw| {
         let (specs, taesd) = (config.models.clone(), taesd.clone());
+        let predictions = config.predictions.clone();
         let upscaler = config.upscaler.clone();
         Arc::new(move || {
-            let mut engines = Engines::new(specs.clone()).on(hw.device.clone(), hw.precision);
+            let mut engines = Engines::new(specs.clone())
+                .with_predictions(predictions.clone())
+                .on(hw.device.clone(), hw.precision);
             if let Some(path) = &upscaler {
                 engines = engines.with_upscaler(path.clone());
             }
