@@ -6,7 +6,7 @@
 
 use std::io::Read;
 
-use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::models::bpe::{Merges, Vocab, BPE};
 
 /// The gzipped merge list, as OpenAI ships it.
 const MERGES_GZ: &[u8] = include_bytes!("../../assets/tokenizer/bpe_simple_vocab_16e6.txt.gz");
@@ -36,13 +36,13 @@ fn byte_symbols() -> Vec<char> {
 }
 
 /// The merges and the vocabulary in CLIP's id order.
-fn vocab_and_merges() -> Result<(Vec<String>, Vec<(String, String)>), String> {
+fn vocab_and_merges() -> Result<(Vec<String>, Merges), String> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(MERGES_GZ)
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot unpack the embedded BPE merges: {e}"))?;
     // Line 0 is the version header.
-    let merges: Vec<(String, String)> = text
+    let merges: Merges = text
         .lines()
         .skip(1)
         .take(MERGE_COUNT)

@@ -153,7 +153,13 @@ impl StableDiffusion {
     /// Reads a folder's configs or a single file's header (no weights) and says what model it
     /// is, or why we cannot run it.
     pub fn describe(path: &Path) -> Result<ModelInfo> {
-        Ok(Configs::read(&ModelSource::open(path, None)?)?.info)
+        Self::describe_with(path, None)
+    }
+
+    /// [`StableDiffusion::describe`] with a prediction type set for the model (an SD 2.x v
+    /// file is a 768 px model, an epsilon one a 512 px model).
+    pub fn describe_with(path: &Path, prediction: Option<Prediction>) -> Result<ModelInfo> {
+        Ok(Configs::read(&ModelSource::open(path, prediction)?)?.info)
     }
 
     /// Loads a diffusers folder or a single-file checkpoint (see [`crate::resolve_model`]).

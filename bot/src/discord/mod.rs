@@ -268,7 +268,8 @@ async fn describe_models(config: &Config) -> Result<BTreeMap<String, ModelInfo>>
             move || imagine_engine::resolve_model(&spec)
         })
         .await??;
-        let info = imagine_engine::StableDiffusion::describe(&dir)
+        let prediction = config.predictions.get(name).copied();
+        let info = imagine_engine::StableDiffusion::describe_with(&dir, prediction)
             .with_context(|| format!("model {name} ({spec})"))?;
         models.insert(name.clone(), info);
     }

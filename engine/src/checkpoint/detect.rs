@@ -242,7 +242,7 @@ pub fn detect_in(
         // label_emb takes the pooled text and the six embedded size/crop values.
         let pooled = text_2["projection_dim"].as_u64().unwrap_or(0) as usize;
         let adm = adm.get(1).copied().unwrap_or(0);
-        if adm <= pooled || (adm - pooled) % TIME_IDS != 0 {
+        if adm <= pooled || !(adm - pooled).is_multiple_of(TIME_IDS) {
             return Err(format!(
                 "label_emb takes {adm} inputs, not {pooled} pooled text values plus six size/crop embeddings"
             ));
