@@ -254,6 +254,15 @@ fn pickles_are_refused_with_how_to_convert_them() {
     std::fs::write(&renamed, b"PK\x03\x04rest of a torch zip").unwrap();
     let err = StableDiffusion::describe(&renamed).unwrap_err().to_string();
     assert!(err.contains("PyTorch pickle"), "{err}");
+    // A safetensors header 0x180 bytes long starts with the byte a pickle starts with: it is
+    // still read as safetensors (and named as what it is).
+    let header = format!("{:<384}", r#"{"__metadata__":{"note":"empty"}}"#);
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    assert_eq!(bytes[0], 0x80);
+    std::fs::write(&renamed, bytes).unwrap();
+    let err = StableDiffusion::describe(&renamed).unwrap_err().to_string();
+    assert!(err.contains("not a Stable Diffusion checkpoint"), "{err}");
 }
 
 #[test]

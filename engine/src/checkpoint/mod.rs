@@ -133,8 +133,18 @@ impl Checkpoint {
     /// Opens `path` if it is a whole Stable Diffusion checkpoint in safetensors format; says
     /// what it is instead when it is a pickle, a LoRA, a lone VAE or something else.
     pub fn open(path: &Path) -> Result<Self> {
-        refuse_pickle(path)?;
-        let header = Header::read(path)?;
+        if is_pickle_name(path) {
+            return Err(pickle_refusal(path));
+        }
+        // A pickle under another name is told by its first bytes, but only once the file has
+        // failed as safetensors: a safetensors header length can start with the same bytes.
+        let header = Header::read(path).map_err(|e| {
+            if starts_like_a_pickle(path) {
+                pickle_refusal(path)
+            } else {
+                e
+            }
+        })?;
         if let Some(what) = not_a_checkpoint(&header) {
             return Err(EngineError::bad_file(path, what));
         }
@@ -192,28 +202,33 @@ impl Checkpoint {
     }
 }
 
-/// PyTorch pickles can run code when loaded: refuse them, and say how to convert one.
-fn refuse_pickle(path: &Path) -> Result<()> {
+/// The extensions PyTorch's pickled checkpoints go by.
+fn is_pickle_name(path: &Path) -> bool {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
+    matches!(ext.as_str(), "ckpt" | "pt" | "pth" | "bin")
+}
+
+/// A zip archive (`torch.save`'s format) or a bare pickle (protocol 2+ starts with 0x80).
+fn starts_like_a_pickle(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    let pickled = matches!(ext.as_str(), "ckpt" | "pt" | "pth" | "bin")
-        || std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .is_ok_and(|()| magic == *b"PK\x03\x04" || magic[0] == 0x80);
-    if pickled {
-        return Err(EngineError::bad_file(
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| magic == *b"PK\x03\x04" || magic[0] == 0x80)
+}
+
+/// PyTorch pickles can run code when loaded: refuse them, and say how to convert one.
+fn pickle_refusal(path: &Path) -> EngineError {
+    EngineError::bad_file(
             path,
             "this is a PyTorch pickle (.ckpt/.pt/.pth/.bin), which can run arbitrary code when \
              loaded, so Imagine does not read it: convert it to .safetensors first, e.g. \
              `python -c \"import torch,safetensors.torch as s; d=torch.load('model.ckpt',map_location='cpu',weights_only=True); \
              s.save_file({k:v.contiguous() for k,v in d.get('state_dict',d).items() if hasattr(v,'contiguous')},'model.safetensors')\"`, \
              or download the model's .safetensors version",
-        ));
-    }
-    Ok(())
+    )
 }
 
 /// Why a safetensors file is not a whole SD checkpoint, naming what it looks like.
