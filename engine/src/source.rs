@@ -175,8 +175,12 @@ fn resolve(spec: &str, layout: Layout) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if !looks_like_repo_id(spec) {
+        let file = match layout {
+            Layout::Pipeline => ", a .safetensors file",
+            Layout::TinyAutoencoder => "",
+        };
         return Err(EngineError::ModelNotFound(format!(
-            "{spec:?} is neither a folder, a .safetensors file nor a Hugging Face repo id like {example}"
+            "{spec:?} is neither a folder{file} nor a Hugging Face repo id like {example}"
         )));
     }
     let cached = cached_snapshot(spec, layout);
