@@ -40,7 +40,8 @@ const PROMPT: &str = "a photograph of an astronaut riding a horse on the moon, h
 /// Arguments of `imagine bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// A diffusers model folder (for the comparison with diffusers, which needs one: run
+    /// A diffusers model folder or a single-file checkpoint (the comparison with diffusers
+    /// needs a folder: run
     /// `tools/make_random_model.py --arch sd-turbo --out DIR`).
     #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
     pub model: Option<PathBuf>,

@@ -394,3 +394,69 @@ fn fast_decode_with_taesd_from_the_cache_reproduces_the_pipeline_with_autoencode
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--taesd"), "{err}");
 }
+
+#[test]
+fn a_single_file_checkpoint_generates_a_png_and_a_pickle_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("single.png");
+    let (file, out_s) = (model("tiny-sd21-v.safetensors"), out.display().to_string());
+    let o = imagine(
+        &[
+            "generate",
+            "a lighthouse",
+            "--model",
+            &file,
+            "--prediction",
+            "v",
+            "--size",
+            "64x64",
+            "--steps",
+            "2",
+            "--seed",
+            "7",
+            "--out",
+            &out_s,
+        ],
+        "2",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = std::fs::read(&out).unwrap();
+    let image = image::load_from_memory(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (64, 64));
+    assert!(
+        parameters(&png).contains("Model: tiny-sd21-v"),
+        "{}",
+        parameters(&png)
+    );
+
+    let ckpt = tmp.path().join("model.ckpt");
+    std::fs::write(&ckpt, b"\x80\x02}q\x00.").unwrap();
+    let o = imagine(
+        &[
+            "generate",
+            "p",
+            "--model",
+            &ckpt.display().to_string(),
+            "--out",
+            &out_s,
+        ],
+        "2",
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("convert it to .safetensors"), "{err}");
+    let o = imagine(
+        &[
+            "generate",
+            "p",
+            "--model",
+            &file,
+            "--prediction",
+            "x0",
+            "--out",
+            &out_s,
+        ],
+        "2",
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("use v or epsilon"));
+}

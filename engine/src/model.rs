@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::checkpoint::Prediction;
 use crate::clip::{ClipTextModel, TextEncoding};
 use crate::config::{
     read_json, ModelIndex, SchedulerFileConfig, TextEncoderFileConfig, UNetFileConfig,
@@ -14,7 +15,7 @@ use crate::config::{
 };
 use crate::error::{EngineError, Result};
 use crate::schedulers::{NoiseSchedule, SchedulerKind, Spacing};
-use crate::source::weight_candidates;
+use crate::source::{weight_candidates, ModelSource};
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::{AddedConditioning, UNet, UNetExtras};
 use crate::vae::Autoencoder;
@@ -29,6 +30,9 @@ pub struct LoadOptions {
     pub random_weights: Option<u64>,
     /// What the convolutions, linear layers and attention products compute in on the CPU.
     pub precision: ComputePrecision,
+    /// Overrides what the model says it predicts (`--prediction`); see
+    /// [`crate::checkpoint::detect`] for how a single file's default is decided.
+    pub prediction: Option<Prediction>,
 }
 
 impl Default for LoadOptions {
@@ -38,6 +42,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             random_weights: None,
             precision: ComputePrecision::Fp32,
+            prediction: None,
         }
     }
 }
@@ -178,18 +183,26 @@ pub struct ModelInfo {
 }
 
 impl StableDiffusion {
-    /// Reads a folder's configs (no weights) and says what model it is, or why we cannot run it.
-    pub fn describe(dir: &Path) -> Result<ModelInfo> {
-        Ok(Configs::read(dir)?.info)
+    /// Reads a folder's configs or a single file's header (no weights) and says what model it
+    /// is, or why we cannot run it.
+    pub fn describe(path: &Path) -> Result<ModelInfo> {
+        Self::describe_with(path, None)
     }
 
-    /// Loads a diffusers folder (see [`crate::resolve_model`] for repo ids).
+    /// [`StableDiffusion::describe`] with a prediction type set for the model (an SD 2.x v
+    /// file is a 768 px model, an epsilon one a 512 px model).
+    pub fn describe_with(path: &Path, prediction: Option<Prediction>) -> Result<ModelInfo> {
+        Ok(Configs::read(&ModelSource::open(path, prediction)?)?.info)
+    }
+
+    /// Loads a diffusers folder or a single-file checkpoint (see [`crate::resolve_model`]).
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         opts.check()?;
         crate::layers::loading_with(opts.precision, || Self::load_components(dir, opts))
     }
 
-    fn load_components(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+    fn load_components(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let source = ModelSource::open(path, opts.prediction)?;
         let Configs {
             unet_cfg,
             vae_cfg,
@@ -197,10 +210,9 @@ impl StableDiffusion {
             text_cfg_2,
             schedule,
             info,
-        } = Configs::read(dir)?;
+        } = Configs::read(&source)?;
         let unet_candle = unet_cfg.to_candle()?;
-        let tokenizer =
-            ClipTokenizer::load(&dir.join("tokenizer"), text_cfg.max_position_embeddings)?;
+        let tokenizer = source.tokenizer(text_cfg.max_position_embeddings)?;
         let (device, dtype) = (&opts.device, opts.dtype);
         // As diffusers: an fp16 model decodes with its VAE in f32 when the VAE asks for it.
         let vae_dtype = if dtype == DType::F16 && vae_cfg.force_upcast {
@@ -209,17 +221,14 @@ impl StableDiffusion {
             dtype
         };
         let text_encoder =
-            ClipTextModel::new(weights(dir, "text_encoder", opts, dtype)?, &text_cfg)
-                .map_err(|e| mismatch(dir, "text_encoder", e))?;
+            ClipTextModel::new(weights(&source, "text_encoder", opts, dtype)?, &text_cfg)
+                .map_err(|e| mismatch(&source, "text_encoder", e))?;
         let text_encoder_2 = match &text_cfg_2 {
             None => None,
             Some(cfg) => Some(SecondEncoder {
-                tokenizer: ClipTokenizer::load(
-                    &dir.join("tokenizer_2"),
-                    cfg.max_position_embeddings,
-                )?,
-                model: ClipTextModel::new(weights(dir, "text_encoder_2", opts, dtype)?, cfg)
-                    .map_err(|e| mismatch(dir, "text_encoder_2", e))?,
+                tokenizer: source.tokenizer_2(cfg.max_position_embeddings)?,
+                model: ClipTextModel::new(weights(&source, "text_encoder_2", opts, dtype)?, cfg)
+                    .map_err(|e| mismatch(&source, "text_encoder_2", e))?,
             }),
         };
         let extras = UNetExtras {
@@ -227,15 +236,15 @@ impl StableDiffusion {
             up_depths: unet_cfg.up_depths(&unet_candle.blocks, unet_candle.layers_per_block)?,
         };
         let unet = UNet::load(
-            weights(dir, "unet", opts, dtype)?,
+            weights(&source, "unet", opts, dtype)?,
             unet_cfg.in_channels,
             unet_cfg.out_channels,
             &unet_candle,
             &extras,
         )
-        .map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
-        let vae = Autoencoder::new(weights(dir, "vae", opts, vae_dtype)?, &vae_cfg)
-            .map_err(|e| mismatch(dir, "vae", e))?;
+        .map_err(|e| mismatch(&source, "unet", EngineError::Tensor(e)))?;
+        let vae = Autoencoder::new(weights(&source, "vae", opts, vae_dtype)?, &vae_cfg)
+            .map_err(|e| mismatch(&source, "vae", e))?;
         Ok(Self {
             tokenizer,
             text_encoder,
@@ -343,25 +352,40 @@ fn display_name(dir: &Path) -> String {
     if let Some(repo) = parts.iter().rev().find_map(|p| p.strip_prefix("models--")) {
         return repo.replacen("--", "/", 1);
     }
+    if dir.is_file() {
+        // A single-file checkpoint is known by its file name without the extension.
+        if let Some(stem) = dir.file_stem() {
+            return stem.to_string_lossy().into_owned();
+        }
+    }
     dir.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string())
 }
 
-fn mismatch(dir: &Path, component: &str, e: EngineError) -> EngineError {
-    match e {
-        EngineError::Tensor(inner) => EngineError::bad_file(
+fn mismatch(source: &ModelSource, component: &str, e: EngineError) -> EngineError {
+    match (e, source) {
+        (EngineError::Tensor(inner), ModelSource::Folder { dir, .. }) => EngineError::bad_file(
             dir.join(component),
             format!("the weights do not match {component}/config.json ({inner})"),
         ),
-        other => other,
+        (EngineError::Tensor(inner), ModelSource::SingleFile { checkpoint, .. }) => {
+            EngineError::bad_file(
+                checkpoint.path(),
+                format!(
+                    "the {component} tensors do not fit the model inferred from the file ({inner})"
+                ),
+            )
+        }
+        (other, _) => other,
     }
 }
 
-/// Memory-maps a component's safetensors weights (whole, fp16 variant, or sharded).
+/// Memory-maps a component's safetensors weights (whole, fp16 variant, or sharded; or the
+/// component's part of a single-file checkpoint).
 fn weights(
-    dir: &Path,
-    component: &str,
+    source: &ModelSource,
+    component: &'static str,
     opts: &LoadOptions,
     dtype: DType,
 ) -> Result<VarBuilder<'static>> {
@@ -376,6 +400,13 @@ fn weights(
             device.clone(),
         ));
     }
+    let dir = match source {
+        ModelSource::Folder { dir, .. } => dir,
+        ModelSource::SingleFile {
+            checkpoint,
+            detected,
+        } => return checkpoint.weights(detected, component, dtype, device),
+    };
     let folder = dir.join(component);
     let files = weight_files(&folder, component)?;
     for f in &files {
@@ -454,6 +485,17 @@ pub(crate) fn check_safetensors(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A model's configs as read from a folder or inferred from a single file.
+struct Components {
+    unet_cfg: UNetFileConfig,
+    vae_cfg: VaeFileConfig,
+    text_cfg: TextEncoderFileConfig,
+    text_cfg_2: Option<TextEncoderFileConfig>,
+    sched_cfg: SchedulerFileConfig,
+    /// The pipeline's `force_zeros_for_empty_prompt` (SDXL).
+    zeros_for_empty_negative: bool,
+}
+
 /// A folder's parsed and cross-checked configs.
 struct Configs {
     unet_cfg: UNetFileConfig,
@@ -466,7 +508,25 @@ struct Configs {
 }
 
 impl Configs {
-    fn read(dir: &Path) -> Result<Self> {
+    fn read(source: &ModelSource) -> Result<Self> {
+        let (dir, prediction) = match source {
+            ModelSource::Folder { dir, prediction } => (dir, *prediction),
+            ModelSource::SingleFile {
+                checkpoint,
+                detected,
+            } => {
+                let components = Components {
+                    unet_cfg: detected.unet_config()?,
+                    vae_cfg: detected.vae_config()?,
+                    text_cfg: detected.text_encoder_config()?,
+                    text_cfg_2: detected.text_encoder_2_config()?,
+                    sched_cfg: detected.scheduler_config()?,
+                    // What every SDXL pipeline on the hub sets.
+                    zeros_for_empty_negative: true,
+                };
+                return Self::check(components, checkpoint.path());
+            }
+        };
         let index: ModelIndex = read_json(&dir.join("model_index.json"))?;
         let two_encoders = ModelIndex::has(&index.text_encoder_2);
         if two_encoders && !ModelIndex::has(&index.text_encoder) {
@@ -481,7 +541,33 @@ impl Configs {
         let text_cfg_2: Option<TextEncoderFileConfig> = two_encoders
             .then(|| read_json(&dir.join("text_encoder_2/config.json")))
             .transpose()?;
-        let sched_cfg = SchedulerFileConfig::read(&dir.join("scheduler/scheduler_config.json"))?;
+        let mut sched_cfg =
+            SchedulerFileConfig::read(&dir.join("scheduler/scheduler_config.json"))?;
+        if let Some(p) = prediction {
+            tracing::info!("prediction type {} (set for this model)", p.config_name());
+            sched_cfg.prediction_type = Some(p.config_name().into());
+        }
+        let components = Components {
+            unet_cfg,
+            vae_cfg,
+            text_cfg,
+            text_cfg_2,
+            sched_cfg,
+            zeros_for_empty_negative: index.force_zeros_for_empty_prompt.unwrap_or(true),
+        };
+        Self::check(components, dir)
+    }
+
+    /// Cross-checks a model's configs at `path` (folder or file) and derives its info.
+    fn check(components: Components, dir: &Path) -> Result<Self> {
+        let Components {
+            unet_cfg,
+            vae_cfg,
+            text_cfg,
+            text_cfg_2,
+            sched_cfg,
+            zeros_for_empty_negative,
+        } = components;
         let unet_candle = unet_cfg.to_candle()?;
         vae_cfg.validate()?;
         text_cfg.validate()?;
@@ -544,8 +630,7 @@ impl Configs {
             default_scheduler,
             scheduler_fallback,
             distilled: schedule.spacing == Some(Spacing::Trailing),
-            zeros_for_empty_negative: family == ModelFamily::Sdxl
-                && index.force_zeros_for_empty_prompt.unwrap_or(true),
+            zeros_for_empty_negative: family == ModelFamily::Sdxl && zeros_for_empty_negative,
         };
         Ok(Self {
             unet_cfg,

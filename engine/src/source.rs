@@ -1,9 +1,76 @@
-//! Where a model's files come from: a local diffusers folder, or a Hugging Face repo id
-//! resolved through the local HF cache (downloading, with a progress bar, when online).
+//! Where a model's files come from: a local diffusers folder, a single-file checkpoint
+//! (`.safetensors` in the original SD layout), or a Hugging Face repo id resolved through the
+//! local HF cache (downloading, with a progress bar, when online). [`ModelSource`] is the seam
+//! the loader reads configs, weights and the tokenizer through, whichever of these it is.
 
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::{Checkpoint, Detected, Prediction};
 use crate::error::{EngineError, Result};
+use crate::tokenizer::ClipTokenizer;
+
+/// An opened model: a diffusers folder, or a single file with what was inferred from it.
+pub enum ModelSource {
+    Folder {
+        dir: PathBuf,
+        /// `--prediction`, applied over the folder's scheduler config.
+        prediction: Option<Prediction>,
+    },
+    SingleFile {
+        checkpoint: Checkpoint,
+        detected: Box<Detected>,
+    },
+}
+
+impl ModelSource {
+    /// Opens a folder as it is, or a file as a single-file checkpoint (reading its header
+    /// only); `prediction` overrides what the model says it predicts.
+    pub fn open(path: &Path, prediction: Option<Prediction>) -> Result<Self> {
+        if path.is_dir() {
+            return Ok(Self::Folder {
+                dir: path.to_path_buf(),
+                prediction,
+            });
+        }
+        let checkpoint = Checkpoint::open(path)?;
+        let detected = checkpoint.detect(prediction)?;
+        tracing::info!(
+            "{}: a {} single-file checkpoint{}, {} prediction ({})",
+            path.display(),
+            detected.family.name(),
+            if detected.turbo {
+                " (Turbo, by its name)"
+            } else {
+                ""
+            },
+            detected.prediction.config_name(),
+            detected.prediction_reason
+        );
+        Ok(Self::SingleFile {
+            checkpoint,
+            detected: Box::new(detected),
+        })
+    }
+
+    /// The folder's tokenizer, or CLIP's built-in one with the family's padding.
+    pub fn tokenizer(&self, window: usize) -> Result<ClipTokenizer> {
+        match self {
+            Self::Folder { dir, .. } => ClipTokenizer::load(&dir.join("tokenizer"), window),
+            Self::SingleFile { detected, .. } => ClipTokenizer::embedded(detected.padding, window),
+        }
+    }
+
+    /// SDXL's second tokenizer: the folder's `tokenizer_2`, or the built-in one padding with
+    /// `!` (OpenCLIP's convention).
+    pub fn tokenizer_2(&self, window: usize) -> Result<ClipTokenizer> {
+        match self {
+            Self::Folder { dir, .. } => ClipTokenizer::load(&dir.join("tokenizer_2"), window),
+            Self::SingleFile { .. } => {
+                ClipTokenizer::embedded(crate::tokenizer::ClipPadding::Exclamation, window)
+            }
+        }
+    }
+}
 
 /// The files of each component the engine reads, beside the weights.
 const CONFIG_FILES: &[&str] = &[
@@ -104,9 +171,14 @@ fn in_folder(folder: &str, file: &str) -> String {
     }
 }
 
-/// Turns `--model` into a local folder: an existing directory is used as it is; anything
-/// else is taken as a Hugging Face repo id (`org/name`).
+/// Turns `--model` into a local folder or file: an existing directory or file is used as it
+/// is (a file must be a `.safetensors` checkpoint; pickles are refused when it is opened);
+/// anything else is taken as a Hugging Face repo id (`org/name`).
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
     resolve(spec, Layout::Pipeline)
 }
 
@@ -124,8 +196,12 @@ fn resolve(spec: &str, layout: Layout) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if !looks_like_repo_id(spec) {
+        let file = match layout {
+            Layout::Pipeline => ", a .safetensors file",
+            Layout::TinyAutoencoder => "",
+        };
         return Err(EngineError::ModelNotFound(format!(
-            "{spec:?} is neither a folder nor a Hugging Face repo id like {example}"
+            "{spec:?} is neither a folder{file} nor a Hugging Face repo id like {example}"
         )));
     }
     let cached = cached_snapshot(spec, layout);
@@ -276,7 +352,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("neither a folder nor a Hugging Face repo id"),
+            err.contains("neither a folder, a .safetensors file nor a Hugging Face repo id"),
             "{err}"
         );
     }
