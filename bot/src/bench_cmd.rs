@@ -47,7 +47,7 @@ pub struct BenchArgs {
     pub model: Option<PathBuf>,
     /// A full-size architecture built in memory with seeded random weights, from the config
     /// files in `assets/archs/<arch>` (run from the repository).
-    #[arg(long, value_parser = ["sd-turbo", "sd15"])]
+    #[arg(long, value_parser = ["sd-turbo", "sd15", "sdxl"])]
     pub arch: Option<String>,
     /// The seed of --arch's random weights.
     #[arg(long, default_value_t = 0)]
