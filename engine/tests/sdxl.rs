@@ -190,3 +190,29 @@ fn sdxl_turbo_in_one_and_two_steps_matches_diffusers() {
     );
     assert_within_2_levels("SDXL-Turbo 2 steps", &two, &r["euler_2_steps"]);
 }
+
+#[test]
+fn an_sdxl_single_file_loads_with_both_built_in_tokenizers_and_matches_diffusers() {
+    // tools/make_sdxl_single_file_reference.py: diffusers' own SDXL converter wrote the file
+    // (SGM layout, OpenCLIP's fused in_proj, transposed text_projection).
+    let file = assets().join("models/tiny-sdxl-clip.safetensors");
+    let sd = StableDiffusion::load(&file, &imagine_engine::LoadOptions::default()).unwrap();
+    let info = sd.info();
+    assert_eq!(info.family, ModelFamily::Sdxl);
+    assert_eq!(info.name, "tiny-sdxl-clip");
+    assert!(info.zeros_for_empty_negative);
+    let images = generate(
+        &sd,
+        reference_latents(),
+        (64, 64),
+        8,
+        7.5,
+        NEGATIVE,
+        SchedulerKind::Euler,
+    );
+    assert_within_2_levels(
+        "SDXL single file",
+        &images,
+        &reference("tiny-sdxl-single")["euler"],
+    );
+}
