@@ -177,11 +177,12 @@ impl StableDiffusion {
         let text_encoder =
             ClipTextModel::new(weights(dir, "text_encoder", opts, dtype)?, &text_cfg)
                 .map_err(|e| mismatch(dir, "text_encoder", e))?;
-        let unet = UNet::load(
+        let unet = UNet::load_with_time_cond(
             weights(dir, "unet", opts, dtype)?,
             unet_cfg.in_channels,
             unet_cfg.out_channels,
             &unet_candle,
+            unet_cfg.time_cond_proj_dim,
         )
         .map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
         let vae = Autoencoder::new(weights(dir, "vae", opts, vae_dtype)?, &vae_cfg)
@@ -216,6 +217,20 @@ impl StableDiffusion {
     /// One UNet forward: `latents [B, C, h, w]`, timestep, context `[B, S, D]`.
     pub fn unet_forward(&self, latents: &Tensor, t: f64, context: &Tensor) -> Result<Tensor> {
         Ok(self.unet.forward(latents, t, context)?)
+    }
+
+    /// [`StableDiffusion::unet_forward`] for LCM-distilled UNets, with the guidance embedding
+    /// `timestep_cond [B, time_cond_proj_dim]` (see [`crate::time_embedding`]).
+    pub fn unet_forward_with_timestep_cond(
+        &self,
+        latents: &Tensor,
+        t: f64,
+        context: &Tensor,
+        timestep_cond: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        Ok(self
+            .unet
+            .forward_with_timestep_cond(latents, t, context, timestep_cond)?)
     }
 
     /// Scaled latents (on any device: latents kept on disk are read to the CPU) to pixels in

@@ -2,18 +2,22 @@
 //! engine uses is drawn here, from one ChaCha stream per image: image `i`'s noise depends only
 //! on its own seed, never on the batch it shares or on thread counts.
 
+use std::collections::VecDeque;
+
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha12Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 
 /// One independent noise stream per image in a batch.
 pub struct LatentNoise {
     streams: Vec<ChaCha12Rng>,
     shape: (usize, usize, usize),
     device: Device,
+    /// Given draws, returned before any seeded one (see [`LatentNoise::replay`]).
+    given: VecDeque<Tensor>,
 }
 
 impl LatentNoise {
@@ -26,11 +30,35 @@ impl LatentNoise {
                 .collect(),
             shape,
             device: device.clone(),
+            given: VecDeque::new(),
         }
+    }
+
+    /// Makes the next draws return `draws [K, N, C, H, W]`, one `[N, C, H, W]` slice per draw,
+    /// before the seeded streams continue: to reproduce another implementation's random
+    /// numbers (a reference run) exactly.
+    pub fn replay(&mut self, draws: &Tensor) -> Result<()> {
+        let (c, h, w) = self.shape;
+        let want = [self.streams.len(), c, h, w];
+        if draws.rank() != 5 || draws.dims()[1..] != want {
+            return Err(EngineError::invalid(format!(
+                "step noise has shape {:?}, expected [steps, {}, {c}, {h}, {w}]",
+                draws.dims(),
+                want[0]
+            )));
+        }
+        for k in 0..draws.dim(0)? {
+            let draw = draws.get(k)?.to_dtype(candle_core::DType::F32)?;
+            self.given.push_back(draw.to_device(&self.device)?);
+        }
+        Ok(())
     }
 
     /// Draws the next `[N, C, H, W]` standard normal tensor, one image per stream.
     pub fn draw(&mut self) -> Result<Tensor> {
+        if let Some(given) = self.given.pop_front() {
+            return Ok(given);
+        }
         let (c, h, w) = self.shape;
         let per = c * h * w;
         let mut data = Vec::with_capacity(per * self.streams.len());

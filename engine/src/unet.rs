@@ -5,13 +5,14 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
+use candle_transformers::models::stable_diffusion::embeddings::Timesteps;
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
 
 use crate::blocks::{Downsample, ResnetBlock, SpatialTransformer, Upsample};
 use crate::layers::{Conv2d, GroupNorm};
+use crate::time_embedding::TimestepEmbedding;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -52,6 +53,17 @@ impl UNet {
         in_channels: usize,
         out_channels: usize,
         cfg: &UNet2DConditionModelConfig,
+    ) -> Result<Self> {
+        Self::load_with_time_cond(vb, in_channels, out_channels, cfg, None)
+    }
+
+    /// [`UNet::load`] for a UNet whose config sets `time_cond_proj_dim` (LCM-distilled).
+    pub fn load_with_time_cond(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        cfg: &UNet2DConditionModelConfig,
+        time_cond_proj_dim: Option<usize>,
     ) -> Result<Self> {
         let blocks = &cfg.blocks;
         let n = blocks.len();
@@ -185,7 +197,12 @@ impl UNet {
         Ok(Self {
             conv_in: Conv2d::load(vb.pp("conv_in"), in_channels, ch0, 3, 1, 1)?,
             time_proj: Timesteps::new(ch0, cfg.flip_sin_to_cos, cfg.freq_shift),
-            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch0, temb)?,
+            time_embedding: TimestepEmbedding::load(
+                vb.pp("time_embedding"),
+                ch0,
+                temb,
+                time_cond_proj_dim,
+            )?,
             down,
             mid_resnets,
             mid_attention,
@@ -198,6 +215,23 @@ impl UNet {
 
     /// Predicts noise (or v) for `x [B, C, h, w]` at `timestep` given `context [B, S, D]`.
     pub fn forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        self.forward_with_timestep_cond(x, timestep, context, None)
+    }
+
+    /// The width of the guidance embedding this UNet takes (LCM-distilled UNets), if any.
+    pub fn time_cond_proj_dim(&self) -> Option<usize> {
+        self.time_embedding.cond_proj_dim()
+    }
+
+    /// [`UNet::forward`] with `timestep_cond [B, time_cond_proj_dim]` added to the timestep
+    /// embedding, as diffusers does for LCM-distilled UNets.
+    pub fn forward_with_timestep_cond(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        timestep_cond: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (batch, _, h, w) = x.dims4()?;
         let x = if self.center_input {
             ((x * 2.0)? - 1.0)?
@@ -205,7 +239,9 @@ impl UNet {
             x.clone()
         };
         let t = (Tensor::ones(batch, x.dtype(), x.device())? * timestep)?;
-        let temb = self.time_embedding.forward(&self.time_proj.forward(&t)?)?;
+        let temb = self
+            .time_embedding
+            .forward(&self.time_proj.forward(&t)?, timestep_cond)?;
         // Every resnet applies SiLU to the embedding before its projection: do it once.
         let temb = candle_nn::ops::silu(&temb)?;
 
