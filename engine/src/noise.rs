@@ -88,6 +88,26 @@ mod tests {
     }
 
     #[test]
+    fn replayed_draws_come_first_then_the_seeded_stream_continues_where_it_was() {
+        let dev = Device::Cpu;
+        let given = Tensor::ones((2, 1, 4, 2, 2), candle_core::DType::F32, &dev).unwrap();
+        let mut noise = LatentNoise::new(&[7], (4, 2, 2), &dev);
+        noise.replay(&given).unwrap();
+        for _ in 0..2 {
+            let d = noise.draw().unwrap().flatten_all().unwrap();
+            assert_eq!(d.to_vec1::<f32>().unwrap(), vec![1.0; 16]);
+        }
+        let seeded = LatentNoise::new(&[7], (4, 2, 2), &dev).draw().unwrap();
+        let diff = (noise.draw().unwrap() - seeded).unwrap().abs().unwrap();
+        assert_eq!(diff.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let wrong = Tensor::ones((2, 2, 4, 2, 2), candle_core::DType::F32, &dev).unwrap();
+        assert!(
+            noise.replay(&wrong).is_err(),
+            "two images' noise for one image"
+        );
+    }
+
+    #[test]
     fn different_seeds_give_different_noise() {
         let dev = Device::Cpu;
         let a = LatentNoise::new(&[1], (4, 2, 2), &dev).draw().unwrap();
