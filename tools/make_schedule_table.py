@@ -12,6 +12,9 @@ and each spacing (linspace, leading, trailing with ``steps_offset`` 1, and leadi
 ``steps_offset`` 0), the ``timesteps`` diffusers' scheduler sets for each step count and, for
 the samplers that step in sigma, its ``sigmas`` (float32, the final 0 included), on Stable
 Diffusion's noise schedule (scaled_linear betas 0.00085..0.012, 1000 training steps).
+LCM reads neither spacing nor offset (its steps come from the 50-step distillation schedule),
+so its four entries must agree; two more LCM entries cover image-to-image ``strength`` 0.6 and
+``original_inference_steps`` 30, where some step counts are refused: those hold ``null``.
 Numbers are written in the shortest form that reads back to the same float32.
 
 Run by hand only, never in CI (needs torch, numpy and diffusers; takes seconds):
@@ -32,6 +35,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +57,13 @@ SAMPLERS = [
     ("ddim", DDIMScheduler, {"clip_sample": False, "set_alpha_to_one": False}, False),
     ("dpmpp-2m", DPMSolverMultistepScheduler, {}, True),
     ("dpmpp-2m-karras", DPMSolverMultistepScheduler, {"use_karras_sigmas": True}, True),
+    # LCM_Dreamshaper_v7's settings.
+    ("lcm", LCMScheduler, {"original_inference_steps": 50, "timestep_scaling": 10.0}, False),
 ]
+
+# LCM settings that change its timesteps: (extra config, strength). Counts diffusers refuses
+# (more steps than the shortened distillation schedule holds) are written as null.
+LCM_EXTRA = [({"original_inference_steps": 50}, 0.6), ({"original_inference_steps": 30}, 1.0)]
 
 # steps_offset only moves leading spacing, so offset 0 is checked there alone.
 SPACINGS = [("linspace", 1), ("leading", 1), ("trailing", 1), ("leading", 0)]
@@ -89,6 +99,18 @@ def main():
             if has_sigmas:
                 entry["sigmas"] = sigmas
             schedules.append(entry)
+
+    for extra, strength in LCM_EXTRA:
+        cfg = dict(SD, timestep_spacing="leading", steps_offset=1, **extra)
+        sched = LCMScheduler(**cfg)
+        timesteps = []
+        for n in range(1, args.max_steps + 1):
+            try:
+                sched.set_timesteps(n, strength=strength)
+                timesteps.append(f32(sched.timesteps.numpy()))
+            except ValueError:
+                timesteps.append(None)
+        schedules.append({"sampler": "lcm", "config": cfg, "strength": strength, "timesteps": timesteps})
 
     table = {
         "made_by": "tools/make_schedule_table.py",

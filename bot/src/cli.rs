@@ -78,8 +78,8 @@ pub struct GenerateArgs {
     /// Image size as WxH, multiples of 8 (default: the model's native size).
     #[arg(long, value_parser = parse_size)]
     pub size: Option<(usize, usize)>,
-    /// Sampler: euler, euler-a, ddim, dpmpp-2m, dpmpp-2m-karras (default: the model's).
-    #[arg(long)]
+    /// Sampler: euler, euler-a, ddim, dpmpp-2m, dpmpp-2m-karras, lcm (default: the model's).
+    #[arg(long, visible_alias = "sampler")]
     pub scheduler: Option<SchedulerKind>,
     /// Start from this image (image to image).
     #[arg(long)]

@@ -127,6 +127,10 @@ pub struct UNetFileConfig {
     pub encoder_hid_dim: Option<usize>,
     #[serde(default)]
     pub sample_size: Option<usize>,
+    /// Width of the guidance-scale embedding an LCM-distilled UNet adds to its timestep
+    /// embedding (`time_embedding.cond_proj`); `None` for ordinary UNets.
+    #[serde(default)]
+    pub time_cond_proj_dim: Option<usize>,
 }
 
 fn default_mid_block() -> Option<String> {
@@ -147,6 +151,9 @@ fn default_groups() -> usize {
 fn default_norm_eps() -> f64 {
     1e-5
 }
+
+/// Largest guidance embedding accepted; LCM-distilled UNets use 256.
+const MAX_TIME_COND_PROJ_DIM: usize = 4096;
 
 fn unsupported(what: impl Into<String>) -> EngineError {
     EngineError::UnsupportedArchitecture(what.into())
@@ -169,6 +176,13 @@ impl UNetFileConfig {
         if self.only_cross_attention.as_bool() == Some(true) || self.only_cross_attention.is_array()
         {
             return Err(unsupported("UNet with only_cross_attention"));
+        }
+        if let Some(dim) = self.time_cond_proj_dim {
+            if dim == 0 || dim > MAX_TIME_COND_PROJ_DIM {
+                return Err(unsupported(format!(
+                    "UNet time_cond_proj_dim {dim} (expected 1 to {MAX_TIME_COND_PROJ_DIM})"
+                )));
+            }
         }
         let named = |field: &str, value: &Option<String>, want: &str| match value {
             Some(v) if v != want => Err(unsupported(format!("UNet {field} {v:?}"))),
@@ -538,6 +552,11 @@ pub struct SchedulerFileConfig {
     pub variance_type: Option<String>,
     #[serde(default, deserialize_with = "json_float")]
     pub lambda_min_clipped: Option<f64>,
+    /// LCM: the distillation schedule's step count (50) and the boundary-condition scale (10).
+    #[serde(default)]
+    pub original_inference_steps: Option<usize>,
+    #[serde(default, deserialize_with = "json_float")]
+    pub timestep_scaling: Option<f64>,
 }
 
 impl SchedulerFileConfig {

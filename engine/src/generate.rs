@@ -16,6 +16,7 @@ use crate::pixels::{
 };
 use crate::schedulers::SchedulerKind;
 use crate::taesd::Taesd;
+use crate::time_embedding::guidance_scale_embedding;
 use crate::unet::AddedConditioning;
 
 /// Largest side accepted, in pixels: beyond this a CPU job would run for hours.
@@ -31,7 +32,9 @@ pub struct GenerateRequest {
     pub width: usize,
     pub height: usize,
     pub steps: usize,
-    /// Classifier-free guidance scale; at or below 1 the unconditional pass is skipped.
+    /// Classifier-free guidance scale; at or below 1 the unconditional pass is skipped. An
+    /// LCM-distilled UNet takes it as an embedding instead, in one pass, and ignores the
+    /// negative prompt.
     pub guidance: f64,
     /// `None`: the model's own scheduler.
     pub scheduler: Option<SchedulerKind>,
@@ -40,6 +43,9 @@ pub struct GenerateRequest {
     pub init: Option<InitImage>,
     /// Replaces the seeded starting noise: `[N, C, H/8, W/8]`, unit variance.
     pub initial_noise: Option<Tensor>,
+    /// Replaces the noise samplers add between steps (Euler-a, LCM): `[K, N, C, H/8, W/8]`,
+    /// used in order, then the seeds take over. For comparing with a reference run.
+    pub step_noise: Option<Tensor>,
     /// Decode the final images with the attached TAESD instead of the full VAE: a fraction of
     /// the cost, slightly softer images (grids). Needs [`StableDiffusion::with_tiny_decoder`].
     pub fast_decode: bool,
@@ -104,6 +110,7 @@ impl GenerateRequest {
             seeds,
             init: None,
             initial_noise: None,
+            step_noise: None,
             fast_decode: false,
         }
     }
@@ -193,8 +200,10 @@ impl StableDiffusion {
         let n = req.seeds.len();
         let (lh, lw) = (req.height / info.vae_scale, req.width / info.vae_scale);
         let kind = req.scheduler.unwrap_or(info.default_scheduler);
-        let mut sampler = kind.build(&self.schedule, req.steps)?;
+        let strength = req.init.as_ref().map_or(1.0, |init| init.strength);
+        let mut sampler = kind.build_for_strength(&self.schedule, req.steps, strength)?;
         let cond = self.conditioning(req, n)?;
+        let timestep_cond = self.guidance_embedding(req.guidance, n)?;
 
         let mut noise = LatentNoise::new(&req.seeds, (self.latent_channels, lh, lw), &self.device);
         let start_noise = match &req.initial_noise {
@@ -210,6 +219,9 @@ impl StableDiffusion {
             }
             None => noise.draw()?,
         };
+        if let Some(draws) = &req.step_noise {
+            noise.replay(draws)?;
+        }
 
         // Where the schedule starts, and the latents it starts from.
         let (start, mut latents, mask) = match &req.init {
@@ -260,11 +272,13 @@ impl StableDiffusion {
                 input = Tensor::cat(&[&input, &input], 0)?;
             }
             let out = self
-                .unet_forward_added(
+                .unet
+                .forward_conditioned(
                     &input.to_dtype(self.dtype)?,
                     *t,
                     &cond.context,
                     cond.added.as_ref(),
+                    timestep_cond.as_ref(),
                 )?
                 .to_dtype(DType::F32)?;
             let out = if cond.guided {
@@ -330,7 +344,7 @@ impl StableDiffusion {
         if self.text_encoder_2.is_some() {
             return self.conditioning_xl(req, n);
         }
-        let guided = req.guidance > 1.0;
+        let guided = self.classifier_free_guidance(req.guidance);
         let mut prompt = self.tokenizer.encode(&req.prompt, 1)?;
         let mut context = None;
         if guided {
@@ -376,7 +390,7 @@ impl StableDiffusion {
     /// (original = target = the request's size, crop at 0,0). An empty negative prompt is
     /// zeros where the pipeline forces zeros for it.
     fn conditioning_xl(&self, req: &GenerateRequest, n: usize) -> Result<Conditioning> {
-        let guided = req.guidance > 1.0;
+        let guided = self.classifier_free_guidance(req.guidance);
         let zero_negative = self.info().zeros_for_empty_negative && req.negative_prompt.is_empty();
         let mut windows = 1;
         if guided && !zero_negative {
@@ -439,6 +453,22 @@ impl StableDiffusion {
             .expect("the second encoder pools")
             .narrow(0, 0, 1)?;
         Ok((encoded.hidden.reshape((1, k * s, d))?, pooled))
+    }
+
+    /// Whether `guidance` runs a second, unconditional batch: above 1, unless the UNet takes
+    /// the scale as an embedding (LCM-distilled), as diffusers' pipelines decide.
+    fn classifier_free_guidance(&self, guidance: f64) -> bool {
+        guidance > 1.0 && self.unet.time_cond_proj_dim().is_none()
+    }
+
+    /// The guidance embedding an LCM-distilled UNet takes, `[N, time_cond_proj_dim]`, for
+    /// `w = guidance - 1` as diffusers' pipelines pass it; `None` for other UNets.
+    fn guidance_embedding(&self, guidance: f64, n: usize) -> Result<Option<Tensor>> {
+        let Some(dim) = self.unet.time_cond_proj_dim() else {
+            return Ok(None);
+        };
+        let w = guidance_scale_embedding(guidance - 1.0, dim, n, &self.device)?;
+        Ok(Some(w.to_dtype(self.dtype)?))
     }
 
     /// Encodes token windows and joins them along the sequence: `[1, k*77, D]`.

@@ -11,7 +11,7 @@
 //! - [`checkpoint`]: single-file checkpoints (original SD layout): what a file holds, inferred
 //!   from its tensors, and its weights served under diffusers names straight from the mapped file.
 //! - [`model`]: the loaded components; [`generate`]: the sampling loop.
-//! - [`schedulers`]: Euler, Euler-a, DDIM, DPM++ 2M (Karras), as diffusers computes them.
+//! - [`schedulers`]: Euler, Euler-a, DDIM, DPM++ 2M (Karras), LCM, as diffusers computes them.
 //! - [`noise`]: every random number, from per-image seeds.
 //! - [`outpaint`]: Zoom Out and Pan canvases: placement, pre-fill, feathered masks, compositing.
 //! - [`upscale`]: 2x with added detail: Lanczos or [`esrgan`], then image-to-image over blended tiles.
@@ -19,7 +19,8 @@
 //! - [`taesd`]: the tiny autoencoder, for previews and fast decodes.
 //! - [`unet`], [`vae`], [`clip`]: the networks, built from [`blocks`] and [`layers`], which run
 //!   on our CPU [`kernels`] (AVX-512 or AVX2 GEMM, implicit-GEMM convolution, tiled attention) and on
-//!   candle's generic ops elsewhere.
+//!   candle's generic ops elsewhere; [`time_embedding`] holds the UNet's timestep embedding and
+//!   the guidance embedding of LCM-distilled UNets.
 //! - [`random_weights`]: seeded random weights for benchmarking an architecture.
 
 pub mod blocks;
@@ -41,6 +42,7 @@ pub mod random_weights;
 pub mod schedulers;
 pub mod source;
 pub mod taesd;
+pub mod time_embedding;
 pub mod tokenizer;
 pub mod unet;
 pub mod upscale;

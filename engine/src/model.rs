@@ -234,6 +234,7 @@ impl StableDiffusion {
         let extras = UNetExtras {
             text_time: unet_cfg.text_time()?,
             up_depths: unet_cfg.up_depths(&unet_candle.blocks, unet_candle.layers_per_block)?,
+            time_cond_proj_dim: unet_cfg.time_cond_proj_dim,
         };
         let unet = UNet::load(
             weights(&source, "unet", opts, dtype)?,
@@ -307,6 +308,20 @@ impl StableDiffusion {
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
         Ok(self.unet.forward_added(latents, t, context, added)?)
+    }
+
+    /// [`StableDiffusion::unet_forward`] for LCM-distilled UNets, with the guidance embedding
+    /// `timestep_cond [B, time_cond_proj_dim]` (see [`crate::time_embedding`]).
+    pub fn unet_forward_with_timestep_cond(
+        &self,
+        latents: &Tensor,
+        t: f64,
+        context: &Tensor,
+        timestep_cond: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        Ok(self
+            .unet
+            .forward_with_timestep_cond(latents, t, context, timestep_cond)?)
     }
 
     /// Scaled latents (on any device: latents kept on disk are read to the CPU) to pixels in

@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
+use candle_transformers::models::stable_diffusion::embeddings::Timesteps;
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
@@ -15,6 +15,7 @@ use candle_transformers::models::stable_diffusion::unet_2d::{
 use crate::blocks::{Downsample, ResnetBlock, SpatialTransformer, Upsample};
 use crate::config::TextTimeConfig;
 use crate::layers::{Conv2d, GroupNorm};
+use crate::time_embedding::TimestepEmbedding;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -26,6 +27,8 @@ pub struct UNetExtras {
     /// Transformer depth per resnet of each up block, outermost first; empty: mirror the down
     /// blocks (every SD 1.x / 2.x / SDXL-base UNet).
     pub up_depths: Vec<Vec<usize>>,
+    /// LCM-distilled UNets: the width of the guidance embedding (`time_cond_proj_dim`).
+    pub time_cond_proj_dim: Option<usize>,
 }
 
 /// SDXL's added conditioning for one batch: the pooled text embedding and the six numbers
@@ -59,7 +62,7 @@ impl TextTimeEmbedding {
             candle_core::bail!("SDXL time ids must be 6 numbers per image, got {six}");
         }
         let input = Tensor::cat(&[&added.text_embeds.to_dtype(dtype)?, &times], 1)?;
-        self.embedding.forward(&input)
+        self.embedding.forward(&input, None)
     }
 }
 /// One level of the UNet: resnets, each optionally followed by a spatial transformer.
@@ -242,7 +245,12 @@ impl UNet {
         Ok(Self {
             conv_in: Conv2d::load(vb.pp("conv_in"), in_channels, ch0, 3, 1, 1)?,
             time_proj: Timesteps::new(ch0, cfg.flip_sin_to_cos, cfg.freq_shift),
-            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch0, temb)?,
+            time_embedding: TimestepEmbedding::load(
+                vb.pp("time_embedding"),
+                ch0,
+                temb,
+                extras.time_cond_proj_dim,
+            )?,
             down,
             mid_resnets,
             mid_attention,
@@ -259,10 +267,11 @@ impl UNet {
                             cfg.flip_sin_to_cos,
                             cfg.freq_shift,
                         ),
-                        embedding: TimestepEmbedding::new(
+                        embedding: TimestepEmbedding::load(
                             vb.pp("add_embedding"),
                             tt.pooled_dim + 6 * tt.time_embed_dim,
                             temb,
+                            None,
                         )?,
                     })
                 })
@@ -280,6 +289,23 @@ impl UNet {
         self.forward_added(x, timestep, context, None)
     }
 
+    /// The width of the guidance embedding this UNet takes (LCM-distilled UNets), if any.
+    pub fn time_cond_proj_dim(&self) -> Option<usize> {
+        self.time_embedding.cond_proj_dim()
+    }
+
+    /// [`UNet::forward`] with `timestep_cond [B, time_cond_proj_dim]` added to the timestep
+    /// embedding, as diffusers does for LCM-distilled UNets.
+    pub fn forward_with_timestep_cond(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        timestep_cond: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.forward_conditioned(x, timestep, context, None, timestep_cond)
+    }
+
     /// [`UNet::forward`] with SDXL's added conditioning (required by an SDXL UNet, refused
     /// by the others).
     pub fn forward_added(
@@ -288,6 +314,19 @@ impl UNet {
         timestep: f64,
         context: &Tensor,
         added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
+        self.forward_conditioned(x, timestep, context, added, None)
+    }
+
+    /// The forward with every optional input: SDXL's added conditioning and an LCM-distilled
+    /// UNet's guidance embedding.
+    pub fn forward_conditioned(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+        timestep_cond: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (batch, _, h, w) = x.dims4()?;
         let x = if self.center_input {
@@ -298,7 +337,7 @@ impl UNet {
         // The sinusoids in f32 (as diffusers: fp16 cannot hold 999 x frequency exactly).
         let t = (Tensor::ones(batch, DType::F32, x.device())? * timestep)?;
         let t = self.time_proj.forward(&t)?.to_dtype(x.dtype())?;
-        let mut temb = self.time_embedding.forward(&t)?;
+        let mut temb = self.time_embedding.forward(&t, timestep_cond)?;
         match (&self.text_time, added) {
             (Some(tt), Some(added)) => temb = (temb + tt.forward(added, x.dtype())?)?,
             (None, None) => {}

@@ -1,6 +1,8 @@
 //! Every sampler's timesteps and sigmas against the table diffusers made
 //! (`assets/reference/schedules.json`, from `tools/make_schedule_table.py`): each step count
-//! from 1 to 50, each timestep spacing, with `steps_offset` 1 and 0, on SD's noise schedule.
+//! from 1 to 50, each timestep spacing, with `steps_offset` 1 and 0, on SD's noise schedule;
+//! for LCM also image-to-image strength and a shorter distillation schedule, where diffusers
+//! refuses some counts and so must we.
 //! A model runs exactly the steps diffusers runs, or users get other images at some counts.
 
 mod common;
@@ -23,8 +25,10 @@ struct Table {
 struct Entry {
     sampler: String,
     config: serde_json::Map<String, serde_json::Value>,
-    /// One list per step count, from 1.
-    timesteps: Vec<Vec<f64>>,
+    /// Image-to-image strength (LCM only places its steps by it); absent: 1.
+    strength: Option<f64>,
+    /// One list per step count, from 1; `None` where diffusers refuses the count.
+    timesteps: Vec<Option<Vec<f64>>>,
     sigmas: Option<Vec<Vec<f64>>>,
 }
 
@@ -48,6 +52,7 @@ fn runs(entry: &Entry) -> Vec<(SchedulerKind, NoiseSchedule)> {
         "euler-a" => vec![(SchedulerKind::EulerAncestral, plain)],
         "ddim" => vec![(SchedulerKind::Ddim, plain)],
         "dpmpp-2m" => vec![(SchedulerKind::DpmPp2m, plain)],
+        "lcm" => vec![(SchedulerKind::Lcm, plain)],
         "dpmpp-2m-karras" => {
             let mut without = entry.config.clone();
             without.remove("use_karras_sigmas");
@@ -68,21 +73,46 @@ fn timesteps_and_sigmas_match_diffusers_for_every_step_count_and_spacing() {
         "the table covers 1..{}",
         table.max_steps
     );
-    assert_eq!(table.schedules.len(), 24, "6 samplers x 4 spacing settings");
+    assert_eq!(
+        table.schedules.len(),
+        30,
+        "7 samplers x 4 spacing settings, and 2 more LCM settings"
+    );
     let mut failures = Vec::new();
     let mut checked = 0;
     let mut karras_drift = 0.0f64;
     for entry in &table.schedules {
         let spacing = &entry.config["timestep_spacing"];
         let offset = &entry.config["steps_offset"];
+        let lcm_settings = entry
+            .config
+            .get("original_inference_steps")
+            .map(|o| {
+                let strength = entry.strength.unwrap_or(1.0);
+                format!(", original steps {o}, strength {strength}")
+            })
+            .unwrap_or_default();
         for (kind, schedule) in runs(entry) {
             for steps in 1..=table.max_steps {
                 let what = format!(
-                    "{} as {kind}, {spacing} offset {offset}, {steps} steps",
+                    "{} as {kind}, {spacing} offset {offset}{lcm_settings}, {steps} steps",
                     entry.sampler
                 );
-                let sampler = kind.build(&schedule, steps).unwrap();
-                let want = &entry.timesteps[steps - 1];
+                let strength = entry.strength.unwrap_or(1.0);
+                let built = kind.build_for_strength(&schedule, steps, strength);
+                let (sampler, want) = match (built, &entry.timesteps[steps - 1]) {
+                    (Ok(sampler), Some(want)) => (sampler, want),
+                    (Err(_), None) => continue,
+                    (Ok(s), None) => {
+                        let got = s.timesteps();
+                        failures.push(format!("{what}: ran {got:?}, diffusers refuses"));
+                        continue;
+                    }
+                    (Err(e), Some(want)) => {
+                        failures.push(format!("{what}: refused ({e}), diffusers runs {want:?}"));
+                        continue;
+                    }
+                };
                 let got = sampler.timesteps();
                 // Euler's Karras timesteps are fractional and pass through numpy's vectorised
                 // float32 log, which is not correctly rounded (and differs between CPUs): a
@@ -145,6 +175,10 @@ fn sd_turbo_runs_exactly_the_steps_asked_for() {
         );
     }
     let three = SchedulerKind::Euler.build(&schedule, 3).unwrap();
+    assert_eq!(
+        entry.timesteps[2].as_deref(),
+        Some(&[999.0, 666.0, 332.0][..])
+    );
     assert_eq!(three.timesteps(), [999.0, 666.0, 332.0]);
 }
 

@@ -90,6 +90,16 @@ impl Sampler for Ddim {
                 axpby(alpha.sqrt(), sample, -beta.sqrt(), model_output)?,
                 axpby(alpha.sqrt(), model_output, beta.sqrt(), sample)?,
             ),
+            // Refused by `SchedulerKind::check`; the clean latent is the output itself.
+            Prediction::Sample => (
+                model_output.clone(),
+                axpby(
+                    1.0 / beta.sqrt(),
+                    sample,
+                    -alpha.sqrt() / beta.sqrt(),
+                    model_output,
+                )?,
+            ),
         };
         let prev_sample = axpby(
             alpha_prev.sqrt(),

@@ -75,6 +75,8 @@ impl DpmPp2m {
         match self.prediction {
             Prediction::Epsilon => Ok(((sample - (model_output * sigma_t)?)? / alpha_t)?),
             Prediction::VPrediction => axpby(alpha_t, sample, -sigma_t, model_output),
+            // Refused by `SchedulerKind::check`; the clean latent is the output itself.
+            Prediction::Sample => Ok(model_output.clone()),
         }
     }
 }

@@ -71,6 +71,8 @@ impl Euler {
                 let c = sigma * sigma + 1.0;
                 axpby(-sigma / c.sqrt(), model_output, 1.0 / c, sample)
             }
+            // Refused by `SchedulerKind::check`; the clean latent is the output itself.
+            Prediction::Sample => Ok(model_output.clone()),
         }
     }
 }

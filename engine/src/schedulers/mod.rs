@@ -5,6 +5,7 @@
 mod ddim;
 mod dpmpp;
 mod euler;
+mod lcm;
 pub mod schedule;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use std::str::FromStr;
 
 use candle_core::Tensor;
 
+pub use lcm::lcm_timesteps;
 pub use schedule::{NoiseSchedule, Prediction, Spacing};
 
 use crate::error::{EngineError, Result};
@@ -25,15 +27,17 @@ pub enum SchedulerKind {
     Ddim,
     DpmPp2m,
     DpmPp2mKarras,
+    Lcm,
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 5] = [
+    pub const ALL: [SchedulerKind; 6] = [
         SchedulerKind::Euler,
         SchedulerKind::EulerAncestral,
         SchedulerKind::Ddim,
         SchedulerKind::DpmPp2m,
         SchedulerKind::DpmPp2mKarras,
+        SchedulerKind::Lcm,
     ];
 
     /// The name used on the command line and in the bot.
@@ -44,6 +48,7 @@ impl SchedulerKind {
             SchedulerKind::Ddim => "ddim",
             SchedulerKind::DpmPp2m => "dpmpp-2m",
             SchedulerKind::DpmPp2mKarras => "dpmpp-2m-karras",
+            SchedulerKind::Lcm => "lcm",
         }
     }
 
@@ -55,6 +60,7 @@ impl SchedulerKind {
             SchedulerKind::Ddim => "DDIM",
             SchedulerKind::DpmPp2m => "DPM++ 2M",
             SchedulerKind::DpmPp2mKarras => "DPM++ 2M Karras",
+            SchedulerKind::Lcm => "LCM",
         }
     }
 
@@ -66,12 +72,25 @@ impl SchedulerKind {
             "DDIMScheduler" => Some(SchedulerKind::Ddim),
             "DPMSolverMultistepScheduler" if karras => Some(SchedulerKind::DpmPp2mKarras),
             "DPMSolverMultistepScheduler" => Some(SchedulerKind::DpmPp2m),
+            "LCMScheduler" => Some(SchedulerKind::Lcm),
             _ => None,
         }
     }
 
     /// Builds the sampler for `steps` inference steps on the model's noise schedule.
     pub fn build(self, schedule: &NoiseSchedule, steps: usize) -> Result<Box<dyn Sampler + Send>> {
+        self.build_for_strength(schedule, steps, 1.0)
+    }
+
+    /// [`SchedulerKind::build`] for image-to-image at `strength` (1: from pure noise). Only
+    /// LCM places its steps by strength, as diffusers' LCM pipelines do; the others start
+    /// later on the same schedule (the caller skips its first steps either way).
+    pub fn build_for_strength(
+        self,
+        schedule: &NoiseSchedule,
+        steps: usize,
+        strength: f64,
+    ) -> Result<Box<dyn Sampler + Send>> {
         if steps == 0 {
             return Err(EngineError::invalid("steps must be at least 1"));
         }
@@ -88,6 +107,7 @@ impl SchedulerKind {
             SchedulerKind::Ddim => Box::new(ddim::Ddim::new(schedule, steps)),
             SchedulerKind::DpmPp2m => Box::new(dpmpp::DpmPp2m::new(schedule, steps, false)),
             SchedulerKind::DpmPp2mKarras => Box::new(dpmpp::DpmPp2m::new(schedule, steps, true)),
+            SchedulerKind::Lcm => Box::new(lcm::Lcm::new(schedule, steps, strength)?),
         })
     }
 
@@ -135,10 +155,17 @@ impl SchedulerKind {
                 );
             }
         }
-        if self == SchedulerKind::Ddim && on(cfg.clip_sample) {
+        let lcm = self == SchedulerKind::Lcm;
+        if schedule.prediction == Prediction::Sample && !lcm {
+            return refuse(
+                "prediction_type = \"sample\"".into(),
+                "\"epsilon\" or \"v_prediction\"",
+            );
+        }
+        if (lcm || self == SchedulerKind::Ddim) && on(cfg.clip_sample) {
             return refuse("clip_sample = true".into(), "false");
         }
-        if (dpm || self == SchedulerKind::Ddim) && on(cfg.thresholding) {
+        if (lcm || dpm || self == SchedulerKind::Ddim) && on(cfg.thresholding) {
             return refuse("thresholding = true".into(), "false");
         }
         if dpm {
@@ -285,8 +312,15 @@ mod tests {
     #[test]
     fn settings_we_do_not_implement_are_refused_by_the_samplers_that_read_them() {
         let cases: &[(&str, &[SchedulerKind])] = &[
-            (r#""clip_sample": true"#, &[Ddim]),
-            (r#""thresholding": true"#, &[Ddim, DpmPp2m, DpmPp2mKarras]),
+            (r#""clip_sample": true"#, &[Ddim, Lcm]),
+            (
+                r#""thresholding": true"#,
+                &[Ddim, DpmPp2m, DpmPp2mKarras, Lcm],
+            ),
+            (
+                r#""prediction_type": "sample""#,
+                &[Euler, EulerAncestral, Ddim, DpmPp2m, DpmPp2mKarras],
+            ),
             (r#""algorithm_type": "sde-dpmsolver++""#, &DPM),
             (r#""algorithm_type": "dpmsolver""#, &DPM),
             (r#""solver_order": 3"#, &DPM),
@@ -350,6 +384,9 @@ mod tests {
             r#""timestep_type": "continuous""#,
             r#""final_sigmas_type": "zero", "interpolation_type": "linear", "variance_type": null"#,
             r#""skip_prk_steps": true, "a_future_key": [1, {"x": "Infinity"}]"#,
+            // LCM_Dreamshaper_v7's LCM settings.
+            r#""original_inference_steps": 50, "timestep_scaling": 10.0, "clip_sample": false,
+               "clip_sample_range": 1.0, "rescale_betas_zero_snr": false"#,
         ] {
             let schedule = with(setting);
             for kind in SchedulerKind::ALL {

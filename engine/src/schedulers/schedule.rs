@@ -12,6 +12,8 @@ use crate::error::{EngineError, Result};
 pub enum Prediction {
     Epsilon,
     VPrediction,
+    /// The clean latent itself (`prediction_type = "sample"`); only LCM runs it.
+    Sample,
 }
 
 /// How inference timesteps are spread over the training timesteps (diffusers' `timestep_spacing`).
@@ -70,6 +72,7 @@ impl NoiseSchedule {
         let prediction = match cfg.prediction_type.as_deref() {
             None | Some("epsilon") => Prediction::Epsilon,
             Some("v_prediction") => Prediction::VPrediction,
+            Some("sample") => Prediction::Sample,
             Some(other) => return Err(bad(format!("prediction_type {other:?}"))),
         };
         let spacing = match cfg.timestep_spacing.as_deref() {
