@@ -61,10 +61,8 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
 
     let mut req = GenerateRequest::text(&args.prompt, width, height, seeds);
     req.negative_prompt = args.negative.clone();
-    req.steps = args.steps.unwrap_or(if info.distilled { 1 } else { 25 });
-    req.guidance = args
-        .guidance
-        .unwrap_or(if info.distilled { 0.0 } else { 7.5 });
+    req.steps = args.steps.unwrap_or(info.default_steps);
+    req.guidance = args.guidance.unwrap_or(info.default_guidance);
     req.scheduler = args.scheduler;
     if let Some(path) = &args.init_image {
         req.init = Some(load_init(

@@ -38,8 +38,9 @@ pub struct Requester {
 /// `--stylize` (0–1000, default 100) to classifier-free guidance: 100 gives the usual 7.5,
 /// 0 turns guidance off. Distilled (turbo) models are made for no guidance at all.
 pub fn guidance_for(stylize: Option<u32>, info: &ModelInfo) -> f32 {
-    if info.distilled {
-        return 0.0;
+    // Models made for little or no guidance (Turbo: 0, LCM-LoRA-style: 1) keep their own.
+    if info.default_guidance <= 1.0 {
+        return info.default_guidance as f32;
     }
     1.0 + stylize.unwrap_or(100) as f32 * 0.065
 }
@@ -64,7 +65,7 @@ pub fn imagine_job(
     random_seed: u32,
 ) -> NewJob {
     let (width, height) = size_for_aspect(parsed.aspect, info.native_size as u32);
-    let default_steps = if info.distilled { 1 } else { 25 };
+    let default_steps = info.default_steps as u32;
     let mut steps = parsed.steps.unwrap_or(default_steps);
     let strength = init_image.as_ref().map(|_| IMAGE_PROMPT_STRENGTH);
     if let Some(s) = strength {
@@ -223,6 +224,8 @@ mod tests {
             scheduler_fallback: false,
             distilled,
             zeros_for_empty_negative: false,
+            default_steps: if distilled { 1 } else { 25 },
+            default_guidance: if distilled { 0.0 } else { 7.5 },
         }
     }
 

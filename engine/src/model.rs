@@ -180,6 +180,11 @@ pub struct ModelInfo {
     /// SDXL: an empty negative prompt conditions on zeros (the pipeline's
     /// `force_zeros_for_empty_prompt`), not on the encoding of "".
     pub zeros_for_empty_negative: bool,
+    /// The steps and guidance this kind of model is made for (callers' defaults): 1 and 0 for
+    /// Turbo-style distilled models; 4 steps for LCM models (guidance 8 through an
+    /// LCM-distilled UNet's embedding, 1 for an LCM-LoRA-style model); else 25 and 7.5.
+    pub default_steps: usize,
+    pub default_guidance: f64,
 }
 
 impl StableDiffusion {
@@ -634,6 +639,14 @@ impl Configs {
         let schedule = NoiseSchedule::from_config(&sched_cfg)?;
         let (default_scheduler, scheduler_fallback) =
             SchedulerKind::default_for(&sched_cfg.class_name, &schedule);
+        let distilled = schedule.spacing == Some(Spacing::Trailing);
+        let (default_steps, default_guidance) = match default_scheduler {
+            _ if distilled => (1, 0.0),
+            // diffusers' LatentConsistencyModelPipeline defaults to 8.5; its model cards use 8.
+            SchedulerKind::Lcm if unet_cfg.time_cond_proj_dim.is_some() => (4, 8.0),
+            SchedulerKind::Lcm => (4, 1.0),
+            _ => (25, 7.5),
+        };
         let info = ModelInfo {
             dir: dir.to_path_buf(),
             name: display_name(dir),
@@ -644,8 +657,10 @@ impl Configs {
             native_size: unet_cfg.sample_size.unwrap_or(64) * vae_cfg.scale_factor(),
             default_scheduler,
             scheduler_fallback,
-            distilled: schedule.spacing == Some(Spacing::Trailing),
+            distilled,
             zeros_for_empty_negative: family == ModelFamily::Sdxl && zeros_for_empty_negative,
+            default_steps,
+            default_guidance,
         };
         Ok(Self {
             unet_cfg,
