@@ -17,6 +17,7 @@
 //! - [`unet`], [`vae`], [`clip`]: the networks, built from [`blocks`] and [`layers`], which run
 //!   on our CPU [`kernels`] (AVX-512 or AVX2 GEMM, implicit-GEMM convolution, tiled attention) and on
 //!   candle's generic ops elsewhere.
+//! - [`lora`]: LoRA files (kohya and diffusers/PEFT), patched into a loaded model in place.
 //! - [`random_weights`]: seeded random weights for benchmarking an architecture.
 
 pub mod blocks;
@@ -28,6 +29,7 @@ pub mod esrgan;
 pub mod generate;
 pub mod kernels;
 pub mod layers;
+pub mod lora;
 pub mod model;
 pub mod noise;
 pub mod outpaint;
@@ -44,6 +46,7 @@ pub mod vae;
 pub use device::{device_name, DeviceChoice, Precision, PrecisionChoice};
 pub use error::{EngineError, Result};
 pub use generate::{GenerateRequest, Generation, InitImage, Progress};
+pub use lora::{ActiveLora, LoraFile, LoraFormat, LoraReport};
 pub use model::{ComputePrecision, LoadOptions, ModelInfo, StableDiffusion, UNetKind};
 pub use schedulers::SchedulerKind;
 pub use source::{resolve_model, resolve_taesd};

@@ -13,6 +13,7 @@ use crate::config::{
     VaeFileConfig,
 };
 use crate::error::{EngineError, Result};
+use crate::lora::{LoraLayers, PatchableComponent};
 use crate::schedulers::{NoiseSchedule, SchedulerKind, Spacing};
 use crate::source::weight_candidates;
 use crate::tokenizer::ClipTokenizer;
@@ -118,6 +119,8 @@ pub struct StableDiffusion {
     info: ModelInfo,
     /// TAESD, for previews and fast decodes (see [`crate::taesd`]).
     pub(crate) tiny_decoder: Option<crate::taesd::Taesd>,
+    /// The layers a LoRA may patch, and the set applied now (see [`crate::lora`]).
+    pub(crate) loras: LoraLayers,
 }
 
 /// Facts about a loaded model that callers show or default from.
@@ -174,16 +177,23 @@ impl StableDiffusion {
         } else {
             dtype
         };
-        let text_encoder =
-            ClipTextModel::new(weights(dir, "text_encoder", opts, dtype)?, &text_cfg)
-                .map_err(|e| mismatch(dir, "text_encoder", e))?;
-        let unet = UNet::load(
-            weights(dir, "unet", opts, dtype)?,
-            unet_cfg.in_channels,
-            unet_cfg.out_channels,
-            &unet_candle,
-        )
-        .map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
+        // The text encoder and UNet record their layers for LoRA patching (crate::lora).
+        let (text_encoder, text_layers) = PatchableComponent::load(
+            "text_encoder",
+            weights(dir, "text_encoder", opts, dtype)?,
+            |vb| ClipTextModel::new(vb, &text_cfg),
+        );
+        let text_encoder = text_encoder.map_err(|e| mismatch(dir, "text_encoder", e))?;
+        let (unet, unet_layers) =
+            PatchableComponent::load("unet", weights(dir, "unet", opts, dtype)?, |vb| {
+                UNet::load(
+                    vb,
+                    unet_cfg.in_channels,
+                    unet_cfg.out_channels,
+                    &unet_candle,
+                )
+            });
+        let unet = unet.map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
         let vae = Autoencoder::new(weights(dir, "vae", opts, vae_dtype)?, &vae_cfg)
             .map_err(|e| mismatch(dir, "vae", e))?;
         Ok(Self {
@@ -198,6 +208,7 @@ impl StableDiffusion {
             vae_dtype,
             info,
             tiny_decoder: None,
+            loras: LoraLayers::new(vec![text_layers, unet_layers]),
         })
     }
 
