@@ -76,8 +76,14 @@ fn module_path(module: &str) -> String {
 /// The alphas diffusers recorded in the file's header, per component.
 #[derive(Debug, Default)]
 pub(crate) struct AdapterAlphas {
-    /// component → (lora_alpha, alpha_pattern)
-    components: HashMap<String, (Option<f32>, Vec<(String, f32)>)>,
+    components: HashMap<String, ComponentAlphas>,
+}
+
+/// One component's `lora_alpha` and `alpha_pattern` (module pattern → alpha).
+#[derive(Debug, Default)]
+struct ComponentAlphas {
+    alpha: Option<f32>,
+    patterns: Vec<(String, f32)>,
 }
 
 impl AdapterAlphas {
@@ -89,18 +95,18 @@ impl AdapterAlphas {
         };
         let json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw)
             .map_err(|e| format!("its lora_adapter_metadata is not a JSON object ({e})"))?;
-        let mut components: HashMap<String, (Option<f32>, Vec<(String, f32)>)> = HashMap::new();
+        let mut components: HashMap<String, ComponentAlphas> = HashMap::new();
         for (key, value) in &json {
             let Some((component, field)) = key.rsplit_once('.') else {
                 continue;
             };
             let entry = components.entry(component.to_string()).or_default();
             match field {
-                "lora_alpha" => entry.0 = Some(number(key, value)?),
+                "lora_alpha" => entry.alpha = Some(number(key, value)?),
                 "alpha_pattern" => {
                     let patterns = value.as_object().ok_or(format!("{key} is not an object"))?;
                     for (pattern, alpha) in patterns {
-                        entry.1.push((pattern.clone(), number(key, alpha)?));
+                        entry.patterns.push((pattern.clone(), number(key, alpha)?));
                     }
                 }
                 "use_dora" if value.as_bool() == Some(true) => {
@@ -124,7 +130,7 @@ impl AdapterAlphas {
     /// `lora_alpha`; `None` (alpha = rank) without metadata.
     pub fn alpha_for(&self, key: &str) -> Option<f32> {
         let (component, module) = key.split_once('.')?;
-        let (alpha, patterns) = self.components.get(component)?;
+        let ComponentAlphas { alpha, patterns } = self.components.get(component)?;
         patterns
             .iter()
             .filter(|(p, _)| module == p || module.ends_with(&format!(".{p}")))
