@@ -115,15 +115,22 @@ def time_row(fn, warmup, runs):
 
 def diffusers_rows(args, sizes, only, precision):
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(args.model), torch_dtype=torch.float32, safety_checker=None
-    )
+    index = json.loads((Path(args.model) / "model_index.json").read_text())
+    xl = "text_encoder_2" in index
+    if xl:
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(args.model), torch_dtype=torch.float32)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(args.model), torch_dtype=torch.float32, safety_checker=None
+        )
     pipe.set_progress_bar_config(disable=True)
-    ids = pipe.tokenizer(
+    tokenize = lambda tok: tok(
         ["", PROMPT], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
     ).input_ids
+    ids = tokenize(pipe.tokenizer)
+    ids2 = tokenize(pipe.tokenizer_2) if xl else None
     grid_runs = args.grid_runs if args.grid_runs is not None else args.runs
     autocast = (
         torch.autocast("cpu", dtype=torch.bfloat16)
@@ -135,18 +142,37 @@ def diffusers_rows(args, sizes, only, precision):
         g = torch.Generator().manual_seed(0)
         return torch.randn((n, 4, s // 8, s // 8), generator=g)
 
+    def encode_text():
+        if not xl:
+            return pipe.text_encoder(ids)[0]
+        # SDXL: both encoders, penultimate states and the second's pooled projection.
+        a = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        b = pipe.text_encoder_2(ids2, output_hidden_states=True)
+        return torch.cat([a, b.hidden_states[-2]], -1), b.text_embeds
+
+    def added(batch, size):
+        if not xl:
+            return {}
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]] * batch, dtype=torch.float32)
+        return {"added_cond_kwargs": {"text_embeds": pooled1.repeat(batch, 1), "time_ids": time_ids}}
+
     with torch.inference_mode():
-        ctx1 = pipe.text_encoder(ids[1:])[0]
+        if xl:
+            ctx_all, pooled_all = encode_text()
+            ctx1, pooled1 = ctx_all[1:], pooled_all[1:]
+        else:
+            ctx1 = pipe.text_encoder(ids[1:])[0]
     results = []
     plan = [("text", None)] if "text" in only else []
     plan += [(r, s) for s in sizes for r in ORDER if r not in ("text", "preview") and r in only]
     for row, size in plan:
         if row == "text":
-            batch, fn = 2, lambda: pipe.text_encoder(ids)[0]
+            batch, fn = 2, encode_text
         elif row in ("unet1", "unet4"):
             batch = 1 if row == "unet1" else 4
             x, ctx = latents(batch, size), ctx1.repeat(batch, 1, 1)
-            fn = lambda x=x, ctx=ctx: pipe.unet(x, 999, encoder_hidden_states=ctx).sample
+            kw = added(batch, size)
+            fn = lambda x=x, ctx=ctx, kw=kw: pipe.unet(x, 999, encoder_hidden_states=ctx, **kw).sample
         elif row == "vae":
             batch, x = 1, latents(1, size)
             fn = lambda x=x: pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample

@@ -156,9 +156,32 @@ VAE = {
 }
 
 
+def write_sdxl(out, seed, half):
+    """SDXL base from the config files in assets/archs/sdxl (the hub's, key for key), random
+    weights under ``torch.manual_seed(seed)``. ``--half`` stores them in fp16 (5 GB instead of
+    10 GB of disk): both engines then load the same values and compute in fp32."""
+    from transformers import CLIPTextModelWithProjection
+
+    arch = REPO / "assets" / "archs" / "sdxl"
+    read = lambda p: json.loads((arch / p).read_text())
+    save = lambda model, folder: (model.half() if half else model).save_pretrained(out / folder)
+    torch.manual_seed(seed)
+    save(UNet2DConditionModel.from_config(read("unet/config.json")), "unet")
+    save(AutoencoderKL.from_config(read("vae/config.json")), "vae")
+    save(CLIPTextModel(CLIPTextConfig(**read("text_encoder/config.json"))), "text_encoder")
+    save(CLIPTextModelWithProjection(CLIPTextConfig(**read("text_encoder_2/config.json"))), "text_encoder_2")
+    for folder in ("scheduler", "tokenizer", "tokenizer_2"):
+        if (out / folder).exists():
+            shutil.rmtree(out / folder)
+        shutil.copytree(arch / folder, out / folder)
+    shutil.copy(arch / "model_index.json", out / "model_index.json")
+    print(f"wrote sdxl with seed {seed} to {out}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", choices=sorted(ARCHS), default="sd-turbo")
+    ap.add_argument("--arch", choices=sorted(ARCHS) + ["sdxl"], default="sd-turbo")
+    ap.add_argument("--half", action="store_true", help="sdxl: store the weights in fp16")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -168,9 +191,12 @@ def main():
         " assets/archs/ holds them)",
     )
     args = ap.parse_args()
-    arch = ARCHS[args.arch]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.arch == "sdxl":
+        write_sdxl(out, args.seed, args.half)
+        return
+    arch = ARCHS[args.arch]
 
     if args.configs_only:
         # Meta tensors: the full config.json diffusers writes, without allocating weights.

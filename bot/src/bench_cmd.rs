@@ -20,8 +20,10 @@ use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use imagine_engine::noise::LatentNoise;
 use imagine_engine::pixels::latent_preview;
+use imagine_engine::unet::AddedConditioning;
 use imagine_engine::{
-    DeviceChoice, GenerateRequest, LoadOptions, PrecisionChoice, StableDiffusion, Taesd,
+    DeviceChoice, GenerateRequest, LoadOptions, ModelFamily, PrecisionChoice, StableDiffusion,
+    Taesd,
 };
 
 use crate::hardware::Hardware;
@@ -38,13 +40,14 @@ const PROMPT: &str = "a photograph of an astronaut riding a horse on the moon, h
 /// Arguments of `imagine bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// A diffusers model folder (for the comparison with diffusers, which needs one: run
+    /// A diffusers model folder or a single-file checkpoint (the comparison with diffusers
+    /// needs a folder: run
     /// `tools/make_random_model.py --arch sd-turbo --out DIR`).
     #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
     pub model: Option<PathBuf>,
     /// A full-size architecture built in memory with seeded random weights, from the config
     /// files in `assets/archs/<arch>` (run from the repository).
-    #[arg(long, value_parser = ["sd-turbo", "sd15"])]
+    #[arg(long, value_parser = ["sd-turbo", "sd15", "sdxl"])]
     pub arch: Option<String>,
     /// The seed of --arch's random weights.
     #[arg(long, default_value_t = 0)]
@@ -273,26 +276,31 @@ impl Cost {
                 .with_context(|| format!("reading {}", path.display()))?;
             Ok(serde_json::from_str(&text)?)
         };
-        let (unet, vae, text) = (
-            read("unet/config.json")?,
-            read("vae/config.json")?,
-            read("text_encoder/config.json")?,
-        );
+        let (unet, vae) = (read("unet/config.json")?, read("vae/config.json")?);
+        let mut encoders = vec![read("text_encoder/config.json")?];
+        if dir.join("text_encoder_2/config.json").exists() {
+            encoders.push(read("text_encoder_2/config.json")?);
+        }
         let sd_unet = unet["block_out_channels"] == serde_json::json!([320, 640, 1280, 1280])
             && unet["layers_per_block"] == 2;
         let sd_vae = vae["block_out_channels"] == serde_json::json!([128, 256, 512, 512])
             && vae["layers_per_block"] == 2;
-        let num = |k: &str| text[k].as_f64().unwrap_or(0.0);
         // Per layer and token: q, k, v, out projections (4 d^2 MACs) and the MLP (2 d I MACs);
         // per layer, attention scores and weighted sum (2 S^2 d MACs). 1 MAC = 2 FLOP.
         // Embeddings, layer norms, softmax and activations are left out (< 1%).
-        let (d, i, l, s) = (
-            num("hidden_size"),
-            num("intermediate_size"),
-            num("num_hidden_layers"),
-            77.0,
-        );
-        let text_per_window = l * (2.0 * s * (4.0 * d * d + 2.0 * d * i) + 4.0 * s * s * d) / 1e9;
+        let text_per_window = encoders
+            .iter()
+            .map(|text| {
+                let num = |k: &str| text[k].as_f64().unwrap_or(0.0);
+                let (d, i, l, s) = (
+                    num("hidden_size"),
+                    num("intermediate_size"),
+                    num("num_hidden_layers"),
+                    77.0,
+                );
+                l * (2.0 * s * (4.0 * d * d + 2.0 * d * i) + 4.0 * s * s * d) / 1e9
+            })
+            .sum();
         Ok(Self {
             text_per_window,
             unet_512: sd_unet.then_some(800.0),
@@ -337,15 +345,24 @@ impl Bench<'_> {
         let model = self.model;
         let window = model.tokenizer().encode(PROMPT, 1)?.chunks.remove(0);
         let empty = model.tokenizer().encode("", 1)?.chunks.remove(0);
-        let context = |n: usize| -> Result<Tensor> {
-            Ok(model
-                .encode_tokens(std::slice::from_ref(&window))?
-                .repeat((n, 1, 1))?)
+        // The prompt's conditioning for n images (SDXL: with pooled text and sizes).
+        let conditioning = |n: usize| -> Result<(Tensor, Option<AddedConditioning>)> {
+            let (ctx, added) = model.text_conditioning(PROMPT, s, s)?;
+            let added = added
+                .map(|a| -> Result<AddedConditioning> {
+                    Ok(AddedConditioning {
+                        text_embeds: a.text_embeds.repeat((n, 1))?,
+                        time_ids: a.time_ids.repeat((n, 1))?,
+                    })
+                })
+                .transpose()?;
+            Ok((ctx.repeat((n, 1, 1))?, added))
         };
         let unet = |n: usize| -> Result<Work<'_>> {
-            let (x, ctx) = (latents(n)?, context(n)?);
+            let x = latents(n)?;
+            let (ctx, added) = conditioning(n)?;
             Ok(Box::new(move || {
-                model.unet_forward(&x, 999.0, &ctx)?;
+                model.unet_forward_added(&x, 999.0, &ctx, added.as_ref())?;
                 Ok(())
             }))
         };
@@ -354,7 +371,12 @@ impl Bench<'_> {
             Row::Text => {
                 let pair = vec![empty.clone(), window.clone()];
                 let f = move || -> Result<()> {
-                    model.encode_tokens(&pair)?;
+                    if model.info().family == ModelFamily::Sdxl {
+                        // Both encoders; the token ids differ only in padding.
+                        model.encode_tokens_xl(&pair, &pair)?;
+                    } else {
+                        model.encode_tokens(&pair)?;
+                    }
                     Ok(())
                 };
                 (2, Some(2.0 * c.text_per_window), Box::new(f))

@@ -53,9 +53,16 @@ pub enum Command {
 pub struct GenerateArgs {
     /// The prompt. Long prompts are split into 75-token windows, never refused.
     pub prompt: String,
-    /// A diffusers model folder, or a Hugging Face repo id (fetched into the HF cache).
+    /// A diffusers model folder, a single-file checkpoint (`.safetensors` in the original SD
+    /// layout, as model sites distribute them), or a Hugging Face repo id (fetched into the HF
+    /// cache).
     #[arg(long, env = "IMAGINE_MODEL", default_value = "stabilityai/sd-turbo")]
     pub model: String,
+    /// What the model predicts: v or epsilon. By default a single file's own evidence
+    /// (a v_pred key, modelspec metadata), else a heuristic for SD 2.x, else epsilon; a
+    /// folder's scheduler config.
+    #[arg(long, value_parser = parse_prediction)]
+    pub prediction: Option<imagine_engine::Prediction>,
     /// Negative prompt: what the image should not show.
     #[arg(long, default_value = "")]
     pub negative: String,
@@ -113,6 +120,12 @@ pub struct GenerateArgs {
     /// Where to write the PNG.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// Parses `v` (also `v_prediction`) or `epsilon` (also `eps`).
+pub fn parse_prediction(s: &str) -> std::result::Result<imagine_engine::Prediction, String> {
+    imagine_engine::Prediction::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a prediction type: use v or epsilon"))
 }
 
 /// Parses `WxH` such as `512x768`.

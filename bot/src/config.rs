@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use imagine_engine::{DeviceChoice, Precision, PrecisionChoice};
+use imagine_engine::{DeviceChoice, Precision, PrecisionChoice, Prediction};
 use serde::Deserialize;
 
 use crate::store::RetentionLimits;
@@ -144,7 +144,25 @@ struct FileConfig {
     retention_days: Option<u32>,
     retention_max_gb: Option<f64>,
     #[serde(default)]
-    models: BTreeMap<String, String>,
+    models: BTreeMap<String, ModelEntry>,
+}
+
+/// One `[models]` entry: `name = "folder, file or repo id"`, or
+/// `name = { path = "model.safetensors", prediction = "v" }` for a file whose prediction type
+/// the engine cannot tell.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ModelEntry {
+    Path(String),
+    Table(ModelTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelTable {
+    path: String,
+    #[serde(default)]
+    prediction: Option<String>,
 }
 
 /// The resolved configuration.
@@ -153,8 +171,10 @@ pub struct Config {
     pub token: Secret,
     /// Name of the default model (a key of `models`).
     pub default_model: String,
-    /// Model name → folder or repo id.
+    /// Model name → folder, single file or repo id.
     pub models: BTreeMap<String, String>,
+    /// Models whose prediction type is set in the config (else the model's own).
+    pub predictions: BTreeMap<String, Prediction>,
     pub db: PathBuf,
     pub data_dir: PathBuf,
     pub queue_capacity: usize,
@@ -212,7 +232,7 @@ impl Config {
             .clone()
             .or(file.model)
             .unwrap_or_else(|| "stabilityai/sd-turbo".into());
-        let mut models = file.models;
+        let (mut models, predictions) = model_entries(file.models)?;
         let default_model = short_name(&spec);
         models.insert(default_model.clone(), spec);
         let queue_capacity = args.queue_capacity.or(file.queue_capacity).unwrap_or(32);
@@ -285,6 +305,7 @@ impl Config {
             token: Secret::new(token.trim()),
             default_model,
             models,
+            predictions,
             db: args
                 .db
                 .clone()
@@ -435,11 +456,38 @@ fn parse_file(path: &Path, text: &str) -> Result<FileConfig> {
 }
 
 /// The name a model spec is known by in prompts: its last path component.
+/// Splits `[models]` into paths and the prediction types set for some of them.
+fn model_entries(
+    entries: BTreeMap<String, ModelEntry>,
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, Prediction>)> {
+    let (mut models, mut predictions) = (BTreeMap::new(), BTreeMap::new());
+    for (name, entry) in entries {
+        let path = match entry {
+            ModelEntry::Path(path) => path,
+            ModelEntry::Table(ModelTable { path, prediction }) => {
+                if let Some(p) = prediction {
+                    let parsed = Prediction::parse(&p).with_context(|| {
+                        format!("[models] {name}: prediction {p:?} is not v or epsilon")
+                    })?;
+                    predictions.insert(name.clone(), parsed);
+                }
+                path
+            }
+        };
+        models.insert(name, path);
+    }
+    Ok((models, predictions))
+}
+
 pub fn short_name(spec: &str) -> String {
-    spec.trim_end_matches('/')
+    let last = spec
+        .trim_end_matches('/')
         .rsplit('/')
         .next()
-        .unwrap_or(spec)
+        .unwrap_or(spec);
+    // A single-file checkpoint is known by its name without the extension.
+    last.strip_suffix(".safetensors")
+        .unwrap_or(last)
         .to_string()
 }
 
@@ -583,6 +631,33 @@ mod tests {
         std::fs::write(dir.path().join("bad.toml"), "queue_size = 8\n").unwrap();
         a.config = Some(dir.path().join("bad.toml"));
         assert!(Config::resolve(&a).is_err());
+    }
+
+    #[test]
+    fn a_model_entry_is_a_path_or_a_table_with_a_prediction_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imagine.toml");
+        let mut a = args();
+        a.config = Some(path.clone());
+        std::fs::write(
+            &path,
+            "[models]\nsd15 = \"./sd15\"\nsd21 = { path = \"m/sd21.safetensors\", prediction = \"v\" }\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.models["sd15"], "./sd15");
+        assert_eq!(c.models["sd21"], "m/sd21.safetensors");
+        assert_eq!(c.predictions.get("sd21"), Some(&Prediction::V));
+        assert_eq!(c.predictions.get("sd15"), None);
+        assert_eq!(short_name("m/sd21.safetensors"), "sd21");
+
+        std::fs::write(
+            &path,
+            "[models]\nx = { path = \"x.safetensors\", prediction = \"x0\" }\n",
+        )
+        .unwrap();
+        let err = Config::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("not v or epsilon"), "{err}");
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     imagine_engine::kernels::denormals::flush_on_compute_threads();
     let dir = imagine_engine::resolve_model(&args.model)?;
     let hw = Hardware::choose(args.device, args.precision)?;
-    let load = hw.load_options();
+    let load = LoadOptions {
+        prediction: args.prediction,
+        ..hw.load_options()
+    };
     let mut model = StableDiffusion::load(&dir, &load)
         .with_context(|| format!("loading the model from {}", dir.display()))?;
     if let Some(spec) = &args.taesd {

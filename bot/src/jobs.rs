@@ -208,12 +208,13 @@ mod tests {
     use super::*;
     use crate::params::parse_prompt;
     use crate::store::{JobId, JobStatus};
-    use imagine_engine::{SchedulerKind, UNetKind};
+    use imagine_engine::{ModelFamily, SchedulerKind, UNetKind};
 
     fn info(distilled: bool) -> ModelInfo {
         ModelInfo {
             dir: "m".into(),
             name: "m".into(),
+            family: ModelFamily::Sd1,
             unet_kind: UNetKind::Standard,
             vae_scale: 8,
             latent_channels: 4,
@@ -221,6 +222,7 @@ mod tests {
             default_scheduler: SchedulerKind::Euler,
             scheduler_fallback: false,
             distilled,
+            zeros_for_empty_negative: false,
         }
     }
 

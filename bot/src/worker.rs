@@ -13,7 +13,8 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use imagine_engine::noise::LatentNoise;
 use imagine_engine::{
-    device_name, GenerateRequest, InitImage, Precision, SchedulerKind, StableDiffusion, Taesd,
+    device_name, GenerateRequest, InitImage, Precision, Prediction, SchedulerKind, StableDiffusion,
+    Taesd,
 };
 use sha2::{Digest, Sha256};
 
@@ -53,6 +54,8 @@ impl PreviewClock {
 /// Models by name, loaded on first use and kept, on one device.
 pub struct Engines {
     specs: BTreeMap<String, String>,
+    /// Prediction types set in the config, by model name (`[models]` tables).
+    predictions: BTreeMap<String, Prediction>,
     /// Each model in one precision at a time (a job asking for another reloads it).
     loaded: HashMap<String, (Precision, StableDiffusion)>,
     tiny: Option<TinyDecoder>,
@@ -78,6 +81,7 @@ impl Engines {
     pub fn new(specs: BTreeMap<String, String>) -> Self {
         Self {
             specs,
+            predictions: BTreeMap::new(),
             loaded: HashMap::new(),
             tiny: None,
             upscaler: None,
@@ -85,6 +89,12 @@ impl Engines {
             device: Device::Cpu,
             precision: Precision::Fp32,
         }
+    }
+
+    /// Models whose prediction type the config sets (`{ path = ..., prediction = "v" }`).
+    pub fn with_predictions(mut self, predictions: BTreeMap<String, Prediction>) -> Self {
+        self.predictions = predictions;
+        self
     }
 
     /// Prompts' `<lora:NAME:SCALE>` tags name files in this folder.
@@ -199,7 +209,10 @@ impl Engines {
             let device = device_name(&self.device);
             let precision_name = precision.name();
             tracing::info!(model = name, dir = %dir.display(), device, precision = precision_name, "loading model");
-            let load = precision.load_options(&self.device);
+            let load = imagine_engine::LoadOptions {
+                prediction: self.predictions.get(name).copied(),
+                ..precision.load_options(&self.device)
+            };
             let mut model = StableDiffusion::load(&dir, &load)?;
             if let Some(tiny) = &self.tiny {
                 let taesd = Taesd::load(&tiny.dir, &load)

@@ -267,6 +267,43 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+fn an_sdxl_repo_id_loads_from_the_cache_and_needs_its_second_text_encoder() {
+    let home = tempfile::tempdir().unwrap();
+    let snapshot = fake_hf_cache(home.path(), "tiny-sdxl");
+    let out = home.path().join("xl.png").display().to_string();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_imagine"))
+            .args([
+                "generate",
+                "a lighthouse at dusk",
+                "--model",
+                "test-org/tiny-sdxl",
+                "--steps",
+                "2",
+                "--out",
+                &out,
+            ])
+            .env("HF_HOME", home.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = std::fs::read(&out).unwrap();
+    let params = parameters(&png);
+    assert!(params.contains(", Model: test-org/tiny-sdxl, "), "{params}");
+    let decoded = image::load_from_memory(&png).unwrap();
+    assert_eq!(decoded.width(), 64, "the model's native size");
+
+    std::fs::remove_file(snapshot.join("text_encoder_2/model.safetensors")).unwrap();
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("text_encoder_2/model.safetensors"), "{err}");
+}
+
+#[test]
 fn a_repo_id_loads_from_the_hugging_face_cache_offline() {
     let home = tempfile::tempdir().unwrap();
     let snapshot = fake_hf_cache(home.path(), "tiny-sd15");
@@ -356,4 +393,70 @@ fn fast_decode_with_taesd_from_the_cache_reproduces_the_pipeline_with_autoencode
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--taesd"), "{err}");
+}
+
+#[test]
+fn a_single_file_checkpoint_generates_a_png_and_a_pickle_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("single.png");
+    let (file, out_s) = (model("tiny-sd21-v.safetensors"), out.display().to_string());
+    let o = imagine(
+        &[
+            "generate",
+            "a lighthouse",
+            "--model",
+            &file,
+            "--prediction",
+            "v",
+            "--size",
+            "64x64",
+            "--steps",
+            "2",
+            "--seed",
+            "7",
+            "--out",
+            &out_s,
+        ],
+        "2",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = std::fs::read(&out).unwrap();
+    let image = image::load_from_memory(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (64, 64));
+    assert!(
+        parameters(&png).contains("Model: tiny-sd21-v"),
+        "{}",
+        parameters(&png)
+    );
+
+    let ckpt = tmp.path().join("model.ckpt");
+    std::fs::write(&ckpt, b"\x80\x02}q\x00.").unwrap();
+    let o = imagine(
+        &[
+            "generate",
+            "p",
+            "--model",
+            &ckpt.display().to_string(),
+            "--out",
+            &out_s,
+        ],
+        "2",
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("convert it to .safetensors"), "{err}");
+    let o = imagine(
+        &[
+            "generate",
+            "p",
+            "--model",
+            &file,
+            "--prediction",
+            "x0",
+            "--out",
+            &out_s,
+        ],
+        "2",
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("use v or epsilon"));
 }

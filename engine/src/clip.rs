@@ -89,12 +89,26 @@ pub struct ClipTextModel {
     position_embedding: Embedding,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
+    /// `CLIPTextModelWithProjection`'s projection of the pooled output (no bias).
+    text_projection: Option<Linear>,
+    /// The id whose first position pools the sequence (transformers' rule: with the legacy
+    /// `eos_token_id` 2, the position of the largest id, which is CLIP's end token).
+    eos_token_id: Option<u32>,
+}
+
+/// What SDXL reads from a text encoder: one layer's hidden states and the pooled output.
+pub struct TextEncoding {
+    /// `[B, S, D]`: the hidden states of the requested layer.
+    pub hidden: Tensor,
+    /// `[B, P]`: the final layer's normed state at the end token, projected (with a projection).
+    pub pooled: Option<Tensor>,
 }
 
 impl ClipTextModel {
     /// Accepts both the hub's `text_model.*` tensor names and the unprefixed names newer
     /// transformers versions save.
     pub fn new(vb: VarBuilder, cfg: &TextEncoderFileConfig) -> Result<Self> {
+        let root = vb.clone();
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
             vb.pp("text_model")
         } else {
@@ -125,15 +139,90 @@ impl ClipTextModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let final_layer_norm = layer_norm(d, eps, vb.pp("final_layer_norm"))?;
+        // The projection sits beside `text_model`, at the file's top level.
+        let text_projection = match cfg.projection_dim {
+            Some(p) if cfg.with_projection() => {
+                Some(Linear::load_no_bias(root.pp("text_projection"), d, p)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             token_embedding,
             position_embedding,
             layers,
             final_layer_norm,
+            text_projection,
+            eos_token_id: cfg.eos_token_id,
         })
     }
 
+    /// Every layer and the final norm: the last hidden state (SD 1.x / 2.x conditioning).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let xs = self.run_layers(ids, self.layers.len())?;
+        Ok(self.final_layer_norm.forward(&xs)?)
+    }
+
+    /// SDXL's reading: the hidden states after the penultimate layer (transformers'
+    /// `hidden_states[-2]`, no final norm) and, when `pooled`, the projected end-token state
+    /// of the full model (needs a projection, see `CLIPTextModelWithProjection`).
+    pub fn encode_penultimate(&self, ids: &Tensor, pooled: bool) -> Result<TextEncoding> {
+        let n = self.layers.len();
+        if n < 2 {
+            return Err(crate::error::EngineError::UnsupportedArchitecture(
+                "a text encoder with fewer than 2 layers has no penultimate layer".into(),
+            ));
+        }
+        let hidden = self.run_layers(ids, n - 1)?;
+        if !pooled {
+            return Ok(TextEncoding {
+                hidden,
+                pooled: None,
+            });
+        }
+        let projection = self.text_projection.as_ref().ok_or_else(|| {
+            crate::error::EngineError::UnsupportedArchitecture(
+                "pooled text embeddings need CLIPTextModelWithProjection's text_projection".into(),
+            )
+        })?;
+        let mask = causal_mask(ids.dim(1)?, hidden.dtype(), ids.device())?.broadcast_as((
+            ids.dim(0)?,
+            1,
+            ids.dim(1)?,
+            ids.dim(1)?,
+        ))?;
+        let last = self.layers[n - 1].forward(&hidden, &mask)?;
+        let last = self.final_layer_norm.forward(&last)?;
+        let rows = self.pool_positions(ids)?;
+        let picked = rows
+            .iter()
+            .enumerate()
+            .map(|(b, &pos)| last.get(b)?.get(pos))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pooled = projection.forward(&Tensor::stack(&picked, 0)?)?;
+        Ok(TextEncoding {
+            hidden,
+            pooled: Some(pooled),
+        })
+    }
+
+    /// Where each sequence is pooled, as transformers' CLIPTextTransformer decides.
+    fn pool_positions(&self, ids: &Tensor) -> Result<Vec<usize>> {
+        let rows = ids.to_vec2::<u32>()?;
+        Ok(rows
+            .iter()
+            .map(|row| match self.eos_token_id {
+                Some(eos) if eos != 2 => row.iter().position(|&t| t == eos).unwrap_or(0),
+                // Legacy configs: argmax of the ids (torch returns the first maximum).
+                _ => {
+                    let max = row.iter().copied().max().unwrap_or(0);
+                    row.iter().position(|&t| t == max).unwrap_or(0)
+                }
+            })
+            .collect())
+    }
+
+    /// Embeddings then the first `count` layers.
+    fn run_layers(&self, ids: &Tensor, count: usize) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let positions = Tensor::arange(0u32, s as u32, ids.device())?.unsqueeze(0)?;
         let mut xs = self
@@ -141,10 +230,10 @@ impl ClipTextModel {
             .forward(ids)?
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(s, xs.dtype(), ids.device())?.broadcast_as((b, 1, s, s))?;
-        for layer in &self.layers {
+        for layer in &self.layers[..count] {
             xs = layer.forward(&xs, &mask)?;
         }
-        Ok(self.final_layer_norm.forward(&xs)?)
+        Ok(xs)
     }
 }
 

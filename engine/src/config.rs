@@ -47,7 +47,24 @@ pub struct ModelIndex {
     #[serde(rename = "_class_name")]
     pub class_name: String,
     #[serde(default)]
+    pub text_encoder: Option<serde_json::Value>,
+    #[serde(default)]
     pub text_encoder_2: Option<serde_json::Value>,
+    /// SDXL pipelines: an empty negative prompt conditions on zeros, not on "" encoded.
+    #[serde(default)]
+    pub force_zeros_for_empty_prompt: Option<bool>,
+}
+
+impl ModelIndex {
+    /// Whether the pipeline lists `name` as a component (diffusers writes absent optional
+    /// components as `[null, null]`).
+    pub fn has(component: &Option<serde_json::Value>) -> bool {
+        match component {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Array(parts)) => parts.iter().any(|p| !p.is_null()),
+            Some(_) => true,
+        }
+    }
 }
 
 /// `unet/config.json`.
@@ -85,6 +102,15 @@ pub struct UNetFileConfig {
     pub norm_eps: f64,
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// SDXL's `text_time` conditioning: width of each size/crop number's sinusoidal embedding.
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// SDXL: input width of `add_embedding` (pooled text + six time embeddings).
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
+    /// Per-resnet transformer depths of the up blocks (SSD-1B-style pruned SDXL UNets).
+    #[serde(default)]
+    pub reverse_transformer_layers_per_block: Option<Vec<Vec<usize>>>,
     #[serde(default)]
     pub class_embed_type: Option<String>,
     #[serde(default)]
@@ -129,11 +155,7 @@ fn unsupported(what: impl Into<String>) -> EngineError {
 impl UNetFileConfig {
     /// Checks that the UNet is one the engine runs exactly, and builds candle's config.
     pub fn to_candle(&self) -> Result<UNet2DConditionModelConfig> {
-        if let Some(kind) = &self.addition_embed_type {
-            return Err(unsupported(format!(
-                "UNet addition_embed_type {kind:?} (SDXL-style conditioning) is not supported yet"
-            )));
-        }
+        self.text_time()?;
         if let Some(kind) = &self.class_embed_type {
             return Err(unsupported(format!(
                 "UNet class_embed_type {kind:?} (upscaler-style conditioning)"
@@ -235,6 +257,55 @@ impl UNetFileConfig {
         })
     }
 
+    /// SDXL's added conditioning (`addition_embed_type: "text_time"`), if the UNet has it:
+    /// `(addition_time_embed_dim, projection_class_embeddings_input_dim)`.
+    pub fn text_time(&self) -> Result<Option<TextTimeConfig>> {
+        match self.addition_embed_type.as_deref() {
+            None => Ok(None),
+            Some("text_time") => match (
+                self.addition_time_embed_dim,
+                self.projection_class_embeddings_input_dim,
+            ) {
+                (Some(time_dim), Some(input_dim)) if time_dim > 0 && input_dim > 6 * time_dim => {
+                    Ok(Some(TextTimeConfig {
+                        time_embed_dim: time_dim,
+                        pooled_dim: input_dim - 6 * time_dim,
+                    }))
+                }
+                _ => Err(unsupported(
+                    "UNet text_time conditioning without a valid addition_time_embed_dim and \
+                     projection_class_embeddings_input_dim",
+                )),
+            },
+            Some(kind) => Err(unsupported(format!("UNet addition_embed_type {kind:?}"))),
+        }
+    }
+
+    /// Transformer depth of each resnet of each up block (outermost up block first), where the
+    /// config overrides the mirror of the down blocks' depths.
+    pub fn up_depths(&self, blocks: &[BlockConfig], layers: usize) -> Result<Vec<Vec<usize>>> {
+        let n = blocks.len();
+        match &self.reverse_transformer_layers_per_block {
+            None => Ok((0..n)
+                .map(|i| vec![blocks[n - 1 - i].use_cross_attn.unwrap_or(0); layers + 1])
+                .collect()),
+            Some(rev) => {
+                let fits = rev.len() == n
+                    && rev.iter().enumerate().all(|(i, d)| {
+                        d.len() == layers + 1
+                            && (blocks[n - 1 - i].use_cross_attn.is_some()
+                                || d.iter().all(|x| *x == 0))
+                    });
+                if !fits {
+                    return Err(unsupported(
+                        "UNet reverse_transformer_layers_per_block does not match its up blocks",
+                    ));
+                }
+                Ok(rev.clone())
+            }
+        }
+    }
+
     fn uniform(&self, value: &PerBlock<usize>, name: &str) -> Result<usize> {
         match value {
             PerBlock::One(v) => Ok(*v),
@@ -242,6 +313,15 @@ impl UNetFileConfig {
             PerBlock::Each(_) => Err(unsupported(format!("UNet {name} that varies by block"))),
         }
     }
+}
+
+/// SDXL's added conditioning, from the UNet config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTimeConfig {
+    /// Sinusoidal embedding width of each of the six size/crop numbers (256).
+    pub time_embed_dim: usize,
+    /// Width of the pooled text embedding it expects (1280: OpenCLIP bigG's projection).
+    pub pooled_dim: usize,
 }
 
 /// `vae/config.json`.
@@ -338,6 +418,12 @@ pub struct TextEncoderFileConfig {
     pub hidden_act: String,
     #[serde(default = "default_ln_eps")]
     pub layer_norm_eps: f64,
+    /// `CLIPTextModelWithProjection`: width of the pooled output's projection.
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
+    /// Pooling reads the first position of this id (legacy configs say 2: the largest id).
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
 }
 
 fn default_positions() -> usize {
@@ -351,11 +437,21 @@ fn default_ln_eps() -> f64 {
 }
 
 impl TextEncoderFileConfig {
+    /// Whether the encoder carries a `text_projection` of its pooled output (SDXL's second).
+    pub fn with_projection(&self) -> bool {
+        self.architectures
+            .as_ref()
+            .is_some_and(|a| a.iter().any(|a| a == "CLIPTextModelWithProjection"))
+    }
+
     pub fn validate(&self) -> Result<()> {
         if let Some(arch) = &self.architectures {
-            if !arch.iter().any(|a| a == "CLIPTextModel") {
+            if !arch
+                .iter()
+                .any(|a| a == "CLIPTextModel" || a == "CLIPTextModelWithProjection")
+            {
                 return Err(unsupported(format!(
-                    "text encoder {arch:?} (expected CLIPTextModel)"
+                    "text encoder {arch:?} (expected CLIPTextModel or CLIPTextModelWithProjection)"
                 )));
             }
         }

@@ -169,6 +169,7 @@ impl Precision {
             dtype,
             precision: compute,
             random_weights: None,
+            prediction: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::pixels::{
 };
 use crate::schedulers::SchedulerKind;
 use crate::taesd::Taesd;
+use crate::unet::AddedConditioning;
 
 /// Largest side accepted, in pixels: beyond this a CPU job would run for hours.
 pub const MAX_SIDE: usize = 2048;
@@ -159,6 +160,8 @@ impl GenerateRequest {
 /// Prepared conditioning for the UNet.
 struct Conditioning {
     context: Tensor,
+    /// SDXL: pooled text and sizes, batched like `context`.
+    added: Option<AddedConditioning>,
     guided: bool,
     tokens: usize,
     chunks: usize,
@@ -257,7 +260,12 @@ impl StableDiffusion {
                 input = Tensor::cat(&[&input, &input], 0)?;
             }
             let out = self
-                .unet_forward(&input.to_dtype(self.dtype)?, *t, &cond.context)?
+                .unet_forward_added(
+                    &input.to_dtype(self.dtype)?,
+                    *t,
+                    &cond.context,
+                    cond.added.as_ref(),
+                )?
                 .to_dtype(DType::F32)?;
             let out = if cond.guided {
                 let uncond = out.narrow(0, 0, n)?;
@@ -319,6 +327,9 @@ impl StableDiffusion {
 
     /// Text embeddings for the batch: `[2N, S, D]` with guidance, else `[N, S, D]`.
     fn conditioning(&self, req: &GenerateRequest, n: usize) -> Result<Conditioning> {
+        if self.text_encoder_2.is_some() {
+            return self.conditioning_xl(req, n);
+        }
         let guided = req.guidance > 1.0;
         let mut prompt = self.tokenizer.encode(&req.prompt, 1)?;
         let mut context = None;
@@ -338,10 +349,96 @@ impl StableDiffusion {
         };
         Ok(Conditioning {
             context,
+            added: None,
             guided,
             tokens: prompt.token_count,
             chunks: prompt.chunks.len(),
         })
+    }
+
+    /// The conditioning of one unguided image of `width` x `height` (benchmarks and tools
+    /// that call [`StableDiffusion::unet_forward_added`] themselves): the context `[1, S, D]`
+    /// and, for SDXL, the pooled text and sizes.
+    pub fn text_conditioning(
+        &self,
+        prompt: &str,
+        width: usize,
+        height: usize,
+    ) -> Result<(Tensor, Option<AddedConditioning>)> {
+        let mut req = GenerateRequest::text(prompt, width, height, vec![0]);
+        req.guidance = 0.0;
+        let cond = self.conditioning(&req, 1)?;
+        Ok((cond.context, cond.added))
+    }
+
+    /// SDXL's conditioning, as `StableDiffusionXLPipeline` builds it: both encoders'
+    /// penultimate states side by side, the second's pooled output, and the six size numbers
+    /// (original = target = the request's size, crop at 0,0). An empty negative prompt is
+    /// zeros where the pipeline forces zeros for it.
+    fn conditioning_xl(&self, req: &GenerateRequest, n: usize) -> Result<Conditioning> {
+        let guided = req.guidance > 1.0;
+        let zero_negative = self.info().zeros_for_empty_negative && req.negative_prompt.is_empty();
+        let mut windows = 1;
+        if guided && !zero_negative {
+            windows = self.tokenizer.encode(&req.negative_prompt, 1)?.chunks.len();
+        }
+        let prompt = self.tokenizer.encode(&req.prompt, windows)?;
+        let windows = prompt.chunks.len();
+        let (cond, cond_pooled) = self.embed_xl(&req.prompt, windows)?;
+        let h = req.height as f32;
+        let w = req.width as f32;
+        let ids = Tensor::new(&[[h, w, 0.0, 0.0, h, w]], &self.device)?;
+        let (context, pooled) = if guided {
+            let (uncond, uncond_pooled) = if zero_negative {
+                (cond.zeros_like()?, cond_pooled.zeros_like()?)
+            } else {
+                self.embed_xl(&req.negative_prompt, windows)?
+            };
+            (
+                Tensor::cat(&[uncond.repeat((n, 1, 1))?, cond.repeat((n, 1, 1))?], 0)?,
+                Tensor::cat(
+                    &[uncond_pooled.repeat((n, 1))?, cond_pooled.repeat((n, 1))?],
+                    0,
+                )?,
+            )
+        } else {
+            (cond.repeat((n, 1, 1))?, cond_pooled.repeat((n, 1))?)
+        };
+        let batch = context.dim(0)?;
+        Ok(Conditioning {
+            context,
+            added: Some(AddedConditioning {
+                text_embeds: pooled,
+                time_ids: ids.repeat((batch, 1))?,
+            }),
+            guided,
+            tokens: prompt.token_count,
+            chunks: windows,
+        })
+    }
+
+    /// SDXL: `text` through both tokenizers and encoders in `windows` windows (at least),
+    /// joined along the sequence `[1, k*77, D1 + D2]`, and the first window's pooled output
+    /// `[1, P]` (as the web UIs pool long prompts).
+    fn embed_xl(&self, text: &str, windows: usize) -> Result<(Tensor, Tensor)> {
+        let second = self
+            .text_encoder_2
+            .as_ref()
+            .expect("embed_xl is called for SDXL models only");
+        let first = self.tokenizer.encode(text, windows)?;
+        let other = second.tokenizer.encode(text, first.chunks.len())?;
+        if other.chunks.len() != first.chunks.len() {
+            return Err(EngineError::invalid(
+                "the two tokenizers split this prompt differently; shorten it",
+            ));
+        }
+        let encoded = self.encode_tokens_xl(&first.chunks, &other.chunks)?;
+        let (k, s, d) = encoded.hidden.dims3()?;
+        let pooled = encoded
+            .pooled
+            .expect("the second encoder pools")
+            .narrow(0, 0, 1)?;
+        Ok((encoded.hidden.reshape((1, k * s, d))?, pooled))
     }
 
     /// Encodes token windows and joins them along the sequence: `[1, k*77, D]`.

@@ -1,12 +1,15 @@
 //! imagine-engine: Stable Diffusion on candle, faithful to diffusers and deterministic.
 //!
-//! Load a diffusers folder (or a Hugging Face repo id) with [`StableDiffusion::load`], then
-//! call [`StableDiffusion::generate`] with a plain-data [`GenerateRequest`]. The engine knows
-//! tensors, configs and schedulers; it never knows Discord, SQL or files beyond the weights.
+//! Load a diffusers folder, a single-file checkpoint or a Hugging Face repo id with
+//! [`StableDiffusion::load`], then call [`StableDiffusion::generate`] with a plain-data
+//! [`GenerateRequest`]. The engine knows tensors, configs and schedulers; it never knows
+//! Discord, SQL or files beyond the weights.
 //!
 //! - [`config`]: serde mirrors of the folder's config.json files, validated.
 //! - [`device`]: which device and precision to compute in (`auto`: the best the host has).
 //! - [`source`]: local folder, HF cache, or download.
+//! - [`checkpoint`]: single-file checkpoints (original SD layout): what a file holds, inferred
+//!   from its tensors, and its weights served under diffusers names straight from the mapped file.
 //! - [`model`]: the loaded components; [`generate`]: the sampling loop.
 //! - [`schedulers`]: Euler, Euler-a, DDIM, DPM++ 2M (Karras), as diffusers computes them.
 //! - [`noise`]: every random number, from per-image seeds.
@@ -21,7 +24,9 @@
 //! - [`random_weights`]: seeded random weights for benchmarking an architecture.
 
 pub mod blocks;
+pub mod checkpoint;
 pub mod clip;
+mod clip_vocab;
 pub mod config;
 pub mod device;
 pub mod error;
@@ -43,11 +48,12 @@ pub mod unet;
 pub mod upscale;
 pub mod vae;
 
+pub use checkpoint::Prediction;
 pub use device::{device_name, DeviceChoice, Precision, PrecisionChoice};
 pub use error::{EngineError, Result};
 pub use generate::{GenerateRequest, Generation, InitImage, Progress};
 pub use lora::{ActiveLora, LoraFile, LoraFormat, LoraReport};
-pub use model::{ComputePrecision, LoadOptions, ModelInfo, StableDiffusion, UNetKind};
+pub use model::{ComputePrecision, LoadOptions, ModelFamily, ModelInfo, StableDiffusion, UNetKind};
 pub use schedulers::SchedulerKind;
 pub use source::{resolve_model, resolve_taesd};
 pub use taesd::Taesd;

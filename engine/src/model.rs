@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::clip::ClipTextModel;
+use crate::checkpoint::Prediction;
+use crate::clip::{ClipTextModel, TextEncoding};
 use crate::config::{
     read_json, ModelIndex, SchedulerFileConfig, TextEncoderFileConfig, UNetFileConfig,
     VaeFileConfig,
@@ -15,9 +16,9 @@ use crate::config::{
 use crate::error::{EngineError, Result};
 use crate::lora::{LoraLayers, PatchableComponent};
 use crate::schedulers::{NoiseSchedule, SchedulerKind, Spacing};
-use crate::source::weight_candidates;
+use crate::source::{weight_candidates, ModelSource};
 use crate::tokenizer::ClipTokenizer;
-use crate::unet::UNet;
+use crate::unet::{AddedConditioning, UNet, UNetExtras};
 use crate::vae::Autoencoder;
 
 /// Where and how to run a model.
@@ -30,6 +31,9 @@ pub struct LoadOptions {
     pub random_weights: Option<u64>,
     /// What the convolutions, linear layers and attention products compute in on the CPU.
     pub precision: ComputePrecision,
+    /// Overrides what the model says it predicts (`--prediction`); see
+    /// [`crate::checkpoint::detect`] for how a single file's default is decided.
+    pub prediction: Option<Prediction>,
 }
 
 impl Default for LoadOptions {
@@ -39,6 +43,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             random_weights: None,
             precision: ComputePrecision::Fp32,
+            prediction: None,
         }
     }
 }
@@ -104,10 +109,39 @@ pub enum UNetKind {
     Inpainting,
 }
 
+/// Which Stable Diffusion family a model belongs to, from its architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// SD 1.x: CLIP ViT-L text encoder (768-wide context).
+    Sd1,
+    /// SD 2.x (and SD-Turbo): OpenCLIP ViT-H text encoder (1024-wide context).
+    Sd2,
+    /// SDXL (and SDXL-Turbo, SSD-1B, Vega): two text encoders, pooled text and sizes.
+    Sdxl,
+}
+
+impl ModelFamily {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sd1 => "SD 1.x",
+            Self::Sd2 => "SD 2.x",
+            Self::Sdxl => "SDXL",
+        }
+    }
+}
+
+/// SDXL's second text encoder (OpenCLIP bigG with its projection) and its tokenizer.
+pub(crate) struct SecondEncoder {
+    pub(crate) tokenizer: ClipTokenizer,
+    pub(crate) model: ClipTextModel,
+}
+
 /// Everything needed to generate with one model.
 pub struct StableDiffusion {
     pub(crate) tokenizer: ClipTokenizer,
     pub(crate) text_encoder: ClipTextModel,
+    /// SDXL: the second encoder, whose penultimate states follow the first's on each token.
+    pub(crate) text_encoder_2: Option<SecondEncoder>,
     pub(crate) unet: UNet,
     pub(crate) vae: Autoencoder,
     pub(crate) schedule: NoiseSchedule,
@@ -130,6 +164,7 @@ pub struct ModelInfo {
     pub dir: PathBuf,
     /// A short display name (the folder's or repo's last component).
     pub name: String,
+    pub family: ModelFamily,
     pub unet_kind: UNetKind,
     /// Pixels per latent cell along each side (8 for every SD VAE).
     pub vae_scale: usize,
@@ -145,31 +180,42 @@ pub struct ModelInfo {
     pub scheduler_fallback: bool,
     /// Few-step distilled (trailing timestep spacing, e.g. SD-Turbo): 1 step, no guidance.
     pub distilled: bool,
+    /// SDXL: an empty negative prompt conditions on zeros (the pipeline's
+    /// `force_zeros_for_empty_prompt`), not on the encoding of "".
+    pub zeros_for_empty_negative: bool,
 }
 
 impl StableDiffusion {
-    /// Reads a folder's configs (no weights) and says what model it is, or why we cannot run it.
-    pub fn describe(dir: &Path) -> Result<ModelInfo> {
-        Ok(Configs::read(dir)?.info)
+    /// Reads a folder's configs or a single file's header (no weights) and says what model it
+    /// is, or why we cannot run it.
+    pub fn describe(path: &Path) -> Result<ModelInfo> {
+        Self::describe_with(path, None)
     }
 
-    /// Loads a diffusers folder (see [`crate::resolve_model`] for repo ids).
+    /// [`StableDiffusion::describe`] with a prediction type set for the model (an SD 2.x v
+    /// file is a 768 px model, an epsilon one a 512 px model).
+    pub fn describe_with(path: &Path, prediction: Option<Prediction>) -> Result<ModelInfo> {
+        Ok(Configs::read(&ModelSource::open(path, prediction)?)?.info)
+    }
+
+    /// Loads a diffusers folder or a single-file checkpoint (see [`crate::resolve_model`]).
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         opts.check()?;
         crate::layers::loading_with(opts.precision, || Self::load_components(dir, opts))
     }
 
-    fn load_components(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+    fn load_components(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let source = ModelSource::open(path, opts.prediction)?;
         let Configs {
             unet_cfg,
             vae_cfg,
             text_cfg,
+            text_cfg_2,
             schedule,
             info,
-        } = Configs::read(dir)?;
+        } = Configs::read(&source)?;
         let unet_candle = unet_cfg.to_candle()?;
-        let tokenizer =
-            ClipTokenizer::load(&dir.join("tokenizer"), text_cfg.max_position_embeddings)?;
+        let tokenizer = source.tokenizer(text_cfg.max_position_embeddings)?;
         let (device, dtype) = (&opts.device, opts.dtype);
         // As diffusers: an fp16 model decodes with its VAE in f32 when the VAE asks for it.
         let vae_dtype = if dtype == DType::F16 && vae_cfg.force_upcast {
@@ -177,28 +223,51 @@ impl StableDiffusion {
         } else {
             dtype
         };
-        // The text encoder and UNet record their layers for LoRA patching (crate::lora).
+        // The text encoders and UNet record their layers for LoRA patching (crate::lora).
         let (text_encoder, text_layers) = PatchableComponent::load(
             "text_encoder",
-            weights(dir, "text_encoder", opts, dtype)?,
+            weights(&source, "text_encoder", opts, dtype)?,
             |vb| ClipTextModel::new(vb, &text_cfg),
         );
-        let text_encoder = text_encoder.map_err(|e| mismatch(dir, "text_encoder", e))?;
+        let text_encoder = text_encoder.map_err(|e| mismatch(&source, "text_encoder", e))?;
+        let mut patchable = vec![text_layers];
+        let text_encoder_2 = match &text_cfg_2 {
+            None => None,
+            Some(cfg) => {
+                let (model, layers) = PatchableComponent::load(
+                    "text_encoder_2",
+                    weights(&source, "text_encoder_2", opts, dtype)?,
+                    |vb| ClipTextModel::new(vb, cfg),
+                );
+                patchable.push(layers);
+                Some(SecondEncoder {
+                    tokenizer: source.tokenizer_2(cfg.max_position_embeddings)?,
+                    model: model.map_err(|e| mismatch(&source, "text_encoder_2", e))?,
+                })
+            }
+        };
+        let extras = UNetExtras {
+            text_time: unet_cfg.text_time()?,
+            up_depths: unet_cfg.up_depths(&unet_candle.blocks, unet_candle.layers_per_block)?,
+        };
         let (unet, unet_layers) =
-            PatchableComponent::load("unet", weights(dir, "unet", opts, dtype)?, |vb| {
+            PatchableComponent::load("unet", weights(&source, "unet", opts, dtype)?, |vb| {
                 UNet::load(
                     vb,
                     unet_cfg.in_channels,
                     unet_cfg.out_channels,
                     &unet_candle,
+                    &extras,
                 )
             });
-        let unet = unet.map_err(|e| mismatch(dir, "unet", EngineError::Tensor(e)))?;
-        let vae = Autoencoder::new(weights(dir, "vae", opts, vae_dtype)?, &vae_cfg)
-            .map_err(|e| mismatch(dir, "vae", e))?;
+        let unet = unet.map_err(|e| mismatch(&source, "unet", EngineError::Tensor(e)))?;
+        patchable.push(unet_layers);
+        let vae = Autoencoder::new(weights(&source, "vae", opts, vae_dtype)?, &vae_cfg)
+            .map_err(|e| mismatch(&source, "vae", e))?;
         Ok(Self {
             tokenizer,
             text_encoder,
+            text_encoder_2,
             unet,
             vae,
             schedule,
@@ -208,7 +277,7 @@ impl StableDiffusion {
             vae_dtype,
             info,
             tiny_decoder: None,
-            loras: LoraLayers::new(vec![text_layers, unet_layers]),
+            loras: LoraLayers::new(patchable),
         })
     }
 
@@ -224,9 +293,40 @@ impl StableDiffusion {
         self.text_encoder.forward(&ids)
     }
 
+    /// SDXL's encoding of framed token windows `[B, 77]` (the same text through both
+    /// tokenizers): both encoders' penultimate hidden states side by side `[B, 77, D1 + D2]`,
+    /// and the second encoder's pooled, projected output `[B, P]`.
+    pub fn encode_tokens_xl(&self, ids: &[Vec<u32>], ids_2: &[Vec<u32>]) -> Result<TextEncoding> {
+        let second = self.text_encoder_2.as_ref().ok_or_else(|| {
+            EngineError::invalid("encode_tokens_xl needs a model with two text encoders (SDXL)")
+        })?;
+        let tensor = |ids: &[Vec<u32>]| {
+            let width = ids.first().map_or(0, Vec::len);
+            let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+            Tensor::from_vec(flat, (ids.len(), width), &self.device)
+        };
+        let first = self.text_encoder.encode_penultimate(&tensor(ids)?, false)?;
+        let second = second.model.encode_penultimate(&tensor(ids_2)?, true)?;
+        Ok(TextEncoding {
+            hidden: Tensor::cat(&[&first.hidden, &second.hidden], 2)?,
+            pooled: second.pooled,
+        })
+    }
+
     /// One UNet forward: `latents [B, C, h, w]`, timestep, context `[B, S, D]`.
     pub fn unet_forward(&self, latents: &Tensor, t: f64, context: &Tensor) -> Result<Tensor> {
         Ok(self.unet.forward(latents, t, context)?)
+    }
+
+    /// One UNet forward with SDXL's pooled text and size conditioning.
+    pub fn unet_forward_added(
+        &self,
+        latents: &Tensor,
+        t: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
+        Ok(self.unet.forward_added(latents, t, context, added)?)
     }
 
     /// Scaled latents (on any device: latents kept on disk are read to the CPU) to pixels in
@@ -272,25 +372,40 @@ fn display_name(dir: &Path) -> String {
     if let Some(repo) = parts.iter().rev().find_map(|p| p.strip_prefix("models--")) {
         return repo.replacen("--", "/", 1);
     }
+    if dir.is_file() {
+        // A single-file checkpoint is known by its file name without the extension.
+        if let Some(stem) = dir.file_stem() {
+            return stem.to_string_lossy().into_owned();
+        }
+    }
     dir.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string())
 }
 
-fn mismatch(dir: &Path, component: &str, e: EngineError) -> EngineError {
-    match e {
-        EngineError::Tensor(inner) => EngineError::bad_file(
+fn mismatch(source: &ModelSource, component: &str, e: EngineError) -> EngineError {
+    match (e, source) {
+        (EngineError::Tensor(inner), ModelSource::Folder { dir, .. }) => EngineError::bad_file(
             dir.join(component),
             format!("the weights do not match {component}/config.json ({inner})"),
         ),
-        other => other,
+        (EngineError::Tensor(inner), ModelSource::SingleFile { checkpoint, .. }) => {
+            EngineError::bad_file(
+                checkpoint.path(),
+                format!(
+                    "the {component} tensors do not fit the model inferred from the file ({inner})"
+                ),
+            )
+        }
+        (other, _) => other,
     }
 }
 
-/// Memory-maps a component's safetensors weights (whole, fp16 variant, or sharded).
+/// Memory-maps a component's safetensors weights (whole, fp16 variant, or sharded; or the
+/// component's part of a single-file checkpoint).
 fn weights(
-    dir: &Path,
-    component: &str,
+    source: &ModelSource,
+    component: &'static str,
     opts: &LoadOptions,
     dtype: DType,
 ) -> Result<VarBuilder<'static>> {
@@ -305,6 +420,13 @@ fn weights(
             device.clone(),
         ));
     }
+    let dir = match source {
+        ModelSource::Folder { dir, .. } => dir,
+        ModelSource::SingleFile {
+            checkpoint,
+            detected,
+        } => return checkpoint.weights(detected, component, dtype, device),
+    };
     let folder = dir.join(component);
     let files = weight_files(&folder, component)?;
     for f in &files {
@@ -383,33 +505,117 @@ pub(crate) fn check_safetensors(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A model's configs as read from a folder or inferred from a single file.
+struct Components {
+    unet_cfg: UNetFileConfig,
+    vae_cfg: VaeFileConfig,
+    text_cfg: TextEncoderFileConfig,
+    text_cfg_2: Option<TextEncoderFileConfig>,
+    sched_cfg: SchedulerFileConfig,
+    /// The pipeline's `force_zeros_for_empty_prompt` (SDXL).
+    zeros_for_empty_negative: bool,
+}
+
 /// A folder's parsed and cross-checked configs.
 struct Configs {
     unet_cfg: UNetFileConfig,
     vae_cfg: VaeFileConfig,
     text_cfg: TextEncoderFileConfig,
+    /// SDXL's second text encoder.
+    text_cfg_2: Option<TextEncoderFileConfig>,
     schedule: NoiseSchedule,
     info: ModelInfo,
 }
 
 impl Configs {
-    fn read(dir: &Path) -> Result<Self> {
+    fn read(source: &ModelSource) -> Result<Self> {
+        let (dir, prediction) = match source {
+            ModelSource::Folder { dir, prediction } => (dir, *prediction),
+            ModelSource::SingleFile {
+                checkpoint,
+                detected,
+            } => {
+                let components = Components {
+                    unet_cfg: detected.unet_config()?,
+                    vae_cfg: detected.vae_config()?,
+                    text_cfg: detected.text_encoder_config()?,
+                    text_cfg_2: detected.text_encoder_2_config()?,
+                    sched_cfg: detected.scheduler_config()?,
+                    // What every SDXL pipeline on the hub sets.
+                    zeros_for_empty_negative: true,
+                };
+                return Self::check(components, checkpoint.path());
+            }
+        };
         let index: ModelIndex = read_json(&dir.join("model_index.json"))?;
-        if index.text_encoder_2.as_ref().is_some_and(|v| !v.is_null())
-            || index.class_name.contains("XL")
-        {
+        let two_encoders = ModelIndex::has(&index.text_encoder_2);
+        if two_encoders && !ModelIndex::has(&index.text_encoder) {
             return Err(EngineError::UnsupportedArchitecture(format!(
-                "{} (SDXL-family models are not supported yet; use an SD 1.x / 2.x / Turbo model)",
+                "{} without a first text encoder (the SDXL refiner): use a base model",
                 index.class_name
             )));
         }
         let unet_cfg: UNetFileConfig = read_json(&dir.join("unet/config.json"))?;
         let vae_cfg: VaeFileConfig = read_json(&dir.join("vae/config.json"))?;
         let text_cfg: TextEncoderFileConfig = read_json(&dir.join("text_encoder/config.json"))?;
-        let sched_cfg = SchedulerFileConfig::read(&dir.join("scheduler/scheduler_config.json"))?;
+        let text_cfg_2: Option<TextEncoderFileConfig> = two_encoders
+            .then(|| read_json(&dir.join("text_encoder_2/config.json")))
+            .transpose()?;
+        let mut sched_cfg =
+            SchedulerFileConfig::read(&dir.join("scheduler/scheduler_config.json"))?;
+        if let Some(p) = prediction {
+            tracing::info!("prediction type {} (set for this model)", p.config_name());
+            sched_cfg.prediction_type = Some(p.config_name().into());
+        }
+        let components = Components {
+            unet_cfg,
+            vae_cfg,
+            text_cfg,
+            text_cfg_2,
+            sched_cfg,
+            zeros_for_empty_negative: index.force_zeros_for_empty_prompt.unwrap_or(true),
+        };
+        Self::check(components, dir)
+    }
+
+    /// Cross-checks a model's configs at `path` (folder or file) and derives its info.
+    fn check(components: Components, dir: &Path) -> Result<Self> {
+        let Components {
+            unet_cfg,
+            vae_cfg,
+            text_cfg,
+            text_cfg_2,
+            sched_cfg,
+            zeros_for_empty_negative,
+        } = components;
         let unet_candle = unet_cfg.to_candle()?;
         vae_cfg.validate()?;
         text_cfg.validate()?;
+        let text_time = unet_cfg.text_time()?;
+        let family = match (&text_cfg_2, text_time) {
+            (Some(second), Some(tt)) => {
+                second.validate()?;
+                if second.projection_dim != Some(tt.pooled_dim) || !second.with_projection() {
+                    return Err(EngineError::UnsupportedArchitecture(format!(
+                        "the UNet expects pooled text of width {} but text_encoder_2 is not a \
+                         CLIPTextModelWithProjection of that width",
+                        tt.pooled_dim
+                    )));
+                }
+                ModelFamily::Sdxl
+            }
+            // OpenCLIP's encoder (SD 2.x) uses exact GELU, OpenAI's CLIP (SD 1.x) quick GELU.
+            (None, None) if text_cfg.hidden_act == "gelu" => ModelFamily::Sd2,
+            (None, None) => ModelFamily::Sd1,
+            _ => {
+                return Err(EngineError::UnsupportedArchitecture(
+                    "two text encoders need a UNet with text_time conditioning and the \
+                     reverse (SDXL models have both)"
+                        .into(),
+                ))
+            }
+        };
+        let context_width = text_cfg.hidden_size + text_cfg_2.as_ref().map_or(0, |c| c.hidden_size);
         let unet_kind = match (unet_cfg.in_channels, vae_cfg.latent_channels) {
             (i, l) if i == l => UNetKind::Standard,
             (i, l) if i == 2 * l + 1 => UNetKind::Inpainting,
@@ -424,10 +630,10 @@ impl Configs {
                 "UNet out_channels differ from the VAE's latent_channels".into(),
             ));
         }
-        if unet_candle.cross_attention_dim != text_cfg.hidden_size {
+        if unet_candle.cross_attention_dim != context_width {
             return Err(EngineError::UnsupportedArchitecture(format!(
-                "UNet cross_attention_dim {} does not match the text encoder's hidden size {}",
-                unet_candle.cross_attention_dim, text_cfg.hidden_size
+                "UNet cross_attention_dim {} does not match the text encoders' width {context_width}",
+                unet_candle.cross_attention_dim
             )));
         }
         let schedule = NoiseSchedule::from_config(&sched_cfg)?;
@@ -436,6 +642,7 @@ impl Configs {
         let info = ModelInfo {
             dir: dir.to_path_buf(),
             name: display_name(dir),
+            family,
             unet_kind,
             vae_scale: vae_cfg.scale_factor(),
             latent_channels: vae_cfg.latent_channels,
@@ -443,11 +650,13 @@ impl Configs {
             default_scheduler,
             scheduler_fallback,
             distilled: schedule.spacing == Some(Spacing::Trailing),
+            zeros_for_empty_negative: family == ModelFamily::Sdxl && zeros_for_empty_negative,
         };
         Ok(Self {
             unet_cfg,
             vae_cfg,
             text_cfg,
+            text_cfg_2,
             schedule,
             info,
         })

@@ -1,9 +1,76 @@
-//! Where a model's files come from: a local diffusers folder, or a Hugging Face repo id
-//! resolved through the local HF cache (downloading, with a progress bar, when online).
+//! Where a model's files come from: a local diffusers folder, a single-file checkpoint
+//! (`.safetensors` in the original SD layout), or a Hugging Face repo id resolved through the
+//! local HF cache (downloading, with a progress bar, when online). [`ModelSource`] is the seam
+//! the loader reads configs, weights and the tokenizer through, whichever of these it is.
 
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::{Checkpoint, Detected, Prediction};
 use crate::error::{EngineError, Result};
+use crate::tokenizer::ClipTokenizer;
+
+/// An opened model: a diffusers folder, or a single file with what was inferred from it.
+pub enum ModelSource {
+    Folder {
+        dir: PathBuf,
+        /// `--prediction`, applied over the folder's scheduler config.
+        prediction: Option<Prediction>,
+    },
+    SingleFile {
+        checkpoint: Checkpoint,
+        detected: Box<Detected>,
+    },
+}
+
+impl ModelSource {
+    /// Opens a folder as it is, or a file as a single-file checkpoint (reading its header
+    /// only); `prediction` overrides what the model says it predicts.
+    pub fn open(path: &Path, prediction: Option<Prediction>) -> Result<Self> {
+        if path.is_dir() {
+            return Ok(Self::Folder {
+                dir: path.to_path_buf(),
+                prediction,
+            });
+        }
+        let checkpoint = Checkpoint::open(path)?;
+        let detected = checkpoint.detect(prediction)?;
+        tracing::info!(
+            "{}: a {} single-file checkpoint{}, {} prediction ({})",
+            path.display(),
+            detected.family.name(),
+            if detected.turbo {
+                " (Turbo, by its name)"
+            } else {
+                ""
+            },
+            detected.prediction.config_name(),
+            detected.prediction_reason
+        );
+        Ok(Self::SingleFile {
+            checkpoint,
+            detected: Box::new(detected),
+        })
+    }
+
+    /// The folder's tokenizer, or CLIP's built-in one with the family's padding.
+    pub fn tokenizer(&self, window: usize) -> Result<ClipTokenizer> {
+        match self {
+            Self::Folder { dir, .. } => ClipTokenizer::load(&dir.join("tokenizer"), window),
+            Self::SingleFile { detected, .. } => ClipTokenizer::embedded(detected.padding, window),
+        }
+    }
+
+    /// SDXL's second tokenizer: the folder's `tokenizer_2`, or the built-in one padding with
+    /// `!` (OpenCLIP's convention).
+    pub fn tokenizer_2(&self, window: usize) -> Result<ClipTokenizer> {
+        match self {
+            Self::Folder { dir, .. } => ClipTokenizer::load(&dir.join("tokenizer_2"), window),
+            Self::SingleFile { .. } => {
+                ClipTokenizer::embedded(crate::tokenizer::ClipPadding::Exclamation, window)
+            }
+        }
+    }
+}
 
 /// The files of each component the engine reads, beside the weights.
 const CONFIG_FILES: &[&str] = &[
@@ -19,11 +86,21 @@ const TOKENIZER_FILES: &[&str] = &[
     "tokenizer/special_tokens_map.json",
     "tokenizer/tokenizer_config.json",
 ];
+/// SDXL's second text encoder and tokenizer: fetched and required when `model_index.json`
+/// lists `text_encoder_2`.
+const SECOND_ENCODER_CONFIGS: &[&str] = &["text_encoder_2/config.json"];
+const SECOND_TOKENIZER_FILES: &[&str] = &[
+    "tokenizer_2/vocab.json",
+    "tokenizer_2/merges.txt",
+    "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/tokenizer_config.json",
+    "tokenizer_2/tokenizer.json",
+];
 
 /// Weight file names in order of preference for a component folder.
 pub fn weight_candidates(component: &str) -> &'static [&'static str] {
     match component {
-        "text_encoder" => &["model.safetensors", "model.fp16.safetensors"],
+        "text_encoder" | "text_encoder_2" => &["model.safetensors", "model.fp16.safetensors"],
         _ => &[
             "diffusion_pytorch_model.safetensors",
             "diffusion_pytorch_model.fp16.safetensors",
@@ -94,9 +171,14 @@ fn in_folder(folder: &str, file: &str) -> String {
     }
 }
 
-/// Turns `--model` into a local folder: an existing directory is used as it is; anything
-/// else is taken as a Hugging Face repo id (`org/name`).
+/// Turns `--model` into a local folder or file: an existing directory or file is used as it
+/// is (a file must be a `.safetensors` checkpoint; pickles are refused when it is opened);
+/// anything else is taken as a Hugging Face repo id (`org/name`).
 pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
     resolve(spec, Layout::Pipeline)
 }
 
@@ -114,8 +196,12 @@ fn resolve(spec: &str, layout: Layout) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if !looks_like_repo_id(spec) {
+        let file = match layout {
+            Layout::Pipeline => ", a .safetensors file",
+            Layout::TinyAutoencoder => "",
+        };
         return Err(EngineError::ModelNotFound(format!(
-            "{spec:?} is neither a folder nor a Hugging Face repo id like {example}"
+            "{spec:?} is neither a folder{file} nor a Hugging Face repo id like {example}"
         )));
     }
     let cached = cached_snapshot(spec, layout);
@@ -159,19 +245,33 @@ fn cached_snapshot(repo: &str, layout: Layout) -> Option<std::result::Result<Pat
     })
 }
 
+/// Whether a pipeline folder's `model_index.json` lists SDXL's second text encoder.
+fn lists_second_encoder(dir: &Path) -> bool {
+    crate::config::read_json::<crate::config::ModelIndex>(&dir.join("model_index.json"))
+        .is_ok_and(|index| crate::config::ModelIndex::has(&index.text_encoder_2))
+}
+
 fn first_missing(dir: &Path, layout: Layout) -> Option<PathBuf> {
+    let second = layout == Layout::Pipeline && lists_second_encoder(dir);
+    let extra_configs = if second { SECOND_ENCODER_CONFIGS } else { &[] };
+    let extra_weights: &[&str] = if second { &["text_encoder_2"] } else { &[] };
     let config = layout
         .configs()
         .iter()
+        .chain(extra_configs)
         .map(|f| dir.join(f))
         .find(|p| !p.exists());
     config.or_else(|| {
-        layout.weight_folders().iter().find_map(|c| {
-            let present = weight_candidates(c)
-                .iter()
-                .any(|w| dir.join(c).join(w).exists());
-            (!present).then(|| dir.join(c).join(weight_candidates(c)[0]))
-        })
+        layout
+            .weight_folders()
+            .iter()
+            .chain(extra_weights)
+            .find_map(|c| {
+                let present = weight_candidates(c)
+                    .iter()
+                    .any(|w| dir.join(c).join(w).exists());
+                (!present).then(|| dir.join(c).join(weight_candidates(c)[0]))
+            })
     })
 }
 
@@ -190,15 +290,24 @@ fn download(repo_id: &str, layout: Layout) -> Result<PathBuf> {
     let repo = api.model(repo_id.to_string());
     let info = repo.info().map_err(|e| offline("the repo listing", &e))?;
     let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    // SDXL repos: the second encoder is needed when the repo has one (the refiner, which
+    // lacks the first, is refused when it loads).
+    let second = layout == Layout::Pipeline && listed.contains(&"text_encoder_2/config.json");
     let mut wanted: Vec<String> = layout
         .configs()
         .iter()
         .copied()
         .chain(layout.extras())
+        .chain(if second {
+            [SECOND_ENCODER_CONFIGS, SECOND_TOKENIZER_FILES].concat()
+        } else {
+            Vec::new()
+        })
         .map(|s| s.to_string())
         .filter(|f| listed.contains(&f.as_str()))
         .collect();
-    for component in layout.weight_folders() {
+    let extra_weights: &[&str] = if second { &["text_encoder_2"] } else { &[] };
+    for component in layout.weight_folders().iter().chain(extra_weights) {
         let weights = weight_candidates(component)
             .iter()
             .map(|w| in_folder(component, w))
@@ -243,7 +352,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("neither a folder nor a Hugging Face repo id"),
+            err.contains("neither a folder, a .safetensors file nor a Hugging Face repo id"),
             "{err}"
         );
     }

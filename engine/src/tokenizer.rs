@@ -20,6 +20,15 @@ const END: &str = "<|endoftext|>";
 const CLIP_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
+/// What a CLIP text encoder was trained to see after a prompt's end token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipPadding {
+    /// `<|endoftext|>` again (OpenAI's CLIP: SD 1.x, SDXL's first encoder).
+    EndOfText,
+    /// `!`, id 0 (OpenCLIP: SD 2.x, SDXL's second encoder).
+    Exclamation,
+}
+
 /// A prompt as fixed-size windows of token ids, ready for the text encoder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PromptTokens {
@@ -46,13 +55,40 @@ impl ClipTokenizer {
         let vocab = dir.join("vocab.json");
         let merges = dir.join("merges.txt");
         let inner = if vocab.exists() && merges.exists() {
-            build_bpe(&vocab, &merges)?
+            let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+                .end_of_word_suffix("</w>".into())
+                .unk_token(END.into())
+                .build()
+                .map_err(|e| EngineError::bad_file(&vocab, e))?;
+            clip_pipeline(bpe).map_err(|e| EngineError::bad_file(&vocab, e))?
         } else if json.exists() {
             Tokenizer::from_file(&json).map_err(|e| EngineError::bad_file(&json, e))?
         } else {
             return Err(EngineError::MissingFile { path: vocab });
         };
-        let pad_name = pad_token(dir);
+        Self::framed(inner, pad_token(dir), window, dir)
+    }
+
+    /// CLIP's own tokenizer, built from the BPE merges compiled into the binary (a single-file
+    /// checkpoint carries no tokenizer). `pad` is the padding the model was trained with.
+    pub fn embedded(pad: ClipPadding, window: usize) -> Result<Self> {
+        let origin = Path::new("the built-in CLIP vocabulary");
+        let bpe = crate::clip_vocab::bpe().map_err(|e| EngineError::bad_file(origin, e))?;
+        let inner = clip_pipeline(bpe).map_err(|e| EngineError::bad_file(origin, e))?;
+        let pad_name = match pad {
+            ClipPadding::EndOfText => None,
+            ClipPadding::Exclamation => Some("!".to_string()),
+        };
+        Self::framed(inner, pad_name, window, origin)
+    }
+
+    /// Registers the special tokens and finds the ids that frame a window.
+    fn framed(
+        inner: Tokenizer,
+        pad_name: Option<String>,
+        window: usize,
+        dir: &Path,
+    ) -> Result<Self> {
         for token in [START, END].into_iter().chain(pad_name.as_deref()) {
             if inner.token_to_id(token).is_none() {
                 return Err(EngineError::bad_file(
@@ -131,21 +167,14 @@ impl ClipTokenizer {
     }
 }
 
-/// The CLIP pipeline transformers' `CLIPTokenizerFast` builds from vocab.json + merges.txt.
-fn build_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
-    let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
-        .end_of_word_suffix("</w>".into())
-        .unk_token(END.into())
-        .build()
-        .map_err(|e| EngineError::bad_file(vocab, e))?;
-    let bad = |e: tokenizers::Error| EngineError::bad_file(vocab, e);
+/// The CLIP pipeline transformers' `CLIPTokenizerFast` builds around its BPE model.
+fn clip_pipeline(bpe: BPE) -> tokenizers::Result<Tokenizer> {
     let normalizer = NormSequence::new(vec![
         NFC.into(),
         Replace::new(
             tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
             " ",
-        )
-        .map_err(bad)?
+        )?
         .into(),
         Lowercase.into(),
     ]);
@@ -153,14 +182,13 @@ fn build_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
         SplitPattern::Regex(CLIP_PATTERN.into()),
         SplitDelimiterBehavior::Removed,
         true,
-    )
-    .map_err(bad)?;
+    )?;
     let pre = PreSequence::new(vec![
         PreTokenizerWrapper::Split(split),
         PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
     ]);
     let mut tokenizer = Tokenizer::new(bpe);
-    tokenizer.with_normalizer(Some(normalizer)).map_err(bad)?;
+    tokenizer.with_normalizer(Some(normalizer))?;
     tokenizer.with_pre_tokenizer(Some(pre));
     Ok(tokenizer)
 }

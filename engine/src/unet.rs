@@ -1,9 +1,11 @@
-//! The SD 1.x / 2.x conditional UNet (diffusers `UNet2DConditionModel`), built from
+//! The SD 1.x / 2.x / SDXL conditional UNet (diffusers `UNet2DConditionModel`), built from
 //! [`crate::blocks`] so its convolutions, norms and attention run on our kernels. The wiring
 //! follows diffusers; the validated configuration is candle's `UNet2DConditionModelConfig`,
-//! produced from the folder's config.json by [`crate::config::UNetFileConfig::to_candle`].
+//! produced from the folder's config.json by [`crate::config::UNetFileConfig::to_candle`],
+//! plus what candle's config has no room for ([`UNetExtras`]: SDXL's size-and-pooled-text
+//! conditioning, per-resnet transformer depths of pruned SDXL variants).
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use candle_transformers::models::stable_diffusion::unet_2d::{
@@ -11,10 +13,55 @@ use candle_transformers::models::stable_diffusion::unet_2d::{
 };
 
 use crate::blocks::{Downsample, ResnetBlock, SpatialTransformer, Upsample};
+use crate::config::TextTimeConfig;
 use crate::layers::{Conv2d, GroupNorm};
 
 type Result<T> = candle_core::Result<T>;
 
+/// What the UNet needs beyond candle's config.
+#[derive(Debug, Clone, Default)]
+pub struct UNetExtras {
+    /// SDXL's `text_time` added conditioning.
+    pub text_time: Option<TextTimeConfig>,
+    /// Transformer depth per resnet of each up block, outermost first; empty: mirror the down
+    /// blocks (every SD 1.x / 2.x / SDXL-base UNet).
+    pub up_depths: Vec<Vec<usize>>,
+}
+
+/// SDXL's added conditioning for one batch: the pooled text embedding and the six numbers
+/// (original height and width, crop top and left, target height and width).
+#[derive(Debug, Clone)]
+pub struct AddedConditioning {
+    /// `[B, pooled_dim]`.
+    pub text_embeds: Tensor,
+    /// `[B, 6]`.
+    pub time_ids: Tensor,
+}
+
+/// `add_time_proj` + `add_embedding`: sinusoids of the six numbers next to the pooled text,
+/// through a two-layer MLP, added to the timestep embedding.
+#[derive(Debug)]
+struct TextTimeEmbedding {
+    time_proj: Timesteps,
+    embedding: TimestepEmbedding,
+}
+
+impl TextTimeEmbedding {
+    fn forward(&self, added: &AddedConditioning, dtype: DType) -> Result<Tensor> {
+        let (batch, six) = added.time_ids.dims2()?;
+        // Sinusoids in f32 as diffusers computes them, then the model's dtype.
+        let times = self
+            .time_proj
+            .forward(&added.time_ids.flatten_all()?.to_dtype(DType::F32)?)?
+            .to_dtype(dtype)?
+            .reshape((batch, ()))?;
+        if six != 6 {
+            candle_core::bail!("SDXL time ids must be 6 numbers per image, got {six}");
+        }
+        let input = Tensor::cat(&[&added.text_embeds.to_dtype(dtype)?, &times], 1)?;
+        self.embedding.forward(&input)
+    }
+}
 /// One level of the UNet: resnets, each optionally followed by a spatial transformer.
 #[derive(Debug)]
 struct Level {
@@ -44,6 +91,7 @@ pub struct UNet {
     norm_out: GroupNorm,
     conv_out: Conv2d,
     center_input: bool,
+    text_time: Option<TextTimeEmbedding>,
 }
 
 impl UNet {
@@ -52,6 +100,7 @@ impl UNet {
         in_channels: usize,
         out_channels: usize,
         cfg: &UNet2DConditionModelConfig,
+        extras: &UNetExtras,
     ) -> Result<Self> {
         let blocks = &cfg.blocks;
         let n = blocks.len();
@@ -75,36 +124,40 @@ impl UNet {
 
         // One level: `count` resnets (resnet j takes `input(j)` channels), each followed by a
         // spatial transformer in cross-attention blocks. Down and up levels differ only there.
-        let level =
-            |vb: VarBuilder, block: BlockConfig, count: usize, input: &dyn Fn(usize) -> usize| {
-                let cout = block.out_channels;
-                let mut level = Level {
-                    resnets: vec![],
-                    attentions: vec![],
-                };
-                for j in 0..count {
-                    let resnet = vb.pp("resnets").pp(j);
-                    level.resnets.push(ResnetBlock::load(
-                        resnet,
-                        input(j),
-                        cout,
-                        Some(temb),
-                        groups,
-                        eps,
-                        1.0,
-                    )?);
-                    if let Some(depth) = block.use_cross_attn {
-                        let attn = vb.pp("attentions").pp(j);
-                        level.attentions.push(transformer(
-                            attn,
-                            cout,
-                            block.attention_head_dim,
-                            depth,
-                        )?);
-                    }
-                }
-                Ok::<_, candle_core::Error>(level)
+        // `depth(j)`: the transformer depth after resnet j (0: none).
+        let level = |vb: VarBuilder,
+                     block: BlockConfig,
+                     count: usize,
+                     input: &dyn Fn(usize) -> usize,
+                     depth: &dyn Fn(usize) -> usize| {
+            let cout = block.out_channels;
+            let mut level = Level {
+                resnets: vec![],
+                attentions: vec![],
             };
+            for j in 0..count {
+                let resnet = vb.pp("resnets").pp(j);
+                level.resnets.push(ResnetBlock::load(
+                    resnet,
+                    input(j),
+                    cout,
+                    Some(temb),
+                    groups,
+                    eps,
+                    1.0,
+                )?);
+                if block.use_cross_attn.is_some() {
+                    let attn = vb.pp("attentions").pp(j);
+                    level.attentions.push(transformer(
+                        attn,
+                        cout,
+                        block.attention_head_dim,
+                        depth(j),
+                    )?);
+                }
+            }
+            Ok::<_, candle_core::Error>(level)
+        };
 
         let mut down = Vec::with_capacity(n);
         for (i, block) in blocks.iter().enumerate() {
@@ -115,13 +168,14 @@ impl UNet {
                 blocks[i - 1].out_channels
             };
             let cout = block.out_channels;
-            let level = level(vb.clone(), *block, cfg.layers_per_block, &|j| {
-                if j == 0 {
-                    cin
-                } else {
-                    cout
-                }
-            })?;
+            let depth = block.use_cross_attn.unwrap_or(0);
+            let level = level(
+                vb.clone(),
+                *block,
+                cfg.layers_per_block,
+                &|j| if j == 0 { cin } else { cout },
+                &|_| depth,
+            )?;
             let sampler = (i + 1 < n)
                 .then(|| Downsample::load(vb.pp("downsamplers.0"), cout, cfg.downsample_padding))
                 .transpose()?;
@@ -175,7 +229,10 @@ impl UNet {
                 let skip = if j == layers - 1 { skip_in } else { cout };
                 (if j == 0 { prev } else { cout }) + skip
             };
-            let level = level(vb.clone(), block, layers, &input)?;
+            let mirrored = block.use_cross_attn.unwrap_or(0);
+            let depths = extras.up_depths.get(i);
+            let depth = |j: usize| depths.and_then(|d| d.get(j).copied()).unwrap_or(mirrored);
+            let level = level(vb.clone(), block, layers, &input, &depth)?;
             let sampler = (i + 1 < n)
                 .then(|| Upsample::load(vb.pp("upsamplers.0"), cout))
                 .transpose()?;
@@ -193,19 +250,61 @@ impl UNet {
             norm_out: GroupNorm::load(vb.pp("conv_norm_out"), groups, ch0, eps)?,
             conv_out: Conv2d::load(vb.pp("conv_out"), ch0, out_channels, 3, 1, 1)?,
             center_input: cfg.center_input_sample,
+            text_time: extras
+                .text_time
+                .map(|tt| {
+                    Ok::<_, candle_core::Error>(TextTimeEmbedding {
+                        time_proj: Timesteps::new(
+                            tt.time_embed_dim,
+                            cfg.flip_sin_to_cos,
+                            cfg.freq_shift,
+                        ),
+                        embedding: TimestepEmbedding::new(
+                            vb.pp("add_embedding"),
+                            tt.pooled_dim + 6 * tt.time_embed_dim,
+                            temb,
+                        )?,
+                    })
+                })
+                .transpose()?,
         })
+    }
+
+    /// Whether the UNet needs [`AddedConditioning`] (SDXL).
+    pub fn needs_added_conditioning(&self) -> bool {
+        self.text_time.is_some()
     }
 
     /// Predicts noise (or v) for `x [B, C, h, w]` at `timestep` given `context [B, S, D]`.
     pub fn forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        self.forward_added(x, timestep, context, None)
+    }
+
+    /// [`UNet::forward`] with SDXL's added conditioning (required by an SDXL UNet, refused
+    /// by the others).
+    pub fn forward_added(
+        &self,
+        x: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
         let (batch, _, h, w) = x.dims4()?;
         let x = if self.center_input {
             ((x * 2.0)? - 1.0)?
         } else {
             x.clone()
         };
-        let t = (Tensor::ones(batch, x.dtype(), x.device())? * timestep)?;
-        let temb = self.time_embedding.forward(&self.time_proj.forward(&t)?)?;
+        // The sinusoids in f32 (as diffusers: fp16 cannot hold 999 x frequency exactly).
+        let t = (Tensor::ones(batch, DType::F32, x.device())? * timestep)?;
+        let t = self.time_proj.forward(&t)?.to_dtype(x.dtype())?;
+        let mut temb = self.time_embedding.forward(&t)?;
+        match (&self.text_time, added) {
+            (Some(tt), Some(added)) => temb = (temb + tt.forward(added, x.dtype())?)?,
+            (None, None) => {}
+            (Some(_), None) => candle_core::bail!("this UNet (SDXL) needs pooled text and sizes"),
+            (None, Some(_)) => candle_core::bail!("this UNet takes no added conditioning"),
+        }
         // Every resnet applies SiLU to the embedding before its projection: do it once.
         let temb = candle_nn::ops::silu(&temb)?;
 

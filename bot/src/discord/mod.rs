@@ -268,7 +268,8 @@ async fn describe_models(config: &Config) -> Result<BTreeMap<String, ModelInfo>>
             move || imagine_engine::resolve_model(&spec)
         })
         .await??;
-        let info = imagine_engine::StableDiffusion::describe(&dir)
+        let prediction = config.predictions.get(name).copied();
+        let info = imagine_engine::StableDiffusion::describe_with(&dir, prediction)
             .with_context(|| format!("model {name} ({spec})"))?;
         models.insert(name.clone(), info);
     }
@@ -312,9 +313,12 @@ async fn engines_factories(config: &Config) -> Result<Vec<EnginesFactory>> {
     }
     let factories = hardware.into_iter().map(|hw| {
         let (specs, taesd) = (config.models.clone(), taesd.clone());
+        let predictions = config.predictions.clone();
         let (upscaler, loras) = (config.upscaler.clone(), config.loras.clone());
         Arc::new(move || {
-            let mut engines = Engines::new(specs.clone()).on(hw.device.clone(), hw.precision);
+            let mut engines = Engines::new(specs.clone())
+                .with_predictions(predictions.clone())
+                .on(hw.device.clone(), hw.precision);
             if let Some(path) = &upscaler {
                 engines = engines.with_upscaler(path.clone());
             }
