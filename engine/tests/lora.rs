@@ -257,3 +257,72 @@ fn pickles_and_damaged_files_are_refused_with_what_to_do() {
     let err = LoraFile::open(&cut).unwrap_err().to_string();
     assert!(err.contains("not a valid safetensors file"), "{err}");
 }
+
+/// kohya's SDXL names: `lora_te1_`/`lora_te2_` for the two text encoders, the original UNet's
+/// block numbers (`input_blocks_4_1` = down_blocks.1.attentions.0), LoCon on a ResNet's
+/// `in_layers_2`. No diffusers reference here (tools/make_lora_reference.py covers SD 1.5):
+/// this checks that every name reaches its layer, changes the image, and comes off exactly.
+#[test]
+fn sdxl_kohya_names_reach_both_text_encoders_and_the_original_unet_blocks() {
+    let sd = load("tiny-sdxl");
+    // (name, up shape, down shape): rank 4 everywhere.
+    let modules: [(&str, Vec<usize>, Vec<usize>); 5] = [
+        (
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
+            vec![32, 4],
+            vec![4, 32],
+        ),
+        (
+            "lora_te2_text_model_encoder_layers_2_mlp_fc1",
+            vec![37, 4],
+            vec![4, 32],
+        ),
+        (
+            "lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_k",
+            vec![64, 4],
+            vec![4, 64],
+        ),
+        (
+            "lora_unet_output_blocks_2_1_transformer_blocks_0_attn1_to_out_0",
+            vec![64, 4],
+            vec![4, 64],
+        ),
+        (
+            "lora_unet_input_blocks_4_0_in_layers_2",
+            vec![64, 4, 1, 1],
+            vec![4, 32, 3, 3],
+        ),
+    ];
+    let fill = |shape: &[usize]| {
+        (Tensor::ones(shape, candle_core::DType::F32, &Device::Cpu).unwrap() * 0.2).unwrap()
+    };
+    let mut tensors = HashMap::new();
+    for (name, up, down) in &modules {
+        tensors.insert(format!("{name}.lora_up.weight"), fill(up));
+        tensors.insert(format!("{name}.lora_down.weight"), fill(down));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sdxl-kohya.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+
+    let images = |sd: &StableDiffusion| {
+        let mut req = GenerateRequest::text(PROMPT, 64, 64, vec![0]);
+        req.steps = 2;
+        sd.generate(&req, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .images
+    };
+    let base = images(&sd);
+    let file = Arc::new(LoraFile::open(&path).unwrap());
+    let report = sd.set_loras(&[ActiveLora::new(file, 1.0)]).unwrap();
+    assert_eq!(report.layers_patched, modules.len());
+    assert!(
+        pixel_difference(&base, &images(&sd)).1 > 2,
+        "the LoRA changed nothing"
+    );
+    sd.set_loras(&[]).unwrap();
+    assert!(
+        images(&sd) == base,
+        "the base model did not come back exactly"
+    );
+}
