@@ -113,6 +113,10 @@ pub struct GenerateArgs {
     /// cpu, cuda, cuda:N or metal.
     #[arg(long, env = "IMAGINE_DEVICE", default_value = "auto", value_parser = crate::hardware::parse_device)]
     pub device: imagine_engine::DeviceChoice,
+    /// Apply a LoRA (kohya / web-UI or diffusers/PEFT .safetensors) at SCALE (default 1.0,
+    /// -4 to 4); repeat for several.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = crate::loras::parse_lora_arg)]
+    pub loras: Vec<crate::loras::LoraChoice>,
     /// Where to write the PNG.
     #[arg(long)]
     pub out: PathBuf,

@@ -95,6 +95,10 @@ pub struct BotArgs {
     /// the first stage of Upscale (Subtle / Creative) instead of Lanczos [default: none].
     #[arg(long, env = "IMAGINE_UPSCALER")]
     pub upscaler: Option<PathBuf>,
+    /// A folder of LoRA `.safetensors` files that prompts name as `<lora:NAME:SCALE>`
+    /// [default: none, LoRA tags are refused].
+    #[arg(long, env = "IMAGINE_LORAS")]
+    pub loras: Option<PathBuf>,
     /// Seconds a stop (SIGTERM, Ctrl-C) may take: the running job finishes or is stopped
     /// between steps and resumes at the next start; finished results are delivered [default: 30].
     #[arg(long, env = "IMAGINE_SHUTDOWN_TIMEOUT")]
@@ -133,6 +137,7 @@ struct FileConfig {
     devices: Option<Vec<String>>,
     max_image_side: Option<u32>,
     upscaler: Option<PathBuf>,
+    loras: Option<PathBuf>,
     shutdown_timeout: Option<f64>,
     http_timeout: Option<f64>,
     metrics_addr: Option<String>,
@@ -187,6 +192,8 @@ pub struct Config {
     pub max_image_side: u32,
     /// The ESRGAN model upscales start from, if any.
     pub upscaler: Option<PathBuf>,
+    /// The folder `<lora:NAME:SCALE>` names are looked up in, if any.
+    pub loras: Option<PathBuf>,
     /// How long a graceful stop may take.
     pub shutdown_timeout: Duration,
     /// How long one HTTP request may take.
@@ -321,6 +328,11 @@ impl Config {
                 .upscaler
                 .clone()
                 .or(file.upscaler)
+                .filter(|p| !p.as_os_str().is_empty()),
+            loras: args
+                .loras
+                .clone()
+                .or(file.loras)
                 .filter(|p| !p.as_os_str().is_empty()),
             shutdown_timeout,
             http_timeout,
@@ -499,6 +511,7 @@ mod tests {
             device: None,
             max_image_side: None,
             upscaler: None,
+            loras: None,
             shutdown_timeout: None,
             http_timeout: None,
             metrics_addr: None,

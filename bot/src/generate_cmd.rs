@@ -32,6 +32,10 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if let Some(spec) = &args.taesd {
         model = model.with_tiny_decoder(load_taesd(spec, &load)?)?;
     }
+    if !args.loras.is_empty() {
+        let report = model.set_loras(&crate::loras::open_all(&args.loras)?)?;
+        eprintln!("LoRA: {} layers patched", report.layers_patched);
+    }
     let info = model.info().clone();
     if info.scheduler_fallback {
         eprintln!(
@@ -93,7 +97,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         out.images[0].clone()
     };
     let params = PngParameters {
-        prompt: req.prompt.clone(),
+        prompt: crate::loras::prompt_with_tags(&req.prompt, &args.loras),
         negative_prompt: req.negative_prompt.clone(),
         steps: req.steps,
         sampler: out.scheduler.webui_name().into(),
@@ -110,6 +114,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             .fast_decode
             .then(|| args.taesd.as_deref().map(short_name))
             .flatten(),
+        loras: crate::loras::hashes(&args.loras)?,
     };
     write_png(&args.out, &image, &params.to_text())?;
     eprintln!("wrote {} (seed {seed})", args.out.display());

@@ -5,6 +5,7 @@
 //! - [`bench_cmd`]: `imagine bench`, timings of the engine's pieces on a model folder.
 //! - [`hardware`]: the compute device and precision (`auto`: the best the host has).
 //! - [`image_input`]: every image a user hands us, checked and decoded (PNG, JPEG, WebP, GIF).
+//! - [`loras`]: `--lora FILE[:SCALE]`, and LoRAs recorded in PNGs as the web UIs do.
 //! - [`render`]: grids and PNG files with their `parameters` text chunk.
 //! - [`logging`]: tracing setup.
 //! - [`params`]: Midjourney-style prompt parameters (`--ar 3:2 --seed 42`) and image sizes.
@@ -23,6 +24,7 @@ pub mod hardware;
 pub mod image_input;
 pub mod jobs;
 pub mod logging;
+pub mod loras;
 pub mod metrics;
 pub mod params;
 pub mod queue;

@@ -28,6 +28,9 @@ pub struct PngParameters {
     pub upscaler: Option<String>,
     /// The decoder, when not the model's own VAE (TAESD's name after a fast decode).
     pub vae: Option<String>,
+    /// The LoRAs applied, `(name, short hash)` (see [`crate::loras::short_hash`]); their
+    /// `<lora:NAME:SCALE>` tags are in the prompt, as the web UIs record them.
+    pub loras: Vec<(String, String)>,
 }
 
 impl PngParameters {
@@ -55,6 +58,14 @@ impl PngParameters {
         }
         if let Some(vae) = &self.vae {
             text.push_str(&format!(", VAE: {vae}"));
+        }
+        if !self.loras.is_empty() {
+            let hashes: Vec<String> = self
+                .loras
+                .iter()
+                .map(|(name, hash)| format!("{name}: {hash}"))
+                .collect();
+            text.push_str(&format!(", Lora hashes: \"{}\"", hashes.join(", ")));
         }
         text
     }
@@ -214,7 +225,23 @@ mod tests {
             device: "cpu".into(),
             upscaler: None,
             vae: None,
+            loras: Vec::new(),
         }
+    }
+
+    #[test]
+    fn loras_are_recorded_as_automatic1111_records_them() {
+        let p = PngParameters {
+            prompt: "a puppy <lora:ink:0.5> <lora:film:1>".into(),
+            loras: vec![
+                ("ink".into(), "0123456789ab".into()),
+                ("film".into(), "ba9876543210".into()),
+            ],
+            ..params()
+        };
+        assert!(p
+            .to_text()
+            .ends_with("Device: cpu, Lora hashes: \"ink: 0123456789ab, film: ba9876543210\""));
     }
 
     #[test]

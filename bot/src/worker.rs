@@ -22,6 +22,7 @@ use imagine_engine::esrgan::Esrgan;
 use imagine_engine::outpaint::{Direction, Outpaint};
 use imagine_engine::upscale::UpscaleRequest;
 
+use crate::loras::JobLoras;
 use crate::render::{grid_2x2, png_bytes, read_parameters, without_vae, PngParameters};
 use crate::store::{Compute, ImageRecord, Job, JobKind};
 
@@ -60,6 +61,8 @@ pub struct Engines {
     tiny: Option<TinyDecoder>,
     /// The ESRGAN file upscales start from, loaded on first use.
     upscaler: Option<(PathBuf, Option<Arc<Esrgan>>)>,
+    /// The folder `<lora:NAME:SCALE>` tags name files in.
+    loras: Option<PathBuf>,
     device: Device,
     /// What jobs compute in unless they ask for another precision this device offers.
     precision: Precision,
@@ -82,6 +85,7 @@ impl Engines {
             loaded: HashMap::new(),
             tiny: None,
             upscaler: None,
+            loras: None,
             device: Device::Cpu,
             precision: Precision::Fp32,
         }
@@ -91,6 +95,27 @@ impl Engines {
     pub fn with_predictions(mut self, predictions: BTreeMap<String, Prediction>) -> Self {
         self.predictions = predictions;
         self
+    }
+
+    /// Prompts' `<lora:NAME:SCALE>` tags name files in this folder.
+    pub fn with_loras(mut self, dir: PathBuf) -> Self {
+        self.loras = Some(dir);
+        self
+    }
+
+    /// The model `name` in `precision` with the LoRAs `prompt` names applied (none: its base
+    /// weights), and the prompt without its tags. Switching sets does not reload the model.
+    pub fn get_with_loras(
+        &mut self,
+        name: &str,
+        precision: Precision,
+        prompt: &str,
+    ) -> Result<(&StableDiffusion, JobLoras)> {
+        let loras = crate::loras::for_job(self.loras.as_deref(), prompt)?;
+        let files = crate::loras::open_all(&loras.choices)?;
+        let model = self.get(name, precision)?;
+        model.set_loras(&files)?;
+        Ok((model, loras))
     }
 
     /// Upscales start from this ESRGAN model instead of Lanczos.
@@ -246,10 +271,12 @@ pub fn run_job(
         return Ok(JobOutput { images, compute });
     }
     let mut fast_decoder = engines.fast_grid_decoder();
-    let model = engines
-        .get(&job.request.model, precision)
+    let (model, loras) = engines
+        .get_with_loras(&job.request.model, precision, &job.request.prompt)
         .with_context(|| format!("the model {} could not be loaded", job.request.model))?;
     let (mut req, canvas) = build_request(model, item)?;
+    req.prompt = loras.text.clone();
+    let lora_hashes = crate::loras::hashes(&loras.choices)?;
     if canvas.is_some() {
         // Outpainted images are composited over their canvas: no latents decode to them.
         fast_decoder = None;
@@ -298,6 +325,7 @@ pub fn run_job(
             device: compute.device.clone(),
             upscaler: None,
             vae: fast_decoder.clone(),
+            loras: lora_hashes.clone(),
         };
         let path = dir.join(format!("{idx}.png"));
         let bytes = png_bytes(img, &params.to_text())?;
@@ -414,10 +442,10 @@ fn tiled_upscale(
 ) -> Result<Vec<ImageRecord>> {
     let job = &item.job.request;
     let first_stage = engines.esrgan()?;
-    let model = engines
-        .get(&job.model, precision)
+    let (model, loras) = engines
+        .get_with_loras(&job.model, precision, &job.prompt)
         .with_context(|| format!("the model {} could not be loaded", job.model))?;
-    let (img, bytes) = upscale_with(model, first_stage, item, compute, progress)?;
+    let (img, bytes) = upscale_with(model, &loras, first_stage, item, compute, progress)?;
     let path = dir.join("0.png");
     write_atomically(&path, &bytes)?;
     Ok(vec![ImageRecord {
@@ -433,6 +461,7 @@ fn tiled_upscale(
 /// The upscaled image of a job and its PNG bytes.
 fn upscale_with(
     model: &StableDiffusion,
+    loras: &JobLoras,
     first_stage: Option<(Arc<Esrgan>, String)>,
     item: &WorkItem,
     compute: &Compute,
@@ -457,7 +486,7 @@ fn upscale_with(
     let req = UpscaleRequest {
         image,
         factor: 2,
-        prompt: job.prompt.clone(),
+        prompt: loras.text.clone(),
         negative_prompt: job.negative_prompt.clone(),
         steps: p.steps as usize,
         guidance: p.guidance as f64,
@@ -489,6 +518,7 @@ fn upscale_with(
         device: compute.device.clone(),
         upscaler,
         vae: None,
+        loras: crate::loras::hashes(&loras.choices)?,
     };
     let bytes = png_bytes(&img, &params.to_text())?;
     Ok((img, bytes))

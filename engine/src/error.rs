@@ -27,6 +27,10 @@ pub enum EngineError {
         supported: String,
     },
 
+    /// A LoRA file that cannot be read, or that does not fit the loaded model.
+    #[error("LoRA {path}: {reason}")]
+    Lora { path: PathBuf, reason: String },
+
     /// The model could not be found locally or in the Hugging Face cache.
     #[error("model not found: {0}")]
     ModelNotFound(String),

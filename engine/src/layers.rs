@@ -2,7 +2,7 @@
 //! ([`crate::kernels`]); on other devices or dtypes they fall back to candle's generic ops,
 //! which compute the same functions.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
@@ -39,6 +39,85 @@ fn packing_precision() -> ComputePrecision {
     }
 }
 
+thread_local! {
+    static REGISTRY: std::cell::RefCell<Option<Vec<PatchTarget>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `load` and returns, with its result, every [`Linear`] and [`Conv2d`] it loaded through
+/// [`Linear::load`], [`Linear::load_no_bias`] or [`Conv2d::load`]: the layers a LoRA may patch
+/// (see [`crate::lora`]), named by their VarBuilder prefix.
+pub(crate) fn registering<T>(load: impl FnOnce() -> T) -> (T, Vec<PatchTarget>) {
+    struct Restore(Option<Vec<PatchTarget>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REGISTRY.with(|r| *r.borrow_mut() = self.0.take());
+        }
+    }
+    let restore = Restore(REGISTRY.with(|r| r.borrow_mut().replace(Vec::new())));
+    let value = load();
+    let targets = REGISTRY.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    drop(restore);
+    (value, targets)
+}
+
+fn register(target: impl FnOnce() -> PatchTarget) {
+    REGISTRY.with(|r| {
+        if let Some(targets) = r.borrow_mut().as_mut() {
+            targets.push(target());
+        }
+    });
+}
+
+/// A loaded layer whose weight can be replaced while the model is in use (LoRA patching): the
+/// name it was loaded under, its weight's shape, and a handle on the weight the layer runs.
+pub(crate) struct PatchTarget {
+    /// The tensor prefix the layer was loaded from, e.g.
+    /// `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`.
+    pub name: String,
+    /// `[out, in]` or `[out, in, k, k]`.
+    pub shape: Vec<usize>,
+    slot: WeightSlot,
+    precision: ComputePrecision,
+}
+
+enum WeightSlot {
+    Linear(Arc<RwLock<LinearWeight>>),
+    Conv(Arc<RwLock<ConvWeight>>),
+}
+
+impl PatchTarget {
+    /// Makes the layer run `weight` (the shape it was loaded with) from now on, packed as
+    /// weights are at load; a bit-identical tensor gives bit-identical results.
+    pub fn set_weight(&self, weight: &Tensor) -> Result<()> {
+        if weight.dims() != self.shape.as_slice() {
+            candle_core::bail!(
+                "{}: new weight {:?} for a layer of shape {:?}",
+                self.name,
+                weight.dims(),
+                self.shape
+            );
+        }
+        match &self.slot {
+            WeightSlot::Linear(slot) => {
+                let packed = LinearWeight::pack(weight.clone(), self.precision)?;
+                *slot.write().unwrap_or_else(PoisonError::into_inner) = packed;
+            }
+            WeightSlot::Conv(slot) => {
+                let packed = ConvWeight::pack(weight.clone(), self.precision)?;
+                *slot.write().unwrap_or_else(PoisonError::into_inner) = packed;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a weight slot; a panic elsewhere while a weight was being swapped leaves a whole
+/// weight behind (the swap is one assignment), so a poisoned lock is still safe to read.
+fn read<T>(slot: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    slot.read().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn fast_path(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu)
         && x.dtype() == DType::F32
@@ -59,7 +138,8 @@ fn host_data(t: &Tensor) -> Result<Vec<f32>> {
 /// A 2-D convolution with square kernel, stride and padding, and a bias.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    weight: ConvWeight,
+    /// Behind a lock so a LoRA can replace it between jobs (see [`PatchTarget`]).
+    weight: Arc<RwLock<ConvWeight>>,
     bias: Tensor,
     stride: usize,
     padding: usize,
@@ -80,6 +160,25 @@ impl std::fmt::Debug for ConvWeight {
             Self::Packed(_, dims) => write!(f, "Packed({dims:?})"),
             Self::PackedBf16(_, dims) => write!(f, "PackedBf16({dims:?})"),
         }
+    }
+}
+
+impl ConvWeight {
+    /// Packs a `[Cout, Cin, k, k]` weight for our GEMM where it runs, else keeps the tensor.
+    fn pack(weight: Tensor, precision: ComputePrecision) -> Result<Self> {
+        if !packable(&weight) {
+            return Ok(Self::Tensor(weight));
+        }
+        let dims = weight.dims4()?;
+        let data = host_data(&weight)?;
+        Ok(match precision {
+            ComputePrecision::Fp32 => {
+                Self::Packed(Arc::new(conv::pack_weights(&data, dims.0)), dims)
+            }
+            ComputePrecision::Bf16 => {
+                Self::PackedBf16(Arc::new(conv::pack_weights(&data, dims.0)), dims)
+            }
+        })
     }
 }
 
@@ -122,21 +221,14 @@ impl Conv2d {
             }
             Err(e) => return Err(e),
         };
-        let dims = (cout, cin, kernel, kernel);
-        let weight = match packable(&weight) {
-            false => ConvWeight::Tensor(weight),
-            true => {
-                let data = host_data(&weight)?;
-                match packing_precision() {
-                    ComputePrecision::Fp32 => {
-                        ConvWeight::Packed(Arc::new(conv::pack_weights(&data, cout)), dims)
-                    }
-                    ComputePrecision::Bf16 => {
-                        ConvWeight::PackedBf16(Arc::new(conv::pack_weights(&data, cout)), dims)
-                    }
-                }
-            }
-        };
+        let precision = packing_precision();
+        let weight = Arc::new(RwLock::new(ConvWeight::pack(weight, precision)?));
+        register(|| PatchTarget {
+            name: vb.prefix(),
+            shape: vec![cout, cin, kernel, kernel],
+            slot: WeightSlot::Conv(weight.clone()),
+            precision,
+        });
         Ok(Self {
             weight,
             bias,
@@ -149,7 +241,7 @@ impl Conv2d {
     /// shape (a residual); fused into the convolution on our fast path.
     pub fn forward_add(&self, x: &Tensor, extra: &Tensor) -> Result<Tensor> {
         if fast_path(x) && fast_path(extra) {
-            match &self.weight {
+            match &*read(&self.weight) {
                 ConvWeight::Packed(w, kernel) => {
                     return packed_conv(self, w, *kernel, x, Some(extra))
                 }
@@ -167,7 +259,7 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.weight {
+        match &*read(&self.weight) {
             ConvWeight::Packed(w, kernel) if fast_path(x) => packed_conv(self, w, *kernel, x, None),
             ConvWeight::PackedBf16(w, kernel) if fast_path(x) => {
                 packed_conv(self, w, *kernel, x, None)
@@ -195,7 +287,8 @@ impl Conv2d {
 /// `x · wᵀ + b` over the last dimension.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: LinearWeight,
+    /// Behind a lock so a LoRA can replace it between jobs (see [`PatchTarget`]).
+    weight: Arc<RwLock<LinearWeight>>,
     bias: Tensor,
 }
 
@@ -216,42 +309,64 @@ impl std::fmt::Debug for LinearWeight {
     }
 }
 
+impl LinearWeight {
+    /// Packs an `[out, in]` weight for our GEMM where it runs, else keeps the tensor.
+    fn pack(weight: Tensor, precision: ComputePrecision) -> Result<Self> {
+        if !packable(&weight) {
+            return Ok(Self::Tensor(weight));
+        }
+        let (outs, ins) = weight.dims2()?;
+        let data = host_data(&weight)?;
+        Ok(match precision {
+            ComputePrecision::Fp32 => {
+                Self::Packed(Arc::new(elementwise::pack_linear(&data, outs, ins)))
+            }
+            ComputePrecision::Bf16 => {
+                Self::PackedBf16(Arc::new(elementwise::pack_linear(&data, outs, ins)))
+            }
+        })
+    }
+}
+
 impl Linear {
     fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
-        let weight = match packable(&weight) {
-            false => LinearWeight::Tensor(weight),
-            true => {
-                let (outs, ins) = weight.dims2()?;
-                let data = host_data(&weight)?;
-                match packing_precision() {
-                    ComputePrecision::Fp32 => {
-                        LinearWeight::Packed(Arc::new(elementwise::pack_linear(&data, outs, ins)))
-                    }
-                    ComputePrecision::Bf16 => LinearWeight::PackedBf16(Arc::new(
-                        elementwise::pack_linear(&data, outs, ins),
-                    )),
-                }
-            }
-        };
+        let weight = Arc::new(RwLock::new(LinearWeight::pack(
+            weight,
+            packing_precision(),
+        )?));
         Ok(Self { weight, bias })
+    }
+
+    /// [`Linear::new`], registered as a [`PatchTarget`] named by `vb`'s prefix.
+    fn new_patchable(vb: &VarBuilder, weight: Tensor, bias: Tensor) -> Result<Self> {
+        let shape = weight.dims().to_vec();
+        let layer = Self::new(weight, bias)?;
+        register(|| PatchTarget {
+            name: vb.prefix(),
+            shape,
+            slot: WeightSlot::Linear(layer.weight.clone()),
+            precision: packing_precision(),
+        });
+        Ok(layer)
     }
 
     /// The precision this layer's products run in (attention over its outputs follows it).
     pub fn precision(&self) -> ComputePrecision {
-        match self.weight {
+        match *read(&self.weight) {
             LinearWeight::PackedBf16(_) => ComputePrecision::Bf16,
             _ => ComputePrecision::Fp32,
         }
     }
 
     pub fn load(vb: VarBuilder, ins: usize, outs: usize) -> Result<Self> {
-        Self::new(vb.get((outs, ins), "weight")?, vb.get(outs, "bias")?)
+        let (weight, bias) = (vb.get((outs, ins), "weight")?, vb.get(outs, "bias")?);
+        Self::new_patchable(&vb, weight, bias)
     }
 
     pub fn load_no_bias(vb: VarBuilder, ins: usize, outs: usize) -> Result<Self> {
         let weight = vb.get((outs, ins), "weight")?;
         let bias = Tensor::zeros(outs, weight.dtype(), weight.device())?;
-        Self::new(weight, bias)
+        Self::new_patchable(&vb, weight, bias)
     }
 
     /// From a 1x1 convolution's `[out, in, 1, 1]` weight or a plain `[out, in]` one (old VAE
@@ -265,7 +380,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.weight {
+        match &*read(&self.weight) {
             LinearWeight::Packed(w) if fast_path(x) => x
                 .contiguous()?
                 .apply_op2_no_bwd(&self.bias, &elementwise::PackedLinearOp { weight: &**w }),

@@ -21,6 +21,7 @@
 //!   on our CPU [`kernels`] (AVX-512 or AVX2 GEMM, implicit-GEMM convolution, tiled attention) and on
 //!   candle's generic ops elsewhere; [`time_embedding`] holds the UNet's timestep embedding and
 //!   the guidance embedding of LCM-distilled UNets.
+//! - [`lora`]: LoRA files (kohya and diffusers/PEFT), patched into a loaded model in place.
 //! - [`random_weights`]: seeded random weights for benchmarking an architecture.
 
 pub mod blocks;
@@ -34,6 +35,7 @@ pub mod esrgan;
 pub mod generate;
 pub mod kernels;
 pub mod layers;
+pub mod lora;
 pub mod model;
 pub mod noise;
 pub mod outpaint;
@@ -52,6 +54,7 @@ pub use checkpoint::Prediction;
 pub use device::{device_name, DeviceChoice, Precision, PrecisionChoice};
 pub use error::{EngineError, Result};
 pub use generate::{GenerateRequest, Generation, InitImage, Progress};
+pub use lora::{ActiveLora, LoraFile, LoraFormat, LoraReport};
 pub use model::{ComputePrecision, LoadOptions, ModelFamily, ModelInfo, StableDiffusion, UNetKind};
 pub use schedulers::SchedulerKind;
 pub use source::{resolve_model, resolve_taesd};

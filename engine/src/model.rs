@@ -14,6 +14,7 @@ use crate::config::{
     VaeFileConfig,
 };
 use crate::error::{EngineError, Result};
+use crate::lora::{LoraLayers, PatchableComponent};
 use crate::schedulers::{NoiseSchedule, SchedulerKind, Spacing};
 use crate::source::{weight_candidates, ModelSource};
 use crate::tokenizer::ClipTokenizer;
@@ -152,6 +153,8 @@ pub struct StableDiffusion {
     info: ModelInfo,
     /// TAESD, for previews and fast decodes (see [`crate::taesd`]).
     pub(crate) tiny_decoder: Option<crate::taesd::Taesd>,
+    /// The layers a LoRA may patch, and the set applied now (see [`crate::lora`]).
+    pub(crate) loras: LoraLayers,
 }
 
 /// Facts about a loaded model that callers show or default from.
@@ -225,30 +228,46 @@ impl StableDiffusion {
         } else {
             dtype
         };
-        let text_encoder =
-            ClipTextModel::new(weights(&source, "text_encoder", opts, dtype)?, &text_cfg)
-                .map_err(|e| mismatch(&source, "text_encoder", e))?;
+        // The text encoders and UNet record their layers for LoRA patching (crate::lora).
+        let (text_encoder, text_layers) = PatchableComponent::load(
+            "text_encoder",
+            weights(&source, "text_encoder", opts, dtype)?,
+            |vb| ClipTextModel::new(vb, &text_cfg),
+        );
+        let text_encoder = text_encoder.map_err(|e| mismatch(&source, "text_encoder", e))?;
+        let mut patchable = vec![text_layers];
         let text_encoder_2 = match &text_cfg_2 {
             None => None,
-            Some(cfg) => Some(SecondEncoder {
-                tokenizer: source.tokenizer_2(cfg.max_position_embeddings)?,
-                model: ClipTextModel::new(weights(&source, "text_encoder_2", opts, dtype)?, cfg)
-                    .map_err(|e| mismatch(&source, "text_encoder_2", e))?,
-            }),
+            Some(cfg) => {
+                let (model, layers) = PatchableComponent::load(
+                    "text_encoder_2",
+                    weights(&source, "text_encoder_2", opts, dtype)?,
+                    |vb| ClipTextModel::new(vb, cfg),
+                );
+                patchable.push(layers);
+                Some(SecondEncoder {
+                    tokenizer: source.tokenizer_2(cfg.max_position_embeddings)?,
+                    model: model.map_err(|e| mismatch(&source, "text_encoder_2", e))?,
+                })
+            }
         };
         let extras = UNetExtras {
             text_time: unet_cfg.text_time()?,
             up_depths: unet_cfg.up_depths(&unet_candle.blocks, unet_candle.layers_per_block)?,
             time_cond_proj_dim: unet_cfg.time_cond_proj_dim,
         };
-        let unet = UNet::load(
-            weights(&source, "unet", opts, dtype)?,
-            unet_cfg.in_channels,
-            unet_cfg.out_channels,
-            &unet_candle,
-            &extras,
-        )
-        .map_err(|e| mismatch(&source, "unet", EngineError::Tensor(e)))?;
+        let (unet, unet_layers) =
+            PatchableComponent::load("unet", weights(&source, "unet", opts, dtype)?, |vb| {
+                UNet::load(
+                    vb,
+                    unet_cfg.in_channels,
+                    unet_cfg.out_channels,
+                    &unet_candle,
+                    &extras,
+                )
+            });
+        let unet = unet.map_err(|e| mismatch(&source, "unet", EngineError::Tensor(e)))?;
+        patchable.push(unet_layers);
         let vae = Autoencoder::new(weights(&source, "vae", opts, vae_dtype)?, &vae_cfg)
             .map_err(|e| mismatch(&source, "vae", e))?;
         Ok(Self {
@@ -264,6 +283,7 @@ impl StableDiffusion {
             vae_dtype,
             info,
             tiny_decoder: None,
+            loras: LoraLayers::new(patchable),
         })
     }
 

@@ -83,6 +83,7 @@ pub fn prepare(
     with_image: bool,
 ) -> Result<NewJob, String> {
     let parsed = parse_prompt(text).map_err(|e| e.to_string())?;
+    crate::loras::check_prompt(data.config.loras.as_deref(), &parsed.prompt)?;
     let name = parsed
         .model
         .clone()

@@ -308,16 +308,22 @@ async fn engines_factories(config: &Config) -> Result<Vec<EnginesFactory>> {
         })
         .await??;
     }
+    if let Some(dir) = &config.loras {
+        crate::loras::LoraFolder::open(dir)?;
+    }
     let factories = hardware.into_iter().map(|hw| {
         let (specs, taesd) = (config.models.clone(), taesd.clone());
         let predictions = config.predictions.clone();
-        let upscaler = config.upscaler.clone();
+        let (upscaler, loras) = (config.upscaler.clone(), config.loras.clone());
         Arc::new(move || {
             let mut engines = Engines::new(specs.clone())
                 .with_predictions(predictions.clone())
                 .on(hw.device.clone(), hw.precision);
             if let Some(path) = &upscaler {
                 engines = engines.with_upscaler(path.clone());
+            }
+            if let Some(dir) = &loras {
+                engines = engines.with_loras(dir.clone());
             }
             match &taesd {
                 Some((dir, name, fast)) => engines.with_taesd(dir.clone(), name.clone(), *fast),
