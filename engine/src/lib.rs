@@ -5,6 +5,10 @@
 //! [`GenerateRequest`]. The engine knows tensors, configs and schedulers; it never knows
 //! Discord, SQL or files beyond the weights.
 //!
+//! The code lives in three rooms: [`nn`] (the networks), [`pipeline`] (a request to pixels)
+//! and [`load`] (files to weights in memory), beside [`schedulers`], [`kernels`] and
+//! [`device`]. Each module is also re-exported at the top, by the name used below.
+//!
 //! - [`config`]: serde mirrors of the folder's config.json files, validated.
 //! - [`device`]: which device and precision to compute in (`auto`: the best the host has).
 //! - [`source`]: local folder, HF cache, or download.
@@ -24,31 +28,20 @@
 //! - [`lora`]: LoRA files (kohya and diffusers/PEFT), patched into a loaded model in place.
 //! - [`random_weights`]: seeded random weights for benchmarking an architecture.
 
-pub mod blocks;
-pub mod checkpoint;
-pub mod clip;
-mod clip_vocab;
-pub mod config;
+// Three rooms and two shared modules; the old flat paths (`imagine_engine::unet`, ...) are
+// re-exported so that callers name a module, not the room it lives in.
 pub mod device;
 pub mod error;
-pub mod esrgan;
-pub mod generate;
 pub mod kernels;
-pub mod layers;
-pub mod lora;
-pub mod model;
-pub mod noise;
-pub mod outpaint;
-pub mod pixels;
-pub mod random_weights;
+pub mod load;
+pub mod nn;
+pub mod pipeline;
 pub mod schedulers;
-pub mod source;
-pub mod taesd;
-pub mod time_embedding;
-pub mod tokenizer;
-pub mod unet;
-pub mod upscale;
-pub mod vae;
+
+pub(crate) use load::clip_vocab;
+pub use load::{checkpoint, config, lora, random_weights, source, tokenizer};
+pub use nn::{blocks, clip, esrgan, layers, taesd, time_embedding, unet, vae};
+pub use pipeline::{generate, model, noise, outpaint, pixels, upscale};
 
 pub use checkpoint::Prediction;
 pub use device::{device_name, DeviceChoice, Precision, PrecisionChoice};

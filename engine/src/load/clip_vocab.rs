@@ -9,7 +9,7 @@ use std::io::Read;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
 
 /// The gzipped merge list, as OpenAI ships it.
-const MERGES_GZ: &[u8] = include_bytes!("../../assets/tokenizer/bpe_simple_vocab_16e6.txt.gz");
+const MERGES_GZ: &[u8] = include_bytes!("../../../assets/tokenizer/bpe_simple_vocab_16e6.txt.gz");
 
 /// Merges CLIP uses: its vocabulary has 49,408 entries = 512 byte symbols + merges + 2 specials.
 pub const MERGE_COUNT: usize = 49_408 - 512 - 2;

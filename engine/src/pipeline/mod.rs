@@ -1,0 +1,9 @@
+//! From a request to pixels: the loaded model ([`model`]), the sampling loop ([`generate`]),
+//! seeded noise, image/tensor conversion, and the toolbox's canvases (outpainting, upscaling).
+
+pub mod generate;
+pub mod model;
+pub mod noise;
+pub mod outpaint;
+pub mod pixels;
+pub mod upscale;
