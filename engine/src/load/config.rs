@@ -131,6 +131,38 @@ pub struct UNetFileConfig {
     /// embedding (`time_embedding.cond_proj`); `None` for ordinary UNets.
     #[serde(default)]
     pub time_cond_proj_dim: Option<usize>,
+    /// Settings of diffusers' UNet that change its function; we run only their defaults and
+    /// refuse other values by name (see [`UNetFileConfig::check_defaults`]).
+    #[serde(flatten)]
+    pub variants: UNetVariants,
+}
+
+/// The UNet settings diffusers' SD / SDXL configs leave at their defaults, read so that a
+/// model which changes them is refused instead of run wrongly.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UNetVariants {
+    #[serde(default)]
+    pub time_embedding_dim: Option<usize>,
+    #[serde(default)]
+    pub time_embedding_act_fn: Option<String>,
+    #[serde(default)]
+    pub timestep_post_act: Option<String>,
+    #[serde(default)]
+    pub resnet_skip_time_act: Option<bool>,
+    #[serde(default)]
+    pub resnet_out_scale_factor: Option<f64>,
+    #[serde(default)]
+    pub conv_in_kernel: Option<usize>,
+    #[serde(default)]
+    pub conv_out_kernel: Option<usize>,
+    #[serde(default)]
+    pub class_embeddings_concat: Option<bool>,
+    #[serde(default)]
+    pub mid_block_only_cross_attention: Option<bool>,
+    #[serde(default)]
+    pub cross_attention_norm: Option<String>,
+    #[serde(default)]
+    pub attention_type: Option<String>,
 }
 
 fn default_mid_block() -> Option<String> {
@@ -163,6 +195,7 @@ impl UNetFileConfig {
     /// Checks that the UNet is one the engine runs exactly, and builds candle's config.
     pub fn to_candle(&self) -> Result<UNet2DConditionModelConfig> {
         self.text_time()?;
+        self.check_defaults()?;
         if let Some(kind) = &self.class_embed_type {
             return Err(unsupported(format!(
                 "UNet class_embed_type {kind:?} (upscaler-style conditioning)"
@@ -269,6 +302,47 @@ impl UNetFileConfig {
             sliced_attention_size: None,
             use_linear_projection: self.use_linear_projection,
         })
+    }
+
+    /// Refuses the UNet variants we do not implement, naming the key and its value.
+    fn check_defaults(&self) -> Result<()> {
+        let v = &self.variants;
+        let temb = self.block_out_channels.first().map(|c| c * 4);
+        let refused: Option<String> = if v.time_embedding_dim.is_some_and(|d| Some(d) != temb) {
+            Some(format!("time_embedding_dim {:?}", v.time_embedding_dim))
+        } else if v.time_embedding_act_fn.is_some() {
+            Some(format!(
+                "time_embedding_act_fn {:?}",
+                v.time_embedding_act_fn
+            ))
+        } else if v.timestep_post_act.is_some() {
+            Some(format!("timestep_post_act {:?}", v.timestep_post_act))
+        } else if v.resnet_skip_time_act == Some(true) {
+            Some("resnet_skip_time_act true".into())
+        } else if v.resnet_out_scale_factor.is_some_and(|f| f != 1.0) {
+            Some(format!(
+                "resnet_out_scale_factor {:?}",
+                v.resnet_out_scale_factor
+            ))
+        } else if v.conv_in_kernel.is_some_and(|k| k != 3) {
+            Some(format!("conv_in_kernel {:?}", v.conv_in_kernel))
+        } else if v.conv_out_kernel.is_some_and(|k| k != 3) {
+            Some(format!("conv_out_kernel {:?}", v.conv_out_kernel))
+        } else if v.class_embeddings_concat == Some(true) {
+            Some("class_embeddings_concat true".into())
+        } else if v.mid_block_only_cross_attention == Some(true) {
+            Some("mid_block_only_cross_attention true".into())
+        } else if v.cross_attention_norm.is_some() {
+            Some(format!("cross_attention_norm {:?}", v.cross_attention_norm))
+        } else if v.attention_type.as_deref().is_some_and(|t| t != "default") {
+            Some(format!("attention_type {:?}", v.attention_type))
+        } else {
+            None
+        };
+        match refused {
+            Some(what) => Err(unsupported(format!("UNet {what}"))),
+            None => Ok(()),
+        }
     }
 
     /// SDXL's added conditioning (`addition_embed_type: "text_time"`), if the UNet has it:
@@ -656,6 +730,46 @@ fn json_float<'de, D: serde::Deserializer<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sdxl_unet() -> serde_json::Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../assets/archs/sdxl/unet/config.json"
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn unet_variants_we_do_not_run_are_refused_by_name() {
+        // The hub's SDXL config writes every one of these at its default: accepted.
+        let base: UNetFileConfig = serde_json::from_value(sdxl_unet()).unwrap();
+        base.to_candle().unwrap();
+        for (key, value) in [
+            ("time_embedding_dim", serde_json::json!(512)),
+            ("time_embedding_act_fn", serde_json::json!("silu")),
+            ("timestep_post_act", serde_json::json!("silu")),
+            ("resnet_skip_time_act", serde_json::json!(true)),
+            ("resnet_out_scale_factor", serde_json::json!(0.5)),
+            ("conv_in_kernel", serde_json::json!(7)),
+            ("conv_out_kernel", serde_json::json!(1)),
+            ("class_embeddings_concat", serde_json::json!(true)),
+            ("mid_block_only_cross_attention", serde_json::json!(true)),
+            ("cross_attention_norm", serde_json::json!("group_norm")),
+            ("attention_type", serde_json::json!("gated")),
+        ] {
+            let mut json = sdxl_unet();
+            json[key] = value;
+            let cfg: UNetFileConfig = serde_json::from_value(json).unwrap();
+            let err = cfg.to_candle().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        // The default value written out is not a variant.
+        let mut json = sdxl_unet();
+        json["time_embedding_dim"] = serde_json::json!(1280);
+        json["attention_type"] = serde_json::json!("default");
+        let cfg: UNetFileConfig = serde_json::from_value(json).unwrap();
+        cfg.to_candle().unwrap();
+    }
 
     #[test]
     fn python_infinities_outside_strings_read_as_numbers() {
