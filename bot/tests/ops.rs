@@ -165,7 +165,15 @@ async fn retention_deletes_old_images_and_their_buttons_say_they_were_cleaned_up
         assert!(tokio::time::Instant::now() < deadline, "never purged");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!job_dir.exists(), "the job's folder is gone");
+    // The purge is recorded before its files are deleted (so no new button job starts on
+    // them): wait for the deletion too.
+    while job_dir.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job's folder is gone"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let pressed = w
         .sim
