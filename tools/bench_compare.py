@@ -21,8 +21,8 @@ Peak RSS is measured the same way on both sides: the kernel's VmHWM is reset thr
 
 Run by hand, never in CI (needs torch + diffusers; see tools/README.md):
     cargo build --release -p imagine
-    /work/pyenv/bin/python tools/make_random_model.py --arch sd-turbo --out /tmp/sd-turbo-random
-    /work/pyenv/bin/python tools/bench_compare.py --model /tmp/sd-turbo-random --sizes 512,256 --runs 3
+    .venv/bin/python tools/make_random_model.py --arch sd-turbo --out /tmp/sd-turbo-random
+    .venv/bin/python tools/bench_compare.py --model /tmp/sd-turbo-random --sizes 512,256 --runs 3
 """
 
 import argparse

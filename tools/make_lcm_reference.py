@@ -21,7 +21,7 @@ What this makes (committed; regenerate only by hand, after ``make_reference.py``
   pixel for pixel.
 
 Run (never in CI; CPU, seconds):
-    /work/pyenv/bin/python tools/make_lcm_reference.py
+    .venv/bin/python tools/make_lcm_reference.py
 """
 
 import json

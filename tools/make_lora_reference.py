@@ -24,7 +24,7 @@ scales differ, and that leaving out any single module of the kohya LoRA changes 
 more than 2/255 (so a layer the engine failed to patch would fail the test).
 
 Run (never in CI; CPU only, about a minute):
-    /work/pyenv/bin/python tools/make_lora_reference.py
+    .venv/bin/python tools/make_lora_reference.py
 """
 
 import json

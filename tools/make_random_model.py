@@ -17,7 +17,7 @@ Random weights make subnormal floats on CPU; benchmarks must set flush-to-zero o
 sides (``imagine bench`` and ``bench_compare.py`` both do).
 
 Run by hand, never in CI (about 2 minutes and 5 GB of disk for sd-turbo):
-    /work/pyenv/bin/python tools/make_random_model.py --arch sd-turbo --out /tmp/sd-turbo-random
+    .venv/bin/python tools/make_random_model.py --arch sd-turbo --out /tmp/sd-turbo-random
 """
 
 import argparse

@@ -34,7 +34,7 @@ by ``check_not_degenerate``: decoded images must have spread, unsaturated
 pixels and the UNet output must not be ~0).
 
 Run (never in CI; CPU only, a few minutes):
-    /work/pyenv/bin/python tools/make_reference.py
+    .venv/bin/python tools/make_reference.py
 """
 
 import argparse

@@ -25,7 +25,7 @@ Why: the Rust engine must match diffusers on SDXL; real checkpoints are gigabyte
 unreachable from CI. Reuses the tokenizer helpers of ``tools/make_reference.py``.
 
 Run (never in CI; CPU, about a minute):
-    /work/pyenv/bin/python tools/make_sdxl_reference.py [--bpe PATH]
+    .venv/bin/python tools/make_sdxl_reference.py [--bpe PATH]
 """
 
 import argparse

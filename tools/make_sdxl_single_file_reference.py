@@ -18,7 +18,7 @@ What this makes (committed; regenerate only by hand, never in CI):
   guidance 7.5, negative prompt, 8 steps, the committed reference latents.
 
 Run (CPU, under a minute), with diffusers' converter from a checkout:
-    /work/pyenv/bin/python tools/make_sdxl_single_file_reference.py \
+    .venv/bin/python tools/make_sdxl_single_file_reference.py \
         --converter DIFFUSERS/scripts/convert_diffusers_to_original_sdxl.py --converter-commit SHA
 """
 

@@ -28,7 +28,7 @@ encoders: 64-channel heads, one head below 64 channels), because a single file d
 record them and the engine infers them that way.
 
 Run (CPU, well under a minute), with diffusers' converter script from a checkout:
-    /work/pyenv/bin/python tools/make_single_file_reference.py \
+    .venv/bin/python tools/make_single_file_reference.py \
         --converter DIFFUSERS/scripts/convert_diffusers_to_original_stable_diffusion.py --converter-commit SHA
 """
 

@@ -20,7 +20,7 @@ What this makes (committed to the repository, regenerate only by hand):
 Needs ``assets/models/tiny-sd15`` and ``assets/reference/latents_2x4x8x8.safetensors``
 (from make_reference.py). Run from the repository root (never in CI; CPU, seconds):
 
-    /work/pyenv/bin/python tools/make_taesd_reference.py
+    .venv/bin/python tools/make_taesd_reference.py
 """
 
 import json
