@@ -279,14 +279,9 @@ impl UNet {
         })
     }
 
-    /// Whether the UNet needs [`AddedConditioning`] (SDXL).
-    pub fn needs_added_conditioning(&self) -> bool {
-        self.text_time.is_some()
-    }
-
     /// Predicts noise (or v) for `x [B, C, h, w]` at `timestep` given `context [B, S, D]`.
     pub fn forward(&self, x: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
-        self.forward_added(x, timestep, context, None)
+        self.forward_conditioned(x, timestep, context, None, None)
     }
 
     /// The width of the guidance embedding this UNet takes (LCM-distilled UNets), if any.
@@ -294,32 +289,9 @@ impl UNet {
         self.time_embedding.cond_proj_dim()
     }
 
-    /// [`UNet::forward`] with `timestep_cond [B, time_cond_proj_dim]` added to the timestep
-    /// embedding, as diffusers does for LCM-distilled UNets.
-    pub fn forward_with_timestep_cond(
-        &self,
-        x: &Tensor,
-        timestep: f64,
-        context: &Tensor,
-        timestep_cond: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        self.forward_conditioned(x, timestep, context, None, timestep_cond)
-    }
-
-    /// [`UNet::forward`] with SDXL's added conditioning (required by an SDXL UNet, refused
-    /// by the others).
-    pub fn forward_added(
-        &self,
-        x: &Tensor,
-        timestep: f64,
-        context: &Tensor,
-        added: Option<&AddedConditioning>,
-    ) -> Result<Tensor> {
-        self.forward_conditioned(x, timestep, context, added, None)
-    }
-
-    /// The forward with every optional input: SDXL's added conditioning and an LCM-distilled
-    /// UNet's guidance embedding.
+    /// The forward with every optional input: SDXL's added conditioning (required by an SDXL
+    /// UNet, refused by the others) and an LCM-distilled UNet's guidance embedding
+    /// `timestep_cond [B, time_cond_proj_dim]`, added to the timestep embedding as diffusers does.
     pub fn forward_conditioned(
         &self,
         x: &Tensor,

@@ -332,7 +332,9 @@ impl StableDiffusion {
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
-        Ok(self.unet.forward_added(latents, t, context, added)?)
+        Ok(self
+            .unet
+            .forward_conditioned(latents, t, context, added, None)?)
     }
 
     /// [`StableDiffusion::unet_forward`] for LCM-distilled UNets, with the guidance embedding
@@ -346,7 +348,7 @@ impl StableDiffusion {
     ) -> Result<Tensor> {
         Ok(self
             .unet
-            .forward_with_timestep_cond(latents, t, context, timestep_cond)?)
+            .forward_conditioned(latents, t, context, None, timestep_cond)?)
     }
 
     /// Scaled latents (on any device: latents kept on disk are read to the CPU) to pixels in
