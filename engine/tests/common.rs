@@ -100,3 +100,20 @@ pub fn pixel_difference(a: &[image::RgbImage], b: &[image::RgbImage]) -> (f64, u
     }
     (total as f64 / count.max(1) as f64, worst)
 }
+
+/// The reference pipeline call of the diffusers scripts: `PROMPT` with `NEGATIVE`, 64x64, two
+/// images from the committed latents, 8 steps, guidance 7.5, sampler `kind`.
+pub fn reference_run(
+    sd: &StableDiffusion,
+    kind: imagine_engine::SchedulerKind,
+) -> Vec<image::RgbImage> {
+    let mut req = imagine_engine::GenerateRequest::text(PROMPT, 64, 64, vec![0, 1]);
+    req.negative_prompt = NEGATIVE.into();
+    req.steps = 8;
+    req.guidance = 7.5;
+    req.scheduler = Some(kind);
+    req.initial_noise = Some(reference_latents());
+    sd.generate(&req, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap()
+        .images
+}

@@ -38,21 +38,11 @@ fn lora_reference() -> HashMap<String, Tensor> {
     .unwrap()
 }
 
-/// The reference pipeline call: Euler, 8 steps, guidance 7.5, negative prompt, fixed latents.
-fn euler_images(sd: &StableDiffusion) -> Vec<image::RgbImage> {
-    let mut req = GenerateRequest::text(PROMPT, 64, 64, vec![0, 1]);
-    req.negative_prompt = NEGATIVE.into();
-    req.steps = 8;
-    req.guidance = 7.5;
-    req.scheduler = Some(SchedulerKind::Euler);
-    req.initial_noise = Some(reference_latents());
-    sd.generate(&req, &mut |_| ControlFlow::Continue(()))
-        .unwrap()
-        .images
-}
-
 fn assert_matches(sd: &StableDiffusion, key: &str) {
-    let diff = max_pixel_diff(&euler_images(sd), &lora_reference()[key]);
+    let diff = max_pixel_diff(
+        &reference_run(sd, SchedulerKind::Euler),
+        &lora_reference()[key],
+    );
     eprintln!("{key}: max pixel difference {diff}/255");
     assert!(diff <= 2, "{key}: max pixel difference {diff}/255");
 }
@@ -92,20 +82,20 @@ fn two_loras_at_once_match_diffusers() {
 #[test]
 fn removing_loras_restores_the_base_model_bit_for_bit() {
     let sd = load("tiny-sd15");
-    let base = euler_images(&sd);
+    let base = reference_run(&sd, SchedulerKind::Euler);
     let diff = max_pixel_diff(&base, &lora_reference()["image_base_u8"]);
     assert!(diff <= 2, "base model: {diff}/255 from diffusers");
 
     sd.set_loras(&[ActiveLora::new(kohya(), 1.0), ActiveLora::new(peft(), -0.7)])
         .unwrap();
-    let patched = euler_images(&sd);
+    let patched = reference_run(&sd, SchedulerKind::Euler);
     assert!(
         pixel_difference(&base, &patched).1 > 20,
         "the LoRAs changed nothing"
     );
 
     sd.set_loras(&[]).unwrap();
-    let restored = euler_images(&sd);
+    let restored = reference_run(&sd, SchedulerKind::Euler);
     for (a, b) in base.iter().zip(&restored) {
         assert!(
             a.as_raw() == b.as_raw(),
@@ -217,7 +207,10 @@ fn a_lora_for_another_model_is_refused_naming_the_tensor_or_the_shapes() {
 
     // A refused set leaves the model as it was: still the base model.
     let base = load("tiny-sd15");
-    assert_eq!(euler_images(&sd), euler_images(&base));
+    assert_eq!(
+        reference_run(&sd, SchedulerKind::Euler),
+        reference_run(&base, SchedulerKind::Euler)
+    );
 }
 
 #[test]

@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::ops::ControlFlow;
-
 use common::*;
 use imagine_engine::checkpoint::{Checkpoint, Family, Prediction};
 use imagine_engine::tokenizer::{ClipPadding, ClipTokenizer};
-use imagine_engine::{GenerateRequest, LoadOptions, SchedulerKind, StableDiffusion, UNetKind};
+use imagine_engine::{LoadOptions, SchedulerKind, StableDiffusion, UNetKind};
 
 fn file(name: &str) -> std::path::PathBuf {
     assets().join("models").join(format!("{name}.safetensors"))
@@ -25,18 +23,6 @@ fn open(path: &std::path::Path, prediction: Option<Prediction>) -> StableDiffusi
     StableDiffusion::load(path, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn euler(sd: &StableDiffusion) -> Vec<image::RgbImage> {
-    let mut req = GenerateRequest::text(PROMPT, 64, 64, vec![0, 1]);
-    req.negative_prompt = NEGATIVE.into();
-    req.steps = 8;
-    req.guidance = 7.5;
-    req.scheduler = Some(SchedulerKind::Euler);
-    req.initial_noise = Some(reference_latents());
-    sd.generate(&req, &mut |_| ControlFlow::Continue(()))
-        .unwrap()
-        .images
-}
-
 fn single_reference() -> std::collections::HashMap<String, candle_core::Tensor> {
     reference("tiny-single")
 }
@@ -46,7 +32,10 @@ fn a_single_file_makes_the_same_pixels_as_its_diffusers_folder() {
     let folder = open(&model_dir("tiny-sd15-clip"), None);
     let single = open(&file("tiny-sd15-clip"), None);
     assert_eq!(single.info().name, "tiny-sd15-clip");
-    let (a, b) = (euler(&folder), euler(&single));
+    let (a, b) = (
+        reference_run(&folder, SchedulerKind::Euler),
+        reference_run(&single, SchedulerKind::Euler),
+    );
     assert_eq!(
         pixel_difference(&a, &b),
         (0.0, 0),
@@ -292,4 +281,9 @@ fn a_safetensors_file_that_is_not_a_model_says_what_it_looks_like() {
     let esrgan = assets().join("models/tiny-esrgan-x2.safetensors");
     let err = StableDiffusion::describe(&esrgan).unwrap_err().to_string();
     assert!(err.contains("ESRGAN"), "{err}");
+}
+
+/// Euler with the reference settings (see `common::reference_run`).
+fn euler(sd: &StableDiffusion) -> Vec<image::RgbImage> {
+    reference_run(sd, SchedulerKind::Euler)
 }
