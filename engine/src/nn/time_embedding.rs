@@ -1,10 +1,12 @@
 //! The UNet's timestep embedding (diffusers `TimestepEmbedding`), with the optional
 //! `cond_proj` input that LCM-distilled UNets use, and the guidance-scale embedding they feed
-//! it. candle-transformers' embedding has no `cond_proj`; for UNets without one this computes
-//! exactly what it did (the same `candle_nn::Linear` layers, in the same order).
+//! it. candle-transformers' embedding has no `cond_proj`. The layers are our [`Linear`], so a
+//! LoRA that trains the time or SDXL size embeddings patches them like any other layer.
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::nn::layers::Linear;
 
 type Result<T> = candle_core::Result<T>;
 
@@ -14,8 +16,8 @@ pub struct TimestepEmbedding {
     linear_1: Linear,
     linear_2: Linear,
     /// LCM-distilled UNets: projects the guidance embedding onto the sinusoidal timestep
-    /// embedding (no bias).
-    cond_proj: Option<Linear>,
+    /// embedding (no bias), with the embedding's width.
+    cond_proj: Option<(Linear, usize)>,
 }
 
 impl TimestepEmbedding {
@@ -27,19 +29,23 @@ impl TimestepEmbedding {
         cond_proj_dim: Option<usize>,
     ) -> Result<Self> {
         let cond_proj = cond_proj_dim
-            .map(|dim| candle_nn::linear_no_bias(dim, channels, vb.pp("cond_proj")))
+            .map(|dim| {
+                Ok::<_, candle_core::Error>((
+                    Linear::load_no_bias(vb.pp("cond_proj"), dim, channels)?,
+                    dim,
+                ))
+            })
             .transpose()?;
         Ok(Self {
-            linear_1: candle_nn::linear(channels, embed_dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(embed_dim, embed_dim, vb.pp("linear_2"))?,
+            linear_1: Linear::load(vb.pp("linear_1"), channels, embed_dim)?,
+            linear_2: Linear::load(vb.pp("linear_2"), embed_dim, embed_dim)?,
             cond_proj,
         })
     }
 
     /// The width of the condition this embedding takes, if it takes one.
     pub fn cond_proj_dim(&self) -> Option<usize> {
-        let proj = self.cond_proj.as_ref()?;
-        proj.weight().dims2().ok().map(|(_, ins)| ins)
+        self.cond_proj.as_ref().map(|(_, dim)| *dim)
     }
 
     /// Embeds `sample [B, channels]`, adding the projected `condition [B, cond_proj_dim]` when
@@ -47,7 +53,7 @@ impl TimestepEmbedding {
     pub fn forward(&self, sample: &Tensor, condition: Option<&Tensor>) -> Result<Tensor> {
         let sample = match (condition, &self.cond_proj) {
             (None, _) => sample.clone(),
-            (Some(c), Some(proj)) => (sample + proj.forward(c)?)?,
+            (Some(c), Some((proj, _))) => (sample + proj.forward(c)?)?,
             (Some(_), None) => {
                 candle_core::bail!("a timestep condition was given to a UNet without cond_proj")
             }
