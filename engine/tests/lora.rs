@@ -1,9 +1,9 @@
-//! LoRAs on the tiny SD 1.5 model: a kohya-format and a PEFT-format LoRA give diffusers'
-//! pixels (`load_lora_weights` + `fuse_lora`) within 2/255 at scales 0.5 and 1.0, alone and
-//! together; removing them restores the base model bit for bit; switching reads only the
+//! LoRAs on the tiny SD 1.5 and SDXL models: a kohya-format and a PEFT-format LoRA give
+//! diffusers' pixels (`load_lora_weights` + `fuse_lora`) within 2/255 at scales 0.5 and 1.0,
+//! alone and together; removing them restores the base model bit for bit; switching reads only the
 //! layers the LoRAs patch; files that do not fit the model, or use formats we do not
 //! implement, are refused with messages that name the problem. References from
-//! tools/make_lora_reference.py (diffusers 0.42.1, peft 0.21.2).
+//! tools/make_lora_reference.py and tools/make_sdxl_lora_reference.py (diffusers 0.42.1).
 
 mod common;
 
@@ -77,6 +77,45 @@ fn two_loras_at_once_match_diffusers() {
     sd.set_loras(&[ActiveLora::new(kohya(), 0.5), ActiveLora::new(peft(), 1.0)])
         .unwrap();
     assert_matches(&sd, "image_both_u8");
+}
+
+/// SDXL: a kohya LoRA under the original UNet's block names (`input_blocks_4_1_...`, LoCon on
+/// `in_layers_2`) and both text encoders' MLPs (`lora_te1_`, `lora_te2_`), and a PEFT LoRA on
+/// both text encoders' attention, against `StableDiffusionXLPipeline` with the same files
+/// (tools/make_sdxl_lora_reference.py).
+#[test]
+fn sdxl_loras_match_diffusers_at_half_and_full_scale_and_together() {
+    let sd = load("tiny-sdxl");
+    let reference: HashMap<String, Tensor> = candle_core::safetensors::load(
+        assets().join("reference/tiny-sdxl-lora.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let open = |name: &str| Arc::new(LoraFile::open(&lora_path(name)).unwrap());
+    let (kohya, peft) = (
+        open("tiny-sdxl-kohya.safetensors"),
+        open("tiny-sdxl-peft.safetensors"),
+    );
+    assert_eq!(
+        (kohya.format(), peft.format()),
+        (LoraFormat::Kohya, LoraFormat::Peft)
+    );
+    let check = |sd: &StableDiffusion, key: &str| {
+        let diff = max_pixel_diff(&reference_run(sd, SchedulerKind::Euler), &reference[key]);
+        eprintln!("SDXL {key}: max pixel difference {diff}/255");
+        assert!(diff <= 2, "SDXL {key}: max pixel difference {diff}/255");
+    };
+    check(&sd, "image_base_u8");
+    for (file, name) in [(&kohya, "kohya"), (&peft, "peft")] {
+        for scale in [0.5, 1.0] {
+            sd.set_loras(&[ActiveLora::new(file.clone(), scale)])
+                .unwrap();
+            check(&sd, &format!("image_{name}_{scale:.1}_u8"));
+        }
+    }
+    sd.set_loras(&[ActiveLora::new(kohya, 0.5), ActiveLora::new(peft, 1.0)])
+        .unwrap();
+    check(&sd, "image_both_u8");
 }
 
 #[test]
@@ -253,13 +292,14 @@ fn pickles_and_damaged_files_are_refused_with_what_to_do() {
 
 /// kohya's SDXL names: `lora_te1_`/`lora_te2_` for the two text encoders, the original UNet's
 /// block numbers (`input_blocks_4_1` = down_blocks.1.attentions.0), LoCon on a ResNet's
-/// `in_layers_2`. No diffusers reference here (tools/make_lora_reference.py covers SD 1.5):
-/// this checks that every name reaches its layer, changes the image, and comes off exactly.
+/// `in_layers_2`, the timestep and size embeddings (`time_embed_0`, `label_emb_0_2`): every
+/// name reaches its layer, changes the image, and comes off exactly. (Parity with diffusers:
+/// `sdxl_loras_match_diffusers_at_half_and_full_scale_and_together`.)
 #[test]
 fn sdxl_kohya_names_reach_both_text_encoders_and_the_original_unet_blocks() {
     let sd = load("tiny-sdxl");
     // (name, up shape, down shape): rank 4 everywhere.
-    let modules: [(&str, Vec<usize>, Vec<usize>); 5] = [
+    let modules: [(&str, Vec<usize>, Vec<usize>); 7] = [
         (
             "lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
             vec![32, 4],
@@ -285,6 +325,9 @@ fn sdxl_kohya_names_reach_both_text_encoders_and_the_original_unet_blocks() {
             vec![64, 4, 1, 1],
             vec![4, 32, 3, 3],
         ),
+        // The timestep embedding's first layer and the size embedding's second.
+        ("lora_unet_time_embed_0", vec![128, 4], vec![4, 32]),
+        ("lora_unet_label_emb_0_2", vec![128, 4], vec![4, 128]),
     ];
     let fill = |shape: &[usize]| {
         (Tensor::ones(shape, candle_core::DType::F32, &Device::Cpu).unwrap() * 0.2).unwrap()
