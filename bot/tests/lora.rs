@@ -76,6 +76,8 @@ async fn prompt_tags_apply_loras_record_them_and_carry_over_to_buttons() {
     let run = run_imagine(&w, w.alice, w.channel, "a cat <lora:nope:1>", None);
     let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
     assert_reply(&cb, "There is no LoRA named `nope`", true);
-    assert_reply(&cb, "`tiny-sd15-kohya`, `tiny-sd15-peft`", true);
+    for name in ["`tiny-sd15-kohya`", "`tiny-sd15-peft`", "`tiny-sdxl-kohya`"] {
+        assert_reply(&cb, name, true);
+    }
     bot.stop().await;
 }

@@ -106,6 +106,35 @@ fn the_lcm_sampler_on_sd15_matches_diffusers_at_guidance_1_and_1_5() {
     assert_ne!(images[0], images[1], "guidance 1.5 changed nothing");
 }
 
+/// The LCM-LoRA workflow end to end: a LoRA in lcm-lora-sdv1-5's layout (web-UI keys spelled
+/// from diffusers paths, on every layer kind it trains: 117 layers of the tiny UNet) on
+/// tiny-sd15 with the LCM sampler at 4 steps, against diffusers' `load_lora_weights` +
+/// `fuse_lora` + `LCMScheduler` (tools/make_lcm_lora_reference.py).
+#[test]
+fn an_lcm_lora_on_sd15_matches_diffusers_at_4_steps() {
+    let sd = load("tiny-sd15");
+    let file = imagine_engine::LoraFile::open(
+        &assets().join("models/loras/tiny-sd15-lcm-lora.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(file.module_count(), 117);
+    let report = sd
+        .set_loras(&[imagine_engine::ActiveLora::new(
+            std::sync::Arc::new(file),
+            1.0,
+        )])
+        .unwrap();
+    assert_eq!(report.layers_patched, 117);
+    let r = reference("tiny-sd15-lcm-lora");
+    for (key, guidance) in [("g1", 1.0), ("g15", 1.5)] {
+        let mut req = replayed("sd15_g1", guidance, Some(SchedulerKind::Lcm));
+        req.step_noise = Some(r[&format!("{key}_step_noise")].clone());
+        let diff = max_pixel_diff(&run(&sd, &req), &r[&format!("{key}_image_u8")]);
+        eprintln!("tiny-sd15 + LCM-LoRA, guidance {guidance}: max pixel difference {diff}/255");
+        assert!(diff <= 2, "LCM-LoRA at guidance {guidance}: {diff}/255");
+    }
+}
+
 #[test]
 fn the_same_seed_gives_the_same_lcm_image_and_the_guidance_scale_matters() {
     let sd = load(LCM_MODEL);
