@@ -287,3 +287,72 @@ fn a_safetensors_file_that_is_not_a_model_says_what_it_looks_like() {
 fn euler(sd: &StableDiffusion) -> Vec<image::RgbImage> {
     reference_run(sd, SchedulerKind::Euler)
 }
+
+/// An LCM-distilled single file (a converted LCM UNet keeps diffusers' `time_embedding.cond_proj`
+/// name under the UNet prefix) loads with its guidance embedding and LCM's sampler and defaults,
+/// and makes the same pixels as the diffusers folder with the same weights.
+#[test]
+fn an_lcm_distilled_file_gets_its_guidance_embedding_and_the_lcm_sampler() {
+    use candle_core::{Device, Tensor};
+    const COND: usize = 32;
+    let cond_proj = Tensor::arange(0f32, (32 * COND) as f32, &Device::Cpu)
+        .unwrap()
+        .affine(0.37, 0.0)
+        .unwrap()
+        .sin()
+        .unwrap()
+        .reshape((32, COND))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut tensors = candle_core::safetensors::load(file("tiny-sd15-clip"), &Device::Cpu).unwrap();
+    tensors.insert(
+        "model.diffusion_model.time_embedding.cond_proj.weight".into(),
+        cond_proj.clone(),
+    );
+    let single_path = dir.path().join("tiny-lcm-distilled.safetensors");
+    candle_core::safetensors::save(&tensors, &single_path).unwrap();
+
+    let folder = copy_model("tiny-sd15-clip");
+    let unet = folder.path().join("unet");
+    let weights = unet.join("diffusion_pytorch_model.safetensors");
+    let mut unet_tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    unet_tensors.insert("time_embedding.cond_proj.weight".into(), cond_proj);
+    candle_core::safetensors::save(&unet_tensors, &weights).unwrap();
+    let config_path = unet.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["time_cond_proj_dim"] = COND.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    std::fs::copy(
+        model_dir("tiny-lcm").join("scheduler/scheduler_config.json"),
+        folder.path().join("scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+
+    let detected = Checkpoint::open(&single_path)
+        .unwrap()
+        .detect(None)
+        .unwrap();
+    assert_eq!(detected.unet_json["time_cond_proj_dim"], COND);
+    let single = open(&single_path, None);
+    let info = single.info();
+    assert_eq!(info.default_scheduler, SchedulerKind::Lcm);
+    assert_eq!((info.default_steps, info.default_guidance), (4, 8.0));
+
+    let lcm = |sd: &StableDiffusion, guidance: f64| {
+        let mut req = imagine_engine::GenerateRequest::text(PROMPT, 64, 64, vec![0, 1]);
+        req.steps = 4;
+        req.guidance = guidance;
+        req.scheduler = Some(SchedulerKind::Lcm);
+        req.initial_noise = Some(reference_latents());
+        sd.generate(&req, &mut |_| std::ops::ControlFlow::Continue(()))
+            .unwrap()
+            .images
+    };
+    let from_file = lcm(&single, 8.0);
+    let from_folder = lcm(&open(folder.path(), None), 8.0);
+    assert_eq!(pixel_difference(&from_file, &from_folder), (0.0, 0));
+    let (mean, _) = pixel_difference(&from_file, &lcm(&single, 2.0));
+    assert!(mean > 0.5, "the guidance embedding must act: {mean}");
+}

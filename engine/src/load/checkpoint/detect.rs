@@ -239,6 +239,7 @@ pub fn detect_in(
     };
     let turbo = is_turbo(h, stem);
     let (mut unet_json, layout, in_channels) = unet(h, family, turbo)?;
+    let lcm = lcm_guidance_embedding(h, &mut unet_json)?;
     let (vae_json, vae_levels) = vae(h, family)?;
     let text_encoder_json = text_encoder(h, text, family == Family::Sd2, None)?;
     let text_encoder_2_json = match text_2 {
@@ -275,7 +276,7 @@ pub fn detect_in(
         vae_json,
         text_encoder_json,
         text_encoder_2_json,
-        scheduler_json: scheduler(family, prediction, turbo),
+        scheduler_json: scheduler(family, prediction, turbo, lcm),
         prediction,
         prediction_reason,
         padding: match family {
@@ -288,6 +289,24 @@ pub fn detect_in(
         text,
         text_2,
     })
+}
+
+/// LCM-distilled UNets embed the guidance scale (`time_cond_proj_dim`); converted files keep
+/// diffusers' name for that layer under the UNet prefix. Returns whether the file has one.
+fn lcm_guidance_embedding(h: &Header, unet_json: &mut Value) -> Found<bool> {
+    let Some(cond) = h.shape(&format!("{UNET}time_embedding.cond_proj.weight")) else {
+        return Ok(false);
+    };
+    let channels = unet_json["block_out_channels"][0].as_u64().unwrap_or(0) as usize;
+    match cond {
+        [out, dim] if *out == channels && *dim > 0 => {
+            unet_json["time_cond_proj_dim"] = json!(dim);
+            Ok(true)
+        }
+        _ => Err(format!(
+            "time_embedding.cond_proj.weight is {cond:?}, not [{channels}, guidance embedding size]"
+        )),
+    }
 }
 
 /// SD-Turbo and SDXL-Turbo have their base's weights' shapes; only the name can tell.
@@ -591,7 +610,9 @@ fn text_encoder(
 }
 
 /// The scheduler config of each family's diffusers repo (SD 1.5, SD 2.1, SDXL base, the Turbos).
-fn scheduler(family: Family, prediction: Prediction, turbo: bool) -> Value {
+/// LCM-distilled files get the LCMScheduler config their diffusers repos ship
+/// (SimianLuo/LCM_Dreamshaper_v7, latent-consistency/lcm-sdxl).
+fn scheduler(family: Family, prediction: Prediction, turbo: bool, lcm: bool) -> Value {
     let mut cfg = json!({
         "beta_start": 0.00085,
         "beta_end": 0.012,
@@ -605,6 +626,14 @@ fn scheduler(family: Family, prediction: Prediction, turbo: bool) -> Value {
         "timestep_spacing": "leading",
         "trained_betas": null,
     });
+    if lcm {
+        cfg["_class_name"] = json!("LCMScheduler");
+        cfg["set_alpha_to_one"] = json!(true);
+        cfg["original_inference_steps"] = json!(50);
+        cfg["timestep_scaling"] = json!(10.0);
+        cfg["thresholding"] = json!(false);
+        return cfg;
+    }
     let class = match (family, turbo) {
         (_, true) => {
             cfg["timestep_spacing"] = json!("trailing");

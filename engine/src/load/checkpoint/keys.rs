@@ -48,8 +48,10 @@ pub fn unet<'a>(
 
 /// The diffusers name of one original-layout UNet tensor (prefix removed), if it has one.
 pub fn unet_name(key: &str, layout: UNetLayout) -> Option<String> {
-    const FIXED: [(&str, &str); 7] = [
+    const FIXED: [(&str, &str); 8] = [
         ("time_embed.0.", "time_embedding.linear_1."),
+        // LCM's guidance embedding: converters keep diffusers' name.
+        ("time_embedding.cond_proj.", "time_embedding.cond_proj."),
         ("time_embed.2.", "time_embedding.linear_2."),
         ("label_emb.0.0.", "add_embedding.linear_1."),
         ("label_emb.0.2.", "add_embedding.linear_2."),
