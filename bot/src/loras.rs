@@ -6,9 +6,11 @@
 //! The tags stay in the stored prompt: a button job (U, V, 🔄, Vary) reuses its parent's
 //! prompt and so its LoRAs, and the worker reads them from there before each job.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use imagine_engine::lora::SCALE_RANGE;
@@ -68,14 +70,66 @@ pub fn parse_scale(s: &str) -> std::result::Result<f32, String> {
 
 /// Opens every chosen file (checked against nothing yet: the model does that when the set is
 /// applied).
+/// The files of the previous call stay open, so a run of jobs with the same LoRAs reads them
+/// once; a file replaced on disk (other size or modification time) is read again.
 pub fn open_all(choices: &[LoraChoice]) -> Result<Vec<ActiveLora>> {
-    choices
-        .iter()
-        .map(|c| {
-            let file = LoraFile::open(&c.path)?;
-            Ok(ActiveLora::new(Arc::new(file), c.scale))
+    let mut recent = RECENT_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut kept = HashMap::new();
+    let mut active = Vec::with_capacity(choices.len());
+    for c in choices {
+        let key = FileKey::of(&c.path)?;
+        let file = match recent.get(&key).or_else(|| kept.get(&key)) {
+            Some(file) => Arc::clone(file),
+            None => Arc::new(LoraFile::open(&c.path)?),
+        };
+        kept.insert(key, Arc::clone(&file));
+        active.push(ActiveLora::new(file, c.scale));
+    }
+    // Only this job's files stay: a LoRA can hold hundreds of megabytes.
+    *recent = kept;
+    Ok(active)
+}
+
+/// A file as it is now on disk: the same path with another size or modification time is
+/// another file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileKey {
+    fn of(path: &Path) -> Result<FileKey> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(FileKey {
+            path: path.to_path_buf(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
         })
-        .collect()
+    }
+}
+
+static RECENT_FILES: LazyLock<Mutex<HashMap<FileKey, Arc<LoraFile>>>> =
+    LazyLock::new(Default::default);
+static HASHES: LazyLock<Mutex<HashMap<FileKey, String>>> = LazyLock::new(Default::default);
+/// Hashes remembered at most (a few hundred bytes each); past it the memo starts again.
+const MAX_REMEMBERED_HASHES: usize = 1024;
+
+/// [`short_hash`], computed once per file as it is on disk.
+fn remembered_hash(path: &Path) -> Result<String> {
+    let key = FileKey::of(path)?;
+    if let Some(hash) = HASHES.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(hash.clone());
+    }
+    let hash = short_hash(path)?;
+    let mut memo = HASHES.lock().unwrap_or_else(|e| e.into_inner());
+    if memo.len() >= MAX_REMEMBERED_HASHES {
+        memo.clear();
+    }
+    memo.insert(key, hash.clone());
+    Ok(hash)
 }
 
 /// AUTOMATIC1111's short hash of a `.safetensors` LoRA: the first 12 hex digits of the
@@ -119,7 +173,7 @@ pub fn prompt_with_tags(prompt: &str, choices: &[LoraChoice]) -> String {
 pub fn hashes(choices: &[LoraChoice]) -> Result<Vec<(String, String)>> {
     choices
         .iter()
-        .map(|c| Ok((c.name(), short_hash(&c.path)?)))
+        .map(|c| Ok((c.name(), remembered_hash(&c.path)?)))
         .collect()
 }
 
@@ -322,6 +376,31 @@ mod tests {
         ] {
             assert!(parse_lora_arg(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A run of jobs with one LoRA opens and hashes it once; the same path rewritten with
+    /// other weights is read again (and hashes differently).
+    #[test]
+    fn a_lora_is_read_once_per_version_of_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("style.safetensors");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../assets/models/loras/tiny-sd15-kohya.safetensors");
+        std::fs::copy(&source, &path).unwrap();
+        let choice = vec![ok_choice(path.to_str().unwrap(), 0.5)];
+        let first = open_all(&choice).unwrap();
+        let again = open_all(&choice).unwrap();
+        assert!(Arc::ptr_eq(&first[0].file, &again[0].file));
+        let hash = hashes(&choice).unwrap()[0].1.clone();
+        assert_eq!(hash, short_hash(&path).unwrap());
+
+        let other = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../assets/models/loras/tiny-sd15-peft.safetensors");
+        std::fs::copy(&other, &path).unwrap();
+        let reread = open_all(&choice).unwrap();
+        assert!(!Arc::ptr_eq(&first[0].file, &reread[0].file));
+        assert_eq!(reread[0].file.format(), imagine_engine::LoraFormat::Peft);
+        assert_ne!(hashes(&choice).unwrap()[0].1, hash);
     }
 
     #[test]
