@@ -19,6 +19,16 @@ Rows (names shared with ``imagine bench``):
 Peak RSS is measured the same way on both sides: the kernel's VmHWM is reset through
 /proc/self/clear_refs at the start of each row and read at its end.
 
+Peers beyond diffusers, and the whole process (tools/bench_process.py):
+  --openvino-python PY  also runs OpenVINO through optimum-intel, in the interpreter PY (its own
+                        venv: optimum-intel pins its own transformers): the folder is exported to
+                        IR once (``--openvino-ir``, not timed), then the grid job is timed in a
+                        process of its own (median of --runs after a first job)
+  --process             the grid job as a user runs it, once per engine and size, each in a fresh
+                        process: ``imagine generate --grid`` against the peers' scripts; wall
+                        time from exec to exit (imports, model load, the job, PNGs written) and
+                        the process's peak RSS (wait4's ru_maxrss)
+
 Run by hand, never in CI (needs torch + diffusers; see tools/README.md):
     cargo build --release -p imagine
     .venv/bin/python tools/make_random_model.py --arch sd-turbo --out /tmp/sd-turbo-random
@@ -57,6 +67,12 @@ def parse_args():
     ap.add_argument("--imagine-json", type=Path, help="reuse this imagine bench JSON, skip running it")
     ap.add_argument("--imagine-bf16-json", type=Path, help="the same for --precision bf16")
     ap.add_argument("--out", type=Path, help="write both sides' results as JSON here")
+    ap.add_argument("--openvino-python", type=Path,
+                    help="a Python with optimum-intel[openvino]: add OpenVINO to the grid comparison")
+    ap.add_argument("--openvino-ir", type=Path,
+                    help="OpenVINO IR folder (exported from --model when missing; default /tmp/<model>-openvino-ir)")
+    ap.add_argument("--process", action="store_true",
+                    help="also time the grid job as a whole process per engine (see above)")
     return ap.parse_args()
 
 
@@ -210,6 +226,109 @@ def diffusers_rows(args, sizes, only, precision):
     return results
 
 
+PROCESS_SCRIPT = REPO / "tools" / "bench_process.py"
+
+
+def whole_process(label, cmd, env=None):
+    """Runs `cmd` to its end: wall seconds from exec to exit, its peak RSS (wait4), and the
+    JSON line it printed last, if any."""
+    print("$ %s" % " ".join(map(str, cmd)), flush=True)
+    print("before %s:" % label, loadavg(), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, env=env, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit("%s failed (exit %d):\n%s" % (label, proc.returncode, out))
+    lines = [l for l in out.splitlines() if l.startswith("{")]
+    info = json.loads(lines[-1]) if lines else {}
+    info.update({"process_s": wall, "process_peak_rss_mib": usage.ru_maxrss / 1024.0})
+    print("  %s: whole process %.1f s, peak RSS %.0f MiB" % (label, wall, info["process_peak_rss_mib"]),
+          flush=True)
+    return info
+
+
+def openvino_ir(args):
+    ir = args.openvino_ir or Path(tempfile.gettempdir()) / ("%s-openvino-ir" % Path(args.model).name)
+    if not (ir / "model_index.json").exists():
+        whole_process("openvino export", [args.openvino_python, PROCESS_SCRIPT, "openvino-export",
+                                          "--model", args.model, "--ir", ir])
+    return ir
+
+
+def peer_rows(args, sizes, precision):
+    """The grid job of each engine in processes of their own: generation (median of --runs
+    after a first job) for OpenVINO, and with --process the whole process for every engine."""
+    rows = []
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-process-"))
+    common = lambda size: ["--size", size, "--threads", args.threads, "--precision", precision] + (
+        ["--keep-denormals"] if args.keep_denormals else [])
+    ir = openvino_ir(args) if args.openvino_python else None
+    for size in sizes:
+        if ir:
+            info = whole_process("openvino grid %d" % size, [
+                args.openvino_python, PROCESS_SCRIPT, "openvino", "--model", ir, "--runs", args.runs,
+                *common(size)])
+            rows.append({"engine": "openvino", "size": size, "precision": precision,
+                         "generation_s": info["generation_s"], "load_s": info["load_s"]})
+        if not args.process:
+            continue
+        env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+        cmd = [args.imagine, "generate", PROMPT, "--model", args.model, "--grid", "--steps", 1,
+               "--guidance", 0, "--seed", 1, "--size", "%dx%d" % (size, size), "--precision", precision,
+               "--out", out_dir / ("imagine-%d.png" % size)]
+        info = whole_process("imagine generate %d" % size, cmd, env)
+        rows.append({"engine": "imagine", "size": size, "precision": precision, **info})
+        info = whole_process("diffusers grid %d" % size, [
+            sys.executable, PROCESS_SCRIPT, "diffusers", "--model", args.model, "--runs", 0,
+            "--out", out_dir, *common(size)])
+        rows.append({"engine": "diffusers", "size": size, "precision": precision, **info})
+        if ir:
+            info = whole_process("openvino grid %d, whole process" % size, [
+                args.openvino_python, PROCESS_SCRIPT, "openvino", "--model", ir, "--runs", 0,
+                "--out", out_dir, *common(size)])
+            row = next(r for r in rows if r["engine"] == "openvino" and r["size"] == size
+                       and r["precision"] == precision)
+            row.update({k: v for k, v in info.items() if k.startswith("process")})
+    print("PNGs of the whole-process runs: %s" % out_dir)
+    return rows
+
+
+def print_grid_table(ours, theirs, peers, precision):
+    """Generation and whole process of the grid job per engine, with ours / theirs ratios."""
+    sizes = sorted({r["size"] for r in peers if r["precision"] == precision}, reverse=True)
+    for size in sizes:
+        gen = {"imagine": next((r["seconds"] for r in ours["rows"]
+                                if r["row"] == "grid" and r["size"] == size), None),
+               "diffusers": next((r["seconds"] for r in theirs if r["row"] == "grid"
+                                  and r["size"] == size and r["precision"] == precision), None)}
+        proc, rss = {}, {}
+        for r in peers:
+            if r["size"] == size and r["precision"] == precision:
+                if "generation_s" in r and r["engine"] == "openvino":
+                    gen["openvino"] = r["generation_s"]
+                if "process_s" in r:
+                    proc[r["engine"]] = r["process_s"]
+                    rss[r["engine"]] = r["process_peak_rss_mib"]
+        fmt = lambda v, p: "-" if v is None else "%.*f" % (p, v)
+        print("\ngrid job at %d (4 images, 1 step, guidance 0), %s:" % (size, precision))
+        head = "%-10s %12s %9s | %15s %9s | %13s" % (
+            "engine", "generation s", "ratio", "whole process s", "ratio", "process MiB")
+        print(head)
+        print("-" * len(head))
+        for engine in ("imagine", "diffusers", "openvino"):
+            g, p = gen.get(engine), proc.get(engine)
+            if g is None and p is None:
+                continue
+            gr = gen["imagine"] / g if g and gen.get("imagine") else None
+            pr = proc["imagine"] / p if p and proc.get("imagine") else None
+            print("%-10s %12s %9s | %15s %9s | %13s" % (
+                engine, fmt(g, 2), fmt(gr, 2), fmt(p, 2), fmt(pr, 2), fmt(rss.get(engine), 0)))
+        print("ratio = Imagine / that engine (below 1.0: Imagine is faster)")
+
+
 def print_table(ours, theirs, precision):
     key = lambda r: (r["row"], r["size"])
     theirs = {key(r): r for r in theirs if r["precision"] == precision}
@@ -269,6 +388,12 @@ def main():
     if args.bf16:
         theirs += diffusers_rows(args, sizes, only, "bf16")
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peers = []
+    if args.openvino_python or args.process:
+        grid_sizes = sizes if "grid" in only else sizes[:1]
+        peers = peer_rows(args, grid_sizes, "fp32")
+        if args.bf16:
+            peers += peer_rows(args, grid_sizes, "bf16")
     print("end:", loadavg())
 
     print("\nimagine: %d threads, flush-to-zero %s, warm-up %d, median of %d (grid: %d, "
@@ -277,6 +402,10 @@ def main():
     print_table(ours, theirs, "fp32")
     if ours_bf16:
         print_table(ours_bf16, theirs, "bf16")
+    if peers:
+        print_grid_table(ours, theirs, peers, "fp32")
+        if ours_bf16:
+            print_grid_table(ours_bf16, theirs, peers, "bf16")
     print("diffusers process peak RSS (getrusage ru_maxrss, whole run): %.0f MiB" % maxrss)
     if args.out:
         args.out.write_text(json.dumps({
@@ -284,6 +413,7 @@ def main():
             "imagine_bf16": ours_bf16,
             "diffusers": theirs,
             "diffusers_ru_maxrss_mib": maxrss,
+            "peers": peers,
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__},
         }, indent=2))
