@@ -27,7 +27,7 @@ Peers beyond diffusers, and the whole process (tools/bench_process.py):
   --process             the grid job as a user runs it, once per engine and size, each in a fresh
                         process: ``imagine generate --grid`` against the peers' scripts; wall
                         time from exec to exit (imports, model load, the job, PNGs written) and
-                        the process's peak RSS (wait4's ru_maxrss)
+                        the process's peak RSS (GNU time's %M; needs /usr/bin/time)
 
 Run by hand, never in CI (needs torch + diffusers; see tools/README.md):
     cargo build --release -p imagine
@@ -227,24 +227,30 @@ def diffusers_rows(args, sizes, only, precision):
 
 
 PROCESS_SCRIPT = REPO / "tools" / "bench_process.py"
+TIME = "/usr/bin/time"  # GNU time (Debian's `time` package)
 
 
 def whole_process(label, cmd, env=None):
-    """Runs `cmd` to its end: wall seconds from exec to exit, its peak RSS (wait4), and the
-    JSON line it printed last, if any."""
+    """Runs `cmd` to its end: wall seconds from exec to exit, its peak RSS, and the JSON line
+    it printed last, if any.
+
+    The peak comes from GNU time (`%M`, the command's own ru_maxrss): a child forked from this
+    Python process would report this process's size as its floor, because Linux carries the
+    forking image's high-water mark across exec into ru_maxrss. GNU time forks from its own
+    small image."""
     print("$ %s" % " ".join(map(str, cmd)), flush=True)
     print("before %s:" % label, loadavg(), flush=True)
-    start = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, env=env, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit("%s failed (exit %d):\n%s" % (label, proc.returncode, out))
-    lines = [l for l in out.splitlines() if l.startswith("{")]
+    with tempfile.NamedTemporaryFile("r", suffix=".maxrss") as maxrss:
+        start = time.perf_counter()
+        proc = subprocess.run([TIME, "-f", "%M", "-o", maxrss.name, *map(str, cmd)],
+                              stdout=subprocess.PIPE, env=env, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            sys.exit("%s failed (exit %d):\n%s" % (label, proc.returncode, proc.stdout))
+        peak_kib = int(maxrss.read().split()[-1])
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     info = json.loads(lines[-1]) if lines else {}
-    info.update({"process_s": wall, "process_peak_rss_mib": usage.ru_maxrss / 1024.0})
+    info.update({"process_s": wall, "process_peak_rss_mib": peak_kib / 1024.0})
     print("  %s: whole process %.1f s, peak RSS %.0f MiB" % (label, wall, info["process_peak_rss_mib"]),
           flush=True)
     return info
