@@ -23,8 +23,9 @@ use imagine_engine::outpaint::{Direction, Outpaint};
 use imagine_engine::upscale::UpscaleRequest;
 
 use crate::loras::JobLoras;
+use crate::region::{fit_mask, Region};
 use crate::render::{grid_2x2, png_bytes, read_parameters, without_vae, PngParameters};
-use crate::store::{Compute, ImageRecord, Job, JobKind};
+use crate::store::{Compute, ImageRecord, Job, JobKind, JobParams};
 
 /// How often a running job may report a new preview.
 pub const PREVIEW_INTERVAL: Duration = Duration::from_millis(2500);
@@ -536,8 +537,8 @@ fn full_decode(model: &StableDiffusion, latents: &Path) -> Result<RgbImage> {
     Ok(images.remove(0))
 }
 
-/// The engine request of a stored job and, for Zoom Out and Pan, the outpainting canvas its
-/// images are composited over.
+/// The engine request of a stored job and, for Zoom Out, Pan and Vary (Region), the canvas
+/// its images are composited over.
 fn build_request(
     model: &StableDiffusion,
     item: &WorkItem,
@@ -572,7 +573,7 @@ fn build_request(
                     .with_context(|| format!("the stored pan direction {pan:?} is unknown"))?;
                 Some(Outpaint::pan(&img, direction, seed)?)
             }
-            (None, None) => None,
+            (None, None) => region_canvas(p, &img)?,
         };
         let img = if let Some(c) = &canvas {
             c.image.clone()
@@ -594,6 +595,25 @@ fn build_request(
     }
     req.initial_noise = Some(chaos_noise(model, &req, p.chaos)?);
     Ok((req, canvas))
+}
+
+/// Vary (Region)'s canvas: the picture, and its region (picked areas or a painted mask, fitted
+/// to the picture) as a feathered mask; `None` for jobs without a region.
+fn region_canvas(p: &JobParams, picture: &RgbImage) -> Result<Option<Outpaint>> {
+    let size = picture.dimensions();
+    let mask = match (&p.region, &p.region_mask) {
+        (Some(areas), _) => Region::parse(areas)
+            .with_context(|| format!("the stored region {areas:?} is not one I write"))?
+            .mask(size),
+        (None, Some(path)) => {
+            let painted = image::open(path)
+                .with_context(|| format!("cannot read the region mask {path}"))?
+                .to_luma8();
+            fit_mask(&painted, size)
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Outpaint::region(picture, &mask)?))
 }
 
 /// Starting noise with `--chaos`: each image's noise mixes a component shared by the batch

@@ -1,12 +1,14 @@
 //! The toolbox under a single image, end to end through the simulator with the real bot and
 //! the tiny model, measured on the pixels: Zoom Out keeps the picture (shrunk) in the middle of
 //! each of its four images, Pan keeps the old pixels where they were and grows the canvas, and
-//! the buttons keep working after a restart and on their own results.
+//! the buttons keep working after a restart and on their own results; Vary (Region) repaints
+//! the picked cells and keeps every other pixel outside a feathered border.
 
 mod common;
 
 use common::*;
 use image::{imageops, RgbImage};
+use imagine_engine::inpaint::region_feather;
 use imagine_engine::outpaint::FEATHER;
 
 /// Image `k` (0-3) of a 2x2 grid.
@@ -323,4 +325,333 @@ async fn info_shows_your_jobs_the_queue_and_the_models() {
         finished(&w.sim, &[original_path(&w.sim, &run.token)]).await;
     }
     bot.stop().await;
+}
+
+/// The custom_id of the one select menu on `msg`.
+fn select_id(msg: &serenity::all::Message) -> String {
+    let v = serde_json::to_value(&msg.components).unwrap();
+    let select = &v[0]["components"][0];
+    assert_eq!(select["type"], 3, "a string select: {v}");
+    assert_eq!(v.as_array().unwrap().len(), 1, "one row: {v}");
+    select["custom_id"].as_str().unwrap().to_string()
+}
+
+/// How far apart two images are inside columns `x0..x1`, in summed 0-255 levels.
+fn difference_in(a: &RgbImage, b: &RgbImage, x0: u32, x1: u32) -> u64 {
+    (0..a.height())
+        .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+        .map(|(x, y)| {
+            let (p, q) = (a.get_pixel(x, y), b.get_pixel(x, y));
+            (0..3).map(|c| p[c].abs_diff(q[c]) as u64).sum::<u64>()
+        })
+        .sum()
+}
+
+/// Picks `values` in the region menu `menu` as `user`; the finished Vary (Region) grid.
+async fn pick_region(
+    w: &World,
+    user: serenity::all::UserId,
+    menu: &serenity::all::Message,
+    values: &[&str],
+) -> serenity::all::Message {
+    let pick = w
+        .sim
+        .select_values(user, menu.id, &select_id(menu), values)
+        .unwrap();
+    let cb = w.sim.wait_callback(&pick, WAIT).await.unwrap();
+    assert_eq!(cb.kind, 4, "a new message for the new job: {}", cb.data);
+    finished(&w.sim, &[original_path(&w.sim, &pick.token)]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_region_repaints_only_the_picked_cells_and_works_after_a_restart() {
+    let w = world().await;
+    let dir = w.dir.path();
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let grid = imagine(
+        &w,
+        w.alice,
+        w.channel,
+        "a cottage in a field --seed 5 --steps 3",
+    )
+    .await;
+    let u1 = click(&w, w.alice, &grid, "U1").await;
+    let picture = png_of(&w.sim, &u1);
+    assert_eq!(picture.dimensions(), (64, 64));
+
+    // Vary (Region) answers privately with the menu of areas.
+    let open = w
+        .sim
+        .click_button(w.alice, u1.id, &button(&u1, "Vary (Region)"))
+        .unwrap();
+    let cb = w.sim.wait_callback(&open, WAIT).await.unwrap();
+    assert_reply(&cb, "Vary (Region)", true);
+    let menu = w.sim.response_message(&open).expect("the region menu");
+    let select = serde_json::to_value(&menu.components).unwrap()[0]["components"][0].clone();
+    assert_eq!(select["options"].as_array().unwrap().len(), 13, "{select}");
+    assert_eq!(
+        (select["min_values"].clone(), select["max_values"].clone()),
+        (serde_json::json!(1), serde_json::json!(13))
+    );
+    assert!(matches!(
+        w.sim
+            .select_values(w.bob, menu.id, &select_id(&menu), &["c0"]),
+        Err(imagine_tests::SimError::NotVisible(_))
+    ));
+
+    // The left column: repainted; everything right of it and its feather, identical.
+    let left = pick_region(&w, w.alice, &menu, &["c0", "c3", "c6"]).await;
+    assert!(
+        left.content.contains("Variations (Region)"),
+        "{}",
+        left.content
+    );
+    let out = png_of(&w.sim, &left);
+    assert_eq!(out.dimensions(), (128, 128), "four 64 px images");
+    let f = region_feather((64, 64));
+    for k in 0..4 {
+        let q = quadrant(&out, k);
+        let kept = imageops::crop_imm(&picture, 21 + f, 0, 64 - 21 - f, 64).to_image();
+        assert_kept(&q, &kept, (21 + f, 0), [0; 4], "right of the left column");
+        assert!(
+            difference_in(&q, &picture, 0, 21) > 21 * 64 * 3,
+            "image {k}: the left column was repainted"
+        );
+    }
+    assert_ne!(
+        quadrant(&out, 0),
+        quadrant(&out, 1),
+        "four different repaintings"
+    );
+    bot.stop().await;
+
+    // After a restart the same menu still works: the right half this time.
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let right = pick_region(&w, w.alice, &menu, &["hr"]).await;
+    let out = png_of(&w.sim, &right);
+    for k in 0..4 {
+        let q = quadrant(&out, k);
+        let kept = imageops::crop_imm(&picture, 0, 0, 32 - f, 64).to_image();
+        assert_kept(&q, &kept, (0, 0), [0; 4], "left of the right half");
+        assert!(difference_in(&q, &picture, 32, 64) > 32 * 64 * 3);
+    }
+    // And its result has the toolbox again.
+    button(&right, "U1");
+    bot.stop().await;
+
+    let jobs = all_jobs(dir).await;
+    let regions: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.request.kind == imagine::store::JobKind::VaryRegion)
+        .collect();
+    assert_eq!(regions.len(), 2);
+    assert_eq!(
+        regions[0].request.params.region.as_deref(),
+        Some("c0,c3,c6")
+    );
+    assert_eq!(regions[1].request.params.region.as_deref(), Some("hr"));
+    let u1_job = jobs
+        .iter()
+        .find(|j| j.request.kind == imagine::store::JobKind::Upscale)
+        .unwrap();
+    for job in regions {
+        assert_eq!(job.status, imagine::store::JobStatus::Done);
+        let parent = job.request.parent.unwrap();
+        assert_eq!((parent.job, parent.index), (u1_job.id, Some(0)));
+    }
+}
+
+/// A PNG of a `w` x `h` mask, white where `paint(x, y)`.
+fn mask_png(w: u32, h: u32, paint: impl Fn(u32, u32) -> bool) -> Vec<u8> {
+    let mask = image::GrayImage::from_fn(w, h, |x, y| {
+        image::Luma([if paint(x, y) { 255 } else { 0 }])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    mask.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    png.into_inner()
+}
+
+fn run_region(w: &World, job: &str, mask: Vec<u8>) -> imagine_tests::Interaction {
+    let options = vec![
+        ("job", imagine_tests::OptionValue::from(job)),
+        ("mask", imagine_tests::Upload::png("mask.png", mask).into()),
+    ];
+    w.sim
+        .slash_command(w.alice, w.channel, "region", options)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_with_a_painted_mask_repaints_what_was_painted_and_refuses_bad_masks() {
+    let w = world().await;
+    let dir = w.dir.path();
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let grid = imagine(
+        &w,
+        w.alice,
+        w.channel,
+        "a boat on a lake --seed 8 --steps 3",
+    )
+    .await;
+    let u2 = click(&w, w.alice, &grid, "U2").await;
+    let picture = png_of(&w.sim, &u2);
+
+    // By message link, a 20x10 mask whose top half is white: stretched to the 64x64 picture.
+    let link = format!(
+        "https://discord.com/channels/{}/{}/{}",
+        u2.guild_id.unwrap(),
+        w.channel,
+        u2.id
+    );
+    let run = run_region(&w, &link, mask_png(20, 10, |_, y| y < 5));
+    assert_eq!(w.sim.wait_callback(&run, WAIT).await.unwrap().kind, 5);
+    let top = finished(&w.sim, &[original_path(&w.sim, &run.token)]).await;
+    assert!(
+        top.content.contains("Variations (Region)"),
+        "{}",
+        top.content
+    );
+    let out = png_of(&w.sim, &top);
+    let f = region_feather((64, 64));
+    let below = imageops::crop_imm(&picture, 0, 32 + f, 64, 32 - f).to_image();
+    for k in 0..4 {
+        let q = quadrant(&out, k);
+        assert_kept(&q, &below, (0, 32 + f), [0; 4], "below the painted half");
+        let top_half = |img: &RgbImage| imageops::crop_imm(img, 0, 0, 64, 32).to_image();
+        assert!(difference_in(&top_half(&q), &top_half(&picture), 0, 64) > 64 * 32 * 3);
+    }
+    // A grid is refused at once, privately: pick a U image first.
+    let grid_link = format!("https://discord.com/channels/@me/{}/{}", w.channel, grid.id);
+    let refused = run_region(&w, &grid_link, mask_png(8, 8, |x, _| x < 4));
+    let cb = w.sim.wait_callback(&refused, WAIT).await.unwrap();
+    assert_reply(&cb, "press U1-U4", true);
+    bot.stop().await;
+
+    // After a restart, by job number: a mask with nothing white is refused privately (the
+    // "thinking" message goes away); a good one works.
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let jobs = all_jobs(dir).await;
+    let u2_job = jobs
+        .iter()
+        .find(|j| j.request.kind == imagine::store::JobKind::Upscale)
+        .unwrap()
+        .id
+        .0
+        .to_string();
+    let black = run_region(&w, &u2_job, mask_png(64, 64, |_, _| false));
+    assert_eq!(w.sim.wait_callback(&black, WAIT).await.unwrap().kind, 5);
+    let said = w.sim.wait_followup(&black, WAIT).await.unwrap();
+    assert!(said.content.contains("no white area"), "{}", said.content);
+    assert!(said
+        .flags
+        .unwrap()
+        .contains(serenity::all::MessageFlags::EPHEMERAL));
+    let not_png = run_region(&w, &u2_job, b"not an image at all".to_vec());
+    w.sim.wait_callback(&not_png, WAIT).await.unwrap();
+    let said = w.sim.wait_followup(&not_png, WAIT).await.unwrap();
+    assert!(said.content.contains("not an image"), "{}", said.content);
+
+    let run = run_region(&w, &u2_job, mask_png(64, 64, |x, _| x >= 48));
+    let right = finished(&w.sim, &[original_path(&w.sim, &run.token)]).await;
+    let out = png_of(&w.sim, &right);
+    let left = imageops::crop_imm(&picture, 0, 0, 48 - f, 64).to_image();
+    assert_kept(
+        &quadrant(&out, 0),
+        &left,
+        (0, 0),
+        [0; 4],
+        "left of the painted strip",
+    );
+    bot.stop().await;
+
+    let jobs = all_jobs(dir).await;
+    let painted: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.request.kind == imagine::store::JobKind::VaryRegion)
+        .collect();
+    assert_eq!(painted.len(), 2, "refusals make no job");
+    for job in painted {
+        assert_eq!(job.status, imagine::store::JobStatus::Done);
+        let mask = job.request.params.region_mask.as_deref().unwrap();
+        let saved = image::open(mask).unwrap().to_luma8();
+        assert_eq!(saved.dimensions(), (64, 64), "saved fitted to the picture");
+    }
+}
+
+/// Presses Custom Zoom under `msg`; the interaction its modal answers.
+async fn open_custom_zoom(w: &World, msg: &serenity::all::Message) -> imagine_tests::Interaction {
+    let open = w
+        .sim
+        .click_button(w.alice, msg.id, &button(msg, "Custom Zoom"))
+        .unwrap();
+    let cb = w.sim.wait_callback(&open, WAIT).await.unwrap();
+    assert_eq!(cb.kind, 9, "a modal: {}", cb.data);
+    open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_zoom_opens_a_pre_filled_modal_and_zooms_as_submitted_after_a_restart() {
+    let w = world().await;
+    let dir = w.dir.path();
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let grid = imagine(&w, w.alice, w.channel, "a windmill --seed 6 --steps 3").await;
+    let u3 = click(&w, w.alice, &grid, "U3").await;
+    let picture = png_of(&w.sim, &u3);
+
+    let open = open_custom_zoom(&w, &u3).await;
+    let modal = w.sim.open_modal(&open).expect("the modal is open");
+    assert_eq!(modal["title"], "Custom Zoom");
+    let input = &modal["components"][0]["components"][0];
+    assert_eq!(input["value"], "a windmill --ar 1:1 --zoom 2");
+    // A factor out of range is refused privately; nothing is queued.
+    let bad = w
+        .sim
+        .submit_modal(w.alice, &open, &[("prompt", "a windmill --zoom 3")])
+        .unwrap();
+    let cb = w.sim.wait_callback(&bad, WAIT).await.unwrap();
+    assert_reply(&cb, "outside 1 to 2", true);
+
+    // Opened before a restart, submitted after it: a new prompt, 1.5x, and a 2:1 canvas.
+    let open = open_custom_zoom(&w, &u3).await;
+    bot.stop().await;
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let text = "a windmill at night --zoom 1.5 --ar 2:1";
+    let submit = w
+        .sim
+        .submit_modal(w.alice, &open, &[("prompt", text)])
+        .unwrap();
+    assert_eq!(w.sim.wait_callback(&submit, WAIT).await.unwrap().kind, 4);
+    let zoom = finished(&w.sim, &[original_path(&w.sim, &submit.token)]).await;
+    assert!(
+        zoom.content.contains("a windmill at night") && zoom.content.contains("Zoom Out 1.5x"),
+        "{}",
+        zoom.content
+    );
+    let zoomed = png_of(&w.sim, &zoom);
+    assert_eq!(zoomed.dimensions(), (256, 128), "four 128x64 images");
+    // The picture, shrunk to two thirds of the canvas height, in the middle.
+    let shrunk = imageops::resize(&picture, 43, 43, imageops::FilterType::Lanczos3);
+    for k in 0..4 {
+        assert_kept(
+            &quadrant(&zoomed, k),
+            &shrunk,
+            (42, 10),
+            [10; 4],
+            "custom zoom",
+        );
+    }
+    bot.stop().await;
+
+    let jobs = all_jobs(dir).await;
+    let job = jobs
+        .iter()
+        .find(|j| j.request.prompt == "a windmill at night")
+        .unwrap();
+    assert_eq!(job.request.kind, imagine::store::JobKind::ZoomOut);
+    assert_eq!(job.request.params.zoom, Some(1.5));
+    assert_eq!(
+        jobs.len(),
+        3,
+        "grid, U3, the zoom: the refused form queued nothing"
+    );
 }

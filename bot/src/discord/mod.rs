@@ -3,7 +3,8 @@
 //! once; the store remembers everything, so a restart resumes unfinished jobs, delivers what
 //! was not delivered, and every old button still works.
 //!
-//! - [`imagine_cmd`]: `/imagine` and DM prompts; [`events`]: buttons (❌ cancel too) and DMs.
+//! - [`imagine_cmd`]: `/imagine` and DM prompts; [`events`]: buttons (❌ cancel too), the Vary
+//!   (Region) menu, and DMs; [`region_cmd`]: `/region` with a painted mask.
 //! - [`admission`]: queue slot, store, first message, then the line; [`orphans`]: first
 //!   replies that never reached Discord.
 //! - [`dispatcher`]: queue → [`engine_thread`] (supervised) → store.
@@ -20,12 +21,14 @@ pub mod dispatcher;
 pub mod engine_thread;
 pub mod envelope;
 pub mod events;
+pub mod forms;
 pub mod image_prompt;
 pub mod imagine_cmd;
 pub mod info_cmd;
 pub mod messages;
 pub mod orphans;
 pub mod place;
+pub mod region_cmd;
 pub mod rest;
 pub mod shutdown;
 pub mod updates;
@@ -185,7 +188,11 @@ pub async fn run(mut config: Config) -> Result<()> {
         let shutdown = shutdown.clone();
         poise::Framework::builder()
             .options(poise::FrameworkOptions {
-                commands: vec![imagine_cmd::imagine(), info_cmd::info()],
+                commands: vec![
+                    imagine_cmd::imagine(),
+                    info_cmd::info(),
+                    region_cmd::region(),
+                ],
                 event_handler: |framework, event| Box::pin(events::on_event(framework, event)),
                 on_error: |error| Box::pin(on_error(error)),
                 // Replies that set none ping no one.
