@@ -16,6 +16,8 @@ pub const VARIATION_STRENGTH: f32 = 0.6;
 pub const SUBTLE_STRENGTH: f32 = 0.35;
 pub const STRONG_STRENGTH: f32 = 0.75;
 pub const IMAGE_PROMPT_STRENGTH: f32 = 0.75;
+/// V1-V4 in Low Variation Mode (`/settings`): as close as Vary (Subtle).
+pub const LOW_VARIATION_STRENGTH: f32 = 0.35;
 /// Zoom Out and Pan paint the new area from noise (the kept area is blended back each step,
 /// then composited exactly): the pre-fill only seeds its colours.
 pub const OUTPAINT_STRENGTH: f32 = 1.0;
@@ -224,6 +226,15 @@ pub fn button_job(
         _ => grid_seeds(random_seed),
     };
     Ok(req)
+}
+
+/// A V1-V4 job made in Low Variation Mode: closer to its image.
+pub fn with_low_variation(mut job: NewJob) -> NewJob {
+    if job.kind == JobKind::Variation {
+        job.params.strength = Some(LOW_VARIATION_STRENGTH);
+        job.params.steps = steps_for_strength(job.params.steps, LOW_VARIATION_STRENGTH);
+    }
+    job
 }
 
 /// Where a Vary (Region) job repaints: areas picked in the menu, or a mask painted by the

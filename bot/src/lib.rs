@@ -14,6 +14,7 @@
 //! - [`store`]: the SQLite store of jobs and images, the single source of truth.
 //! - [`metrics`]: the Prometheus series (off unless `metrics_addr` is set).
 //! - [`region`]: Vary (Region): the areas a user picks, and painted masks, as masks.
+//! - [`remix`]: Remix mode: the modal before a button, its custom_id, and applying it.
 //! - [`retention`]: deleting the images of old jobs to stay within age and size limits.
 
 pub mod bench_cmd;
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod params;
 pub mod queue;
 pub mod region;
+pub mod remix;
 pub mod render;
 pub mod retention;
 pub mod store;

@@ -655,3 +655,185 @@ async fn custom_zoom_opens_a_pre_filled_modal_and_zooms_as_submitted_after_a_res
         "grid, U3, the zoom: the refused form queued nothing"
     );
 }
+
+/// The job with this prompt, from the store.
+async fn job_with_prompt(dir: &std::path::Path, prompt: &str) -> imagine::store::Job {
+    all_jobs(dir)
+        .await
+        .into_iter()
+        .rev()
+        .find(|j| j.request.prompt == prompt)
+        .unwrap_or_else(|| panic!("no job {prompt:?}"))
+}
+
+/// Uses a control of the /settings panel; the panel as redrawn.
+async fn use_panel(
+    w: &World,
+    panel: &serenity::all::Message,
+    custom_id: &str,
+    values: Option<&[&str]>,
+) -> serenity::all::Message {
+    let run = match values {
+        Some(values) => w.sim.select_values(w.alice, panel.id, custom_id, values),
+        None => w.sim.click_button(w.alice, panel.id, custom_id),
+    }
+    .unwrap();
+    let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
+    assert_eq!(cb.kind, 7, "the panel is redrawn in place: {}", cb.data);
+    w.sim.message(panel.id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_prefer_suffix_shape_the_next_jobs_after_a_restart() {
+    let w = world().await;
+    let dir = w.dir.path();
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let run = w
+        .sim
+        .slash_command(w.alice, w.channel, "settings", vec![])
+        .unwrap();
+    let cb = w.sim.wait_callback(&run, WAIT).await.unwrap();
+    assert_reply(&cb, "Remix mode: off", true);
+    assert!(cb.data["content"]
+        .as_str()
+        .unwrap()
+        .contains("Model: `tiny-sd15`"));
+    let panel = w.sim.response_message(&run).unwrap();
+    let panel = use_panel(&w, &panel, "im1:set:style", Some(&["raw"])).await;
+    assert!(panel.content.contains("Stylize: raw"), "{}", panel.content);
+    let panel = use_panel(&w, &panel, "im1:set:vl", None).await;
+    assert!(
+        panel.content.contains("Variation: low"),
+        "{}",
+        panel.content
+    );
+    let prefer = |text: &str| {
+        let sub = imagine_tests::OptionValue::Subcommand(vec![("text".into(), text.into())]);
+        w.sim
+            .slash_command(w.alice, w.channel, "prefer", vec![("suffix", sub)])
+            .unwrap()
+    };
+    let cb = w
+        .sim
+        .wait_callback(&prefer("--bogus 1"), WAIT)
+        .await
+        .unwrap();
+    assert_reply(&cb, "does not work after a prompt", true);
+    let cb = w
+        .sim
+        .wait_callback(&prefer("in watercolour"), WAIT)
+        .await
+        .unwrap();
+    assert_reply(&cb, "now ends with `in watercolour`", true);
+    bot.stop().await;
+
+    // After a restart: the suffix, the preset and Low Variation Mode apply to Alice's jobs.
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let grid = imagine(&w, w.alice, w.channel, "a harbour --seed 3 --steps 2").await;
+    let job = job_with_prompt(dir, "a harbour in watercolour").await;
+    assert_eq!(job.request.params.stylize, Some(20), "the raw preset");
+    assert!((job.request.params.guidance - 2.3).abs() < 1e-4);
+    let v1 = click(&w, w.alice, &grid, "V1").await;
+    let _ = v1;
+    let variation = all_jobs(dir).await.into_iter().last().unwrap();
+    assert_eq!(variation.request.kind, imagine::store::JobKind::Variation);
+    assert_eq!(
+        variation.request.params.strength,
+        Some(0.35),
+        "Low Variation Mode"
+    );
+    // Bob's jobs keep the bot's defaults.
+    imagine(&w, w.bob, w.channel, "a lighthouse --seed 3 --steps 2").await;
+    let bobs = job_with_prompt(dir, "a lighthouse").await;
+    assert_eq!(bobs.request.params.stylize, None);
+    bot.stop().await;
+}
+
+/// Submits `text` into the modal `open` got; the interaction of the submission.
+fn submit_prompt(
+    w: &World,
+    open: &imagine_tests::Interaction,
+    text: &str,
+) -> imagine_tests::Interaction {
+    w.sim
+        .submit_modal(w.alice, open, &[("prompt", text)])
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remix_mode_puts_the_prompt_before_v_zoom_and_region_even_across_a_restart() {
+    let w = world().await;
+    let dir = w.dir.path();
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let run = w
+        .sim
+        .slash_command(w.alice, w.channel, "settings", vec![])
+        .unwrap();
+    w.sim.wait_callback(&run, WAIT).await.unwrap();
+    let panel = w.sim.response_message(&run).unwrap();
+    let panel = use_panel(&w, &panel, "im1:set:remix", None).await;
+    assert!(
+        panel.content.contains("Remix mode: on"),
+        "{}",
+        panel.content
+    );
+    let grid = imagine(&w, w.alice, w.channel, "a red kite --seed 4 --steps 2").await;
+
+    // V2 opens the modal, pre-filled; it is submitted after a restart.
+    let open = w
+        .sim
+        .click_button(w.alice, grid.id, &button(&grid, "V2"))
+        .unwrap();
+    assert_eq!(w.sim.wait_callback(&open, WAIT).await.unwrap().kind, 9);
+    let modal = w.sim.open_modal(&open).unwrap();
+    assert_eq!(modal["title"], "Remix");
+    assert_eq!(
+        modal["components"][0]["components"][0]["value"],
+        "a red kite --ar 1:1"
+    );
+    bot.stop().await;
+    let bot = start_bot(&w.sim, dir, &[]).await;
+    let submit = submit_prompt(&w, &open, "a blue kite --ar 1:1 --seed 77");
+    assert_eq!(w.sim.wait_callback(&submit, WAIT).await.unwrap().kind, 4);
+    let blue = finished(&w.sim, &[original_path(&w.sim, &submit.token)]).await;
+    assert!(blue.content.contains("a blue kite"), "{}", blue.content);
+    let job = job_with_prompt(dir, "a blue kite").await;
+    assert_eq!(job.request.kind, imagine::store::JobKind::Variation);
+    assert_eq!(job.request.seeds, vec![77, 78, 79, 80]);
+    assert_eq!(job.request.parent.unwrap().index, Some(1));
+
+    // U is not remixed; under it, Zoom Out asks first, and a new shape is refused.
+    let u1 = click(&w, w.alice, &grid, "U1").await;
+    let open = w
+        .sim
+        .click_button(w.alice, u1.id, &button(&u1, "Zoom Out 2x"))
+        .unwrap();
+    assert_eq!(w.sim.wait_callback(&open, WAIT).await.unwrap().kind, 9);
+    let refused = submit_prompt(&w, &open, "a red kite --ar 2:1");
+    let cb = w.sim.wait_callback(&refused, WAIT).await.unwrap();
+    assert_reply(&cb, "keeps the image's shape", true);
+
+    // Vary (Region): the menu first, then the modal for the picked cell.
+    let open = w
+        .sim
+        .click_button(w.alice, u1.id, &button(&u1, "Vary (Region)"))
+        .unwrap();
+    w.sim.wait_callback(&open, WAIT).await.unwrap();
+    let menu = w.sim.response_message(&open).unwrap();
+    let pick = w
+        .sim
+        .select_values(w.alice, menu.id, &select_id(&menu), &["c4"])
+        .unwrap();
+    assert_eq!(w.sim.wait_callback(&pick, WAIT).await.unwrap().kind, 9);
+    let submit = submit_prompt(&w, &pick, "a red kite and a sun --ar 1:1");
+    let sun = finished(&w.sim, &[original_path(&w.sim, &submit.token)]).await;
+    assert!(
+        sun.content.contains("Variations (Region)"),
+        "{}",
+        sun.content
+    );
+    let job = job_with_prompt(dir, "a red kite and a sun").await;
+    assert_eq!(job.request.kind, imagine::store::JobKind::VaryRegion);
+    assert_eq!(job.request.params.region.as_deref(), Some("c4"));
+    bot.stop().await;
+}

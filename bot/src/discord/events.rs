@@ -14,10 +14,10 @@ use super::dispatcher::resolve_images;
 use super::place::bot_in_place;
 use super::{Data, Error};
 use crate::buttons::{ButtonAction, ButtonId};
-use crate::jobs::{button_job, region_job, RegionSource, Requester};
+use crate::jobs::{button_job, region_job, with_low_variation, RegionSource, Requester};
 use crate::queue::StopReason;
 use crate::region::Region;
-use crate::store::{Job, JobStatus, StoreError};
+use crate::store::{ImageRecord, Job, JobStatus, NewJob, StoreError, UserSettings};
 
 pub async fn on_event(
     framework: poise::FrameworkContext<'_, Data, Error>,
@@ -28,7 +28,10 @@ pub async fn on_event(
     match event {
         FullEvent::InteractionCreate {
             interaction: serenity::Interaction::Component(click),
-        } => on_click(ctx, data, click).await,
+        } => match super::settings_cmd::Control::parse(&click.data.custom_id) {
+            Some(control) => super::settings_cmd::on_control(ctx, data, click, control).await,
+            None => on_click(ctx, data, click).await,
+        },
         FullEvent::InteractionCreate {
             interaction: serenity::Interaction::Modal(submit),
         } => super::forms::on_submit(ctx, data, submit).await,
@@ -118,6 +121,24 @@ async fn on_click(
             .await?;
         return Ok(());
     }
+    let settings = data.store.user_settings(click.user.id.get()).await?;
+    if settings.remix && crate::remix::remixable(button.action) {
+        let req = &parent.request;
+        let p = &req.params;
+        let text = crate::remix::prefill(
+            &req.prompt,
+            &req.negative_prompt,
+            p.aspect,
+            p.stylize,
+            p.chaos,
+        );
+        let form = crate::remix::form_id(button, picked.as_ref());
+        let modal = super::messages::remix_modal(form, &text);
+        click
+            .create_response(&ctx.http, CreateInteractionResponse::Modal(modal))
+            .await?;
+        return Ok(());
+    }
     let images = resolve_images(&data.data_dir, data.store.images(parent.id).await?);
     let who = Requester {
         user_id: click.user.id.get(),
@@ -132,15 +153,15 @@ async fn on_click(
             click.guild_id,
         ),
     };
-    let max_side = data.config.max_image_side;
-    let seed = rand::random();
-    let made = match picked {
-        Some(region) => {
-            let region = RegionSource::Picked(region);
-            region_job(&parent, &images, who, seed, max_side, region)
-        }
-        None => button_job(button.action, &parent, &images, who, seed, max_side),
-    };
+    let made = new_button_job(
+        data,
+        &parent,
+        &images,
+        who,
+        button.action,
+        picked,
+        &settings,
+    );
     let new_job = match made {
         Ok(job) => job,
         Err(msg) => return reply_private(ctx, click, &msg).await,
@@ -159,6 +180,32 @@ async fn on_click(
         return reply_private(ctx, click, &msg).await;
     }
     Ok(())
+}
+
+/// The job a button (or the region menu, with the areas `picked`) starts for `who`, with
+/// their settings applied; the `Err` is the private reply.
+pub(super) fn new_button_job(
+    data: &Data,
+    parent: &Job,
+    images: &[ImageRecord],
+    who: Requester,
+    action: ButtonAction,
+    picked: Option<Region>,
+    settings: &UserSettings,
+) -> Result<NewJob, String> {
+    let max_side = data.config.max_image_side;
+    let seed = rand::random();
+    let job = match picked {
+        Some(region) => {
+            let region = RegionSource::Picked(region);
+            region_job(parent, images, who, seed, max_side, region)?
+        }
+        None => button_job(action, parent, images, who, seed, max_side)?,
+    };
+    Ok(match settings.low_variation {
+        true => with_low_variation(job),
+        false => job,
+    })
 }
 
 /// ❌: the requester, or someone who may manage messages here, stops the job. A waiting job

@@ -159,6 +159,21 @@ pub fn custom_zoom_modal(job: JobId, text: &str) -> CreateModal {
     CreateModal::new(form, "Custom Zoom").components(vec![CreateActionRow::InputText(input)])
 }
 
+/// The Remix modal (custom_id from [`crate::remix::form_id`]), pre-filled with `text`.
+pub fn remix_modal(custom_id: String, text: &str) -> CreateModal {
+    let max = crate::params::MAX_INPUT_CHARS;
+    let text: String = text.chars().take(max).collect();
+    let input = CreateInputText::new(
+        InputTextStyle::Paragraph,
+        "Prompt and parameters",
+        ZOOM_INPUT,
+    )
+    .value(text)
+    .min_length(1)
+    .max_length(max as u16);
+    CreateModal::new(custom_id, "Remix").components(vec![CreateActionRow::InputText(input)])
+}
+
 /// The buttons under a finished job: U1–U4 + 🔄 and V1–V4 under a grid, the toolbox (Vary,
 /// Zoom Out, Pan) under a single image.
 pub fn buttons(job: JobId, kind: JobKind) -> Vec<CreateActionRow> {

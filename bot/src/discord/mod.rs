@@ -30,6 +30,7 @@ pub mod orphans;
 pub mod place;
 pub mod region_cmd;
 pub mod rest;
+pub mod settings_cmd;
 pub mod shutdown;
 pub mod updates;
 
@@ -192,6 +193,8 @@ pub async fn run(mut config: Config) -> Result<()> {
                     imagine_cmd::imagine(),
                     info_cmd::info(),
                     region_cmd::region(),
+                    settings_cmd::settings(),
+                    settings_cmd::prefer(),
                 ],
                 event_handler: |framework, event| Box::pin(events::on_event(framework, event)),
                 on_error: |error| Box::pin(on_error(error)),

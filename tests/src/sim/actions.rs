@@ -42,6 +42,8 @@ pub enum OptionValue {
     Boolean(bool),
     User(UserId),
     Attachment(Upload),
+    /// A subcommand (option type 1) with its own options.
+    Subcommand(Vec<(String, OptionValue)>),
 }
 
 impl From<&str> for OptionValue {
@@ -384,6 +386,13 @@ fn option_json(
                 .unwrap_or_default();
             insert_resolved(resolved, "users", user.get(), user_value);
             (6, json!(user.get().to_string()))
+        }
+        OptionValue::Subcommand(options) => {
+            let options: Vec<Value> = options
+                .into_iter()
+                .map(|(name, value)| option_json(shared, &name, value, resolved))
+                .collect();
+            return json!({ "name": name, "type": 1, "options": options });
         }
         OptionValue::Attachment(upload) => {
             let id = shared.snowflake();
