@@ -57,6 +57,8 @@ pub struct Engines {
     specs: BTreeMap<String, String>,
     /// Prediction types set in the config, by model name (`[models]` tables).
     predictions: BTreeMap<String, Prediction>,
+    /// Model name → its inpainting variant's display name (`inpaint_model`).
+    inpaint: BTreeMap<String, String>,
     /// Each model in one precision at a time (a job asking for another reloads it).
     loaded: HashMap<String, (Precision, StableDiffusion)>,
     tiny: Option<TinyDecoder>,
@@ -67,6 +69,18 @@ pub struct Engines {
     device: Device,
     /// What jobs compute in unless they ask for another precision this device offers.
     precision: Precision,
+}
+
+/// Where `model`'s inpainting variant sits among the specs: a key no `[models]` name can be
+/// (names are TOML keys that `/` never starts).
+fn inpaint_key(model: &str) -> String {
+    format!("/inpaint/{model}")
+}
+
+/// Whether the job paints on a canvas (Zoom Out, Pan, Vary (Region)), where a model's
+/// inpainting variant does better than masked-latent blending.
+fn paints_on_canvas(p: &JobParams) -> bool {
+    p.zoom.is_some() || p.pan.is_some() || p.region.is_some() || p.region_mask.is_some()
 }
 
 /// TAESD, attached to every model the worker loads.
@@ -83,6 +97,7 @@ impl Engines {
         Self {
             specs,
             predictions: BTreeMap::new(),
+            inpaint: BTreeMap::new(),
             loaded: HashMap::new(),
             tiny: None,
             upscaler: None,
@@ -96,6 +111,23 @@ impl Engines {
     pub fn with_predictions(mut self, predictions: BTreeMap<String, Prediction>) -> Self {
         self.predictions = predictions;
         self
+    }
+
+    /// Zoom Out, Pan and Vary (Region) of these models (by name) run on their inpainting
+    /// variants (folder, file or repo id), registered under [`inpaint_key`].
+    pub fn with_inpaint_models(mut self, variants: &BTreeMap<String, String>) -> Self {
+        for (name, spec) in variants {
+            self.specs.insert(inpaint_key(name), spec.clone());
+            let shown = crate::config::short_name(spec);
+            self.inpaint.insert(name.clone(), shown);
+        }
+        self
+    }
+
+    /// The registry key and display name of `model`'s inpainting variant, if configured.
+    fn inpaint_variant(&self, model: &str) -> Option<(String, String)> {
+        let shown = self.inpaint.get(model)?;
+        Some((inpaint_key(model), shown.clone()))
     }
 
     /// Prompts' `<lora:NAME:SCALE>` tags name files in this folder.
@@ -272,9 +304,14 @@ pub fn run_job(
         return Ok(JobOutput { images, compute });
     }
     let mut fast_decoder = engines.fast_grid_decoder();
+    let variant = paints_on_canvas(&job.request.params)
+        .then(|| engines.inpaint_variant(&job.request.model))
+        .flatten();
+    let (model_key, model_shown) =
+        variant.unwrap_or_else(|| (job.request.model.clone(), job.request.model.clone()));
     let (model, loras) = engines
-        .get_with_loras(&job.request.model, precision, &job.request.prompt)
-        .with_context(|| format!("the model {} could not be loaded", job.request.model))?;
+        .get_with_loras(&model_key, precision, &job.request.prompt)
+        .with_context(|| format!("the model {model_shown} could not be loaded"))?;
     let (mut req, canvas) = build_request(model, item)?;
     req.prompt = loras.text.clone();
     let lora_hashes = crate::loras::hashes(&loras.choices)?;
@@ -320,7 +357,7 @@ pub fn run_job(
             seed: *seed as u64,
             width: p.width as usize,
             height: p.height as usize,
-            model: job.request.model.clone(),
+            model: model_shown.clone(),
             strength: req.init.as_ref().map(|i| i.strength),
             precision: compute.precision.clone(),
             device: compute.device.clone(),

@@ -837,3 +837,104 @@ async fn remix_mode_puts_the_prompt_before_v_zoom_and_region_even_across_a_resta
     assert_eq!(job.request.params.region.as_deref(), Some("c4"));
     bot.stop().await;
 }
+
+/// A config file giving tiny-sd15 the inpainting variant `inpaint` (relative to assets/models).
+fn inpaint_config(dir: &std::path::Path, inpaint: &str) -> std::path::PathBuf {
+    let models = root().join("assets/models");
+    let text = format!(
+        "[models]\ntiny-sd15 = {{ path = {:?}, inpaint_model = {:?} }}\n",
+        models.join("tiny-sd15").to_str().unwrap(),
+        models.join(inpaint).to_str().unwrap()
+    );
+    let path = dir.join(format!("imagine-{}.toml", inpaint.replace('/', "_")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_inpaint_model_paints_zoom_pan_and_region() {
+    let w = world().await;
+    let dir = w.dir.path();
+    let config = inpaint_config(dir, "tiny-sd15-inpainting.safetensors");
+    let env = [("IMAGINE_CONFIG", config.to_str().unwrap())];
+    let bot = start_bot(&w.sim, dir, &env).await;
+    let grid = imagine(
+        &w,
+        w.alice,
+        w.channel,
+        "a castle on a hill --seed 2 --steps 3",
+    )
+    .await;
+    let v1 = click(&w, w.alice, &grid, "V1").await;
+    let (_, text) = png_and_parameters(&w.sim, &v1);
+    assert!(text.contains("Model: tiny-sd15"), "{text}");
+    assert!(!text.contains("inpainting"), "V1 is no canvas job: {text}");
+    let u1 = click(&w, w.alice, &grid, "U1").await;
+    let picture = png_of(&w.sim, &u1);
+
+    let zoom = click(&w, w.alice, &u1, "Zoom Out 2x").await;
+    let (zoomed, text) = png_and_parameters(&w.sim, &zoom);
+    assert!(text.contains("Model: tiny-sd15-inpainting"), "{text}");
+    let shrunk = imageops::resize(&picture, 32, 32, imageops::FilterType::Lanczos3);
+    let f = FEATHER.min(32 / 4);
+    for k in 0..4 {
+        let q = quadrant(&zoomed, k);
+        assert_kept(
+            &q,
+            &shrunk,
+            (16, 16),
+            [f; 4],
+            "zoom with the inpainting model",
+        );
+        // The border is painted, not left flat.
+        let border: Vec<u8> = (0..64).map(|x| q.get_pixel(x, 2)[1]).collect();
+        assert!(border.iter().max() > border.iter().min(), "{border:?}");
+    }
+    let pan = click(&w, w.alice, &u1, "➡️").await;
+    let (panned, text) = png_and_parameters(&w.sim, &pan);
+    assert!(text.contains("Model: tiny-sd15-inpainting"), "{text}");
+    let pf = FEATHER.min(64 / 4);
+    assert_kept(
+        &quadrant(&panned, 0),
+        &picture,
+        (0, 0),
+        [0, pf, 0, 0],
+        "pan",
+    );
+
+    let open = w
+        .sim
+        .click_button(w.alice, u1.id, &button(&u1, "Vary (Region)"))
+        .unwrap();
+    w.sim.wait_callback(&open, WAIT).await.unwrap();
+    let menu = w.sim.response_message(&open).unwrap();
+    let region = pick_region(&w, w.alice, &menu, &["hb"]).await;
+    let (out, text) = png_and_parameters(&w.sim, &region);
+    assert!(text.contains("Model: tiny-sd15-inpainting"), "{text}");
+    let rf = region_feather((64, 64));
+    let top = imageops::crop_imm(&picture, 0, 0, 64, 32 - rf).to_image();
+    assert_kept(
+        &quadrant(&out, 0),
+        &top,
+        (0, 0),
+        [0; 4],
+        "above the bottom half",
+    );
+    bot.stop().await;
+
+    // A model that is no inpainting model is refused at start, saying why.
+    let bad = inpaint_config(dir, "tiny-sd15");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imagine"))
+        .arg("bot")
+        .env("DISCORD_TOKEN", w.sim.token())
+        .env("DISCORD_API_BASE", w.sim.api_base())
+        .env("IMAGINE_MODEL", root().join("assets/models/tiny-sd15"))
+        .env("IMAGINE_CONFIG", &bad)
+        .env("IMAGINE_DB", dir.join("other.db"))
+        .env("IMAGINE_DATA_DIR", dir.join("other"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is not an inpainting model"), "{err}");
+}
