@@ -1,6 +1,7 @@
 //! Try the real bot by hand, without Discord: starts the Discord simulator, runs `imagine bot`
 //! against it with a model of your choice, sends one `/imagine`, presses U2 and V1, then
-//! Upscale (Subtle), Zoom Out 2x and ➡️ under U2, U1 of the pan and ⬆️ under that, and saves every image the bot
+//! Upscale (Subtle), Zoom Out 2x and ➡️ under U2, U1 of the pan and ⬆️ under that, then Vary
+//! (Region) under U2 with the left column of cells picked, and saves every image the bot
 //! posted.
 //!
 //! ```sh
@@ -79,6 +80,24 @@ async fn main() {
         save(&sim, &msg, &out.join(format!("{name}.png")));
         messages.insert(name, msg);
     }
+    // Vary (Region): the private menu, then the three cells of the left column.
+    let u2 = &messages["u2"];
+    let open = sim
+        .click_button(alice, u2.id, &custom_id(u2, "Vary (Region)"))
+        .unwrap();
+    sim.wait_callback(&open, WAIT)
+        .await
+        .expect("the region menu");
+    let menu = sim.response_message(&open).expect("the region menu");
+    let select = serde_json::to_value(&menu.components).unwrap()[0]["components"][0]["custom_id"]
+        .as_str()
+        .expect("the menu's select")
+        .to_owned();
+    let pick = sim
+        .select_values(alice, menu.id, &select, &["c0", "c3", "c6"])
+        .unwrap();
+    let msg = finished(&sim, &pick.token).await;
+    save(&sim, &msg, &out.join("u2-vary-region-left.png"));
     println!("{}", sim.transcript());
 }
 

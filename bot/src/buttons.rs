@@ -14,10 +14,14 @@
 //! | 🔄 reroll       | `im1:r:<job>`      |
 //! | Vary (Subtle)   | `im1:vs:<job>`     |
 //! | Vary (Strong)   | `im1:vx:<job>`     |
+//! | Vary (Region)   | `im1:vr:<job>`     |
+//! | its region menu (a select) | `im1:vrp:<job>` |
 //! | Upscale (Subtle)   | `im1:us:<job>` |
 //! | Upscale (Creative) | `im1:uc:<job>` |
 //! | Zoom Out 2x     | `im1:z2:<job>`     |
 //! | Zoom Out 1.5x   | `im1:z15:<job>`    |
+//! | Custom Zoom     | `im1:zc:<job>`     |
+//! | its modal       | `im1:zcf:<job>`    |
 //! | ⬅️ ➡️ ⬆️ ⬇️ pan   | `im1:pl:<job>`, `im1:pr:<job>`, `im1:pu:<job>`, `im1:pd:<job>` |
 //! | ❌ cancel       | `im1:x:<job>`      |
 //!
@@ -48,10 +52,18 @@ pub enum ButtonAction {
     VarySubtle,
     /// Under a single image: a loose variation.
     VaryStrong,
+    /// Under a single image: opens the (private) menu of areas to repaint.
+    VaryRegion,
+    /// That menu: the areas picked start the repainting job.
+    RegionPick,
     /// Under a single image: twice the size, repainted lightly (or more, `creative`).
     UpscaleTiled { creative: bool },
     /// Under a single image: four pictures around it, it shrunk by 2 (`true`) or 1.5.
     ZoomOut { double: bool },
+    /// Under a single image: opens the Custom Zoom modal (prompt, `--zoom`, `--ar`).
+    CustomZoom,
+    /// That modal, submitted: starts the zoom.
+    CustomZoomForm,
     /// Under a single image: four pictures extending it half a side that way.
     Pan(Direction),
     /// Under a queued or running job: stop it. Starts no job.
@@ -78,7 +90,11 @@ impl ButtonAction {
 
     /// The buttons under a single (upscaled) image, row by row, as Midjourney lays them out.
     pub const SINGLE_ROWS: [&[ButtonAction]; 4] = [
-        &[ButtonAction::VarySubtle, ButtonAction::VaryStrong],
+        &[
+            ButtonAction::VarySubtle,
+            ButtonAction::VaryStrong,
+            ButtonAction::VaryRegion,
+        ],
         &[
             ButtonAction::UpscaleTiled { creative: false },
             ButtonAction::UpscaleTiled { creative: true },
@@ -86,6 +102,7 @@ impl ButtonAction {
         &[
             ButtonAction::ZoomOut { double: true },
             ButtonAction::ZoomOut { double: false },
+            ButtonAction::CustomZoom,
         ],
         &[
             ButtonAction::Pan(Direction::Left),
@@ -103,10 +120,14 @@ impl ButtonAction {
             ButtonAction::Reroll => None,
             ButtonAction::VarySubtle => Some("Vary (Subtle)".to_string()),
             ButtonAction::VaryStrong => Some("Vary (Strong)".to_string()),
+            ButtonAction::VaryRegion => Some("Vary (Region)".to_string()),
+            ButtonAction::RegionPick => Some("Pick the parts to repaint".to_string()),
             ButtonAction::UpscaleTiled { creative: false } => Some("Upscale (Subtle)".to_string()),
             ButtonAction::UpscaleTiled { creative: true } => Some("Upscale (Creative)".to_string()),
             ButtonAction::ZoomOut { double: true } => Some("Zoom Out 2x".to_string()),
             ButtonAction::ZoomOut { double: false } => Some("Zoom Out 1.5x".to_string()),
+            ButtonAction::CustomZoom => Some("Custom Zoom".to_string()),
+            ButtonAction::CustomZoomForm => Some("Custom Zoom".to_string()),
             ButtonAction::Pan(_) | ButtonAction::Cancel => None,
         }
     }
@@ -132,9 +153,12 @@ impl ButtonAction {
             ButtonAction::Reroll => Some(JobKind::Reroll),
             ButtonAction::VarySubtle => Some(JobKind::VarySubtle),
             ButtonAction::VaryStrong => Some(JobKind::VaryStrong),
+            ButtonAction::VaryRegion | ButtonAction::RegionPick => Some(JobKind::VaryRegion),
             ButtonAction::UpscaleTiled { creative: false } => Some(JobKind::UpscaleSubtle),
             ButtonAction::UpscaleTiled { creative: true } => Some(JobKind::UpscaleCreative),
-            ButtonAction::ZoomOut { .. } => Some(JobKind::ZoomOut),
+            ButtonAction::ZoomOut { .. }
+            | ButtonAction::CustomZoom
+            | ButtonAction::CustomZoomForm => Some(JobKind::ZoomOut),
             ButtonAction::Pan(_) => Some(JobKind::Pan),
             ButtonAction::Cancel => None,
         }
@@ -173,10 +197,14 @@ impl ButtonId {
             ButtonAction::Reroll => format!("{PREFIX}:r:{job}"),
             ButtonAction::VarySubtle => format!("{PREFIX}:vs:{job}"),
             ButtonAction::VaryStrong => format!("{PREFIX}:vx:{job}"),
+            ButtonAction::VaryRegion => format!("{PREFIX}:vr:{job}"),
+            ButtonAction::RegionPick => format!("{PREFIX}:vrp:{job}"),
             ButtonAction::UpscaleTiled { creative: false } => format!("{PREFIX}:us:{job}"),
             ButtonAction::UpscaleTiled { creative: true } => format!("{PREFIX}:uc:{job}"),
             ButtonAction::ZoomOut { double: true } => format!("{PREFIX}:z2:{job}"),
             ButtonAction::ZoomOut { double: false } => format!("{PREFIX}:z15:{job}"),
+            ButtonAction::CustomZoom => format!("{PREFIX}:zc:{job}"),
+            ButtonAction::CustomZoomForm => format!("{PREFIX}:zcf:{job}"),
             ButtonAction::Pan(d) => format!("{PREFIX}:p{}:{job}", &d.name()[..1]),
             ButtonAction::Cancel => format!("{PREFIX}:x:{job}"),
         }
@@ -201,10 +229,14 @@ impl ButtonId {
             "r" => ButtonAction::Reroll,
             "vs" => ButtonAction::VarySubtle,
             "vx" => ButtonAction::VaryStrong,
+            "vr" => ButtonAction::VaryRegion,
+            "vrp" => ButtonAction::RegionPick,
             "us" => ButtonAction::UpscaleTiled { creative: false },
             "uc" => ButtonAction::UpscaleTiled { creative: true },
             "z2" => ButtonAction::ZoomOut { double: true },
             "z15" => ButtonAction::ZoomOut { double: false },
+            "zc" => ButtonAction::CustomZoom,
+            "zcf" => ButtonAction::CustomZoomForm,
             "pl" => ButtonAction::Pan(Direction::Left),
             "pr" => ButtonAction::Pan(Direction::Right),
             "pu" => ButtonAction::Pan(Direction::Up),
@@ -249,6 +281,8 @@ mod tests {
             ButtonAction::Reroll,
             ButtonAction::VarySubtle,
             ButtonAction::VaryStrong,
+            ButtonAction::RegionPick,
+            ButtonAction::CustomZoomForm,
             ButtonAction::Cancel,
         ]);
         actions.extend(
@@ -268,6 +302,10 @@ mod tests {
         assert_eq!(id(ButtonAction::VarySubtle), "im1:vs:123");
         assert_eq!(id(ButtonAction::VaryStrong), "im1:vx:123");
         assert_eq!(id(ButtonAction::Cancel), "im1:x:123");
+        assert_eq!(id(ButtonAction::VaryRegion), "im1:vr:123");
+        assert_eq!(id(ButtonAction::RegionPick), "im1:vrp:123");
+        assert_eq!(id(ButtonAction::CustomZoom), "im1:zc:123");
+        assert_eq!(id(ButtonAction::CustomZoomForm), "im1:zcf:123");
         assert_eq!(id(ButtonAction::ZoomOut { double: true }), "im1:z2:123");
         assert_eq!(id(ButtonAction::ZoomOut { double: false }), "im1:z15:123");
         assert_eq!(id(ButtonAction::Pan(Direction::Left)), "im1:pl:123");
@@ -288,10 +326,12 @@ mod tests {
             [
                 "Vary (Subtle)",
                 "Vary (Strong)",
+                "Vary (Region)",
                 "Upscale (Subtle)",
                 "Upscale (Creative)",
                 "Zoom Out 2x",
                 "Zoom Out 1.5x",
+                "Custom Zoom",
                 "⬅️",
                 "➡️",
                 "⬆️",

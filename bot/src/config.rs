@@ -149,7 +149,8 @@ struct FileConfig {
 
 /// One `[models]` entry: `name = "folder, file or repo id"`, or
 /// `name = { path = "model.safetensors", prediction = "v" }` for a file whose prediction type
-/// the engine cannot tell.
+/// the engine cannot tell, and/or `inpaint_model = "..."`: the model's inpainting variant
+/// (a 9-channel UNet), which Zoom Out, Pan and Vary (Region) then use.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum ModelEntry {
@@ -163,6 +164,8 @@ struct ModelTable {
     path: String,
     #[serde(default)]
     prediction: Option<String>,
+    #[serde(default)]
+    inpaint_model: Option<String>,
 }
 
 /// The resolved configuration.
@@ -175,6 +178,9 @@ pub struct Config {
     pub models: BTreeMap<String, String>,
     /// Models whose prediction type is set in the config (else the model's own).
     pub predictions: BTreeMap<String, Prediction>,
+    /// Model name → its inpainting variant (folder, file or repo id), for outpainting and
+    /// Vary (Region).
+    pub inpaint_models: BTreeMap<String, String>,
     pub db: PathBuf,
     pub data_dir: PathBuf,
     pub queue_capacity: usize,
@@ -232,7 +238,11 @@ impl Config {
             .clone()
             .or(file.model)
             .unwrap_or_else(|| "stabilityai/sd-turbo".into());
-        let (mut models, predictions) = model_entries(file.models)?;
+        let ModelEntries {
+            mut models,
+            predictions,
+            inpaint_models,
+        } = model_entries(file.models)?;
         let default_model = short_name(&spec);
         models.insert(default_model.clone(), spec);
         let queue_capacity = args.queue_capacity.or(file.queue_capacity).unwrap_or(32);
@@ -306,6 +316,7 @@ impl Config {
             default_model,
             models,
             predictions,
+            inpaint_models,
             db: args
                 .db
                 .clone()
@@ -456,15 +467,29 @@ fn parse_file(path: &Path, text: &str) -> Result<FileConfig> {
 }
 
 /// The name a model spec is known by in prompts: its last path component.
-/// Splits `[models]` into paths and the prediction types set for some of them.
-fn model_entries(
-    entries: BTreeMap<String, ModelEntry>,
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, Prediction>)> {
+/// `[models]`, split by what each entry sets.
+struct ModelEntries {
+    models: BTreeMap<String, String>,
+    predictions: BTreeMap<String, Prediction>,
+    inpaint_models: BTreeMap<String, String>,
+}
+
+/// Splits `[models]` into paths, the prediction types and the inpainting variants set for
+/// some of them.
+fn model_entries(entries: BTreeMap<String, ModelEntry>) -> Result<ModelEntries> {
     let (mut models, mut predictions) = (BTreeMap::new(), BTreeMap::new());
+    let mut inpaint_models = BTreeMap::new();
     for (name, entry) in entries {
         let path = match entry {
             ModelEntry::Path(path) => path,
-            ModelEntry::Table(ModelTable { path, prediction }) => {
+            ModelEntry::Table(ModelTable {
+                path,
+                prediction,
+                inpaint_model,
+            }) => {
+                if let Some(inpaint) = inpaint_model.filter(|p| !p.trim().is_empty()) {
+                    inpaint_models.insert(name.clone(), inpaint);
+                }
                 if let Some(p) = prediction {
                     let parsed = Prediction::parse(&p).with_context(|| {
                         format!("[models] {name}: prediction {p:?} is not v or epsilon")
@@ -476,7 +501,11 @@ fn model_entries(
         };
         models.insert(name, path);
     }
-    Ok((models, predictions))
+    Ok(ModelEntries {
+        models,
+        predictions,
+        inpaint_models,
+    })
 }
 
 pub fn short_name(spec: &str) -> String {
@@ -650,6 +679,18 @@ mod tests {
         assert_eq!(c.predictions.get("sd21"), Some(&Prediction::V));
         assert_eq!(c.predictions.get("sd15"), None);
         assert_eq!(short_name("m/sd21.safetensors"), "sd21");
+        assert!(c.inpaint_models.is_empty());
+
+        std::fs::write(
+            &path,
+            "[models]\nsd15 = { path = \"./sd15\", inpaint_model = \"./sd15-inpainting\" }\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.models["sd15"], "./sd15");
+        assert_eq!(c.inpaint_models["sd15"], "./sd15-inpainting");
+        std::fs::write(&path, "[models]\nx = { path = \"x\", inpaint = \"y\" }\n").unwrap();
+        assert!(Config::resolve(&a).is_err(), "unknown keys are refused");
 
         std::fs::write(
             &path,

@@ -4,7 +4,9 @@
 use imagine_engine::ModelInfo;
 
 use crate::buttons::ButtonAction;
-use crate::params::{size_for_aspect, ParsedPrompt};
+use crate::custom_zoom::ZoomText;
+use crate::params::{parse_prompt, size_for_aspect, ParsedPrompt};
+use crate::region::Region;
 use crate::store::{ImageRecord, Job, JobKind, JobParams, NewJob, Parent};
 
 /// Images in a grid job.
@@ -14,12 +16,17 @@ pub const VARIATION_STRENGTH: f32 = 0.6;
 pub const SUBTLE_STRENGTH: f32 = 0.35;
 pub const STRONG_STRENGTH: f32 = 0.75;
 pub const IMAGE_PROMPT_STRENGTH: f32 = 0.75;
+/// V1-V4 in Low Variation Mode (`/settings`): as close as Vary (Subtle).
+pub const LOW_VARIATION_STRENGTH: f32 = 0.35;
 /// Zoom Out and Pan paint the new area from noise (the kept area is blended back each step,
 /// then composited exactly): the pre-fill only seeds its colours.
 pub const OUTPAINT_STRENGTH: f32 = 1.0;
 /// Upscale (Subtle) repaints each enlarged tile a little, Upscale (Creative) more.
 pub const UPSCALE_SUBTLE_STRENGTH: f32 = 0.25;
 pub const UPSCALE_CREATIVE_STRENGTH: f32 = 0.45;
+/// Vary (Region) repaints its region almost from scratch (the kept area is blended back each
+/// step, then composited exactly); a little of the old picture keeps its colours in place.
+pub const REGION_STRENGTH: f32 = 0.9;
 
 /// Who asked, and where the answer goes.
 #[derive(Debug, Clone)]
@@ -97,6 +104,8 @@ pub fn imagine_job(
             precision: None,
             zoom: None,
             pan: None,
+            region: None,
+            region_mask: None,
         },
         model: model.to_string(),
         seeds: grid_seeds(parsed.seed.unwrap_or(random_seed)),
@@ -117,8 +126,12 @@ pub fn button_job(
         ButtonAction::Upscale(i) | ButtonAction::Variation(i) => Some(i),
         ButtonAction::VarySubtle
         | ButtonAction::VaryStrong
+        | ButtonAction::VaryRegion
+        | ButtonAction::RegionPick
         | ButtonAction::UpscaleTiled { .. }
         | ButtonAction::ZoomOut { .. }
+        | ButtonAction::CustomZoom
+        | ButtonAction::CustomZoomForm
         | ButtonAction::Pan(_) => Some(0),
         ButtonAction::Reroll | ButtonAction::Cancel => None,
     };
@@ -149,7 +162,11 @@ pub fn button_job(
         ButtonAction::Variation(_) => Some(VARIATION_STRENGTH),
         ButtonAction::VarySubtle => Some(SUBTLE_STRENGTH),
         ButtonAction::VaryStrong => Some(STRONG_STRENGTH),
-        ButtonAction::ZoomOut { .. } | ButtonAction::Pan(_) => Some(OUTPAINT_STRENGTH),
+        ButtonAction::VaryRegion | ButtonAction::RegionPick => Some(REGION_STRENGTH),
+        ButtonAction::ZoomOut { .. }
+        | ButtonAction::CustomZoom
+        | ButtonAction::CustomZoomForm
+        | ButtonAction::Pan(_) => Some(OUTPAINT_STRENGTH),
         ButtonAction::UpscaleTiled { creative: false } => Some(UPSCALE_SUBTLE_STRENGTH),
         ButtonAction::UpscaleTiled { creative: true } => Some(UPSCALE_CREATIVE_STRENGTH),
         ButtonAction::Reroll => req.params.strength,
@@ -169,9 +186,16 @@ pub fn button_job(
     }
     req.params.zoom = None;
     req.params.pan = None;
+    // The caller names the region (menu or painted mask) of a Vary (Region) job.
+    req.params.region = None;
+    req.params.region_mask = None;
     match action {
         ButtonAction::ZoomOut { double } => {
             req.params.zoom = Some(if double { 2.0 } else { 1.5 });
+        }
+        // The factor (and maybe the size) come from the modal: see `custom_zoom_job`.
+        ButtonAction::CustomZoom | ButtonAction::CustomZoomForm => {
+            req.params.zoom = Some(crate::custom_zoom::DEFAULT_ZOOM);
         }
         ButtonAction::UpscaleTiled { .. } => {
             let (w, h) = (req.params.width * 2, req.params.height * 2);
@@ -202,6 +226,95 @@ pub fn button_job(
         _ => grid_seeds(random_seed),
     };
     Ok(req)
+}
+
+/// A V1-V4 job made in Low Variation Mode: closer to its image.
+pub fn with_low_variation(mut job: NewJob) -> NewJob {
+    if job.kind == JobKind::Variation {
+        job.params.strength = Some(LOW_VARIATION_STRENGTH);
+        job.params.steps = steps_for_strength(job.params.steps, LOW_VARIATION_STRENGTH);
+    }
+    job
+}
+
+/// Where a Vary (Region) job repaints: areas picked in the menu, or a mask painted by the
+/// user (saved in the data dir; white repaints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionSource {
+    Picked(Region),
+    Painted(String),
+}
+
+/// The Vary (Region) job on `parent`'s image: four repaintings of `region`, the rest kept.
+pub fn region_job(
+    parent: &Job,
+    parent_images: &[ImageRecord],
+    who: Requester,
+    random_seed: u32,
+    max_side: u32,
+    region: RegionSource,
+) -> Result<NewJob, String> {
+    let action = ButtonAction::VaryRegion;
+    let mut job = button_job(action, parent, parent_images, who, random_seed, max_side)?;
+    match region {
+        RegionSource::Picked(areas) => job.params.region = Some(areas.encode()),
+        RegionSource::Painted(path) => job.params.region_mask = Some(path),
+    }
+    Ok(job)
+}
+
+/// The Custom Zoom job: Zoom Out of `parent`'s image with what the modal said: its prompt,
+/// `--no`, `--zoom` factor, and `--ar` (a new shape, of about the image's area), `--seed`,
+/// `--steps`, `--stylize`, `--chaos`. The model stays the image's.
+pub fn custom_zoom_job(
+    parent: &Job,
+    parent_images: &[ImageRecord],
+    who: Requester,
+    random_seed: u32,
+    max_side: u32,
+    info: &ModelInfo,
+    text: &ZoomText,
+) -> Result<NewJob, String> {
+    let parsed = parse_prompt(&text.prompt).map_err(|e| e.to_string())?;
+    if parsed
+        .model
+        .as_ref()
+        .is_some_and(|m| *m != parent.request.model)
+    {
+        return Err("Custom Zoom keeps the image's model: take `--model` out.".into());
+    }
+    let action = ButtonAction::CustomZoomForm;
+    let mut job = button_job(action, parent, parent_images, who, random_seed, max_side)?;
+    job.prompt = parsed.prompt;
+    job.negative_prompt = parsed.negative;
+    job.params.zoom = Some(text.factor);
+    if parsed.aspect != job.params.aspect {
+        let (w, h) = (job.params.width, job.params.height);
+        let side = (f64::from(w) * f64::from(h)).sqrt().round() as u32;
+        let size = size_for_aspect(parsed.aspect, side);
+        if size.0.max(size.1) > max_side {
+            return Err(format!(
+                "At --ar {}:{} the canvas would be {}x{}, over this bot's limit of {max_side} px.",
+                parsed.aspect.w, parsed.aspect.h, size.0, size.1
+            ));
+        }
+        (job.params.width, job.params.height) = size;
+        job.params.aspect = parsed.aspect;
+    }
+    if let Some(steps) = parsed.steps {
+        job.params.steps = steps_for_strength(steps, OUTPAINT_STRENGTH);
+    }
+    if parsed.stylize.is_some() {
+        job.params.stylize = parsed.stylize;
+        job.params.guidance = guidance_for(parsed.stylize, info);
+    }
+    if parsed.chaos > 0 {
+        job.params.chaos = parsed.chaos;
+    }
+    if let Some(seed) = parsed.seed {
+        job.seeds = grid_seeds(seed);
+    }
+    Ok(job)
 }
 
 #[cfg(test)]
@@ -381,6 +494,42 @@ mod tests {
             (ok.params.width, ok.params.height, ok.seeds.len()),
             (1024, 1024, 1)
         );
+        let picked = Region::from_values(&["c4".to_string(), "hl".to_string()]).unwrap();
+        let region = region_job(
+            &parent,
+            &images,
+            who(),
+            30,
+            2048,
+            RegionSource::Picked(picked),
+        )
+        .unwrap();
+        assert_eq!(region.kind, JobKind::VaryRegion);
+        assert_eq!(region.params.region.as_deref(), Some("c4,hl"));
+        assert_eq!(region.params.init_image.as_deref(), Some("/d/0.png"));
+        assert_eq!(region.params.strength, Some(REGION_STRENGTH));
+        assert_eq!(region.seeds, vec![30, 31, 32, 33]);
+        let painted = RegionSource::Painted("/d/mask.png".into());
+        let region = region_job(&parent, &images, who(), 30, 2048, painted).unwrap();
+        assert_eq!(
+            (region.params.region, region.params.region_mask.as_deref()),
+            (None, Some("/d/mask.png"))
+        );
+        let text = crate::custom_zoom::split_zoom("a dog --zoom 1.25 --ar 2:1 --seed 7").unwrap();
+        let zoom = custom_zoom_job(&parent, &images, who(), 1, 2048, &info(false), &text).unwrap();
+        assert_eq!(zoom.kind, JobKind::ZoomOut);
+        assert_eq!(
+            (zoom.prompt.as_str(), zoom.params.zoom),
+            ("a dog", Some(1.25))
+        );
+        assert_eq!((zoom.params.width, zoom.params.height), (768, 384));
+        assert_eq!(zoom.seeds, vec![7, 8, 9, 10]);
+        let same = crate::custom_zoom::split_zoom("a cat --zoom 1").unwrap();
+        let kept = custom_zoom_job(&parent, &images, who(), 1, 2048, &info(false), &same).unwrap();
+        assert_eq!((kept.params.width, kept.params.height), (512, 512));
+        let other_model = crate::custom_zoom::split_zoom("a cat --model x --zoom 2").unwrap();
+        let e = custom_zoom_job(&parent, &images, who(), 1, 2048, &info(false), &other_model);
+        assert!(e.unwrap_err().contains("--model"));
         for child in [&u, &v, &r] {
             assert_eq!(
                 child.params.precision.as_deref(),

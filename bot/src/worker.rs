@@ -23,8 +23,9 @@ use imagine_engine::outpaint::{Direction, Outpaint};
 use imagine_engine::upscale::UpscaleRequest;
 
 use crate::loras::JobLoras;
+use crate::region::{fit_mask, Region};
 use crate::render::{grid_2x2, png_bytes, read_parameters, without_vae, PngParameters};
-use crate::store::{Compute, ImageRecord, Job, JobKind};
+use crate::store::{Compute, ImageRecord, Job, JobKind, JobParams};
 
 /// How often a running job may report a new preview.
 pub const PREVIEW_INTERVAL: Duration = Duration::from_millis(2500);
@@ -56,6 +57,8 @@ pub struct Engines {
     specs: BTreeMap<String, String>,
     /// Prediction types set in the config, by model name (`[models]` tables).
     predictions: BTreeMap<String, Prediction>,
+    /// Model name → its inpainting variant's display name (`inpaint_model`).
+    inpaint: BTreeMap<String, String>,
     /// Each model in one precision at a time (a job asking for another reloads it).
     loaded: HashMap<String, (Precision, StableDiffusion)>,
     tiny: Option<TinyDecoder>,
@@ -66,6 +69,18 @@ pub struct Engines {
     device: Device,
     /// What jobs compute in unless they ask for another precision this device offers.
     precision: Precision,
+}
+
+/// Where `model`'s inpainting variant sits among the specs: a key no `[models]` name can be
+/// (names are TOML keys that `/` never starts).
+fn inpaint_key(model: &str) -> String {
+    format!("/inpaint/{model}")
+}
+
+/// Whether the job paints on a canvas (Zoom Out, Pan, Vary (Region)), where a model's
+/// inpainting variant does better than masked-latent blending.
+fn paints_on_canvas(p: &JobParams) -> bool {
+    p.zoom.is_some() || p.pan.is_some() || p.region.is_some() || p.region_mask.is_some()
 }
 
 /// TAESD, attached to every model the worker loads.
@@ -82,6 +97,7 @@ impl Engines {
         Self {
             specs,
             predictions: BTreeMap::new(),
+            inpaint: BTreeMap::new(),
             loaded: HashMap::new(),
             tiny: None,
             upscaler: None,
@@ -95,6 +111,23 @@ impl Engines {
     pub fn with_predictions(mut self, predictions: BTreeMap<String, Prediction>) -> Self {
         self.predictions = predictions;
         self
+    }
+
+    /// Zoom Out, Pan and Vary (Region) of these models (by name) run on their inpainting
+    /// variants (folder, file or repo id), registered under [`inpaint_key`].
+    pub fn with_inpaint_models(mut self, variants: &BTreeMap<String, String>) -> Self {
+        for (name, spec) in variants {
+            self.specs.insert(inpaint_key(name), spec.clone());
+            let shown = crate::config::short_name(spec);
+            self.inpaint.insert(name.clone(), shown);
+        }
+        self
+    }
+
+    /// The registry key and display name of `model`'s inpainting variant, if configured.
+    fn inpaint_variant(&self, model: &str) -> Option<(String, String)> {
+        let shown = self.inpaint.get(model)?;
+        Some((inpaint_key(model), shown.clone()))
     }
 
     /// Prompts' `<lora:NAME:SCALE>` tags name files in this folder.
@@ -271,9 +304,14 @@ pub fn run_job(
         return Ok(JobOutput { images, compute });
     }
     let mut fast_decoder = engines.fast_grid_decoder();
+    let variant = paints_on_canvas(&job.request.params)
+        .then(|| engines.inpaint_variant(&job.request.model))
+        .flatten();
+    let (model_key, model_shown) =
+        variant.unwrap_or_else(|| (job.request.model.clone(), job.request.model.clone()));
     let (model, loras) = engines
-        .get_with_loras(&job.request.model, precision, &job.request.prompt)
-        .with_context(|| format!("the model {} could not be loaded", job.request.model))?;
+        .get_with_loras(&model_key, precision, &job.request.prompt)
+        .with_context(|| format!("the model {model_shown} could not be loaded"))?;
     let (mut req, canvas) = build_request(model, item)?;
     req.prompt = loras.text.clone();
     let lora_hashes = crate::loras::hashes(&loras.choices)?;
@@ -319,7 +357,7 @@ pub fn run_job(
             seed: *seed as u64,
             width: p.width as usize,
             height: p.height as usize,
-            model: job.request.model.clone(),
+            model: model_shown.clone(),
             strength: req.init.as_ref().map(|i| i.strength),
             precision: compute.precision.clone(),
             device: compute.device.clone(),
@@ -536,8 +574,8 @@ fn full_decode(model: &StableDiffusion, latents: &Path) -> Result<RgbImage> {
     Ok(images.remove(0))
 }
 
-/// The engine request of a stored job and, for Zoom Out and Pan, the outpainting canvas its
-/// images are composited over.
+/// The engine request of a stored job and, for Zoom Out, Pan and Vary (Region), the canvas
+/// its images are composited over.
 fn build_request(
     model: &StableDiffusion,
     item: &WorkItem,
@@ -572,7 +610,7 @@ fn build_request(
                     .with_context(|| format!("the stored pan direction {pan:?} is unknown"))?;
                 Some(Outpaint::pan(&img, direction, seed)?)
             }
-            (None, None) => None,
+            (None, None) => region_canvas(p, &img)?,
         };
         let img = if let Some(c) = &canvas {
             c.image.clone()
@@ -594,6 +632,25 @@ fn build_request(
     }
     req.initial_noise = Some(chaos_noise(model, &req, p.chaos)?);
     Ok((req, canvas))
+}
+
+/// Vary (Region)'s canvas: the picture, and its region (picked areas or a painted mask, fitted
+/// to the picture) as a feathered mask; `None` for jobs without a region.
+fn region_canvas(p: &JobParams, picture: &RgbImage) -> Result<Option<Outpaint>> {
+    let size = picture.dimensions();
+    let mask = match (&p.region, &p.region_mask) {
+        (Some(areas), _) => Region::parse(areas)
+            .with_context(|| format!("the stored region {areas:?} is not one I write"))?
+            .mask(size),
+        (None, Some(path)) => {
+            let painted = image::open(path)
+                .with_context(|| format!("cannot read the region mask {path}"))?
+                .to_luma8();
+            fit_mask(&painted, size)
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Outpaint::region(picture, &mask)?))
 }
 
 /// Starting noise with `--chaos`: each image's noise mixes a component shared by the batch

@@ -18,6 +18,7 @@
 //! - [`schedulers`]: Euler, Euler-a, DDIM, DPM++ 2M (Karras), LCM, as diffusers computes them.
 //! - [`noise`]: every random number, from per-image seeds.
 //! - [`outpaint`]: Zoom Out and Pan canvases: placement, pre-fill, feathered masks, compositing.
+//! - [`inpaint`]: Vary (Region) canvases: a region mask feathered outwards, composited the same way.
 //! - [`upscale`]: 2x with added detail: Lanczos or [`esrgan`], then image-to-image over blended tiles.
 //! - [`pixels`]: image/tensor conversion and cheap latent previews.
 //! - [`taesd`]: the tiny autoencoder, for previews and fast decodes.
@@ -41,7 +42,7 @@ pub mod schedulers;
 pub(crate) use load::clip_vocab;
 pub use load::{checkpoint, config, lora, random_weights, source, tokenizer};
 pub use nn::{blocks, clip, esrgan, layers, taesd, time_embedding, unet, vae};
-pub use pipeline::{generate, model, noise, outpaint, pixels, upscale};
+pub use pipeline::{generate, inpaint, model, noise, outpaint, pixels, upscale};
 
 pub use checkpoint::Prediction;
 pub use device::{device_name, DeviceChoice, Precision, PrecisionChoice};

@@ -3,8 +3,8 @@
 //! DMs. The ❌ button cancels a queued or running job; ✉️ on a result DMs its parameters.
 
 use poise::serenity_prelude::{
-    self as serenity, ComponentInteraction, CreateInteractionResponse,
-    CreateInteractionResponseMessage, FullEvent, Permissions,
+    self as serenity, ComponentInteraction, ComponentInteractionDataKind,
+    CreateInteractionResponse, CreateInteractionResponseMessage, FullEvent, Permissions,
 };
 
 use tracing::Instrument;
@@ -14,9 +14,10 @@ use super::dispatcher::resolve_images;
 use super::place::bot_in_place;
 use super::{Data, Error};
 use crate::buttons::{ButtonAction, ButtonId};
-use crate::jobs::{button_job, Requester};
+use crate::jobs::{button_job, region_job, with_low_variation, RegionSource, Requester};
 use crate::queue::StopReason;
-use crate::store::{Job, JobStatus, StoreError};
+use crate::region::Region;
+use crate::store::{ImageRecord, Job, JobStatus, NewJob, StoreError, UserSettings};
 
 pub async fn on_event(
     framework: poise::FrameworkContext<'_, Data, Error>,
@@ -27,7 +28,13 @@ pub async fn on_event(
     match event {
         FullEvent::InteractionCreate {
             interaction: serenity::Interaction::Component(click),
-        } => on_click(ctx, data, click).await,
+        } => match super::settings_cmd::Control::parse(&click.data.custom_id) {
+            Some(control) => super::settings_cmd::on_control(ctx, data, click, control).await,
+            None => on_click(ctx, data, click).await,
+        },
+        FullEvent::InteractionCreate {
+            interaction: serenity::Interaction::Modal(submit),
+        } => super::forms::on_submit(ctx, data, submit).await,
         FullEvent::ReactionAdd { add_reaction } => {
             if let Err(e) = super::envelope::on_reaction(data, add_reaction).await {
                 tracing::warn!("✉️ reaction not answered: {e:#}");
@@ -68,6 +75,19 @@ async fn on_click(
     let Some(button) = ButtonId::parse(&click.data.custom_id) else {
         return reply_private(ctx, click, "This button is not one of mine any more.").await;
     };
+    // The region menu is the one select; everything else is a button.
+    let picked = match (&click.data.kind, button.action) {
+        (ComponentInteractionDataKind::StringSelect { values }, ButtonAction::RegionPick) => {
+            match Region::from_values(values) {
+                Ok(region) => Some(region),
+                Err(msg) => return reply_private(ctx, click, &msg).await,
+            }
+        }
+        (ComponentInteractionDataKind::Button, action) if action != ButtonAction::RegionPick => {
+            None
+        }
+        _ => return reply_private(ctx, click, "This menu is not one of mine any more.").await,
+    };
     let Some(parent) = data.store.job(button.job).await? else {
         return reply_private(ctx, click, "That job no longer exists.").await;
     };
@@ -79,6 +99,45 @@ async fn on_click(
     }
     if let Some(why) = crate::retention::cleaned_up(&data.store, &parent, button.action).await? {
         return reply_private(ctx, click, &why).await;
+    }
+    if button.action == ButtonAction::CustomZoom {
+        let req = &parent.request;
+        let text =
+            crate::custom_zoom::prefill(&req.prompt, &req.negative_prompt, req.params.aspect);
+        let modal = super::messages::custom_zoom_modal(parent.id, &text);
+        click
+            .create_response(&ctx.http, CreateInteractionResponse::Modal(modal))
+            .await?;
+        return Ok(());
+    }
+    if button.action == ButtonAction::VaryRegion {
+        let menu = CreateInteractionResponseMessage::new()
+            .content(super::messages::REGION_MENU_TEXT)
+            .components(super::messages::region_menu(parent.id))
+            .ephemeral(true)
+            .allowed_mentions(super::messages::no_mentions());
+        click
+            .create_response(&ctx.http, CreateInteractionResponse::Message(menu))
+            .await?;
+        return Ok(());
+    }
+    let settings = data.store.user_settings(click.user.id.get()).await?;
+    if settings.remix && crate::remix::remixable(button.action) {
+        let req = &parent.request;
+        let p = &req.params;
+        let text = crate::remix::prefill(
+            &req.prompt,
+            &req.negative_prompt,
+            p.aspect,
+            p.stylize,
+            p.chaos,
+        );
+        let form = crate::remix::form_id(button, picked.as_ref());
+        let modal = super::messages::remix_modal(form, &text);
+        click
+            .create_response(&ctx.http, CreateInteractionResponse::Modal(modal))
+            .await?;
+        return Ok(());
     }
     let images = resolve_images(&data.data_dir, data.store.images(parent.id).await?);
     let who = Requester {
@@ -94,15 +153,16 @@ async fn on_click(
             click.guild_id,
         ),
     };
-    let max_side = data.config.max_image_side;
-    let new_job = match button_job(
-        button.action,
+    let made = new_button_job(
+        data,
         &parent,
         &images,
         who,
-        rand::random(),
-        max_side,
-    ) {
+        button.action,
+        picked,
+        &settings,
+    );
+    let new_job = match made {
         Ok(job) => job,
         Err(msg) => return reply_private(ctx, click, &msg).await,
     };
@@ -120,6 +180,32 @@ async fn on_click(
         return reply_private(ctx, click, &msg).await;
     }
     Ok(())
+}
+
+/// The job a button (or the region menu, with the areas `picked`) starts for `who`, with
+/// their settings applied; the `Err` is the private reply.
+pub(super) fn new_button_job(
+    data: &Data,
+    parent: &Job,
+    images: &[ImageRecord],
+    who: Requester,
+    action: ButtonAction,
+    picked: Option<Region>,
+    settings: &UserSettings,
+) -> Result<NewJob, String> {
+    let max_side = data.config.max_image_side;
+    let seed = rand::random();
+    let job = match picked {
+        Some(region) => {
+            let region = RegionSource::Picked(region);
+            region_job(parent, images, who, seed, max_side, region)?
+        }
+        None => button_job(action, parent, images, who, seed, max_side)?,
+    };
+    Ok(match settings.low_variation {
+        true => with_low_variation(job),
+        false => job,
+    })
 }
 
 /// ❌: the requester, or someone who may manage messages here, stops the job. A waiting job

@@ -9,11 +9,12 @@ use super::admission::{admit, Admission, FirstReply};
 use super::image_prompt::MAX_DOWNLOAD_BYTES;
 use super::messages::no_mentions;
 use super::place::bot_in_place;
+use super::settings_cmd::with_suffix;
 use super::{Context, Data, Error};
 use crate::image_input;
 use crate::jobs::{imagine_job, Requester};
 use crate::params::{parse_prompt, ParamError};
-use crate::store::NewJob;
+use crate::store::{NewJob, UserSettings};
 
 /// Draw four pictures from a prompt. Parameters go inline: --ar 3:2 --seed 42 --no text
 #[poise::command(
@@ -53,7 +54,8 @@ pub async fn imagine(
             return private(ctx, msg).await;
         }
     }
-    let new_job = match prepare(data, &prompt, who, image.is_some()) {
+    let settings = data.store.user_settings(who.user_id).await?;
+    let new_job = match prepare(data, &prompt, who, image.is_some(), &settings) {
         Ok(job) => job,
         Err(msg) => {
             crate::metrics::job_refused(crate::metrics::Refusal::BadInput);
@@ -75,18 +77,31 @@ pub async fn imagine(
     Ok(())
 }
 
-/// Parses the prompt and picks the model; an `Err` is the user's private reply.
+/// Parses the prompt (with the user's `/prefer suffix`) and picks the model (`--model`, else
+/// the user's, else the bot's default) and stylize (`--stylize`, else the user's preset); an
+/// `Err` is the user's private reply.
 pub fn prepare(
     data: &Data,
     text: &str,
     who: Requester,
     with_image: bool,
+    settings: &UserSettings,
 ) -> Result<NewJob, String> {
-    let parsed = parse_prompt(text).map_err(|e| e.to_string())?;
+    let text = with_suffix(text, settings.suffix.as_deref());
+    let mut parsed = parse_prompt(&text).map_err(|e| e.to_string())?;
     crate::loras::check_prompt(data.config.loras.as_deref(), &parsed.prompt)?;
+    if parsed.stylize.is_none() {
+        parsed.stylize = settings.stylize.map(|preset| preset.stylize());
+    }
+    // A model the bot no longer has falls back to the default rather than failing every prompt.
+    let preferred = settings
+        .model
+        .clone()
+        .filter(|m| data.models.contains_key(m));
     let name = parsed
         .model
         .clone()
+        .or(preferred)
         .unwrap_or_else(|| data.config.default_model.clone());
     let info = data.models.get(&name).ok_or_else(|| {
         ParamError::UnknownModel {
@@ -159,7 +174,8 @@ pub async fn dm_prompt(
             .allowed_mentions(no_mentions());
         message.channel_id.send_message(&ctx.http, reply)
     };
-    let new_job = match prepare(data, &message.content, who, false) {
+    let settings = data.store.user_settings(who.user_id).await?;
+    let new_job = match prepare(data, &message.content, who, false, &settings) {
         Ok(job) => job,
         Err(msg) => {
             crate::metrics::job_refused(crate::metrics::Refusal::BadInput);

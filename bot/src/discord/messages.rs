@@ -2,7 +2,9 @@
 //! place, so the queued, running, finished and failed views stay consistent.
 
 use poise::serenity_prelude::{
-    ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateButton, ReactionType,
+    ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateButton, CreateInputText,
+    CreateModal, CreateSelectMenu, CreateSelectMenuKind, CreateSelectMenuOption, InputTextStyle,
+    ReactionType,
 };
 
 use crate::buttons::{ButtonAction, ButtonId};
@@ -23,6 +25,7 @@ fn headline(job: &Job) -> String {
         (JobKind::Variation, _) => " - Variations".to_string(),
         (JobKind::VarySubtle, _) => " - Variations (Subtle)".to_string(),
         (JobKind::VaryStrong, _) => " - Variations (Strong)".to_string(),
+        (JobKind::VaryRegion, _) => " - Variations (Region)".to_string(),
         (JobKind::UpscaleSubtle, _) => " - Upscaled (Subtle)".to_string(),
         (JobKind::UpscaleCreative, _) => " - Upscaled (Creative)".to_string(),
         (JobKind::ZoomOut, _) => match job.request.params.zoom {
@@ -110,6 +113,65 @@ pub fn cancel_row(job: JobId) -> Vec<CreateActionRow> {
         button = button.emoji(ReactionType::Unicode(emoji.into()));
     }
     vec![CreateActionRow::Buttons(vec![button])]
+}
+
+/// What the private Vary (Region) menu says above its select.
+pub const REGION_MENU_TEXT: &str = "**Vary (Region)**: pick the parts of the image to repaint \
+     (cells of a 3x3 grid, halves, or several together). The rest stays as it is. To paint the \
+     region yourself, use `/region` with a mask image (white = repaint).";
+
+/// The select menu of areas Vary (Region) offers, for `job`'s image: any combination, at
+/// least one.
+pub fn region_menu(job: JobId) -> Vec<CreateActionRow> {
+    let options = crate::region::AREAS
+        .iter()
+        .map(|area| CreateSelectMenuOption::new(area.label(), area.value()))
+        .collect();
+    let pick = ButtonAction::RegionPick;
+    let mut select = CreateSelectMenu::new(
+        ButtonId::new(pick, job).encode(),
+        CreateSelectMenuKind::String { options },
+    )
+    .min_values(1)
+    .max_values(crate::region::AREAS.len() as u8);
+    if let Some(placeholder) = pick.label() {
+        select = select.placeholder(placeholder);
+    }
+    vec![CreateActionRow::SelectMenu(select)]
+}
+
+/// The custom_id of the Custom Zoom modal's one text input.
+pub const ZOOM_INPUT: &str = "prompt";
+
+/// The Custom Zoom modal for `job`'s image, pre-filled with `text` (prompt, `--ar`, `--zoom`).
+pub fn custom_zoom_modal(job: JobId, text: &str) -> CreateModal {
+    let max = crate::params::MAX_INPUT_CHARS;
+    let text: String = text.chars().take(max).collect();
+    let input = CreateInputText::new(
+        InputTextStyle::Paragraph,
+        "Prompt, with --zoom 1 to 2 (and --ar)",
+        ZOOM_INPUT,
+    )
+    .value(text)
+    .min_length(1)
+    .max_length(max as u16);
+    let form = ButtonId::new(ButtonAction::CustomZoomForm, job).encode();
+    CreateModal::new(form, "Custom Zoom").components(vec![CreateActionRow::InputText(input)])
+}
+
+/// The Remix modal (custom_id from [`crate::remix::form_id`]), pre-filled with `text`.
+pub fn remix_modal(custom_id: String, text: &str) -> CreateModal {
+    let max = crate::params::MAX_INPUT_CHARS;
+    let text: String = text.chars().take(max).collect();
+    let input = CreateInputText::new(
+        InputTextStyle::Paragraph,
+        "Prompt and parameters",
+        ZOOM_INPUT,
+    )
+    .value(text)
+    .min_length(1)
+    .max_length(max as u16);
+    CreateModal::new(custom_id, "Remix").components(vec![CreateActionRow::InputText(input)])
 }
 
 /// The buttons under a finished job: U1–U4 + 🔄 and V1–V4 under a grid, the toolbox (Vary,

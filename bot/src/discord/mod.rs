@@ -3,7 +3,8 @@
 //! once; the store remembers everything, so a restart resumes unfinished jobs, delivers what
 //! was not delivered, and every old button still works.
 //!
-//! - [`imagine_cmd`]: `/imagine` and DM prompts; [`events`]: buttons (❌ cancel too) and DMs.
+//! - [`imagine_cmd`]: `/imagine` and DM prompts; [`events`]: buttons (❌ cancel too), the Vary
+//!   (Region) menu, and DMs; [`region_cmd`]: `/region` with a painted mask.
 //! - [`admission`]: queue slot, store, first message, then the line; [`orphans`]: first
 //!   replies that never reached Discord.
 //! - [`dispatcher`]: queue → [`engine_thread`] (supervised) → store.
@@ -20,13 +21,16 @@ pub mod dispatcher;
 pub mod engine_thread;
 pub mod envelope;
 pub mod events;
+pub mod forms;
 pub mod image_prompt;
 pub mod imagine_cmd;
 pub mod info_cmd;
 pub mod messages;
 pub mod orphans;
 pub mod place;
+pub mod region_cmd;
 pub mod rest;
+pub mod settings_cmd;
 pub mod shutdown;
 pub mod updates;
 
@@ -185,7 +189,13 @@ pub async fn run(mut config: Config) -> Result<()> {
         let shutdown = shutdown.clone();
         poise::Framework::builder()
             .options(poise::FrameworkOptions {
-                commands: vec![imagine_cmd::imagine(), info_cmd::info()],
+                commands: vec![
+                    imagine_cmd::imagine(),
+                    info_cmd::info(),
+                    region_cmd::region(),
+                    settings_cmd::settings(),
+                    settings_cmd::prefer(),
+                ],
                 event_handler: |framework, event| Box::pin(events::on_event(framework, event)),
                 on_error: |error| Box::pin(on_error(error)),
                 // Replies that set none ping no one.
@@ -273,7 +283,40 @@ async fn describe_models(config: &Config) -> Result<BTreeMap<String, ModelInfo>>
             .with_context(|| format!("model {name} ({spec})"))?;
         models.insert(name.clone(), info);
     }
+    for (name, spec) in &config.inpaint_models {
+        let base = models
+            .get(name)
+            .with_context(|| format!("[models] {name}: inpaint_model for an unknown model"))?;
+        check_inpaint_model(name, spec, base).await?;
+    }
     Ok(models)
+}
+
+/// A model's `inpaint_model` must be an inpainting UNet (9 channels in) of the same family,
+/// refused at start with the reason rather than at the first Zoom Out.
+async fn check_inpaint_model(name: &str, spec: &str, base: &ModelInfo) -> Result<()> {
+    let dir = tokio::task::spawn_blocking({
+        let spec = spec.to_string();
+        move || imagine_engine::resolve_model(&spec)
+    })
+    .await??;
+    let info = imagine_engine::StableDiffusion::describe_with(&dir, None)
+        .with_context(|| format!("[models] {name}: inpaint_model {spec}"))?;
+    if info.unet_kind != imagine_engine::UNetKind::Inpainting {
+        anyhow::bail!(
+            "[models] {name}: inpaint_model {spec} is not an inpainting model (its UNet does \
+             not take the mask and masked image): name the model's inpainting variant"
+        );
+    }
+    if info.family != base.family || info.latent_channels != base.latent_channels {
+        anyhow::bail!(
+            "[models] {name}: inpaint_model {spec} is a {:?} model, {name} a {:?} one: use \
+             the inpainting variant of the same kind",
+            info.family,
+            base.family
+        );
+    }
+    Ok(())
 }
 
 /// How each engine thread (one per configured device) builds its lazily loaded models, again
@@ -314,10 +357,12 @@ async fn engines_factories(config: &Config) -> Result<Vec<EnginesFactory>> {
     let factories = hardware.into_iter().map(|hw| {
         let (specs, taesd) = (config.models.clone(), taesd.clone());
         let predictions = config.predictions.clone();
+        let inpaint_models = config.inpaint_models.clone();
         let (upscaler, loras) = (config.upscaler.clone(), config.loras.clone());
         Arc::new(move || {
             let mut engines = Engines::new(specs.clone())
                 .with_predictions(predictions.clone())
+                .with_inpaint_models(&inpaint_models)
                 .on(hw.device.clone(), hw.precision);
             if let Some(path) = &upscaler {
                 engines = engines.with_upscaler(path.clone());

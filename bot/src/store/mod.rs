@@ -9,6 +9,7 @@
 //! - [`outbox`]: admission and delivery: unconfirmed first replies, ended jobs not yet
 //!   delivered, interaction tokens forgotten once they are of no use.
 //! - [`retention`]: which finished jobs' images may be deleted, and remembering it.
+//! - [`settings`]: per-user defaults (`/settings`, `/prefer suffix`).
 //!
 //! Status changes are single conditional `UPDATE`s (`... WHERE status IN (allowed sources)`),
 //! so two tasks racing on one job cannot both win, and the legal transitions are written once,
@@ -32,6 +33,7 @@ macro_rules! select_jobs {
 mod jobs;
 mod outbox;
 mod retention;
+mod settings;
 mod types;
 
 #[cfg(test)]
@@ -47,6 +49,7 @@ use sqlx::sqlite::{
 };
 
 pub use retention::{Purge, RetainedJob, RetentionInventory, RetentionLimits};
+pub use settings::{StylizePreset, UserSettings, MAX_SUFFIX_CHARS};
 pub use types::{
     Compute, Delivery, ImageRecord, Job, JobId, JobKind, JobParams, JobStatus, NewJob, Parent,
     StoreError,

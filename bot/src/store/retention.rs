@@ -272,6 +272,8 @@ mod tests {
                 precision: None,
                 zoom: None,
                 pan: None,
+                region: None,
+                region_mask: None,
             },
             model: "tiny".into(),
             seeds: vec![1],

@@ -82,6 +82,8 @@ sql_enum! {
         UpscaleSubtle => "upscale_subtle",
         /// Upscale (Creative): 2x, repainted more.
         UpscaleCreative => "upscale_creative",
+        /// Vary (Region) under a single image: four repaintings of the picked region.
+        VaryRegion => "vary_region",
     }
 }
 
@@ -166,6 +168,12 @@ pub struct JobParams {
     /// Pan: which way the canvas grows (`left`, `right`, `up`, `down`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pan: Option<String>,
+    /// Vary (Region) picked in the menu: the areas, as [`crate::region::Region::encode`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Vary (Region) by `/region`: the painted mask, saved in the data dir (white repaints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region_mask: Option<String>,
 }
 
 /// What a finished job computed in and on, as recorded in its row.

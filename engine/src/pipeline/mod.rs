@@ -2,6 +2,7 @@
 //! seeded noise, image/tensor conversion, and the toolbox's canvases (outpainting, upscaling).
 
 pub mod generate;
+pub mod inpaint;
 pub mod model;
 pub mod noise;
 pub mod outpaint;

@@ -50,7 +50,7 @@ pub struct Outpaint {
     pub mask: GrayImage,
     pub kept: Rect,
     /// Which sides of `kept` border new area (left, right, top, bottom): only those feather.
-    open: [bool; 4],
+    pub(crate) open: [bool; 4],
 }
 
 impl Outpaint {

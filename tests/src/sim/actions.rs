@@ -42,6 +42,8 @@ pub enum OptionValue {
     Boolean(bool),
     User(UserId),
     Attachment(Upload),
+    /// A subcommand (option type 1) with its own options.
+    Subcommand(Vec<(String, OptionValue)>),
 }
 
 impl From<&str> for OptionValue {
@@ -99,7 +101,7 @@ impl Simulator {
             "id": command["id"], "name": name, "type": command["type"], "options": options,
             "resolved": Value::Object(resolved),
         });
-        self.deliver(user, &place, None, |parts| {
+        self.deliver(user, &place, None, COMMAND, |parts| {
             fixtures::command_interaction(parts, data)
         })
     }
@@ -121,12 +123,9 @@ impl Simulator {
         if !has_enabled_button(&stored, custom_id) {
             return Err(SimError::NoSuchButton(custom_id.to_owned()));
         }
-        let channel_id = stored["channel_id"]
-            .as_str()
-            .and_then(|id| id.parse().ok())
-            .unwrap_or(0);
-        let place = channel_record(shared, ChannelId::new(channel_id))?;
-        self.deliver(user, &place, Some(message.get()), |parts| {
+        check_visible(shared, &stored, user)?;
+        let place = channel_record(shared, ChannelId::new(message_channel(&stored)))?;
+        self.deliver(user, &place, Some(message.get()), COMPONENT, |parts| {
             fixtures::button_interaction(parts, custom_id, &stored)
         })
     }
@@ -176,12 +175,14 @@ impl Simulator {
             .ok_or(SimError::BotNotConnected)
     }
 
-    /// Records a new interaction, dispatches INTERACTION_CREATE, and starts its 3 s watch.
-    fn deliver(
+    /// Records a new interaction of `kind` (2 command, 3 component, 5 modal submission),
+    /// dispatches INTERACTION_CREATE, and starts its 3 s watch.
+    pub(super) fn deliver(
         &self,
         user: UserId,
         place: &ChannelRecord,
         source_message: Option<u64>,
+        kind: u8,
         build: impl FnOnce(&InteractionParts<'_>) -> Value,
     ) -> Result<Interaction, SimError> {
         let shared = &self.shared;
@@ -228,6 +229,8 @@ impl Simulator {
             status: InteractionStatus::Pending,
             original: None,
             source_message,
+            kind,
+            modal_submitted: false,
         };
         shared.world().interactions.insert(token.clone(), record);
         if !dispatch(shared, "INTERACTION_CREATE", payload) {
@@ -273,7 +276,51 @@ async fn watch_deadline(shared: std::sync::Arc<Shared>, token: String) {
     }
 }
 
-fn channel_record(shared: &Shared, channel: ChannelId) -> Result<ChannelRecord, SimError> {
+/// Interaction types as Discord numbers them.
+pub(super) const COMMAND: u8 = 2;
+pub(super) const COMPONENT: u8 = 3;
+pub(super) const MODAL_SUBMIT: u8 = 5;
+
+/// Discord's "ephemeral" message flag.
+const EPHEMERAL: u64 = 64;
+
+pub(super) fn message_channel(message: &Value) -> u64 {
+    message["channel_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An ephemeral message is shown only to the user whose interaction it answered: nobody else
+/// can see (let alone use) its components.
+pub(super) fn check_visible(
+    shared: &Shared,
+    message: &Value,
+    user: UserId,
+) -> Result<(), SimError> {
+    if message["flags"].as_u64().unwrap_or(0) & EPHEMERAL == 0 {
+        return Ok(());
+    }
+    let id: u64 = message["id"]
+        .as_str()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(0);
+    let world = shared.world();
+    let owner = world
+        .interactions
+        .values()
+        .find(|r| r.original == Some(id))
+        .map(|r| r.user_id);
+    match owner {
+        Some(owner) if owner == user.get() => Ok(()),
+        _ => Err(SimError::NotVisible(id)),
+    }
+}
+
+pub(super) fn channel_record(
+    shared: &Shared,
+    channel: ChannelId,
+) -> Result<ChannelRecord, SimError> {
     shared
         .world()
         .channels
@@ -282,7 +329,7 @@ fn channel_record(shared: &Shared, channel: ChannelId) -> Result<ChannelRecord, 
         .ok_or(SimError::UnknownChannel(channel.get()))
 }
 
-fn user_json(shared: &Shared, user: UserId) -> Result<Value, SimError> {
+pub(super) fn user_json(shared: &Shared, user: UserId) -> Result<Value, SimError> {
     shared
         .world()
         .users
@@ -339,6 +386,13 @@ fn option_json(
                 .unwrap_or_default();
             insert_resolved(resolved, "users", user.get(), user_value);
             (6, json!(user.get().to_string()))
+        }
+        OptionValue::Subcommand(options) => {
+            let options: Vec<Value> = options
+                .into_iter()
+                .map(|(name, value)| option_json(shared, &name, value, resolved))
+                .collect();
+            return json!({ "name": name, "type": 1, "options": options });
         }
         OptionValue::Attachment(upload) => {
             let id = shared.snowflake();

@@ -209,6 +209,36 @@ pub fn button_interaction(parts: &InteractionParts<'_>, custom_id: &str, message
     value
 }
 
+/// A MESSAGE_COMPONENT interaction (type 3) for a string select on `message`: the values the
+/// user picked.
+pub fn select_interaction(
+    parts: &InteractionParts<'_>,
+    custom_id: &str,
+    values: &[String],
+    message: &Value,
+) -> Value {
+    let data = json!({ "custom_id": custom_id, "component_type": 3, "values": values });
+    let mut value = interaction(parts, 3, data);
+    value["message"] = message.clone();
+    value
+}
+
+/// A MODAL_SUBMIT interaction (type 5). `components` are the modal's action rows, each with
+/// one `{type: 4, custom_id, value}`; `message` is the message whose component opened it.
+pub fn modal_submit_interaction(
+    parts: &InteractionParts<'_>,
+    custom_id: &str,
+    components: Vec<Value>,
+    message: Option<&Value>,
+) -> Value {
+    let data = json!({ "custom_id": custom_id, "components": components });
+    let mut value = interaction(parts, 5, data);
+    if let Some(message) = message {
+        value["message"] = message.clone();
+    }
+    value
+}
+
 pub fn reaction_add(user: &Value, message: &Value, emoji: &str, joined_at: &str) -> Value {
     let mut reaction = json!({
         "user_id": user["id"], "channel_id": message["channel_id"], "message_id": message["id"],

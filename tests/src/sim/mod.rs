@@ -3,8 +3,10 @@
 
 mod actions;
 mod clock;
+mod components;
 pub mod faults;
 pub mod fixtures;
+mod forms;
 mod gateway;
 pub mod ledger;
 pub mod mentions;
@@ -72,6 +74,19 @@ pub enum SimError {
     /// A command in a place only a user install reaches (a server without the bot, a group
     /// DM), by a user who has not installed the app.
     NotInstalled(u64),
+    /// The message has no enabled string select with that custom_id.
+    NoSuchSelect(String),
+    /// A choice the select menu does not allow (unknown value, repeated value, too few or
+    /// too many values).
+    BadSelection(String),
+    /// No modal from that interaction is open for this user (none was shown, or it was
+    /// already submitted).
+    NoOpenModal,
+    /// A modal submission Discord's client would not send (unknown field, a required field
+    /// empty, a value outside its length limits).
+    BadModalInput(String),
+    /// The message is ephemeral and was shown to someone else.
+    NotVisible(u64),
 }
 
 impl fmt::Display for SimError {
@@ -87,6 +102,13 @@ impl fmt::Display for SimError {
             SimError::NoSuchButton(id) => write!(f, "the message has no enabled button {id:?}"),
             SimError::BotNotConnected => write!(f, "the bot has no gateway session"),
             SimError::CannotDm(id) => write!(f, "the bot cannot open a DM with user {id}"),
+            SimError::NoSuchSelect(id) => write!(f, "the message has no enabled select {id:?}"),
+            SimError::BadSelection(why) => write!(f, "the select menu does not allow this: {why}"),
+            SimError::NoOpenModal => write!(f, "no modal from that interaction is open"),
+            SimError::BadModalInput(why) => write!(f, "the modal cannot be submitted: {why}"),
+            SimError::NotVisible(id) => {
+                write!(f, "message {id} is ephemeral and was shown to someone else")
+            }
             SimError::NotInstalled(id) => write!(
                 f,
                 "user {id} has not installed the app, so its commands are not offered here"

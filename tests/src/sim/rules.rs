@@ -9,9 +9,6 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 pub(crate) const MAX_CONTENT: usize = 2000;
-pub(crate) const MAX_ROWS: usize = 5;
-pub(crate) const MAX_BUTTONS_PER_ROW: usize = 5;
-pub(crate) const MAX_CUSTOM_ID: usize = 100;
 /// How long an interaction may go unanswered.
 pub(crate) const CALLBACK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 /// How long an interaction token opens the webhook routes.
@@ -113,75 +110,38 @@ pub(crate) fn check_message(
             return Err(DiscordError::invalid_form(nest(&at(&["content"]), inner)));
         }
     }
-    check_components(payload, &at).map_err(DiscordError::invalid_form)?;
+    super::components::check_message_components(payload, &at(&[]))
+        .map_err(DiscordError::invalid_form)?;
     super::mentions::check_allowed_mentions(payload).map_err(|(path, code, message)| {
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
         DiscordError::invalid_form(nest(&at(&path), field_error(code, &message)))
     })
 }
 
-fn check_components(payload: &Value, at: &dyn Fn(&[&str]) -> Vec<String>) -> Result<(), Value> {
-    let Some(rows) = payload["components"].as_array() else {
-        return Ok(());
-    };
-    if rows.len() > MAX_ROWS {
-        let inner = field_error("BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.");
-        return Err(nest(&at(&["components"]), inner));
-    }
-    for (r, row) in rows.iter().enumerate() {
-        let row_index = r.to_string();
-        let buttons = row["components"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if buttons.len() > MAX_BUTTONS_PER_ROW {
-            let inner = field_error("BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.");
-            return Err(nest(
-                &at(&["components", row_index.as_str(), "components"]),
-                inner,
-            ));
-        }
-        for (b, button) in buttons.iter().enumerate() {
-            let Some(custom_id) = button["custom_id"].as_str() else {
-                continue;
-            };
-            let length = custom_id.chars().count();
-            if length == 0 || length > MAX_CUSTOM_ID {
-                let message = format!("Must be between 1 and {MAX_CUSTOM_ID} in length.");
-                let inner = field_error("BASE_TYPE_BAD_LENGTH", &message);
-                let path = at(&[
-                    "components",
-                    row_index.as_str(),
-                    "components",
-                    b.to_string().as_str(),
-                    "custom_id",
-                ]);
-                return Err(nest(&path, inner));
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(buttons: usize, id_len: usize) -> Value {
-        let button =
-            json!({ "type": 2, "style": 1, "label": "x", "custom_id": "a".repeat(id_len) });
-        json!({ "type": 1, "components": vec![button; buttons] })
+    /// A row of buttons whose custom_ids (unique, as Discord requires) are `id_len` long.
+    fn row(r: usize, buttons: usize, id_len: usize) -> Value {
+        let buttons: Vec<Value> = (0..buttons)
+            .map(|b| {
+                let id = format!("{r}{b}{}", "a".repeat(id_len.saturating_sub(2)));
+                json!({ "type": 2, "style": 1, "label": "x", "custom_id": id })
+            })
+            .collect();
+        json!({ "type": 1, "components": buttons })
     }
 
     #[test]
     fn accepts_a_full_but_legal_message() {
-        let payload = json!({ "content": "é".repeat(2000), "components": vec![row(5, 100); 5] });
+        let payload = json!({ "content": "é".repeat(2000), "components": (0..5).map(|r| row(r, 5, 100)).collect::<Vec<_>>() });
         assert!(check_message(&payload, &[10], 10, &[]).is_ok());
     }
 
     #[test]
     fn nests_errors_where_discord_puts_them() {
-        let payload = json!({ "components": [row(1, 1), row(2, 101)] });
+        let payload = json!({ "components": [row(0, 1, 2), row(1, 2, 101)] });
         let error = check_message(&payload, &[], 10, &["data"]).unwrap_err();
         assert_eq!(error.body["code"], 50035);
         let leaf = &error.body["errors"]["data"]["components"]["1"]["components"]["0"]["custom_id"];

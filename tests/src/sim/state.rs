@@ -149,8 +149,13 @@ pub(crate) struct InteractionRecord {
     /// The message a type 4/5 callback created (the `@original`), or for a component
     /// interaction answered with 6/7, the message the button sits on.
     pub original: Option<u64>,
-    /// For component interactions: the message that carried the button.
+    /// For component interactions: the message that carried the button (for a modal
+    /// submission, the message the modal was opened from).
     pub source_message: Option<u64>,
+    /// Discord's interaction type: 2 command, 3 component, 5 modal submission.
+    pub kind: u8,
+    /// For an interaction answered with a modal (9): the user has submitted it, closing it.
+    pub modal_submitted: bool,
 }
 
 pub(crate) struct StoredFile {

@@ -1,7 +1,8 @@
 //! A minimal serenity/poise bot with Imagine's Discord surface, standing in for the real bot
 //! until it exists: `/imagine prompt [image]` defers, then follows up with a PNG and a row of
 //! buttons; a button click updates the message; a DM gets an echo; a reaction gets a note.
-//! `/ignore` never answers (for the 3 s rule).
+//! `/ignore` never answers (for the 3 s rule). `/form` opens a modal whose submission it
+//! answers; `/menu` answers privately with a select menu, and a pick updates that message.
 
 use poise::serenity_prelude as serenity;
 use serenity::{
@@ -64,6 +65,44 @@ async fn imagine(
     Ok(())
 }
 
+/// Opens a modal with one pre-filled paragraph input (custom_id `form`, field `prompt`).
+#[poise::command(slash_command)]
+async fn form(ctx: Context<'_>) -> Result<(), Error> {
+    let poise::Context::Application(actx) = ctx else {
+        return Ok(());
+    };
+    let input =
+        serenity::CreateInputText::new(serenity::InputTextStyle::Paragraph, "Prompt", "prompt")
+            .value("a red fox")
+            .max_length(100);
+    let modal = serenity::CreateModal::new("form", "Remix")
+        .components(vec![CreateActionRow::InputText(input)]);
+    actx.interaction
+        .create_response(ctx, CreateInteractionResponse::Modal(modal))
+        .await?;
+    Ok(())
+}
+
+/// Answers privately with a string select over nine cells (custom_id `cells`, 1 to 3 values).
+#[poise::command(slash_command)]
+async fn menu(ctx: Context<'_>) -> Result<(), Error> {
+    let options = (0..9)
+        .map(|i| serenity::CreateSelectMenuOption::new(format!("Cell {i}"), format!("c{i}")))
+        .collect();
+    let select = serenity::CreateSelectMenu::new(
+        "cells",
+        serenity::CreateSelectMenuKind::String { options },
+    )
+    .min_values(1)
+    .max_values(3);
+    let reply = poise::CreateReply::default()
+        .content("Pick the cells")
+        .ephemeral(true)
+        .components(vec![CreateActionRow::SelectMenu(select)]);
+    ctx.send(reply).await?;
+    Ok(())
+}
+
 /// Never answers: Discord shows "The application did not respond" after 3 s.
 #[poise::command(
     slash_command,
@@ -83,10 +122,39 @@ async fn on_event(
         FullEvent::InteractionCreate {
             interaction: serenity::Interaction::Component(click),
         } => {
-            let update = CreateInteractionResponseMessage::new()
-                .content(format!("clicked {}", click.data.custom_id));
+            let text = match &click.data.kind {
+                serenity::ComponentInteractionDataKind::StringSelect { values } => {
+                    format!("picked {}", values.join(","))
+                }
+                _ => format!("clicked {}", click.data.custom_id),
+            };
+            let update = CreateInteractionResponseMessage::new().content(text);
             click
                 .create_response(ctx, CreateInteractionResponse::UpdateMessage(update))
+                .await?;
+        }
+        // Only its own modal: tests answer others themselves.
+        FullEvent::InteractionCreate {
+            interaction: serenity::Interaction::Modal(submit),
+        } if submit.data.custom_id == "form" => {
+            let fields: Vec<String> = submit
+                .data
+                .components
+                .iter()
+                .flat_map(|row| row.components.iter())
+                .filter_map(|c| match c {
+                    serenity::ActionRowComponent::InputText(input) => Some(format!(
+                        "{}={}",
+                        input.custom_id,
+                        input.value.clone().unwrap_or_default()
+                    )),
+                    _ => None,
+                })
+                .collect();
+            let reply = CreateInteractionResponseMessage::new()
+                .content(format!("submitted {}", fields.join(";")));
+            submit
+                .create_response(ctx, CreateInteractionResponse::Message(reply))
                 .await?;
         }
         FullEvent::Message { new_message }
@@ -116,7 +184,7 @@ pub async fn start(sim: &Simulator) {
 pub async fn start_with_intents(sim: &Simulator, intents: GatewayIntents) {
     let framework = poise::Framework::builder()
         .options(poise::FrameworkOptions {
-            commands: vec![imagine(), ignore()],
+            commands: vec![imagine(), ignore(), form(), menu()],
             event_handler: |framework, event| Box::pin(on_event(framework, event)),
             ..Default::default()
         })

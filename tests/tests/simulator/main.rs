@@ -6,6 +6,7 @@ mod delivery;
 mod faults;
 mod fixtures;
 mod flows;
+mod forms;
 mod mentions;
 mod rest;
 mod rules;

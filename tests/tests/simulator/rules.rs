@@ -21,7 +21,7 @@ async fn post_json(url: String, body: Value) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn callback(world: &World, run: &Interaction, body: Value) -> (u16, Value) {
+pub(crate) async fn callback(world: &World, run: &Interaction, body: Value) -> (u16, Value) {
     let url = format!(
         "{}/api/v10/interactions/{}/{}/callback",
         world.sim.api_base(),
@@ -41,7 +41,7 @@ async fn followup(world: &World, run: &Interaction, body: Value) -> (u16, Value)
     post_json(url, body).await
 }
 
-fn ignored(world: &World) -> Interaction {
+pub(crate) fn ignored(world: &World) -> Interaction {
     world
         .sim
         .slash_command(world.alice, world.channel, "ignore", vec![])

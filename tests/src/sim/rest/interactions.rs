@@ -10,10 +10,14 @@ use serde_json::{json, Value};
 
 use super::messages::{create_message, delete_message, edit_message, unknown_message, validate};
 use super::Payload;
+use crate::sim::components::check_modal;
 use crate::sim::rules::{DiscordError, CALLBACK_DEADLINE, TOKEN_LIFETIME};
 use crate::sim::state::{InteractionRecord, InteractionStatus, Shared};
 
 type Answer = Result<Json<Value>, DiscordError>;
+
+/// The interaction type of a modal submission, which a modal cannot answer.
+const MODAL_SUBMIT: u8 = 5;
 
 /// Discord's "loading" flag on the message a deferred response shows.
 const FLAG_LOADING: u64 = 128;
@@ -107,7 +111,11 @@ pub(super) async fn callback(
             validate(&shared, &data, &payload, &["data"])?;
             Some(edit_message(&shared, source, &data, &payload, Some(id))?)
         }
-        (9, _) => None,
+        // A modal answers a command or a component, never a modal submission.
+        (9, _) if record.kind != MODAL_SUBMIT => {
+            check_modal(&data).map_err(DiscordError::invalid_form)?;
+            None
+        }
         _ => {
             let message =
                 format!("Interaction callback type {kind} is not valid for this interaction");
