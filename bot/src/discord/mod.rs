@@ -137,9 +137,11 @@ pub async fn run(mut config: Config) -> Result<()> {
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     config.data_dir = std::path::absolute(&config.data_dir)
         .with_context(|| format!("cannot resolve {}", config.data_dir.display()))?;
-    let store = Store::open(&config.db)
+    let location = config.store_location();
+    let store = Store::open_location(&location)
         .await
-        .with_context(|| format!("cannot open the database {}", config.db.display()))?;
+        .with_context(|| format!("cannot open {location}"))?;
+    tracing::info!(store = %location, "database open");
     let requeued = store.requeue_running().await?;
     crate::metrics::install(config.metrics_addr)?;
     let models = describe_models(&config).await?;
