@@ -71,10 +71,19 @@ async fn a_grid_a_restart_and_an_old_button_with_the_store_on_postgres() {
         (64, 64),
         "an old button works after the restart"
     );
+    // Discord has the message; the bot records that it was delivered right after.
+    let store = connect(&url).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while store.undelivered().await.unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never marked delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     bot.stop().await;
 
     // Everything is in PostgreSQL, delivered once; no SQLite file was made.
-    let store = connect(&url).await;
     let mut jobs = Vec::new();
     for id in 1..=4 {
         jobs.push(store.job(JobId(id)).await.unwrap());
@@ -191,6 +200,7 @@ async fn a_bad_or_unreachable_database_url_stops_the_bot_with_a_clear_message() 
     let (status, said) = bot_with_database_url(&url).await;
     assert!(!status.success());
     assert!(said.contains("PostgreSQL database"), "{said}");
+    assert!(said.contains("refused"), "the cause is named: {said}");
     assert!(
         !said.contains("hunter2"),
         "the password is never shown: {said}"

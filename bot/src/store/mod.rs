@@ -99,10 +99,11 @@ mod tests;
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::Connection;
 
 pub use location::{PostgresUrl, StoreLocation};
 
@@ -171,6 +172,17 @@ impl Store {
     /// PostgreSQL's advisory lock, so processes starting together migrate once).
     pub async fn connect_postgres(url: &PostgresUrl) -> Result<Store, StoreError> {
         let options: PgConnectOptions = url.connect_options()?;
+        // One connection first, outside the pool: its error says why (refused, unknown
+        // database, bad password), where the pool's would only say it timed out.
+        let first = tokio::time::timeout(PG_ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| {
+                sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {PG_ACQUIRE_TIMEOUT:?}"),
+                ))
+            })??;
+        first.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(PG_MAX_CONNECTIONS)
             .acquire_timeout(PG_ACQUIRE_TIMEOUT)

@@ -90,9 +90,8 @@ impl Store {
     /// Discord confirmed the job's final message. Forgets its interaction token. Returns false
     /// if it was already delivered.
     pub async fn mark_delivered(&self, job: JobId) -> Result<bool, StoreError> {
-        let updated =
-            on_pool!(self, |pool, _d| {
-                sqlx::query(
+        let updated = on_pool!(self, |pool, _d| {
+            sqlx::query(
             "UPDATE jobs SET delivered_at = $1, next_delivery_at = NULL, interaction_token = NULL
              WHERE id = $2 AND delivered_at IS NULL
                AND status IN ('done', 'failed', 'cancelled')",
@@ -102,7 +101,7 @@ impl Store {
         .execute(pool)
         .await?
         .rows_affected()
-            });
+        });
         Ok(updated == 1)
     }
 
