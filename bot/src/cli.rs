@@ -19,6 +19,7 @@ use imagine_engine::SchedulerKind;
 DISCORD_TOKEN            bot token (required for `imagine bot`; never logged)\n  \
 IMAGINE_MODEL            default model folder or HF repo id (stabilityai/sd-turbo)\n  \
 IMAGINE_DB               SQLite file (./imagine.db)\n  \
+IMAGINE_DATABASE_URL     postgres://USER:PASSWORD@HOST/DB instead of the SQLite file (none)\n  \
 IMAGINE_DATA_DIR         where images are kept (./imagine-data)\n  \
 IMAGINE_QUEUE_CAPACITY   jobs that may wait (32)\n  \
 IMAGINE_USER_CAP         queued or running jobs per user (3)\n  \

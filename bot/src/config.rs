@@ -13,7 +13,7 @@ use clap::Args;
 use imagine_engine::{DeviceChoice, Precision, PrecisionChoice, Prediction};
 use serde::Deserialize;
 
-use crate::store::RetentionLimits;
+use crate::store::{PostgresUrl, RetentionLimits, StoreLocation};
 
 /// A string that must never reach a log or an error message.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -57,6 +57,11 @@ pub struct BotArgs {
     /// SQLite database file [default: ./imagine.db].
     #[arg(long, env = "IMAGINE_DB")]
     pub db: Option<PathBuf>,
+    /// PostgreSQL instead of the SQLite file: postgres://USER:PASSWORD@HOST:5432/DATABASE (the
+    /// database must exist; the bot makes its tables). When set, --db is not used [default:
+    /// none, the SQLite file].
+    #[arg(long, env = "IMAGINE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Where images are kept [default: ./imagine-data].
     #[arg(long, env = "IMAGINE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -126,6 +131,7 @@ struct FileConfig {
     discord_token: Option<String>,
     model: Option<String>,
     db: Option<PathBuf>,
+    database_url: Option<String>,
     data_dir: Option<PathBuf>,
     queue_capacity: Option<usize>,
     user_cap: Option<usize>,
@@ -181,7 +187,10 @@ pub struct Config {
     /// Model name → its inpainting variant (folder, file or repo id), for outpainting and
     /// Vary (Region).
     pub inpaint_models: BTreeMap<String, String>,
+    /// The SQLite file, when `database_url` is not set.
     pub db: PathBuf,
+    /// PostgreSQL instead of the SQLite file (never shows its password).
+    pub database_url: Option<PostgresUrl>,
     pub data_dir: PathBuf,
     pub queue_capacity: usize,
     pub user_cap: usize,
@@ -307,6 +316,7 @@ impl Config {
             .or(file.metrics_addr)
             .map(|a| parse_metrics_addr(&a))
             .transpose()?;
+        let database_url = database_url(args.database_url.clone().or(file.database_url))?;
         let retention = retention_limits(
             args.retention_days.or(file.retention_days),
             args.retention_max_gb.or(file.retention_max_gb),
@@ -322,6 +332,7 @@ impl Config {
                 .clone()
                 .or(file.db)
                 .unwrap_or_else(|| "imagine.db".into()),
+            database_url,
             data_dir: args
                 .data_dir
                 .clone()
@@ -351,6 +362,31 @@ impl Config {
             retention,
         })
     }
+}
+
+impl Config {
+    /// The database the store opens: PostgreSQL when `database_url` is set, else the SQLite
+    /// file.
+    pub fn store_location(&self) -> StoreLocation {
+        match &self.database_url {
+            Some(url) => StoreLocation::Postgres(url.clone()),
+            None => StoreLocation::SqliteFile(self.db.clone()),
+        }
+    }
+}
+
+/// `database_url`: unset or empty keeps the SQLite file; otherwise a PostgreSQL URL.
+fn database_url(text: Option<String>) -> Result<Option<PostgresUrl>> {
+    let Some(text) = text.filter(|t| !t.trim().is_empty()) else {
+        return Ok(None);
+    };
+    // The text itself may hold a password: the message never repeats it.
+    PostgresUrl::parse(&text).map(Some).map_err(|why| {
+        anyhow::anyhow!(
+            "database_url (IMAGINE_DATABASE_URL) {why}. Write \
+             postgres://USER:PASSWORD@HOST:5432/DATABASE, or leave it unset for the SQLite file"
+        )
+    })
 }
 
 /// The most compute devices one process drives.
@@ -530,6 +566,7 @@ mod tests {
             discord_token: Some("tok".into()),
             model: None,
             db: None,
+            database_url: None,
             data_dir: None,
             queue_capacity: None,
             user_cap: None,
@@ -558,6 +595,42 @@ mod tests {
         assert_eq!(c.db, PathBuf::from("imagine.db"));
         assert_eq!((c.taesd, c.fast_grid_decode), (None, false));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn database_url_selects_postgresql_and_bad_ones_are_refused_without_the_password() {
+        let mut a = args();
+        assert_eq!(
+            Config::resolve(&a).unwrap().store_location(),
+            StoreLocation::SqliteFile("imagine.db".into())
+        );
+        a.database_url = Some("postgres://imagine:hunter2@db:5432/imagine".into());
+        let c = Config::resolve(&a).unwrap();
+        match c.store_location() {
+            StoreLocation::Postgres(url) => {
+                assert_eq!(url.to_string(), "postgres://imagine:***@db:5432/imagine")
+            }
+            other => panic!("expected PostgreSQL, got {other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("hunter2"));
+        a.database_url = Some(" ".into());
+        assert!(Config::resolve(&a).unwrap().database_url.is_none());
+        for bad in [
+            "mysql://u:hunter2@db/imagine",
+            "postgres://u:hunter2@db/imagine?sslmode=maybe",
+            "imagine.db",
+        ] {
+            a.database_url = Some(bad.into());
+            let err = format!("{:#}", Config::resolve(&a).unwrap_err());
+            assert!(err.contains("IMAGINE_DATABASE_URL"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        // The TOML name.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imagine.toml");
+        let text = "database_url = \"postgresql://localhost/imagine\"\n";
+        let c = Config::resolve_with_file(&args(), Some((&path, text))).unwrap();
+        assert!(matches!(c.store_location(), StoreLocation::Postgres(_)));
     }
 
     #[test]

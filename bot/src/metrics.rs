@@ -28,6 +28,7 @@ const DELIVERIES: &str = "imagine_deliveries_total";
 const DELIVERY_RETRIES: &str = "imagine_delivery_retries_total";
 const PURGED_JOBS: &str = "imagine_retention_purged_jobs_total";
 const PURGED_BYTES: &str = "imagine_retention_purged_bytes_total";
+const STORE_ERRORS: &str = "imagine_store_errors_total";
 
 /// Job durations span a tiny test model (well under a second) to SDXL on a CPU (many
 /// minutes).
@@ -78,6 +79,10 @@ fn describe() {
     metrics::describe_counter!(DELIVERY_RETRIES, "Deliveries tried again after a failure.");
     metrics::describe_counter!(PURGED_JOBS, "Jobs whose images retention deleted.");
     metrics::describe_counter!(PURGED_BYTES, "Bytes of images retention deleted.");
+    metrics::describe_counter!(
+        STORE_ERRORS,
+        "Database errors (SQLite or PostgreSQL), by kind: connection, timeout, database, other."
+    );
     metrics::gauge!(QUEUE_DEPTH).set(0.0);
 }
 
@@ -211,4 +216,21 @@ pub fn delivery_retry() {
 pub fn images_purged(jobs: usize, bytes: u64) {
     metrics::counter!(PURGED_JOBS).increment(jobs as u64);
     metrics::counter!(PURGED_BYTES).increment(bytes);
+}
+
+/// A database call failed. `connection`: the server or file could not be reached or the link
+/// broke; `timeout`: no connection came in time (pool exhausted, server gone); `database`: the
+/// database refused the statement (constraint, lock, disk full); `other`: anything else.
+pub fn store_error(e: &sqlx::Error) {
+    metrics::counter!(STORE_ERRORS, "kind" => store_error_kind(e)).increment(1);
+}
+
+fn store_error_kind(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => "connection",
+        sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => "connection",
+        sqlx::Error::PoolTimedOut => "timeout",
+        sqlx::Error::Database(_) => "database",
+        _ => "other",
+    }
 }

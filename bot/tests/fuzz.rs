@@ -302,6 +302,15 @@ fn setting_value(key: &str) -> BoxedStrategy<String> {
         "discord_token" => vec!["tok-0123456789abcdef", " tok-0123456789abcdef\n", "", " "],
         "model" | "taesd" => vec!["stabilityai/sd-turbo", "./tiny", "a/b/", "/", "", " "],
         "db" | "data_dir" => vec!["imagine.db", "/tmp/x", "", "./data/"],
+        "database_url" => vec![
+            "postgres://imagine:pw@127.0.0.1:5432/imagine",
+            "postgresql://localhost/imagine?sslmode=require",
+            "postgres://h/db?sslmode=bogus",
+            "postgres://",
+            "mysql://u:p@h/db",
+            "imagine.db",
+            "",
+        ],
         "queue_capacity" | "user_cap" => vec!["0", "1", "8", "32", "-1", "18446744073709551616"],
         "discord_api_base" => vec!["http://127.0.0.1:1", "https://x/", "ftp://x", "", "http://"],
         "fast_grid_decode" => vec!["true", "false", "yes", ""],
@@ -316,10 +325,11 @@ fn setting_value(key: &str) -> BoxedStrategy<String> {
 }
 
 /// The flags a setting can be given by (`--name=value`, as the environment delivers values).
-const FLAGS: [&str; 10] = [
+const FLAGS: [&str; 11] = [
     "discord-token",
     "model",
     "db",
+    "database-url",
     "data-dir",
     "queue-capacity",
     "user-cap",
@@ -329,10 +339,11 @@ const FLAGS: [&str; 10] = [
     "precision",
 ];
 
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "discord_token",
     "model",
     "db",
+    "database_url",
     "data_dir",
     "queue_capacity",
     "user_cap",

@@ -59,6 +59,8 @@
 // The GUILD_CREATE fixture is one large `json!` literal.
 #![recursion_limit = "256"]
 
+#[cfg(unix)]
+pub mod servers;
 mod sim;
 
 pub use sim::faults::Fault;

@@ -46,7 +46,7 @@ use poise::serenity_prelude::{self as serenity, GatewayIntents, HttpBuilder};
 
 use crate::config::{short_name, Config};
 use crate::queue::JobQueue;
-use crate::store::Store;
+use crate::store::{Store, StoreLocation};
 use crate::worker::Engines;
 use courier::Courier;
 use delivery::Outbox;
@@ -141,9 +141,17 @@ pub async fn run(mut config: Config) -> Result<()> {
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     config.data_dir = std::path::absolute(&config.data_dir)
         .with_context(|| format!("cannot resolve {}", config.data_dir.display()))?;
-    let store = Store::open(&config.db)
+    let location = config.store_location();
+    let store = Store::open_location(&location)
         .await
-        .with_context(|| format!("cannot open the database {}", config.db.display()))?;
+        .with_context(|| match &location {
+            StoreLocation::Postgres(_) => format!(
+                "cannot open {location} (is the server running, the database created with \
+                 createdb, and the user allowed to connect?)"
+            ),
+            StoreLocation::SqliteFile(_) => format!("cannot open {location}"),
+        })?;
+    tracing::info!(store = %location, "database open");
     let requeued = store.requeue_running().await?;
     crate::metrics::install(config.metrics_addr)?;
     let models = describe_models(&config).await?;

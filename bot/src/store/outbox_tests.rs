@@ -1,12 +1,10 @@
 //! Admission and delivery as the bot relies on them: an unconfirmed job never runs, an ended
 //! job stays in the outbox until delivered, and tokens do not outlive their use.
 
-use super::tests::{image, memory, new_job};
+use super::tests::{image, new_job};
 use super::*;
 
-#[tokio::test]
-async fn a_job_whose_first_reply_is_unconfirmed_is_not_resumed_and_can_be_abandoned() {
-    let store = memory().await;
+async fn a_job_whose_first_reply_is_unconfirmed_is_not_resumed_and_can_be_abandoned(store: Store) {
     let pending = store
         .insert_admitting(&new_job(1, "pending"), Some("https://cdn/x.png"))
         .await
@@ -43,9 +41,7 @@ async fn a_job_whose_first_reply_is_unconfirmed_is_not_resumed_and_can_be_abando
     assert!(store.outbox(i64::MAX, 10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn an_ended_job_stays_in_the_outbox_until_delivered() {
-    let store = memory().await;
+async fn an_ended_job_stays_in_the_outbox_until_delivered(store: Store) {
     let id = store.insert_job(&new_job(1, "a cat")).await.unwrap();
     store.mark_running(id).await.unwrap();
     store.finish_job(id, &[image(0, 1)]).await.unwrap();
@@ -69,9 +65,7 @@ async fn an_ended_job_stays_in_the_outbox_until_delivered() {
     assert_eq!(store.undelivered().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn running_jobs_are_not_delivered_and_stopped_ones_go_back_in_line() {
-    let store = memory().await;
+async fn running_jobs_are_not_delivered_and_stopped_ones_go_back_in_line(store: Store) {
     let id = store.insert_job(&new_job(1, "a dog")).await.unwrap();
     store.mark_running(id).await.unwrap();
     assert!(store.outbox(i64::MAX, 10).await.unwrap().is_empty());
@@ -82,9 +76,7 @@ async fn running_jobs_are_not_delivered_and_stopped_ones_go_back_in_line() {
     );
 }
 
-#[tokio::test]
-async fn dead_tokens_are_forgotten_and_dm_notices_are_shown_once() {
-    let store = memory().await;
+async fn dead_tokens_are_forgotten_and_dm_notices_are_shown_once(store: Store) {
     let mut away = new_job(1, "far away");
     away.bot_in_place = false;
     let id = store.insert_job(&away).await.unwrap();
@@ -102,4 +94,11 @@ async fn dead_tokens_are_forgotten_and_dm_notices_are_shown_once() {
     assert_eq!(store.forget_dead_tokens(i64::MAX).await.unwrap(), 2);
     let job = store.job(here).await.unwrap().unwrap();
     assert_eq!(job.request.interaction_token, None);
+}
+
+on_both_backends! {
+    a_job_whose_first_reply_is_unconfirmed_is_not_resumed_and_can_be_abandoned,
+    an_ended_job_stays_in_the_outbox_until_delivered,
+    running_jobs_are_not_delivered_and_stopped_ones_go_back_in_line,
+    dead_tokens_are_forgotten_and_dm_notices_are_shown_once,
 }

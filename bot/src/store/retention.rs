@@ -13,8 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::Row;
-
 use super::types::{JobId, StoreError};
 use super::{now_ms, Store};
 
@@ -116,74 +114,126 @@ impl RetentionInventory {
     }
 }
 
+/// The image a job starts from (`params_json`'s `init_image`), in each dialect's JSON access.
+/// Statements that need it are written twice, SQLite first.
+const LIVE_INPUTS: [&str; 2] = [
+    "SELECT input FROM (
+         SELECT json_extract(params_json, '$.init_image') AS input FROM jobs
+         WHERE status IN ('queued', 'running')) AS live
+     WHERE input IS NOT NULL",
+    "SELECT input FROM (
+         SELECT CAST(params_json AS JSONB) ->> 'init_image' AS input FROM jobs
+         WHERE status IN ('queued', 'running')) AS live
+     WHERE input IS NOT NULL",
+];
+
+const FINISHED_JOBS: [&str; 2] = [
+    "SELECT id, finished_at, input,
+            input IN (SELECT path FROM images) AS input_is_an_image
+     FROM (SELECT id, finished_at, json_extract(params_json, '$.init_image') AS input
+           FROM jobs
+           WHERE status IN ('done', 'failed', 'cancelled') AND images_purged_at IS NULL
+             AND delivered_at IS NOT NULL) AS finished
+     ORDER BY finished_at, id",
+    "SELECT id, finished_at, input,
+            input IN (SELECT path FROM images) AS input_is_an_image
+     FROM (SELECT id, finished_at, CAST(params_json AS JSONB) ->> 'init_image' AS input
+           FROM jobs
+           WHERE status IN ('done', 'failed', 'cancelled') AND images_purged_at IS NULL
+             AND delivered_at IS NOT NULL) AS finished
+     ORDER BY finished_at, id",
+];
+
+const INPUT_REFS: [&str; 2] = [
+    "SELECT input, COUNT(*) AS n FROM (
+         SELECT json_extract(params_json, '$.init_image') AS input FROM jobs
+         WHERE images_purged_at IS NULL) AS kept
+     WHERE input IS NOT NULL AND input NOT IN (SELECT path FROM images)
+     GROUP BY input",
+    "SELECT input, COUNT(*) AS n FROM (
+         SELECT CAST(params_json AS JSONB) ->> 'init_image' AS input FROM jobs
+         WHERE images_purged_at IS NULL) AS kept
+     WHERE input IS NOT NULL AND input NOT IN (SELECT path FROM images)
+     GROUP BY input",
+];
+
+const MARK_PURGED: [&str; 2] = [
+    "UPDATE jobs SET images_purged_at = $1
+     WHERE id = $2 AND images_purged_at IS NULL
+       AND status IN ('done', 'failed', 'cancelled')
+       -- the outbox still needs the images of a result not yet delivered
+       AND delivered_at IS NOT NULL
+       AND NOT EXISTS (
+           SELECT 1 FROM images i
+           JOIN jobs live ON live.status IN ('queued', 'running')
+           WHERE i.job_id = $2
+             AND json_extract(live.params_json, '$.init_image') = i.path)",
+    "UPDATE jobs SET images_purged_at = $1
+     WHERE id = $2 AND images_purged_at IS NULL
+       AND status IN ('done', 'failed', 'cancelled')
+       -- the outbox still needs the images of a result not yet delivered
+       AND delivered_at IS NOT NULL
+       AND NOT EXISTS (
+           SELECT 1 FROM images i
+           JOIN jobs live ON live.status IN ('queued', 'running')
+           WHERE i.job_id = $2
+             AND CAST(live.params_json AS JSONB) ->> 'init_image' = i.path)",
+];
+
+/// A finished job with its images on disk, as [`FINISHED_JOBS`] returns it.
+#[derive(sqlx::FromRow)]
+struct FinishedRow {
+    id: i64,
+    finished_at: Option<i64>,
+    input: Option<String>,
+    /// NULL when the job has no input.
+    input_is_an_image: Option<bool>,
+}
+
 impl Store {
     /// Reads what a retention pass needs: finished jobs with their images still on disk,
     /// which of them live jobs need, and who shares each saved image prompt.
     pub async fn retention_inventory(&self) -> Result<RetentionInventory, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let live_inputs: HashSet<String> = sqlx::query_scalar(
-            "SELECT json_extract(params_json, '$.init_image') AS input FROM jobs
-             WHERE status IN ('queued', 'running') AND input IS NOT NULL",
-        )
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
-        let rows = sqlx::query(
-            "SELECT id, finished_at, json_extract(params_json, '$.init_image') AS input,
-                    json_extract(params_json, '$.init_image') IN (SELECT path FROM images)
-                        AS input_is_an_image
-             FROM jobs
-             WHERE status IN ('done', 'failed', 'cancelled') AND images_purged_at IS NULL
-               AND delivered_at IS NOT NULL
-             ORDER BY finished_at, id",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        let image_rows = sqlx::query(
-            "SELECT i.job_id, i.path FROM images i JOIN jobs j ON j.id = i.job_id
-             WHERE j.images_purged_at IS NULL ORDER BY i.job_id, i.idx",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
+        let (live_inputs, rows, image_rows, refs) = on_pool!(self, |pool, d| {
+            let [live, finished, refs] = [LIVE_INPUTS, FINISHED_JOBS, INPUT_REFS]
+                .map(|[sqlite, postgres]| d.pick(sqlite, postgres));
+            let mut conn = pool.acquire().await?;
+            let live_inputs: Vec<String> = sqlx::query_scalar(live).fetch_all(&mut *conn).await?;
+            let rows: Vec<FinishedRow> = sqlx::query_as(finished).fetch_all(&mut *conn).await?;
+            let image_rows: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT i.job_id, i.path FROM images i JOIN jobs j ON j.id = i.job_id
+                 WHERE j.images_purged_at IS NULL ORDER BY i.job_id, i.idx",
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            let refs: Vec<(String, i64)> = sqlx::query_as(refs).fetch_all(&mut *conn).await?;
+            (live_inputs, rows, image_rows, refs)
+        });
+        let live_inputs: HashSet<String> = live_inputs.into_iter().collect();
         let mut images: HashMap<i64, Vec<String>> = HashMap::new();
-        for row in &image_rows {
-            images
-                .entry(row.try_get("job_id")?)
-                .or_default()
-                .push(row.try_get("path")?);
+        for (job, path) in image_rows {
+            images.entry(job).or_default().push(path);
         }
-        let input_refs = sqlx::query(
-            "SELECT json_extract(params_json, '$.init_image') AS input, COUNT(*) AS n FROM jobs
-             WHERE images_purged_at IS NULL AND input IS NOT NULL
-               AND input NOT IN (SELECT path FROM images)
-             GROUP BY input",
-        )
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| {
-            let input: String = row.try_get("input")?;
-            let n: i64 = row.try_get("n")?;
-            Ok((
-                PathBuf::from(input),
-                usize::try_from(n).unwrap_or(usize::MAX),
-            ))
-        })
-        .collect::<Result<_, StoreError>>()?;
+        let input_refs = refs
+            .into_iter()
+            .map(|(input, n)| {
+                (
+                    PathBuf::from(input),
+                    usize::try_from(n).unwrap_or(usize::MAX),
+                )
+            })
+            .collect();
         let mut jobs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: i64 = row.try_get("id")?;
-            let paths = images.remove(&id).unwrap_or_default();
-            let input: Option<String> = row.try_get("input")?;
-            let input_is_an_image: Option<i64> = row.try_get("input_is_an_image")?;
+        for row in rows {
+            let paths = images.remove(&row.id).unwrap_or_default();
             jobs.push(RetainedJob {
-                job: JobId(id),
-                finished_at: row.try_get::<Option<i64>, _>("finished_at")?.unwrap_or(0),
+                job: JobId(row.id),
+                finished_at: row.finished_at.unwrap_or(0),
                 needed_by_live_job: paths.iter().any(|p| live_inputs.contains(p)),
                 images: paths.into_iter().map(PathBuf::from).collect(),
-                input: input
-                    .filter(|_| input_is_an_image == Some(0))
+                input: row
+                    .input
+                    .filter(|_| row.input_is_an_image == Some(false))
                     .map(PathBuf::from),
             });
         }
@@ -195,41 +245,34 @@ impl Store {
     /// was read. Returns the jobs recorded: delete only their files.
     pub async fn mark_images_purged(&self, jobs: &[JobId]) -> Result<Vec<JobId>, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
         let mut marked = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let updated = sqlx::query(
-                "UPDATE jobs SET images_purged_at = ?1
-                 WHERE id = ?2 AND images_purged_at IS NULL
-                   AND status IN ('done', 'failed', 'cancelled')
-                   -- the outbox still needs the images of a result not yet delivered
-                   AND delivered_at IS NOT NULL
-                   AND NOT EXISTS (
-                       SELECT 1 FROM images i
-                       JOIN jobs live ON live.status IN ('queued', 'running')
-                       WHERE i.job_id = ?2
-                         AND json_extract(live.params_json, '$.init_image') = i.path)",
-            )
-            .bind(now)
-            .bind(job.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated == 1 {
-                marked.push(*job);
+        on_pool!(self, |pool, d| {
+            let [sqlite, postgres] = MARK_PURGED;
+            let mut tx = pool.begin().await?;
+            for job in jobs {
+                let updated = sqlx::query(d.pick(sqlite, postgres))
+                    .bind(now)
+                    .bind(job.0)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if updated == 1 {
+                    marked.push(*job);
+                }
             }
-        }
-        tx.commit().await?;
+            tx.commit().await?;
+        });
         Ok(marked)
     }
 
     /// Whether retention deleted the images of `job` (false for a job that does not exist).
     pub async fn images_purged(&self, job: JobId) -> Result<bool, StoreError> {
-        let at: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT images_purged_at FROM jobs WHERE id = ?")
-                .bind(job.0)
-                .fetch_optional(&self.pool)
-                .await?;
+        let at: Option<Option<i64>> = on_pool!(self, |pool, _d| sqlx::query_scalar(
+            "SELECT images_purged_at FROM jobs WHERE id = $1"
+        )
+        .bind(job.0)
+        .fetch_optional(pool)
+        .await?);
         Ok(at.flatten().is_some())
     }
 }
@@ -287,9 +330,9 @@ mod tests {
     }
 
     impl Fixture {
-        async fn new() -> Fixture {
+        fn new(store: Store) -> Fixture {
             Fixture {
-                store: Store::open_in_memory().await.unwrap(),
+                store,
                 dir: tempfile::tempdir().unwrap(),
             }
         }
@@ -324,10 +367,11 @@ mod tests {
             };
             self.store.finish_job(job, &[image]).await.unwrap();
             self.store.mark_delivered(job).await.unwrap();
-            sqlx::query("UPDATE jobs SET finished_at = ? WHERE id = ?")
-                .bind(NOW - days_ago * DAY_MS)
-                .bind(job.0)
-                .execute(&self.store.pool)
+            self.store
+                .execute_for_test(
+                    "UPDATE jobs SET finished_at = $1 WHERE id = $2",
+                    &[NOW - days_ago * DAY_MS, job.0],
+                )
                 .await
                 .unwrap();
         }
@@ -350,9 +394,8 @@ mod tests {
         purges.iter().map(|p| p.job).collect()
     }
 
-    #[tokio::test]
-    async fn jobs_older_than_the_age_limit_go_and_newer_ones_stay() {
-        let f = Fixture::new().await;
+    async fn jobs_older_than_the_age_limit_go_and_newer_ones_stay(store: Store) {
+        let f = Fixture::new(store);
         let old = f.done(100, 40, None).await;
         let recent = f.done(100, 5, None).await;
         let limits = RetentionLimits {
@@ -368,13 +411,14 @@ mod tests {
         assert!(!ids(&purges).contains(&recent));
     }
 
-    #[tokio::test]
-    async fn a_result_not_yet_delivered_keeps_its_images() {
-        let f = Fixture::new().await;
+    async fn a_result_not_yet_delivered_keeps_its_images(store: Store) {
+        let f = Fixture::new(store);
         let old = f.done(100, 40, None).await;
-        sqlx::query("UPDATE jobs SET delivered_at = NULL WHERE id = ?")
-            .bind(old.0)
-            .execute(&f.store.pool)
+        f.store
+            .execute_for_test(
+                "UPDATE jobs SET delivered_at = NULL WHERE id = $1",
+                &[old.0],
+            )
             .await
             .unwrap();
         let limits = RetentionLimits {
@@ -387,9 +431,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn over_the_size_limit_the_oldest_go_first_until_the_rest_fits() {
-        let f = Fixture::new().await;
+    async fn over_the_size_limit_the_oldest_go_first_until_the_rest_fits(store: Store) {
+        let f = Fixture::new(store);
         // Created in one order, finished in another: age is when a job finished.
         let middle = f.done(400, 2, None).await;
         let oldest = f.done(400, 3, None).await;
@@ -412,9 +455,10 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn queued_and_running_jobs_and_the_images_they_start_from_are_never_touched() {
-        let f = Fixture::new().await;
+    async fn queued_and_running_jobs_and_the_images_they_start_from_are_never_touched(
+        store: Store,
+    ) {
+        let f = Fixture::new(store);
         let parent = f.done(100, 50, None).await;
         let other = f.done(100, 50, None).await;
         let parent_image = f.dir.path().join(format!("{}.png", parent.0));
@@ -466,9 +510,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_saved_image_prompt_goes_with_the_last_job_that_uses_it() {
-        let f = Fixture::new().await;
+    async fn a_saved_image_prompt_goes_with_the_last_job_that_uses_it(store: Store) {
+        let f = Fixture::new(store);
         let input = f.file("input.png", 300);
         let first = f.done(100, 10, Some(&input)).await;
         let reroll = request(
@@ -502,5 +545,13 @@ mod tests {
             purges[0].files.contains(&input),
             "the last user takes it along"
         );
+    }
+
+    on_both_backends! {
+        jobs_older_than_the_age_limit_go_and_newer_ones_stay,
+        a_result_not_yet_delivered_keeps_its_images,
+        over_the_size_limit_the_oldest_go_first_until_the_rest_fits,
+        queued_and_running_jobs_and_the_images_they_start_from_are_never_touched,
+        a_saved_image_prompt_goes_with_the_last_job_that_uses_it,
     }
 }

@@ -63,25 +63,27 @@ pub struct UserSettings {
 impl Store {
     /// `user`'s settings; the defaults when they never changed any.
     pub async fn user_settings(&self, user: u64) -> Result<UserSettings, StoreError> {
-        let row = sqlx::query(
-            "SELECT model, stylize, remix, variation, suffix FROM user_settings \
-             WHERE user_id = $1",
-        )
-        .bind(user.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(UserSettings::default());
-        };
-        let stylize: Option<String> = row.try_get("stylize")?;
-        let variation: Option<String> = row.try_get("variation")?;
-        Ok(UserSettings {
-            model: row.try_get("model")?,
-            // A value this version does not know reads as no preference.
-            stylize: stylize.as_deref().and_then(StylizePreset::parse),
-            remix: row.try_get::<i64, _>("remix")? == 1,
-            low_variation: variation.as_deref() == Some("low"),
-            suffix: row.try_get("suffix")?,
+        on_pool!(self, |pool, dialect| {
+            let row = sqlx::query(
+                "SELECT model, stylize, remix, variation, suffix FROM user_settings \
+                 WHERE user_id = $1",
+            )
+            .bind(user.to_string())
+            .fetch_optional(pool)
+            .await?;
+            let Some(row) = row else {
+                return Ok(UserSettings::default());
+            };
+            let stylize: Option<String> = row.try_get("stylize")?;
+            let variation: Option<String> = row.try_get("variation")?;
+            Ok(UserSettings {
+                model: row.try_get("model")?,
+                // A value this version does not know reads as no preference.
+                stylize: stylize.as_deref().and_then(StylizePreset::parse),
+                remix: row.try_get::<bool, _>("remix")?,
+                low_variation: variation.as_deref() == Some("low"),
+                suffix: row.try_get("suffix")?,
+            })
         })
     }
 
@@ -96,24 +98,26 @@ impl Store {
         } else {
             "high"
         };
-        sqlx::query(
-            "INSERT INTO user_settings \
-                 (user_id, model, stylize, remix, variation, suffix, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (user_id) DO UPDATE SET \
-                 model = excluded.model, stylize = excluded.stylize, \
-                 remix = excluded.remix, variation = excluded.variation, \
-                 suffix = excluded.suffix, updated_at = excluded.updated_at",
-        )
-        .bind(user.to_string())
-        .bind(settings.model.clone())
-        .bind(settings.stylize.map(StylizePreset::name))
-        .bind(i64::from(settings.remix))
-        .bind(variation)
-        .bind(settings.suffix.clone())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        on_pool!(self, |pool, dialect| {
+            sqlx::query(
+                "INSERT INTO user_settings \
+                     (user_id, model, stylize, remix, variation, suffix, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (user_id) DO UPDATE SET \
+                     model = excluded.model, stylize = excluded.stylize, \
+                     remix = excluded.remix, variation = excluded.variation, \
+                     suffix = excluded.suffix, updated_at = excluded.updated_at",
+            )
+            .bind(user.to_string())
+            .bind(settings.model.clone())
+            .bind(settings.stylize.map(StylizePreset::name))
+            .bind(settings.remix)
+            .bind(variation)
+            .bind(settings.suffix.clone())
+            .bind(now_ms())
+            .execute(pool)
+            .await?;
+        });
         Ok(())
     }
 }
@@ -122,9 +126,9 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn settings_start_at_the_defaults_and_are_kept_per_user() {
-        let store = Store::open_in_memory().await.unwrap();
+    on_both_backends!(settings_start_at_the_defaults_and_are_kept_per_user);
+
+    async fn settings_start_at_the_defaults_and_are_kept_per_user(store: Store) {
         assert_eq!(
             store.user_settings(1).await.unwrap(),
             UserSettings::default()

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use super::test_stores::Reopenable;
 use super::*;
 use crate::params::Aspect;
 
@@ -52,10 +53,6 @@ pub(super) fn image(idx: u8, seed: u32) -> ImageRecord {
     }
 }
 
-pub(super) async fn memory() -> Store {
-    Store::open_in_memory().await.expect("in-memory store")
-}
-
 async fn status(store: &Store, job: JobId) -> JobStatus {
     store.job(job).await.unwrap().expect("job exists").status
 }
@@ -69,9 +66,7 @@ fn assert_illegal(result: Result<(), StoreError>, from: JobStatus, to: JobStatus
     }
 }
 
-#[tokio::test]
-async fn every_field_round_trips() {
-    let store = memory().await;
+async fn every_field_round_trips(store: Store) {
     let parent = store.insert_job(&new_job(7, "parent")).await.unwrap();
     let request = NewJob {
         user_id: u64::MAX,
@@ -130,9 +125,7 @@ async fn every_field_round_trips() {
     );
 }
 
-#[tokio::test]
-async fn missing_jobs_are_reported() {
-    let store = memory().await;
+async fn missing_jobs_are_reported(store: Store) {
     let ghost = JobId(999);
     assert!(store.job(ghost).await.unwrap().is_none());
     assert!(store.images(ghost).await.unwrap().is_empty());
@@ -150,9 +143,7 @@ async fn missing_jobs_are_reported() {
     }
 }
 
-#[tokio::test]
-async fn parent_must_exist() {
-    let store = memory().await;
+async fn parent_must_exist(store: Store) {
     let mut orphan = new_job(1, "orphan");
     orphan.kind = JobKind::Upscale;
     orphan.parent = Some(Parent {
@@ -163,9 +154,7 @@ async fn parent_must_exist() {
     assert!(matches!(result, Err(StoreError::Database(_))), "{result:?}");
 }
 
-#[tokio::test]
-async fn a_job_runs_then_finishes_with_its_images() {
-    let store = memory().await;
+async fn a_job_runs_then_finishes_with_its_images(store: Store) {
     let id = store.insert_job(&new_job(1, "cat")).await.unwrap();
     store.mark_running(id).await.unwrap();
     let running = store.job(id).await.unwrap().unwrap();
@@ -189,9 +178,7 @@ async fn a_job_runs_then_finishes_with_its_images() {
     assert_eq!(store.images(id).await.unwrap(), images);
 }
 
-#[tokio::test]
-async fn illegal_transitions_are_refused() {
-    let store = memory().await;
+async fn illegal_transitions_are_refused(store: Store) {
     let queued = store.insert_job(&new_job(1, "a")).await.unwrap();
     assert_illegal(
         store.finish_job(queued, &[image(0, 1)]).await,
@@ -235,9 +222,7 @@ async fn illegal_transitions_are_refused() {
     assert_eq!(store.images(done).await.unwrap(), vec![image(0, 1)]);
 }
 
-#[tokio::test]
-async fn a_job_ends_exactly_once() {
-    let store = memory().await;
+async fn a_job_ends_exactly_once(store: Store) {
     // failed from queued (e.g. its model vanished) and from running
     let a = store.insert_job(&new_job(1, "a")).await.unwrap();
     store.fail_job(a, "model not found").await.unwrap();
@@ -309,9 +294,7 @@ fn the_transition_table_is_the_documented_one() {
     }
 }
 
-#[tokio::test]
-async fn images_are_stored_with_their_job_or_not_at_all() {
-    let store = memory().await;
+async fn images_are_stored_with_their_job_or_not_at_all(store: Store) {
     let id = store.insert_job(&new_job(1, "cat")).await.unwrap();
     store.mark_running(id).await.unwrap();
 
@@ -344,7 +327,7 @@ async fn images_are_stored_with_their_job_or_not_at_all() {
 async fn non_utf8_image_paths_are_refused_atomically() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
-    let store = memory().await;
+    let store = super::test_stores::sqlite().await;
     let id = store.insert_job(&new_job(1, "cat")).await.unwrap();
     store.mark_running(id).await.unwrap();
     let mut bad = image(1, 2);
@@ -358,9 +341,7 @@ async fn non_utf8_image_paths_are_refused_atomically() {
     assert!(store.images(id).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn unfinished_jobs_are_listed_oldest_first() {
-    let store = memory().await;
+async fn unfinished_jobs_are_listed_oldest_first(store: Store) {
     let mut ids = Vec::new();
     for prompt in ["first", "second", "third", "fourth", "fifth"] {
         ids.push(store.insert_job(&new_job(1, prompt)).await.unwrap());
@@ -388,9 +369,7 @@ async fn unfinished_jobs_are_listed_oldest_first() {
         .all(|w| w[0].created_at <= w[1].created_at));
 }
 
-#[tokio::test]
-async fn active_jobs_are_counted_per_user() {
-    let store = memory().await;
+async fn active_jobs_are_counted_per_user(store: Store) {
     let alice = 1_000_000_000_000_000_001;
     let bob = 1_000_000_000_000_000_002;
     let a: Vec<JobId> = {
@@ -420,11 +399,19 @@ async fn active_jobs_are_counted_per_user() {
 }
 
 #[tokio::test]
-async fn reopening_the_file_keeps_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("imagine.sqlite");
+async fn reopening_the_sqlite_file_keeps_everything() {
+    reopening_keeps_everything(Reopenable::sqlite_file()).await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn reconnecting_to_postgres_keeps_everything() {
+    reopening_keeps_everything(Reopenable::postgres().await).await;
+}
+
+async fn reopening_keeps_everything(db: Reopenable) {
     let (done, queued, running, done_job, images) = {
-        let store = Store::open(&path).await.unwrap();
+        let store = db.open().await;
         let done = store.insert_job(&new_job(1, "done")).await.unwrap();
         let queued = store.insert_job(&new_job(1, "queued")).await.unwrap();
         let running = store.insert_job(&new_job(2, "running")).await.unwrap();
@@ -439,7 +426,7 @@ async fn reopening_the_file_keeps_everything() {
     };
 
     // The restart: open again (migrations already applied must be a no-op) and resume.
-    let store = Store::open(&path).await.unwrap();
+    let store = db.open().await;
     assert_eq!(store.job(done).await.unwrap().unwrap(), done_job);
     assert_eq!(store.images(done).await.unwrap(), images);
     assert_eq!(store.requeue_running().await.unwrap(), 1);
@@ -464,9 +451,7 @@ async fn reopening_the_file_keeps_everything() {
     store.close().await;
 }
 
-#[tokio::test]
-async fn requeue_touches_only_running_jobs() {
-    let store = memory().await;
+async fn requeue_touches_only_running_jobs(store: Store) {
     let queued = store.insert_job(&new_job(1, "q")).await.unwrap();
     let done = store.insert_job(&new_job(1, "d")).await.unwrap();
     store.mark_running(done).await.unwrap();
@@ -480,13 +465,16 @@ async fn requeue_touches_only_running_jobs() {
 async fn the_database_file_uses_wal_and_enforces_foreign_keys() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("wal.sqlite")).await.unwrap();
+    let Pool::Sqlite(pool) = &store.pool else {
+        panic!("Store::open opens SQLite")
+    };
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&store.pool)
+        .fetch_one(pool)
         .await
         .unwrap();
     assert_eq!(mode, "wal");
     let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(&store.pool)
+        .fetch_one(pool)
         .await
         .unwrap();
     assert_eq!(foreign_keys, 1);
@@ -505,13 +493,13 @@ async fn open_creates_the_file_and_refuses_a_missing_directory() {
     assert!(Store::open(&nowhere).await.is_err());
 }
 
-#[tokio::test]
-async fn corrupt_rows_are_reported_not_panicked_on() {
-    let store = memory().await;
+async fn corrupt_rows_are_reported_not_panicked_on(store: Store) {
     let id = store.insert_job(&new_job(1, "cat")).await.unwrap();
-    sqlx::query("UPDATE jobs SET seeds = 'not json', user_id = 'abc' WHERE id = ?")
-        .bind(id.0)
-        .execute(&store.pool)
+    store
+        .execute_for_test(
+            "UPDATE jobs SET seeds = 'not json', user_id = 'abc' WHERE id = $1",
+            &[id.0],
+        )
         .await
         .unwrap();
     match store.job(id).await {
@@ -523,12 +511,22 @@ async fn corrupt_rows_are_reported_not_panicked_on() {
 }
 
 #[tokio::test]
-async fn concurrent_finishers_cannot_both_win() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("race.sqlite")).await.unwrap();
+async fn concurrent_finishers_cannot_both_win_on_sqlite() {
+    concurrent_finishers_cannot_both_win(Reopenable::sqlite_file()).await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn concurrent_finishers_cannot_both_win_on_postgres() {
+    concurrent_finishers_cannot_both_win(Reopenable::postgres().await).await;
+}
+
+/// Two stores on one database, as two processes (or a gateway and a worker) would have.
+async fn concurrent_finishers_cannot_both_win(db: Reopenable) {
+    let store = db.open().await;
     let id = store.insert_job(&new_job(1, "race")).await.unwrap();
     store.mark_running(id).await.unwrap();
-    let (s1, s2) = (store.clone(), store.clone());
+    let (s1, s2) = (store.clone(), db.open().await);
     let finish = tokio::spawn(async move { s1.finish_job(id, &[image(0, 1)]).await });
     let cancel = tokio::spawn(async move { s2.cancel_job(id).await });
     let (finish, cancel) = (finish.await.unwrap(), cancel.await.unwrap());
@@ -573,7 +571,9 @@ async fn the_toolbox_migration_keeps_every_job_and_image() {
                 .collect(),
         );
         old.run(&pool).await.unwrap();
-        let store = Store { pool };
+        let store = Store {
+            pool: Pool::Sqlite(pool),
+        };
         let grid = store.insert_job(&new_job(1, "a grid")).await.unwrap();
         store.mark_running(grid).await.unwrap();
         let images = vec![image(0, 5), image(1, 6), image(2, 7), image(3, 8)];
@@ -624,4 +624,34 @@ async fn the_toolbox_migration_keeps_every_job_and_image() {
     );
     // New ids continue after the old ones.
     assert!(id.0 > child.0);
+}
+
+/// Each SQLite migration has its PostgreSQL twin, same version and name, so both back-ends
+/// reach the same schema. A new `migrations/NNNN_name.sql` needs
+/// `migrations/postgres/NNNN_name.sql`.
+#[test]
+fn every_migration_has_a_postgres_twin() {
+    let describe = |m: &sqlx::migrate::Migrator| -> Vec<(i64, String)> {
+        m.iter()
+            .map(|m| (m.version, m.description.to_string()))
+            .collect()
+    };
+    let sqlite = describe(&sqlx::migrate!("../migrations"));
+    let postgres = describe(&sqlx::migrate!("../migrations/postgres"));
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, postgres);
+}
+
+on_both_backends! {
+    every_field_round_trips,
+    missing_jobs_are_reported,
+    parent_must_exist,
+    a_job_runs_then_finishes_with_its_images,
+    illegal_transitions_are_refused,
+    a_job_ends_exactly_once,
+    images_are_stored_with_their_job_or_not_at_all,
+    unfinished_jobs_are_listed_oldest_first,
+    active_jobs_are_counted_per_user,
+    requeue_touches_only_running_jobs,
+    corrupt_rows_are_reported_not_panicked_on,
 }

@@ -308,7 +308,16 @@ pub enum StoreError {
     #[error("could not encode the parameters of a job: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("could not apply database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// Every database error passes here, on either back-end: counted for the metrics, so a
+    /// store that cannot be reached or refuses writes shows on a graph before users notice.
+    fn from(e: sqlx::Error) -> Self {
+        crate::metrics::store_error(&e);
+        StoreError::Database(e)
+    }
 }
