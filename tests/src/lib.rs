@@ -59,6 +59,7 @@
 // The GUILD_CREATE fixture is one large `json!` literal.
 #![recursion_limit = "256"]
 
+pub mod servers;
 mod sim;
 
 pub use sim::faults::Fault;
