@@ -286,3 +286,44 @@ async fn a_worker_serving_only_model_b_never_takes_model_a_jobs() {
     assert!(worker_a.says(1, "job ended"));
     assert!(!worker_b.touched(1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_workers_keep_dying_fails_visibly_after_its_attempts() {
+    let w = world().await;
+    let nats = NatsServer::start();
+    let _gateway = start_gateway(&w, &nats, 1, &[]).await;
+    let once = [("IMAGINE_JOB_MAX_ATTEMPTS", "1")];
+    let mut first = start_worker(w.dir.path(), "w1", &nats, &once).await;
+    let run = run_imagine(&w, w.alice, w.channel, "doomed slow fox --steps 8", None);
+    w.sim.wait_callback(&run, WAIT).await.unwrap();
+    first.wait_says(1, "job started").await;
+    first.kill9().await;
+    // The next worker gets the job's second delivery: past its one attempt, it fails it.
+    let second = start_worker(w.dir.path(), "w2", &nats, &once).await;
+    let path = original_path(&w.sim, &run.token);
+    let shown = w
+        .sim
+        .wait_for("the failure shown to the user", WAIT, |entries| {
+            entries
+                .iter()
+                .filter_map(imagine_tests::Entry::as_rest)
+                .find(|c| {
+                    c.path == path
+                        && c.method == "PATCH"
+                        && c.status < 300
+                        && c.body["content"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("no worker could finish this job")
+                })
+                .map(|c| c.body["content"].as_str().unwrap_or("").to_string())
+        })
+        .await
+        .unwrap();
+    assert!(shown.contains("failed"), "{shown}");
+    assert_eq!(status(w.dir.path(), 1).await, Some(JobStatus::Failed));
+    assert!(
+        !second.says(1, "job started"),
+        "a job past its attempts is failed, not run again"
+    );
+}
