@@ -17,9 +17,16 @@ use anyhow::{bail, Context as _, Result};
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
-use imagine::jetstream::wire::{JobOrder, JobResult};
+use std::sync::Arc;
+
+use imagine::discord::engine_thread::{
+    EngineEvent, EngineThread, EnginesFactory, JobEnd, TestFaults,
+};
+use imagine::jetstream::wire::{JobOrder, JobResult, Outcome};
 use imagine::jetstream::{job_subject, Queue, QueueSettings, RESULTS_STREAM};
+use imagine::queue::StopFlag;
 use imagine::store::JobParams;
+use imagine_engine::Precision;
 use imagine_tests::servers::nats::NatsServer;
 
 const MODEL: &str = "tiny-sd15";
@@ -50,8 +57,9 @@ fn order(id: i64) -> JobOrder {
     }
 }
 
-/// The same job on an engine in this process: what a job costs without the queue.
-fn local_seconds() -> Result<f64> {
+/// The same job on an engine thread in this process (`imagine bot`'s path, with its
+/// allocator and denormal settings, as in the worker): what a job costs without the queue.
+async fn local_seconds() -> Result<f64> {
     let dir = std::env::temp_dir().join(format!("imagine-queue-bench-{}", std::process::id()));
     let specs = BTreeMap::from([(
         MODEL.to_string(),
@@ -60,16 +68,21 @@ fn local_seconds() -> Result<f64> {
             .to_string_lossy()
             .into_owned(),
     )]);
-    let mut engines = imagine::worker::Engines::new(specs);
+    let factory: EnginesFactory = Arc::new(move || {
+        imagine::worker::Engines::new(specs.clone()).on(candle_core::Device::Cpu, Precision::Fp32)
+    });
+    let engine = EngineThread::new(factory, dir.clone(), TestFaults::default());
     let mut times = Vec::new();
     for id in 0..=SINGLES as i64 {
-        let item = imagine::worker::WorkItem {
-            job: order(id + 1).to_job(None),
-        };
         let started = Instant::now();
-        imagine::worker::run_job(&mut engines, &item, &dir, &mut |_| {
-            std::ops::ControlFlow::Continue(())
-        })?;
+        let mut events = engine.run(order(id + 1).to_job(None), StopFlag::default());
+        loop {
+            match events.recv().await {
+                Some(EngineEvent::End(JobEnd::Done(_))) => break,
+                Some(EngineEvent::End(_)) | None => bail!("the local job failed"),
+                Some(EngineEvent::Progress(_)) => {}
+            }
+        }
         // The first job loads the model: left out, as a warm worker has it loaded.
         if id > 0 {
             times.push(started.elapsed().as_secs_f64());
@@ -144,8 +157,9 @@ async fn publish(queue: &Queue, id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Waits for the next result; returns its job id.
-async fn next_result(results: &mut pull::Stream) -> Result<i64> {
+/// Waits for the next result; returns the seconds the worker spent on it (from taking it to
+/// its images in the bucket).
+async fn next_result(results: &mut pull::Stream) -> Result<f64> {
     let msg = results
         .next()
         .await
@@ -153,10 +167,14 @@ async fn next_result(results: &mut pull::Stream) -> Result<i64> {
         .map_err(|e| anyhow::anyhow!(e))?;
     let result = JobResult::parse(&msg.payload).map_err(anyhow::Error::msg)?;
     msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
-    Ok(result.job)
+    match result.outcome {
+        Outcome::Done { seconds, .. } => Ok(seconds),
+        other => bail!("job {} did not finish: {other:?}", result.job),
+    }
 }
 
-async fn run(workers: usize, jobs: usize) -> Result<(f64, f64)> {
+/// Jobs per minute, a job's latency alone, and the part of it outside the worker's job.
+async fn run(workers: usize, jobs: usize) -> Result<(f64, f64, f64)> {
     let nats = NatsServer::start();
     let dir = nats.store_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
@@ -190,13 +208,15 @@ async fn run(workers: usize, jobs: usize) -> Result<(f64, f64)> {
     }
     // Added latency: one job at a time, publish to result.
     let mut id = workers as i64;
-    let mut singles = Vec::new();
+    let (mut singles, mut outside) = (Vec::new(), Vec::new());
     for _ in 0..SINGLES {
         id += 1;
         let started = Instant::now();
         publish(&queue, id).await?;
-        next_result(&mut results).await?;
-        singles.push(started.elapsed().as_secs_f64());
+        let on_worker = next_result(&mut results).await?;
+        let took = started.elapsed().as_secs_f64();
+        singles.push(took);
+        outside.push(took - on_worker);
     }
     // Throughput: all at once.
     let started = Instant::now();
@@ -208,7 +228,7 @@ async fn run(workers: usize, jobs: usize) -> Result<(f64, f64)> {
         next_result(&mut results).await?;
     }
     let per_minute = jobs as f64 / started.elapsed().as_secs_f64() * 60.0;
-    Ok((per_minute, mean(&singles)))
+    Ok((per_minute, mean(&singles), mean(&outside)))
 }
 
 #[tokio::main]
@@ -219,20 +239,28 @@ async fn main() -> Result<()> {
         .transpose()
         .context("the argument is a number of jobs")?
         .unwrap_or(24);
-    let local = local_seconds()?;
+    // As the binary does (main.rs): freed tensors stay mapped for reuse.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: allocator tuning only, before the engine threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+    let local = local_seconds().await?;
     println!("tiny-sd15, 2x2 grid of 64 px, {STEPS} steps; {jobs} jobs per throughput run");
     println!(
         "in-process engine: {:.0} ms a job, {:.0} jobs/min\n",
         local * 1e3,
         60.0 / local
     );
-    println!("| workers | jobs/min | latency one job alone (ms) | added by the queue (ms) |");
-    println!("|---|---|---|---|");
+    println!("| workers | jobs/min | one job alone, publish to result (ms) | of which outside the worker's job (ms) | minus the in-process job (ms) |");
+    println!("|---|---|---|---|---|");
     for workers in 1..=3 {
-        let (per_minute, single) = run(workers, jobs).await?;
+        let (per_minute, single, outside) = run(workers, jobs).await?;
         println!(
-            "| {workers} | {per_minute:.0} | {:.0} | {:.0} |",
+            "| {workers} | {per_minute:.0} | {:.0} | {:.1} | {:.0} |",
             single * 1e3,
+            outside * 1e3,
             (single - local) * 1e3
         );
     }
