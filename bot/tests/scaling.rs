@@ -158,6 +158,17 @@ async fn jobs_spread_over_three_workers_and_each_is_delivered_once() {
     for i in 0..paths.len() {
         assert_eq!(deliveries_of(&w.sim, &format!("spread{i} ")), 1, "job {i}");
     }
+    // A worker logs the end just after the gateway has the result.
+    for job in 1..=6 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !workers.iter().any(|wk| wk.says(job, "job ended")) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job} never ended on a worker"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     for worker in &workers {
         let ran = (1..=6).filter(|job| worker.says(*job, "job ended")).count();
         assert!(
@@ -200,7 +211,7 @@ async fn a_worker_killed_mid_job_hands_it_to_another_and_it_is_delivered_once() 
     assert!(!victim.says(1, "job ended"), "killed before the end");
     finished(&w.sim, &[path]).await;
     assert!(other.says(1, "attempt=2"), "{}", other.lines().join("\n"));
-    assert!(other.says(1, "job ended"));
+    other.wait_says(1, "job ended").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(deliveries_of(&w.sim, "killed-worker"), 1);
     assert_eq!(status(w.dir.path(), 1).await, Some(JobStatus::Done));
@@ -272,7 +283,7 @@ async fn a_worker_serving_only_model_b_never_takes_model_a_jobs() {
     let job_a = submit(&w, w.alice, "for-model-a fox --model model-a --steps 1").await;
     let job_b = submit(&w, w.bob, "for-model-b fox --model model-b --steps 1").await;
     finished(&w.sim, &[job_b]).await;
-    assert!(worker_b.says(2, "job ended"));
+    worker_b.wait_says(2, "job ended").await;
     // Plenty of time to take job A, had it been allowed to.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!worker_b.touched(1), "{}", worker_b.lines().join("\n"));
@@ -283,7 +294,7 @@ async fn a_worker_serving_only_model_b_never_takes_model_a_jobs() {
     ];
     let worker_a = start_worker(w.dir.path(), "wa", &nats, &only_a).await;
     finished(&w.sim, &[job_a]).await;
-    assert!(worker_a.says(1, "job ended"));
+    worker_a.wait_says(1, "job ended").await;
     assert!(!worker_b.touched(1));
 }
 
@@ -326,4 +337,59 @@ async fn a_job_whose_workers_keep_dying_fails_visibly_after_its_attempts() {
         !second.says(1, "job started"),
         "a job past its attempts is failed, not run again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_keeps_positions_and_caps_and_a_worker_serves_health_and_metrics() {
+    let w = world().await;
+    let nats = NatsServer::start();
+    let _gateway = start_gateway(&w, &nats, 1, &[]).await;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .to_string();
+    let worker = start_worker(
+        w.dir.path(),
+        "w1",
+        &nats,
+        &[("IMAGINE_METRICS_ADDR", metrics.as_str())],
+    )
+    .await;
+    let mut paths = Vec::new();
+    for i in 0..3 {
+        paths.push(submit(&w, w.alice, &format!("capped{i} slow fox --steps 6")).await);
+    }
+    // Alice's three jobs are with the worker or in line at the gateway: a fourth is refused.
+    let fourth = run_imagine(&w, w.alice, w.channel, "capped3 fox --steps 1", None);
+    let cb = w.sim.wait_callback(&fourth, WAIT).await.unwrap();
+    assert_reply(&cb, "You already have 3 jobs", true);
+    // One job is with the worker (one slot), two wait at the gateway: Bob is third in line.
+    let bob = run_imagine(&w, w.bob, w.channel, "after-capped fox --steps 1", None);
+    let cb = w.sim.wait_callback(&bob, WAIT).await.unwrap();
+    assert_reply(&cb, "position 3 in the queue", false);
+    paths.push(original_path(&w.sim, &bob.token));
+    for path in &paths {
+        finished(&w.sim, std::slice::from_ref(path)).await;
+    }
+    worker.wait_says(4, "job ended").await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let health = client
+        .get(format!("http://{metrics}/health"))
+        .send()
+        .await
+        .expect("the worker answers /health");
+    assert!(health.status().is_success(), "{}", health.status());
+    let text = client
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("imagine_job_duration_seconds_count") && l.contains("tiny-sd15"))
+        .unwrap_or_else(|| panic!("the worker counts its jobs:\n{text}"));
+    assert!(line.ends_with(" 4"), "four jobs ran on this worker: {line}");
 }
