@@ -73,7 +73,7 @@ impl NatsServer {
             .append(true)
             .open(self.dir.join("nats-server.log"))
             .expect("open the nats-server log");
-        let spawned = Command::new("nats-server")
+        let spawned = Command::new(binary())
             .args(["-js", "-sd"])
             .arg(self.dir.join("js"))
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
@@ -114,6 +114,19 @@ impl Drop for NatsServer {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `nats-server` on the PATH, else where Debian's package puts it (`/usr/sbin`, which a
+/// non-root user's PATH often lacks).
+fn binary() -> PathBuf {
+    let debian = Path::new("/usr/sbin/nats-server");
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nats-server").is_file()));
+    if !on_path && debian.is_file() {
+        debian.to_path_buf()
+    } else {
+        PathBuf::from("nats-server")
     }
 }
 
