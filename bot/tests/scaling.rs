@@ -393,3 +393,37 @@ async fn the_gateway_keeps_positions_and_caps_and_a_worker_serves_health_and_met
         .unwrap_or_else(|| panic!("the worker counts its jobs:\n{text}"));
     assert!(line.ends_with(" 4"), "four jobs ran on this worker: {line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_job_running_on_a_worker_stops_it_there() {
+    let w = world().await;
+    let nats = NatsServer::start();
+    let _gateway = start_gateway(&w, &nats, 1, &[]).await;
+    let worker = start_worker(w.dir.path(), "w1", &nats, &[]).await;
+    let run = run_imagine(
+        &w,
+        w.alice,
+        w.channel,
+        "remote-cancel slow tower --steps 40",
+        None,
+    );
+    w.sim.wait_callback(&run, WAIT).await.unwrap();
+    worker.wait_says(1, "job started").await;
+    let message = w
+        .sim
+        .bot_http()
+        .get_original_interaction_response(&run.token)
+        .await
+        .unwrap();
+    let click = w
+        .sim
+        .click_button(w.alice, message.id, &button(&message, "❌"))
+        .unwrap();
+    w.sim.wait_callback(&click, WAIT).await.unwrap();
+    wait_status(w.dir.path(), 1, JobStatus::Cancelled).await;
+    // The worker stops between steps (40 steps take 16 s), and takes the next job.
+    worker.wait_says(1, "job cancelled while running").await;
+    let next = imagine(&w, w.bob, w.channel, "after-cancel fox --steps 1").await;
+    assert!(has_buttons(&serde_json::to_value(&next).unwrap()));
+    assert_eq!(deliveries_of(&w.sim, "remote-cancel"), 0);
+}
