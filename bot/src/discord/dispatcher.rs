@@ -165,8 +165,7 @@ async fn run_one(data: &Data, engine: &dyn JobRunner, id: JobId) -> anyhow::Resu
     record_end(data, id, end).await
 }
 
-/// Writes how a job ended to the store (the gateway's result reader uses it too).
-pub async fn record_end(data: &Data, id: JobId, end: JobEnd) -> anyhow::Result<()> {
+async fn record_end(data: &Data, id: JobId, end: JobEnd) -> anyhow::Result<()> {
     let store = &data.store;
     match end {
         JobEnd::Done(output) => {
