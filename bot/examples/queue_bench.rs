@@ -54,6 +54,7 @@ fn order(id: i64) -> JobOrder {
         seeds: vec![1, 2, 3, 4],
         init_image: None,
         init_latents: None,
+        region_mask: None,
     }
 }
 
@@ -75,7 +76,10 @@ async fn local_seconds() -> Result<f64> {
     let mut times = Vec::new();
     for id in 0..=SINGLES as i64 {
         let started = Instant::now();
-        let mut events = engine.run(order(id + 1).to_job(None), StopFlag::default());
+        let mut events = engine.run(
+            order(id + 1).to_job(Default::default()),
+            StopFlag::default(),
+        );
         loop {
             match events.recv().await {
                 Some(EngineEvent::End(JobEnd::Done(_))) => break,

@@ -16,7 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::wire::{compute_of, JobOrder, JobResult, Outcome, PERCENT_HEADER};
+use super::wire::{compute_of, InputFiles, JobOrder, JobResult, Outcome, PERCENT_HEADER};
 use super::{job_subject, retrying, stop_subject, Queue, QueueSettings};
 use crate::discord::dispatcher::INTERNAL_ERROR;
 use crate::discord::engine_thread::{user_facing, EngineEvent, JobEnd};
@@ -108,19 +108,24 @@ impl Inner {
     /// Uploads the job's input files, then publishes it (deduplicated by its id).
     async fn publish(&self, job: &Job) -> Result<()> {
         let id = job.id.0;
-        let (mut image, mut latents) = (None, None);
+        let mut files = InputFiles::default();
         if let Some(path) = &job.request.params.init_image {
             let name = format!("in-{id}.png");
             self.upload(&name, Path::new(path)).await?;
-            image = Some(name);
+            files.image = Some(name);
             let kept = latents_path(Path::new(path));
             if kept.exists() {
                 let name = format!("in-{id}.latents");
                 self.upload(&name, &kept).await?;
-                latents = Some(name);
+                files.latents = Some(name);
             }
         }
-        let order = JobOrder::new(job, image, latents);
+        if let Some(path) = &job.request.params.region_mask {
+            let name = format!("in-{id}.mask.png");
+            self.upload(&name, Path::new(path)).await?;
+            files.region_mask = Some(name);
+        }
+        let order = JobOrder::new(job, files);
         let payload = bytes::Bytes::from(serde_json::to_vec(&order)?);
         let subject = job_subject(&job.request.model);
         retrying("handing the job to the queue", PUBLISH_LIMIT, || {
@@ -455,7 +460,11 @@ async fn write_file(path: &Path, bytes: Vec<u8>) -> Result<()> {
 /// The files of a recorded result and of its job's inputs are no longer needed.
 async fn drop_files(inner: &Inner, result: &JobResult) {
     let id = result.job;
-    let mut names = vec![format!("in-{id}.png"), format!("in-{id}.latents")];
+    let mut names = vec![
+        format!("in-{id}.png"),
+        format!("in-{id}.latents"),
+        format!("in-{id}.mask.png"),
+    ];
     if let Outcome::Done { images, .. } = &result.outcome {
         for image in images {
             names.push(image.object.clone());

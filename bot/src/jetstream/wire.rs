@@ -26,15 +26,19 @@ pub struct JobOrder {
     pub init_image: Option<String>,
     /// The latents kept beside that image (fast-decoded grids), in the files bucket.
     pub init_latents: Option<String>,
+    /// Vary (Region)'s painted mask, in the files bucket.
+    #[serde(default)]
+    pub region_mask: Option<String>,
 }
 
 impl JobOrder {
     /// The order for `job`, whose input files (if any) are uploaded under these names.
-    pub fn new(job: &Job, init_image: Option<String>, init_latents: Option<String>) -> JobOrder {
+    pub fn new(job: &Job, files: InputFiles) -> JobOrder {
         let r = &job.request;
         let mut params = r.params.clone();
         // A gateway path means nothing on a worker: the worker sets its own.
         params.init_image = None;
+        params.region_mask = None;
         JobOrder {
             job: job.id.0,
             kind: r.kind.as_str().into(),
@@ -44,8 +48,9 @@ impl JobOrder {
             params,
             model: r.model.clone(),
             seeds: r.seeds.clone(),
-            init_image,
-            init_latents,
+            init_image: files.image,
+            init_latents: files.latents,
+            region_mask: files.region_mask,
         }
     }
 
@@ -72,10 +77,11 @@ impl JobOrder {
         Ok(order)
     }
 
-    /// The job as the worker's engine runs it (`init_image`: where its input now lies).
-    pub fn to_job(&self, init_image: Option<String>) -> Job {
+    /// The job as the worker's engine runs it, with its input files where they now lie.
+    pub fn to_job(&self, local: LocalInputs) -> Job {
         let mut params = self.params.clone();
-        params.init_image = init_image;
+        params.init_image = local.image;
+        params.region_mask = local.region_mask;
         Job {
             id: JobId(self.job),
             request: NewJob {
@@ -107,6 +113,21 @@ impl JobOrder {
             compute: None,
         }
     }
+}
+
+/// A job's input files by their names in the files bucket.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InputFiles {
+    pub image: Option<String>,
+    pub latents: Option<String>,
+    pub region_mask: Option<String>,
+}
+
+/// A job's input files on the worker's disk.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LocalInputs {
+    pub image: Option<String>,
+    pub region_mask: Option<String>,
 }
 
 /// How a job ended on a worker.
@@ -220,6 +241,7 @@ mod tests {
             seeds: vec![1, 2, 3, 4],
             init_image: None,
             init_latents: None,
+            region_mask: None,
         }
     }
 
@@ -227,7 +249,10 @@ mod tests {
     fn orders_round_trip_and_bad_ones_are_refused() {
         let bytes = serde_json::to_vec(&order()).unwrap();
         assert_eq!(JobOrder::parse(&bytes).unwrap(), order());
-        let job = order().to_job(Some("/tmp/in.png".into()));
+        let job = order().to_job(LocalInputs {
+            image: Some("/tmp/in.png".into()),
+            region_mask: None,
+        });
         assert_eq!(job.id, JobId(7));
         assert_eq!(
             job.request.params.init_image.as_deref(),

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::gateway::download;
-use super::wire::{JobOrder, JobResult, Outcome, ResultImage, PERCENT_HEADER};
+use super::wire::{JobOrder, JobResult, LocalInputs, Outcome, ResultImage, PERCENT_HEADER};
 use super::{job_subject, model_consumer, progress_subject, result_subject, retrying, Queue};
 use crate::config::Config;
 use crate::discord::engine_thread::{EngineEvent, EngineThread, JobEnd, TestFaults};
@@ -255,7 +255,7 @@ async fn handle_order(worker: &Worker, engine: &EngineThread, msg: Message, orde
     let end = match fetch_inputs(worker, &order).await {
         Ok(init) => run_engine(worker, engine, order.to_job(init)).await,
         Err(e) => JobEnd::Failed {
-            shown: "the job's start image could not be fetched from the queue".into(),
+            shown: "the job's start image or mask could not be fetched from the queue".into(),
             detail: format!("{e:#}"),
         },
     };
@@ -371,21 +371,29 @@ fn inputs_dir(worker: &Worker) -> PathBuf {
     worker.data_dir.join("inputs")
 }
 
-/// Downloads the job's start image (and its latents) from the files bucket.
-async fn fetch_inputs(worker: &Worker, order: &JobOrder) -> Result<Option<String>> {
-    let Some(name) = &order.init_image else {
-        return Ok(None);
-    };
+/// Downloads the job's start image (and its latents) and painted mask from the files bucket.
+async fn fetch_inputs(worker: &Worker, order: &JobOrder) -> Result<LocalInputs> {
+    let mut local = LocalInputs::default();
     let dir = inputs_dir(worker);
-    tokio::fs::create_dir_all(&dir).await?;
-    let path = dir.join(format!("job-{}.png", order.job));
-    let bytes = download(&worker.queue, name).await?;
-    write(&path, bytes).await?;
-    if let Some(latents) = &order.init_latents {
-        let bytes = download(&worker.queue, latents).await?;
-        write(&latents_path(&path), bytes).await?;
+    if let Some(name) = &order.init_image {
+        tokio::fs::create_dir_all(&dir).await?;
+        let path = dir.join(format!("job-{}.png", order.job));
+        let bytes = download(&worker.queue, name).await?;
+        write(&path, bytes).await?;
+        if let Some(latents) = &order.init_latents {
+            let bytes = download(&worker.queue, latents).await?;
+            write(&latents_path(&path), bytes).await?;
+        }
+        local.image = Some(path.to_string_lossy().into_owned());
     }
-    Ok(Some(path.to_string_lossy().into_owned()))
+    if let Some(name) = &order.region_mask {
+        tokio::fs::create_dir_all(&dir).await?;
+        let path = dir.join(format!("job-{}.mask.png", order.job));
+        let bytes = download(&worker.queue, name).await?;
+        write(&path, bytes).await?;
+        local.region_mask = Some(path.to_string_lossy().into_owned());
+    }
+    Ok(local)
 }
 
 async fn write(path: &Path, bytes: Vec<u8>) -> Result<()> {
@@ -488,4 +496,5 @@ fn clean_up(worker: &Worker, id: i64) {
     let input = inputs_dir(worker).join(format!("job-{id}.png"));
     let _ = std::fs::remove_file(latents_path(&input));
     let _ = std::fs::remove_file(input);
+    let _ = std::fs::remove_file(inputs_dir(worker).join(format!("job-{id}.mask.png")));
 }
