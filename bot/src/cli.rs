@@ -29,6 +29,7 @@ IMAGINE_DEVICE           auto, cpu, cuda, cuda:N, metal; a list (cuda:0,cuda:1):
 IMAGINE_PRECISION        auto (fp16 on GPUs, bf16 on AVX512_BF16 CPUs, else fp32), fp32, bf16, fp16\n  \
 IMAGINE_FAST_GRID_DECODE decode grids with TAESD; U images use the full VAE (false)\n  \
 IMAGINE_METRICS_ADDR     serve Prometheus metrics at ADDRESS:PORT/metrics (off)\n  \
+IMAGINE_QUEUE_URL        NATS JetStream server between a gateway and its workers (none)\n  \
 IMAGINE_RETENTION_DAYS   delete images of jobs finished longer ago than this (keep)\n  \
 IMAGINE_RETENTION_MAX_GB keep at most this many GB of images, oldest deleted first (no limit)\n  \
 IMAGINE_CONFIG           TOML file with the same settings and a [models] table\n\
@@ -41,8 +42,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Connect to Discord and serve /imagine (DISCORD_TOKEN must be set).
+    /// Connect to Discord and serve /imagine (DISCORD_TOKEN must be set). With
+    /// `--role gateway` and queue_url, jobs run on `imagine worker` processes.
     Bot(crate::config::BotArgs),
+    /// Run jobs for a gateway: models and engine only, jobs from the NATS JetStream queue at
+    /// queue_url (IMAGINE_QUEUE_URL); no Discord token.
+    Worker(crate::config::BotArgs),
     /// Generate an image (or a 2x2 grid) from a prompt, offline, and write a PNG.
     Generate(GenerateArgs),
     /// Time the engine (text encoder, UNet, VAE, preview, grid job) on a model folder.
@@ -150,6 +155,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let config = crate::config::Config::resolve(&args)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(crate::discord::run(config))
+        }
+        Command::Worker(args) => {
+            let config = crate::config::Config::resolve_worker(&args)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(crate::jetstream::worker::run(config))
         }
     }
 }

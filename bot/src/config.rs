@@ -123,6 +123,32 @@ pub struct BotArgs {
     /// deleting the oldest jobs' first [default: no limit].
     #[arg(long, env = "IMAGINE_RETENTION_MAX_GB")]
     pub retention_max_gb: Option<f64>,
+    /// `bot`: one process, Discord and the models; `gateway`: Discord, queue, store and
+    /// delivery only, jobs go to `imagine worker` processes through queue_url [default: bot].
+    #[arg(long, env = "IMAGINE_ROLE")]
+    pub role: Option<String>,
+    /// The NATS server (with JetStream) between a gateway and its workers, e.g.
+    /// nats://127.0.0.1:4222 [default: none, one process].
+    #[arg(long, env = "IMAGINE_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// Gateway: how many jobs it hands to the workers at once; set it to the number of
+    /// workers (one per device) [default: 4].
+    #[arg(long, env = "IMAGINE_WORKER_SLOTS")]
+    pub worker_slots: Option<usize>,
+    /// Worker: the models (names of [models] entries, comma-separated) it serves; it takes
+    /// only their jobs [default: every configured model].
+    #[arg(long, env = "IMAGINE_WORKER_MODELS")]
+    pub worker_models: Option<String>,
+    /// Seconds a job may go without word from its worker (a worker reports every third of
+    /// this while it runs) before another worker takes it over [default: 30].
+    #[arg(long, env = "IMAGINE_JOB_ACK_WAIT")]
+    pub job_ack_wait: Option<f64>,
+    /// How many workers may try a job whose worker died before it fails visibly [default: 3].
+    #[arg(long, env = "IMAGINE_JOB_MAX_ATTEMPTS")]
+    pub job_max_attempts: Option<u32>,
+    /// Worker: its name in logs and results [default: host name and process id].
+    #[arg(long, env = "IMAGINE_WORKER_NAME")]
+    pub worker_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +175,13 @@ struct FileConfig {
     metrics_addr: Option<String>,
     retention_days: Option<u32>,
     retention_max_gb: Option<f64>,
+    role: Option<String>,
+    queue_url: Option<String>,
+    worker_slots: Option<usize>,
+    worker_models: Option<Vec<String>>,
+    job_ack_wait: Option<f64>,
+    job_max_attempts: Option<u32>,
+    worker_name: Option<String>,
     #[serde(default)]
     models: BTreeMap<String, ModelEntry>,
 }
@@ -217,31 +250,92 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// How much of the stored images to keep; off (keep everything) by default.
     pub retention: RetentionLimits,
+    /// Which part of the bot this process is.
+    pub role: Role,
+    /// The JetStream queue between a gateway and its workers; `None` in one process.
+    pub queue: Option<crate::jetstream::QueueSettings>,
+}
+
+/// Which part of the bot a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything in one process (`imagine bot`).
+    Bot,
+    /// Discord, admission, store and delivery; jobs run on workers (`imagine bot --role gateway`).
+    Gateway,
+    /// Models and engine only, jobs from the queue (`imagine worker`).
+    Worker,
 }
 
 impl Config {
     pub fn resolve(args: &BotArgs) -> Result<Config> {
+        Config::resolve_as(args, false)
+    }
+
+    /// The settings of `imagine worker`: no Discord token, and a queue_url.
+    pub fn resolve_worker(args: &BotArgs) -> Result<Config> {
+        Config::resolve_as(args, true)
+    }
+
+    fn resolve_as(args: &BotArgs, worker: bool) -> Result<Config> {
         let text = match &args.config {
             Some(path) => Some(read_file(path)?),
             None => None,
         };
         let file = args.config.as_deref().zip(text.as_deref());
-        Config::resolve_with_file(args, file)
+        Config::resolve_with_file_as(args, file, worker)
     }
 
     /// [`Config::resolve`] with the config file (its path and text) already read: no I/O, so
     /// tests and the fuzzer can feed it any text.
     pub fn resolve_with_file(args: &BotArgs, file: Option<(&Path, &str)>) -> Result<Config> {
-        let file = match file {
+        Config::resolve_with_file_as(args, file, false)
+    }
+
+    /// [`Config::resolve_with_file`], for a worker (`worker`) or the bot.
+    pub fn resolve_with_file_as(
+        args: &BotArgs,
+        file: Option<(&Path, &str)>,
+        worker: bool,
+    ) -> Result<Config> {
+        let mut file = match file {
             Some((path, text)) => parse_file(path, text)?,
             None => FileConfig::default(),
         };
+        let role = match (worker, args.role.clone().or(file.role.take())) {
+            (true, _) => Role::Worker,
+            (false, None) => Role::Bot,
+            (false, Some(r)) => match r.trim() {
+                "bot" => Role::Bot,
+                "gateway" => Role::Gateway,
+                other => bail!("role {other:?} is not bot or gateway (--role, IMAGINE_ROLE); workers run `imagine worker`"),
+            },
+        };
+        let queue = crate::jetstream::QueueSettings::resolve(
+            role,
+            crate::jetstream::settings::QueueInputs {
+                url: args.queue_url.clone().or(file.queue_url.take()),
+                slots: args.worker_slots.or(file.worker_slots),
+                models: args
+                    .worker_models
+                    .as_deref()
+                    .map(|m| m.split(',').map(|s| s.trim().to_string()).collect())
+                    .or(file.worker_models.take()),
+                ack_wait: args.job_ack_wait.or(file.job_ack_wait),
+                max_attempts: args.job_max_attempts.or(file.job_max_attempts),
+                name: args.worker_name.clone().or(file.worker_name.take()),
+            },
+        )?;
         let token = args
             .discord_token
             .clone()
-            .or(file.discord_token)
-            .filter(|t| !t.trim().is_empty())
-            .context("no Discord token: set DISCORD_TOKEN (Discord developer portal → your application → Bot → Reset Token)")?;
+            .or(file.discord_token.take())
+            .filter(|t| !t.trim().is_empty());
+        // Workers never talk to Discord.
+        let token = match (role, token) {
+            (Role::Worker, t) => t.unwrap_or_default(),
+            (_, t) => t.context("no Discord token: set DISCORD_TOKEN (Discord developer portal → your application → Bot → Reset Token)")?,
+        };
         let spec = args
             .model
             .clone()
@@ -360,7 +454,18 @@ impl Config {
             http_timeout,
             metrics_addr,
             retention,
+            role,
+            queue,
         })
+        .and_then(Config::check_models_served)
+    }
+
+    /// A worker serves only configured models, each reachable by a queue subject.
+    fn check_models_served(self) -> Result<Config> {
+        if let Some(queue) = &self.queue {
+            queue.check_models(&self.models, self.role)?;
+        }
+        Ok(self)
     }
 }
 
@@ -583,7 +688,38 @@ mod tests {
             metrics_addr: None,
             retention_days: None,
             retention_max_gb: None,
+            role: None,
+            queue_url: None,
+            worker_slots: None,
+            worker_models: None,
+            job_ack_wait: None,
+            job_max_attempts: None,
+            worker_name: None,
         }
+    }
+
+    #[test]
+    fn a_worker_needs_a_queue_but_no_token_and_a_gateway_both() {
+        let mut a = args();
+        a.discord_token = None;
+        a.queue_url = Some("nats://127.0.0.1:4222".into());
+        let c = Config::resolve_worker(&a).unwrap();
+        assert_eq!((c.role, c.token.expose()), (Role::Worker, ""));
+        assert_eq!(c.queue.unwrap().url, "nats://127.0.0.1:4222");
+        a.role = Some("gateway".into());
+        let e = Config::resolve(&a).unwrap_err().to_string();
+        assert!(e.contains("DISCORD_TOKEN"), "{e}");
+        a.discord_token = Some("tok".into());
+        assert_eq!(Config::resolve(&a).unwrap().role, Role::Gateway);
+        a.role = Some("worker".into());
+        let e = Config::resolve(&a).unwrap_err().to_string();
+        assert!(e.contains("imagine worker"), "{e}");
+        a.role = None;
+        let e = Config::resolve(&a).unwrap_err().to_string();
+        assert!(e.contains("--role gateway"), "{e}");
+        a.worker_models = Some("sd-turbo,nope".into());
+        let e = Config::resolve_worker(&a).unwrap_err().to_string();
+        assert!(e.contains("\"nope\""), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`metrics`]: the Prometheus series (off unless `metrics_addr` is set).
 //! - [`region`]: Vary (Region): the areas a user picks, and painted masks, as masks.
 //! - [`remix`]: Remix mode: the modal before a button, its custom_id, and applying it.
+//! - [`jetstream`]: the queue between a gateway and `imagine worker` processes (NATS JetStream).
 //! - [`retention`]: deleting the images of old jobs to stay within age and size limits.
 
 pub mod bench_cmd;
@@ -26,6 +27,7 @@ pub mod discord;
 pub mod generate_cmd;
 pub mod hardware;
 pub mod image_input;
+pub mod jetstream;
 pub mod jobs;
 pub mod logging;
 pub mod loras;

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tracing::Instrument;
 
-use super::engine_thread::{EngineEvent, EngineThread, JobEnd};
+use super::engine_thread::{EngineEvent, JobEnd};
 use super::image_prompt::download_image;
+use super::runner::JobRunner;
 use super::updates::Update;
 use super::Data;
 use crate::queue::StopReason;
@@ -28,9 +29,8 @@ pub const INTERNAL_ERROR: &str = "internal error (the details are in the bot's l
 type InHand = std::sync::Arc<std::sync::Mutex<Option<JobId>>>;
 
 /// Runs until the bot stops: a queue loop per engine thread, each restarted if it panics.
-pub fn start(data: Data, engines: Vec<EngineThread>) {
+pub fn start(data: Data, engines: Vec<std::sync::Arc<dyn JobRunner>>) {
     for engine in engines {
-        let engine = std::sync::Arc::new(engine);
         let data = data.clone();
         tokio::spawn(async move {
             let in_hand = InHand::default();
@@ -60,7 +60,7 @@ async fn end_after_panic(data: &Data, job: JobId) {
     data.outbox.notify();
 }
 
-async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>, in_hand: InHand) {
+async fn dispatch(data: Data, engine: std::sync::Arc<dyn JobRunner>, in_hand: InHand) {
     loop {
         // Stopping wins over a waiting job: no job starts once the stop began.
         let id = tokio::select! {
@@ -70,7 +70,9 @@ async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>, in_hand: InH
         };
         *in_hand.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
         let span = tracing::info_span!("job", id = id.0);
-        let outcome = run_one(&data, &engine, id).instrument(span.clone()).await;
+        let outcome = run_one(&data, engine.as_ref(), id)
+            .instrument(span.clone())
+            .await;
         if let Err(e) = outcome {
             span.in_scope(|| tracing::error!("the job ended with an internal error: {e:#}"));
             crate::metrics::job_failed(crate::metrics::FailureCause::Internal);
@@ -83,7 +85,7 @@ async fn dispatch(data: Data, engine: std::sync::Arc<EngineThread>, in_hand: InH
     }
 }
 
-async fn run_one(data: &Data, engine: &EngineThread, id: JobId) -> anyhow::Result<()> {
+async fn run_one(data: &Data, engine: &dyn JobRunner, id: JobId) -> anyhow::Result<()> {
     let marked = data.store.mark_running(id).await;
     data.queue.started(id);
     match marked {
@@ -153,6 +155,11 @@ async fn run_one(data: &Data, engine: &EngineThread, id: JobId) -> anyhow::Resul
         }
         JobEnd::Failed { .. } => crate::metrics::job_failed(crate::metrics::FailureCause::Engine),
         JobEnd::Panicked => crate::metrics::job_failed(crate::metrics::FailureCause::WorkerPanic),
+        JobEnd::Recorded { done } => {
+            if *done {
+                data.queue.record_job_time(started.elapsed());
+            }
+        }
         JobEnd::Stopped(_) => {}
     }
     record_end(data, id, end).await
@@ -180,6 +187,7 @@ async fn record_end(data: &Data, id: JobId, end: JobEnd) -> anyhow::Result<()> {
             tracing::info!("job stopped for the shutdown; it resumes at the next start");
         }
         JobEnd::Panicked => store.fail_job(id, INTERNAL_ERROR).await?,
+        JobEnd::Recorded { .. } => {}
     }
     Ok(())
 }

@@ -27,6 +27,11 @@ pub enum JobEnd {
     Stopped(StopReason),
     /// The job panicked (details are in the log).
     Panicked,
+    /// The end is already in the store (a remote worker's result, written by the gateway's
+    /// result reader); `done` if it made images.
+    Recorded {
+        done: bool,
+    },
 }
 
 /// What the engine thread reports about the job it runs.

@@ -30,6 +30,7 @@ pub mod orphans;
 pub mod place;
 pub mod region_cmd;
 pub mod rest;
+pub mod runner;
 pub mod settings_cmd;
 pub mod shutdown;
 pub mod updates;
@@ -44,7 +45,8 @@ use anyhow::{Context as _, Result};
 use imagine_engine::ModelInfo;
 use poise::serenity_prelude::{self as serenity, GatewayIntents, HttpBuilder};
 
-use crate::config::{short_name, Config};
+use crate::config::{short_name, Config, Role};
+use crate::jetstream::gateway::Remote;
 use crate::queue::JobQueue;
 use crate::store::{Store, StoreLocation};
 use crate::worker::Engines;
@@ -129,8 +131,10 @@ struct Startup {
     store: Store,
     queue: JobQueue,
     models: BTreeMap<String, ModelInfo>,
-    /// One per compute device: each worker builds its models with its own.
+    /// One per compute device: each worker builds its models with its own (none on a gateway).
     engines: Vec<EnginesFactory>,
+    /// A gateway's queue to its workers.
+    remote: Option<Remote>,
     rest: Rest,
     http_client: reqwest::Client,
 }
@@ -155,7 +159,23 @@ pub async fn run(mut config: Config) -> Result<()> {
     let requeued = store.requeue_running().await?;
     crate::metrics::install(config.metrics_addr)?;
     let models = describe_models(&config).await?;
-    let engines = engines_factories(&config).await?;
+    // A gateway loads no model: its jobs run on `imagine worker` processes.
+    let (engines, remote) = match (&config.role, &config.queue) {
+        (Role::Gateway, Some(queue)) => {
+            let remote = Remote::connect(queue, store.clone()).await?;
+            tracing::info!(
+                url = queue.url,
+                slots = queue.slots,
+                "gateway: jobs go to the workers through the queue"
+            );
+            (Vec::new(), Some(remote))
+        }
+        _ => (engines_factories(&config).await?, None),
+    };
+    let runners = match &remote {
+        Some(_) => config.queue.as_ref().map_or(1, |q| q.slots),
+        None => engines.len(),
+    };
     let http_client = http_client(&config)?;
     let rest = Rest::new(
         http_client.clone(),
@@ -170,7 +190,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             "resolved jobs whose first reply was unconfirmed"
         );
     }
-    let queue = JobQueue::new(config.queue_capacity, config.user_cap).with_workers(engines.len());
+    let queue = JobQueue::new(config.queue_capacity, config.user_cap).with_workers(runners);
     let unfinished = store.unfinished_jobs().await?;
     if !unfinished.is_empty() {
         tracing::info!(
@@ -189,6 +209,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         queue,
         models,
         engines,
+        remote,
         rest,
         http_client,
     }));
@@ -252,11 +273,20 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         config.data_dir.clone(),
     );
     let faults = TestFaults::from_env();
-    let engines = s
-        .engines
-        .into_iter()
-        .map(|factory| EngineThread::new(factory, config.data_dir.clone(), faults.clone()))
-        .collect();
+    let runners: Vec<Arc<dyn runner::JobRunner>> = match &s.remote {
+        Some(remote) => remote.runners(config.queue.as_ref().map_or(1, |q| q.slots)),
+        None => s
+            .engines
+            .into_iter()
+            .map(|factory| {
+                Arc::new(EngineThread::new(
+                    factory,
+                    config.data_dir.clone(),
+                    faults.clone(),
+                )) as Arc<dyn runner::JobRunner>
+            })
+            .collect(),
+    };
     let data = Data(Arc::new(BotState {
         store: s.store,
         queue: s.queue,
@@ -272,7 +302,10 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
     }));
     // Delivers at once what ended before a restart and was never confirmed.
     data.outbox.start();
-    dispatcher::start(data.clone(), engines);
+    if let Some(remote) = &s.remote {
+        remote.start(data.clone());
+    }
+    dispatcher::start(data.clone(), runners);
     shutdown::drain(data.clone());
     data
 }
@@ -329,7 +362,7 @@ async fn check_inpaint_model(name: &str, spec: &str, base: &ModelInfo) -> Result
 
 /// How each engine thread (one per configured device) builds its lazily loaded models, again
 /// after a panic. The devices are opened here, once, and the choices logged.
-async fn engines_factories(config: &Config) -> Result<Vec<EnginesFactory>> {
+pub(crate) async fn engines_factories(config: &Config) -> Result<Vec<EnginesFactory>> {
     let mut hardware = Vec::with_capacity(config.devices.len());
     for device in &config.devices {
         let hw = crate::hardware::Hardware::choose(*device, config.precision)

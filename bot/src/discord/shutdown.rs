@@ -88,7 +88,7 @@ pub fn on_signal(shutdown: Shutdown, shards: Arc<ShardManager>) {
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() -> &'static str {
+pub(crate) async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => tokio::select! {
@@ -104,7 +104,7 @@ async fn wait_for_signal() -> &'static str {
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> &'static str {
+pub(crate) async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "Ctrl-C"
 }

@@ -3,5 +3,7 @@
 //! programs its users run.
 //!
 //! - [`postgres`]: a PostgreSQL cluster made by `initdb`, for the store on PostgreSQL.
+//! - [`nats`]: `nats-server -js`, for the gateway and workers on JetStream.
 
+pub mod nats;
 pub mod postgres;
