@@ -15,7 +15,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 /// Tensor `name` of `file` on `device`, with its file pages released from this process.
-pub(crate) fn load(file: &MmapedSafetensors, name: &str, device: &Device) -> Result<Tensor> {
+pub fn load(file: &MmapedSafetensors, name: &str, device: &Device) -> Result<Tensor> {
     let tensor = file.load(name, device)?;
     release(file.get(name)?.data());
     Ok(tensor)
@@ -25,7 +25,7 @@ pub(crate) fn load(file: &MmapedSafetensors, name: &str, device: &Device) -> Res
 ///
 /// # Safety
 /// As [`MmapedSafetensors::multi`]: the files must not be modified while mapped.
-pub(crate) unsafe fn var_builder<P: AsRef<Path>>(
+pub unsafe fn var_builder<P: AsRef<Path>>(
     files: &[P],
     dtype: DType,
     device: &Device,

@@ -8,7 +8,7 @@ pub mod checkpoint;
 pub(crate) mod clip_vocab;
 pub mod config;
 pub mod lora;
-pub(crate) mod mapped;
+pub mod mapped;
 pub mod random_weights;
 pub mod source;
 pub mod tokenizer;
