@@ -165,6 +165,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ),
         (None, None) => bail!("give --model DIR or --arch NAME"),
     };
+    let loading = Instant::now();
     let model = StableDiffusion::load(&dir, &load)
         .with_context(|| format!("loading the model from {}", dir.display()))?;
     let taesd = match &args.taesd {
@@ -177,6 +178,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         None => None,
     };
+    // Nothing ran before the load, so the process's peak so far is the load's.
+    let (load_seconds, load_peak_rss_mib) =
+        (loading.elapsed().as_secs_f64(), report::peak_rss_mib());
     let cost = Cost::of(&dir)?;
     let selected = |r: Row| {
         (args.only.is_empty() || args.only.contains(&r)) && (taesd.is_some() || !r.needs_taesd())
@@ -217,6 +221,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         precision: hw.precision.name(),
         device: hw.device_name(),
         flush_denormals: flush,
+        kernels: imagine_engine::kernels::isa::isa().name(),
+        load_seconds,
+        load_peak_rss_mib,
         warmup: args.warmup,
         runs: args.runs,
         grid_runs: bench.grid_runs,

@@ -1,6 +1,6 @@
 //! GEMM throughput at the UNet's and VAE's shapes: our kernel in fp32 and bf16 vs the gemm
 //! crate (what candle uses), and one core's fp32 FMA peak at each vector width the CPU has
-//! (AVX-512, AVX2) and its bf16 dot-product peak. Run with `PEAK=1` for the peaks alone:
+//! (AVX-512, AVX2; NEON on aarch64) and its bf16 dot-product peak. Run with `PEAK=1` for the peaks alone:
 //!
 //! ```sh
 //! RAYON_NUM_THREADS=2 cargo run --release -p imagine-engine --example gemm_rate
@@ -104,12 +104,12 @@ fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
 #[cfg(target_arch = "x86_64")]
 fn print_peaks() {
     use imagine_engine::kernels::isa::{detected, Isa};
-    if detected() >= Isa::Avx512 {
+    if detected().includes(Isa::Avx512) {
         // SAFETY: the CPU has AVX-512F.
         let rate = unsafe { peak_avx512() };
         println!("peak one core: fp32 FMA AVX-512 {rate:.1} GFLOP/s");
     }
-    if detected() >= Isa::Avx2 {
+    if detected().includes(Isa::Avx2) {
         // SAFETY: the CPU has AVX2 and FMA.
         let rate = unsafe { peak_avx2() };
         println!("peak one core: fp32 FMA AVX2 {rate:.1} GFLOP/s");
@@ -121,7 +121,38 @@ fn print_peaks() {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+/// One core's NEON fp32 FMA peak (never measured by us yet: no ARM machine so far).
+#[cfg(target_arch = "aarch64")]
+fn print_peaks() {
+    // SAFETY: NEON is part of every aarch64 target.
+    let rate = unsafe { peak_neon() };
+    println!("peak one core: fp32 FMA NEON {rate:.1} GFLOP/s");
+}
+
+/// Sixteen independent 4-wide FMA chains on one core (four FMA pipes of latency 4 on the
+/// widest current cores), in GFLOP/s.
+///
+/// # Safety
+/// The CPU must support NEON (every aarch64 CPU does).
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn peak_neon() -> f64 {
+    use std::arch::aarch64::*;
+    let (a, b) = (vdupq_n_f32(0.999), vdupq_n_f32(0.001));
+    let mut c = [a; 16];
+    let iters = 100_000_000usize;
+    let t = Instant::now();
+    for _ in 0..iters {
+        for v in c.iter_mut() {
+            *v = vfmaq_f32(b, a, *v);
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    std::hint::black_box(c.iter().map(|x| vaddvq_f32(*x)).sum::<f32>());
+    (iters * 16 * 8) as f64 / s / 1e9
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn print_peaks() {
     println!("no peak measurement for this architecture yet");
 }

@@ -32,8 +32,7 @@ fn request() -> GenerateRequest {
 
 #[test]
 fn bf16_images_stay_within_a_few_levels_of_fp32() {
-    if !ComputePrecision::bf16_available() {
-        eprintln!("skipped: this CPU has no AVX512_BF16");
+    if !imagine_engine::kernels::isa::test_path_runs("bf16", ComputePrecision::bf16_available()) {
         return;
     }
     for model in MODELS {
@@ -53,7 +52,7 @@ fn bf16_images_stay_within_a_few_levels_of_fp32() {
 
 #[test]
 fn bf16_is_deterministic() {
-    if !ComputePrecision::bf16_available() {
+    if !imagine_engine::kernels::isa::test_path_runs("bf16", ComputePrecision::bf16_available()) {
         return;
     }
     let req = request();

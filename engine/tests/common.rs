@@ -40,7 +40,14 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Set (by the parity tests' child runs) to compute with denormals flushed on every compute
+/// thread, as `imagine generate`, `imagine bench` and the bot do.
+pub const FLUSH: &str = "IMAGINE_TEST_FLUSH_DENORMALS";
+
 pub fn load(name: &str) -> StableDiffusion {
+    if std::env::var_os(FLUSH).is_some() {
+        assert!(imagine_engine::kernels::denormals::flush_on_compute_threads());
+    }
     StableDiffusion::load(&model_dir(name), &LoadOptions::default())
         .unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }

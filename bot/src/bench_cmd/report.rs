@@ -38,6 +38,12 @@ pub struct Report {
     /// Where: cpu, cuda:0, metal:0.
     pub device: String,
     pub flush_denormals: bool,
+    /// The CPU kernel path (`avx512`, `avx2`, `neon`, `generic` or `candle`).
+    pub kernels: &'static str,
+    /// Loading the model (and TAESD): wall-clock seconds, and the process's peak resident
+    /// memory by its end (MiB).
+    pub load_seconds: f64,
+    pub load_peak_rss_mib: Option<f64>,
     pub warmup: usize,
     pub runs: usize,
     pub grid_runs: usize,
@@ -49,15 +55,22 @@ pub struct Report {
 impl Report {
     pub fn print_table(&self) {
         println!(
-            "\nimagine bench: {} | {} | {} | {} threads | flush-to-zero/denormals-are-zero {} | warm-up {}, median of {} runs (grid: {})",
+            "\nimagine bench: {} | {} | {} | {} kernels | {} threads | flush-to-zero/denormals-are-zero {} | warm-up {}, median of {} runs (grid: {})",
             self.model,
             self.device,
             self.precision,
+            self.kernels,
             self.threads,
             if self.flush_denormals { "ON" } else { "off" },
             self.warmup,
             self.runs,
             self.grid_runs
+        );
+        println!(
+            "load: {:.3} s, peak {} MiB",
+            self.load_seconds,
+            self.load_peak_rss_mib
+                .map_or_else(|| "-".to_string(), |v| format!("{v:.0}"))
         );
         println!(
             "{:<13} {:>5} {:>5} {:>10} {:>10} {:>10} {:>10}",

@@ -1,5 +1,5 @@
-//! Our GEMM for AVX-512 and AVX2: register-blocked micro-kernels over packed 12x32 panels, in
-//! f32 or (AVX-512 only) with bf16 inputs and f32 accumulation.
+//! Our GEMM for AVX-512, AVX2 and NEON: register-blocked micro-kernels over packed 12x32
+//! panels, in f32 or (AVX-512 only) with bf16 inputs and f32 accumulation.
 //!
 //! The gemm crate reaches ~35 GFLOP/s per core on this project's convolution shapes, a seventh
 //! of an AVX-512 core's peak. This follows the BLIS structure instead: operands are copied into
@@ -10,7 +10,10 @@
 //! AVX2 has 16 vector registers of 8 floats, too few for a 12x32 tile; its kernel walks the
 //! same panels as 6x16 tiles, so packing (weights at load, convolution inputs per call) is
 //! one code path for both, and both kernels sum every output in the same order: their
-//! results are identical, bit for bit.
+//! results are identical, bit for bit. NEON (aarch64) has 32 registers of 4 floats; its
+//! kernel walks the panels as 12x8 tiles (24 accumulators, all 12 A values of a k step in
+//! three registers multiplied by lane, two B vectors: 29 registers) and sums in the same
+//! order too, so an ARM machine computes the same products as an x86 one.
 //!
 //! The [`Precision`] decides what a panel holds: f32 values, or (where the CPU has
 //! AVX512_BF16) pairs of consecutive k values rounded to bf16 in one 32-bit word, which
@@ -89,7 +92,7 @@ pub trait Precision: Copy + Send + Sync + 'static {
 }
 
 /// f32 panels and FMA: the reference precision, on AVX-512 (one 12x32 tile in 24 zmm
-/// accumulators) or AVX2 (the same panels as four 6x16 tiles).
+/// accumulators), AVX2 (the same panels as four 6x16 tiles) or NEON (as four 12x8 tiles).
 #[derive(Clone, Copy, Debug)]
 pub struct F32;
 
@@ -118,7 +121,7 @@ impl Precision for F32 {
     const NC: usize = 512;
 
     fn available() -> bool {
-        isa() >= Isa::Avx2
+        isa().has_vector_kernels()
     }
 
     fn convert<'a>(src: &'a [f32], _: usize, _: usize, _: &'a mut Vec<u32>) -> &'a [f32] {
@@ -152,6 +155,7 @@ impl Precision for F32 {
             (Isa::Avx512, 12) => micro_f32::<12>(steps, a, b, c, ldc, alpha, accumulate),
             (Isa::Avx512, 8) => micro_f32::<8>(steps, a, b, c, ldc, alpha, accumulate),
             (Isa::Avx512, 4) => micro_f32::<4>(steps, a, b, c, ldc, alpha, accumulate),
+            (Isa::Neon, 4 | 8 | 12) => micro_f32_neon(steps, a, b, c, ldc, alpha, accumulate, rows),
             (_, 4 | 8 | 12) => micro_f32_avx2(steps, a, b, c, ldc, alpha, accumulate, rows),
             _ => unreachable!("micro-kernel heights are 4, 8 and 12"),
         }
@@ -209,8 +213,8 @@ impl Precision for Bf16 {
     }
 }
 
-/// Whether this process runs our f32 kernel (AVX-512 or AVX2; otherwise callers use the gemm
-/// crate).
+/// Whether this process runs our f32 kernel (AVX-512, AVX2 or NEON; otherwise callers use the
+/// gemm crate).
 pub fn available() -> bool {
     F32::available()
 }
@@ -1012,6 +1016,94 @@ unsafe fn tile_avx2<const R: usize>(
     }
 }
 
+/// The NEON micro-kernel: the same 12x32 panels, multiplied as four 12x8 (or 8x8, 4x8) tiles,
+/// one column quarter at a time so its slice of the B panel stays in L1.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_f32_neon(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+    rows: usize,
+) {
+    for quarter in [0, 8, 16, 24] {
+        let (b, c) = (b.add(quarter), c.add(quarter));
+        match rows {
+            12 => tile_neon::<3>(kc, a, b, c, ldc, alpha, accumulate),
+            8 => tile_neon::<2>(kc, a, b, c, ldc, alpha, accumulate),
+            _ => tile_neon::<1>(kc, a, b, c, ldc, alpha, accumulate),
+        }
+    }
+}
+
+/// One `4·G` x 8 tile of [`micro_f32_neon`]: per k step, G vectors of 4 A values (rows
+/// `4g..4g+4`, panel stride MR) each multiply two B vectors (panel stride NR) by lane, fused
+/// (one rounding per product and add, as `vfmadd` on x86).
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn tile_neon<const G: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+) {
+    use std::arch::aarch64::*;
+    // acc[g][r][h]: row 4g + r, columns 4h..4h+4 of the tile.
+    let mut acc = [[[vdupq_n_f32(0.0); 2]; 4]; G];
+    for p in 0..kc {
+        let b0 = vld1q_f32(b.add(p * NR));
+        let b1 = vld1q_f32(b.add(p * NR + 4));
+        let ap = a.add(p * MR);
+        for (g, rows) in acc.iter_mut().enumerate() {
+            let av = vld1q_f32(ap.add(4 * g));
+            rows[0][0] = vfmaq_laneq_f32::<0>(rows[0][0], b0, av);
+            rows[0][1] = vfmaq_laneq_f32::<0>(rows[0][1], b1, av);
+            rows[1][0] = vfmaq_laneq_f32::<1>(rows[1][0], b0, av);
+            rows[1][1] = vfmaq_laneq_f32::<1>(rows[1][1], b1, av);
+            rows[2][0] = vfmaq_laneq_f32::<2>(rows[2][0], b0, av);
+            rows[2][1] = vfmaq_laneq_f32::<2>(rows[2][1], b1, av);
+            rows[3][0] = vfmaq_laneq_f32::<3>(rows[3][0], b0, av);
+            rows[3][1] = vfmaq_laneq_f32::<3>(rows[3][1], b1, av);
+        }
+    }
+    let alpha = vdupq_n_f32(alpha);
+    for (i, row) in acc.iter().flatten().enumerate() {
+        for (h, v) in row.iter().enumerate() {
+            let dst = c.add(i * ldc + 4 * h);
+            let v = vmulq_f32(*v, alpha);
+            let v = if accumulate {
+                vaddq_f32(vld1q_f32(dst), v)
+            } else {
+                v
+            };
+            vst1q_f32(dst, v);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_f32_neon(
+    _: usize,
+    _: *const f32,
+    _: *const f32,
+    _: *mut f32,
+    _: usize,
+    _: f32,
+    _: bool,
+    _: usize,
+) {
+    unreachable!("the NEON kernel runs on aarch64 only")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro_f32_avx2(
@@ -1024,7 +1116,7 @@ unsafe fn micro_f32_avx2(
     _: bool,
     _: usize,
 ) {
-    unreachable!("available() is false off x86-64")
+    unreachable!("the AVX2 kernel runs on x86-64 only")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -1037,7 +1129,7 @@ unsafe fn micro_f32<const R: usize>(
     _: f32,
     _: bool,
 ) {
-    unreachable!("available() is false off x86-64")
+    unreachable!("the AVX-512 kernel runs on x86-64 only")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -1050,7 +1142,7 @@ unsafe fn micro_bf16<const R: usize>(
     _: f32,
     _: bool,
 ) {
-    unreachable!("available() is false off x86-64")
+    unreachable!("the bf16 kernel runs on x86-64 only")
 }
 
 #[cfg(test)]
@@ -1186,13 +1278,34 @@ mod tests {
         }
     }
 
-    /// Both kernels sum each output over k in the same order, so a model gives the same GEMM
-    /// results on an AVX2 machine as on an AVX-512 one.
-    #[test]
-    fn avx2_and_avx512_products_are_identical() {
-        if vector_levels().len() < 2 {
-            return;
+    /// `C = (accumulate ? C : 0) + alpha · A·B` in the kernels' own order: per k block of KC,
+    /// a sum from zero with one fused multiply-add per product, scaled, then added to C.
+    fn ordered_fma(a: &Mat, b: &Mat, c: &mut [f32], alpha: f32, accumulate: bool) {
+        let (m, n, k) = (a.rows, b.cols, a.cols);
+        for i in 0..m {
+            for j in 0..n {
+                let out = &mut c[i * n + j];
+                for pc in (0..k).step_by(F32::KC) {
+                    let mut acc = 0f32;
+                    for p in pc..k.min(pc + F32::KC) {
+                        let x = a.data[i * a.row_stride + p * a.col_stride];
+                        acc = x.mul_add(b.data[p * b.row_stride + j * b.col_stride], acc);
+                    }
+                    *out = if accumulate || pc > 0 {
+                        *out + acc * alpha
+                    } else {
+                        acc * alpha
+                    };
+                }
+            }
         }
+    }
+
+    /// Every kernel (AVX-512, AVX2, NEON) sums each output over k in the same order with fused
+    /// multiply-adds, so its products equal that scalar loop's bit for bit: a model gives the
+    /// same GEMM results on every machine (run under qemu for NEON).
+    #[test]
+    fn every_level_matches_an_ordered_fma_loop_bit_for_bit() {
         let (m, n, k) = (40, 100, 700);
         let av: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 23) as f32).sin()).collect();
         let bv: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 19) as f32).cos()).collect();
@@ -1210,24 +1323,49 @@ mod tests {
             row_stride: n,
             col_stride: 1,
         };
-        let product = |level| {
-            let mut c = vec![0.5f32; m * n];
+        let mut want = vec![0.5f32; m * n];
+        ordered_fma(&a, &b, &mut want, 0.7, true);
+        let mut want_fresh = vec![0f32; m * n];
+        ordered_fma(&a, &b, &mut want_fresh, 0.7, false);
+        let levels = vector_levels();
+        assert!(
+            !isa().has_vector_kernels() || !levels.is_empty(),
+            "no vector level to check"
+        );
+        for level in levels {
             with_vectors(level, || {
+                let mut c = vec![0.5f32; m * n];
+                let plain = AOperand::<F32>::Plain(a);
+                gemm(MatMut::new(&mut c, m, n, n), plain, &b, 0.7, true);
+                assert!(c == want, "{level:?}: accumulated product differs");
+                let mut c = vec![9f32; m * n];
+                let packed = PackedA::<F32>::pack(a);
                 gemm(
                     MatMut::new(&mut c, m, n, n),
-                    AOperand::<F32>::Plain(a),
+                    AOperand::Packed(&packed),
                     &b,
                     0.7,
+                    false,
+                );
+                assert!(c == want_fresh, "{level:?}: product with packed A differs");
+                let mut c = vec![0.5f32; m * n];
+                gemm_packed_rows(
+                    MatMut::new(&mut c, m, n, n),
+                    a,
+                    &PackedB::<F32>::pack(b),
+                    0.7,
                     true,
-                )
+                );
+                assert!(c == want, "{level:?}: product with packed B differs");
             });
-            c
-        };
-        assert!(product(Isa::Avx2) == product(Isa::Avx512));
+        }
     }
 
     #[test]
     fn bf16_is_exact_products_of_rounded_inputs() {
+        if !crate::kernels::isa::test_path_runs("bf16", Bf16::available()) {
+            return;
+        }
         matches_reference::<Bf16>(|x| f32::from_bits(bf16_bits(x) << 16));
     }
 

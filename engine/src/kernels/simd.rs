@@ -3,9 +3,12 @@
 //! The crate is built for baseline x86-64 (SSE2), so loops would only ever get 4-wide vectors.
 //! [`multiversion`] compiles a kernel for AVX-512 (or AVX2+FMA) too and picks one at run time;
 //! the `#[inline(always)]` helpers below are written branch-free so LLVM turns the loops that
-//! call them into full-width SIMD there. The GEMM has its own micro-kernels.
+//! call them into full-width SIMD there. On aarch64 the baseline is NEON already (4-wide, as
+//! wide as that architecture's vectors get), so there the body is compiled once and runs on
+//! every path, `generic` included. The GEMM has its own micro-kernels.
 
-/// Defines a function whose body is compiled three times (AVX-512, AVX2+FMA, baseline) and
+/// Defines a function whose body is compiled three times on x86-64 (AVX-512, AVX2+FMA,
+/// baseline; once on aarch64, whose baseline has NEON) and
 /// dispatched at run time on [`super::isa::vector_isa`] (what the CPU has, unless lowered).
 /// The body is an `#[inline(always)]` inner function, so it is always compiled with the
 /// wrapper's features; a closure handed to a
@@ -33,7 +36,9 @@ macro_rules! multiversion {
                 $crate::kernels::isa::Isa::Avx512 => return unsafe { avx512($($arg),*) },
                 // SAFETY: as above.
                 $crate::kernels::isa::Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                $crate::kernels::isa::Isa::Generic | $crate::kernels::isa::Isa::Candle => {}
+                $crate::kernels::isa::Isa::Generic
+                | $crate::kernels::isa::Isa::Candle
+                | $crate::kernels::isa::Isa::Neon => {}
             }
             body($($arg),*)
         }

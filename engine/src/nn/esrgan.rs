@@ -175,7 +175,7 @@ impl Esrgan {
         } = Self::describe(path)?;
         let cin = 3 * unshuffle * unshuffle;
         // SAFETY: the file is memory-mapped read-only; we never write to it while mapped.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &opts.device) }
+        let vb = unsafe { crate::load::mapped::var_builder(&[path], DType::F32, &opts.device) }
             .map_err(|e| bad(e.to_string()))?;
         let conv =
             |name: &str, cin: usize, cout: usize| Conv2d::load(vb.pp(name), cin, cout, 3, 1, 1);

@@ -121,7 +121,7 @@ fn read<T>(slot: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 fn fast_path(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu)
         && x.dtype() == DType::F32
-        && crate::kernels::isa::isa() > crate::kernels::isa::Isa::Candle
+        && crate::kernels::isa::isa() != crate::kernels::isa::Isa::Candle
 }
 
 /// Whether a weight should be packed for our GEMM at load time: on the CPU, in f32, where the
@@ -130,9 +130,16 @@ fn packable(w: &Tensor) -> bool {
     fast_path(w) && matmul::available()
 }
 
-/// The f32 data of a contiguous CPU tensor.
-fn host_data(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
+/// Runs `f` on the f32 data of a CPU tensor, read in place (weights come contiguous from
+/// the loader), so packing a weight never holds a third copy of it besides the tensor and
+/// the packed panels.
+fn with_host_data<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let t = t.contiguous()?; // the same storage when already contiguous
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(crate::kernels::contiguous(cpu, layout)?)),
+        _ => candle_core::bail!("only CPU weights are packed"),
+    }
 }
 
 /// A 2-D convolution with square kernel, stride and padding, and a bias.
@@ -170,13 +177,12 @@ impl ConvWeight {
             return Ok(Self::Tensor(weight));
         }
         let dims = weight.dims4()?;
-        let data = host_data(&weight)?;
-        Ok(match precision {
+        with_host_data(&weight, |data| match precision {
             ComputePrecision::Fp32 => {
-                Self::Packed(Arc::new(conv::pack_weights(&data, dims.0)), dims)
+                Self::Packed(Arc::new(conv::pack_weights(data, dims.0)), dims)
             }
             ComputePrecision::Bf16 => {
-                Self::PackedBf16(Arc::new(conv::pack_weights(&data, dims.0)), dims)
+                Self::PackedBf16(Arc::new(conv::pack_weights(data, dims.0)), dims)
             }
         })
     }
@@ -316,13 +322,12 @@ impl LinearWeight {
             return Ok(Self::Tensor(weight));
         }
         let (outs, ins) = weight.dims2()?;
-        let data = host_data(&weight)?;
-        Ok(match precision {
+        with_host_data(&weight, |data| match precision {
             ComputePrecision::Fp32 => {
-                Self::Packed(Arc::new(elementwise::pack_linear(&data, outs, ins)))
+                Self::Packed(Arc::new(elementwise::pack_linear(data, outs, ins)))
             }
             ComputePrecision::Bf16 => {
-                Self::PackedBf16(Arc::new(elementwise::pack_linear(&data, outs, ins)))
+                Self::PackedBf16(Arc::new(elementwise::pack_linear(data, outs, ins)))
             }
         })
     }

@@ -268,7 +268,7 @@ impl Taesd {
             check_safetensors(f)?;
         }
         // SAFETY: the files are memory-mapped read-only; we never write to them while mapped.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, opts.dtype, &opts.device) }
+        let vb = unsafe { crate::load::mapped::var_builder(&files, opts.dtype, &opts.device) }
             .map_err(|e| EngineError::bad_file(dir, e))?;
         crate::layers::loading_with(opts.precision, || {
             Self::new(vb.pp("decoder"), &cfg, dir, opts.dtype, &opts.device)

@@ -455,7 +455,7 @@ fn weights(
         check_safetensors(f)?;
     }
     // SAFETY: the files are memory-mapped read-only; we never write to them while mapped.
-    unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+    unsafe { crate::load::mapped::var_builder(&files, dtype, device) }
         .map_err(|e| EngineError::bad_file(&folder, e))
 }
 

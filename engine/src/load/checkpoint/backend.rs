@@ -36,9 +36,9 @@ impl RenamedWeights {
             ))
         })?;
         Ok(match fetch {
-            Fetch::Same(key) => self.file.load(key, dev)?,
+            Fetch::Same(key) => crate::load::mapped::load(&self.file, key, dev)?,
             Fetch::Squeezed(key) => {
-                let t = self.file.load(key, dev)?;
+                let t = crate::load::mapped::load(&self.file, key, dev)?;
                 let dims: Vec<usize> = match t.dims() {
                     [rows, cols, 1, 1] => vec![*rows, *cols],
                     other => other.to_vec(),
@@ -46,14 +46,16 @@ impl RenamedWeights {
                 t.reshape(dims)?
             }
             Fetch::Third(key, index) => {
-                let t = self.file.load(key, dev)?;
+                let t = crate::load::mapped::load(&self.file, key, dev)?;
                 let rows = t.dim(0)?;
                 if rows % 3 != 0 {
                     candle_core::bail!("{key} has {rows} rows, not three equal q/k/v parts");
                 }
                 t.narrow(0, index * rows / 3, rows / 3)?.contiguous()?
             }
-            Fetch::Transposed(key) => self.file.load(key, dev)?.t()?.contiguous()?,
+            Fetch::Transposed(key) => crate::load::mapped::load(&self.file, key, dev)?
+                .t()?
+                .contiguous()?,
         })
     }
 }
