@@ -427,3 +427,41 @@ async fn cancelling_a_job_running_on_a_worker_stops_it_there() {
     assert!(has_buttons(&serde_json::to_value(&next).unwrap()));
     assert_eq!(deliveries_of(&w.sim, "remote-cancel"), 0);
 }
+
+/// The whole scaled-out stack as the README sets it up: the gateway's store on a real
+/// PostgreSQL, two workers over JetStream. A grid is delivered once, its U2 too, both jobs are
+/// done in PostgreSQL, and no SQLite file is made.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_on_postgres_with_two_workers_delivers_a_grid_and_its_buttons() {
+    use imagine::store::PostgresUrl;
+    use imagine_tests::servers::postgres::Postgres;
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = pg.create_database();
+    let w = world().await;
+    let nats = NatsServer::start();
+    let env = [("IMAGINE_DATABASE_URL", url.as_str())];
+    let _gateway = start_gateway(&w, &nats, 2, &env).await;
+    let _workers = [
+        start_worker(w.dir.path(), "w1", &nats, &[]).await,
+        start_worker(w.dir.path(), "w2", &nats, &[]).await,
+    ];
+    let path = submit(&w, w.alice, "pg lighthouse --steps 2").await;
+    let grid = finished(&w.sim, std::slice::from_ref(&path)).await;
+    assert_eq!(png_of(&w.sim, &grid).dimensions(), (128, 128));
+    let single = click(&w, w.alice, &grid, "U2").await;
+    assert_eq!(png_of(&w.sim, &single).dimensions(), (64, 64));
+    assert_eq!(
+        deliveries_of(&w.sim, "pg lighthouse"),
+        2,
+        "the grid and U2, once each"
+    );
+
+    let store = Store::connect_postgres(&PostgresUrl::parse(&url).unwrap())
+        .await
+        .unwrap();
+    for job in [1, 2] {
+        let status = store.job(JobId(job)).await.unwrap().map(|j| j.status);
+        assert_eq!(status, Some(JobStatus::Done), "job {job} in PostgreSQL");
+    }
+    assert!(!w.dir.path().join("imagine.db").exists(), "no SQLite file");
+}
