@@ -15,7 +15,8 @@ use super::{Data, Error};
 use crate::buttons::{ButtonAction, ButtonId};
 use crate::custom_zoom::split_zoom;
 use crate::jobs::{custom_zoom_job, Requester};
-use crate::store::JobStatus;
+use crate::store::{ImageRecord, Job, JobStatus};
+use imagine_engine::ModelInfo;
 
 async fn reply_private(
     ctx: &serenity::Context,
@@ -64,20 +65,10 @@ pub async fn on_submit(
         Ok(zoom) => zoom,
         Err(msg) => return reply_private(ctx, submit, &msg).await,
     };
-    let Some(parent) = data.store.job(form.job).await? else {
-        return reply_private(ctx, submit, "That job no longer exists.").await;
+    let (parent, info, images) = match finished_parent(data, form).await? {
+        Ok(found) => found,
+        Err(msg) => return reply_private(ctx, submit, &msg).await,
     };
-    if parent.status != JobStatus::Done {
-        return reply_private(ctx, submit, "That job has not finished yet.").await;
-    }
-    if let Some(why) = crate::retention::cleaned_up(&data.store, &parent, form.action).await? {
-        return reply_private(ctx, submit, &why).await;
-    }
-    let Some(info) = data.models.get(&parent.request.model) else {
-        let msg = "That image's model is no longer configured on this bot.";
-        return reply_private(ctx, submit, msg).await;
-    };
-    let images = resolve_images(&data.data_dir, data.store.images(parent.id).await?);
     let who = requester(submit, &parent);
     let max_side = data.config.max_image_side;
     let seed = rand::random();
@@ -100,20 +91,10 @@ async fn on_remix(
     let Some(text) = field(submit, ZOOM_INPUT) else {
         return reply_private(ctx, submit, "This form is not one of mine any more.").await;
     };
-    let Some(parent) = data.store.job(button.job).await? else {
-        return reply_private(ctx, submit, "That job no longer exists.").await;
+    let (parent, info, images) = match finished_parent(data, button).await? {
+        Ok(found) => found,
+        Err(msg) => return reply_private(ctx, submit, &msg).await,
     };
-    if parent.status != JobStatus::Done {
-        return reply_private(ctx, submit, "That job has not finished yet.").await;
-    }
-    if let Some(why) = crate::retention::cleaned_up(&data.store, &parent, button.action).await? {
-        return reply_private(ctx, submit, &why).await;
-    }
-    let Some(info) = data.models.get(&parent.request.model) else {
-        let msg = "That image's model is no longer configured on this bot.";
-        return reply_private(ctx, submit, msg).await;
-    };
-    let images = resolve_images(&data.data_dir, data.store.images(parent.id).await?);
     let who = requester(submit, &parent);
     let settings = data.store.user_settings(who.user_id).await?;
     let made = super::events::new_button_job(
@@ -130,6 +111,30 @@ async fn on_remix(
         Ok(job) => start(ctx, data, submit, job).await,
         Err(msg) => reply_private(ctx, submit, &msg).await,
     }
+}
+
+/// The finished job a form acts on, its model and its images; `Err` is the sentence for the
+/// user when the job is gone, unfinished, cleaned up, or its model is no longer configured.
+async fn finished_parent(
+    data: &Data,
+    form: ButtonId,
+) -> Result<Result<(Job, &ModelInfo, Vec<ImageRecord>), String>, Error> {
+    let Some(parent) = data.store.job(form.job).await? else {
+        return Ok(Err("That job no longer exists.".into()));
+    };
+    if parent.status != JobStatus::Done {
+        return Ok(Err("That job has not finished yet.".into()));
+    }
+    if let Some(why) = crate::retention::cleaned_up(&data.store, &parent, form.action).await? {
+        return Ok(Err(why));
+    }
+    let Some(info) = data.models.get(&parent.request.model) else {
+        return Ok(Err(
+            "That image's model is no longer configured on this bot.".into(),
+        ));
+    };
+    let images = resolve_images(&data.data_dir, data.store.images(parent.id).await?);
+    Ok(Ok((parent, info, images)))
 }
 
 /// Who submitted, and where the answer goes.
