@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
 use super::matmul::{self, write_pairs, AOperand, Bf16, PackB, PackedA, Precision, F32, NR};
+use super::winograd::{self, WinogradWeights};
 use super::{contiguous, fill, gemm_f32, par_filled, Mat, MatMut};
 
 /// Column matrices (fallback path) are built in tiles of at most this many floats (16 MiB).
@@ -194,19 +195,7 @@ impl<P: Precision> PackedConv2dOp<'_, P> {
                 self.kernel
             );
         }
-        let out_len = g.batch * g.cout * g.ho * g.wo;
-        if let Some(e) = extra {
-            if e.len() != g.batch * g.cout && e.len() != out_len {
-                candle_core::bail!(
-                    "conv2d: {} values to add to a [{}, {}, {}, {}] output",
-                    e.len(),
-                    g.batch,
-                    g.cout,
-                    g.ho,
-                    g.wo
-                );
-            }
-        }
+        check_extra(&g, extra)?;
         let out = conv(
             &g,
             x,
@@ -219,6 +208,87 @@ impl<P: Precision> PackedConv2dOp<'_, P> {
             CpuStorage::F32(out),
             Shape::from((g.batch, g.cout, g.ho, g.wo)),
         ))
+    }
+}
+
+/// `extra` is `[B, Cout]` or the output's shape.
+fn check_extra(g: &Geometry, extra: Option<&[f32]>) -> Result<()> {
+    let out_len = g.batch * g.cout * g.ho * g.wo;
+    match extra {
+        Some(e) if e.len() != g.batch * g.cout && e.len() != out_len => candle_core::bail!(
+            "conv2d: {} values to add to a [{}, {}, {}, {}] output",
+            e.len(),
+            g.batch,
+            g.cout,
+            g.ho,
+            g.wo
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A 3x3, stride-1, padding-1 convolution by Winograd's F(2x2, 3x3) ([`winograd`]):
+/// `conv2d(x, bias)`, or with a third operand `conv2d(x, bias) + extra` as
+/// [`PackedConv2dOp`] takes it.
+pub struct WinogradConv2dOp<'a, P: Precision> {
+    pub weights: &'a WinogradWeights<P>,
+}
+
+impl<P: Precision> WinogradConv2dOp<'_, P> {
+    fn run(
+        &self,
+        x: &[f32],
+        xl: &Layout,
+        bias: &[f32],
+        extra: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let kernel = (self.weights.cout(), self.weights.cin(), 3, 3);
+        let g = Geometry::new(xl, kernel, 1, 1)?;
+        if bias.len() != g.cout {
+            candle_core::bail!("conv2d: bias of {} for {} channels", bias.len(), g.cout);
+        }
+        check_extra(&g, extra)?;
+        let mut out = initial_output(&g, bias, extra);
+        winograd::accumulate(x, (g.batch, g.h, g.w), self.weights, &mut out);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((g.batch, g.cout, g.ho, g.wo)),
+        ))
+    }
+}
+
+impl<P: Precision> CustomOp2 for WinogradConv2dOp<'_, P> {
+    fn name(&self) -> &'static str {
+        "imagine-conv2d-winograd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(contiguous(xs, xl)?, xl, contiguous(bs, bl)?, None)
+    }
+}
+
+impl<P: Precision> CustomOp3 for WinogradConv2dOp<'_, P> {
+    fn name(&self) -> &'static str {
+        "imagine-conv2d-winograd-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+        es: &CpuStorage,
+        el: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let extra = Some(contiguous(es, el)?);
+        self.run(contiguous(xs, xl)?, xl, contiguous(bs, bl)?, extra)
     }
 }
 
@@ -467,17 +537,11 @@ fn im2col_row<T: Copy + Default>(g: &Geometry, input: &[T], kx: usize, out: &mut
     }
 }
 
-fn conv<P: Precision>(
-    g: &Geometry,
-    x: &[f32],
-    w: Weights<P>,
-    bias: &[f32],
-    extra: Option<&[f32]>,
-    col_budget: usize,
-) -> Vec<f32> {
+/// The output before the products: bias (+ extra) per channel. The products accumulate onto
+/// it.
+fn initial_output(g: &Geometry, bias: &[f32], extra: Option<&[f32]>) -> Vec<f32> {
     let hw_out = g.ho * g.wo;
-    // The output starts as bias (+ extra); the products accumulate onto it.
-    let mut out = par_filled(g.batch * g.cout * hw_out, hw_out, |plane_index, plane| {
+    par_filled(g.batch * g.cout * hw_out, hw_out, |plane_index, plane| {
         let b = bias[plane_index % g.cout];
         match extra {
             Some(e) if e.len() == g.batch * g.cout => fill(plane, b + e[plane_index]),
@@ -488,7 +552,19 @@ fn conv<P: Precision>(
             }
             None => fill(plane, b),
         }
-    });
+    })
+}
+
+fn conv<P: Precision>(
+    g: &Geometry,
+    x: &[f32],
+    w: Weights<P>,
+    bias: &[f32],
+    extra: Option<&[f32]>,
+    col_budget: usize,
+) -> Vec<f32> {
+    let hw_out = g.ho * g.wo;
+    let mut out = initial_output(g, bias, extra);
     let image_out = g.cout * hw_out;
 
     let packed = match w {

@@ -16,6 +16,7 @@ pub mod isa;
 pub mod matmul;
 pub mod norm;
 pub mod simd;
+pub mod winograd;
 
 use candle_core::{CpuStorage, Layout, Result};
 

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::kernels::matmul::{self, Bf16, PackedA, PackedB, Precision, F32};
+use crate::kernels::winograd::{self, WinogradWeights};
 use crate::kernels::{attention::AttentionOp, conv, elementwise, norm::GroupNormOp};
 use crate::model::ComputePrecision;
 
@@ -83,7 +84,8 @@ pub(crate) struct PatchTarget {
 
 enum WeightSlot {
     Linear(Arc<RwLock<LinearWeight>>),
-    Conv(Arc<RwLock<ConvWeight>>),
+    /// With the layer's (stride, padding).
+    Conv(Arc<RwLock<ConvWeight>>, (usize, usize)),
 }
 
 impl PatchTarget {
@@ -103,8 +105,8 @@ impl PatchTarget {
                 let packed = LinearWeight::pack(weight.clone(), self.precision)?;
                 *slot.write().unwrap_or_else(PoisonError::into_inner) = packed;
             }
-            WeightSlot::Conv(slot) => {
-                let packed = ConvWeight::pack(weight.clone(), self.precision)?;
+            WeightSlot::Conv(slot, geometry) => {
+                let packed = ConvWeight::pack(weight.clone(), self.precision, *geometry)?;
                 *slot.write().unwrap_or_else(PoisonError::into_inner) = packed;
             }
         }
@@ -158,6 +160,11 @@ enum ConvWeight {
     /// Packed for our GEMM, with the `(Cout, Cin, kh, kw)` shape.
     Packed(Arc<PackedA<F32>>, (usize, usize, usize, usize)),
     PackedBf16(Arc<PackedA<Bf16>>, (usize, usize, usize, usize)),
+    /// In the Winograd domain (3x3, stride 1, padding 1: see [`winograd`]), instead of
+    /// [`ConvWeight::Packed`]. f32 only: the transformed operands rounded to bf16 lose too
+    /// much (up to 26/255 from diffusers on the tiny TAESD, against 2 for the direct bf16
+    /// convolution).
+    Winograd(Arc<WinogradWeights<F32>>, (usize, usize, usize, usize)),
 }
 
 impl std::fmt::Debug for ConvWeight {
@@ -166,25 +173,60 @@ impl std::fmt::Debug for ConvWeight {
             Self::Tensor(t) => write!(f, "Tensor({:?})", t.shape()),
             Self::Packed(_, dims) => write!(f, "Packed({dims:?})"),
             Self::PackedBf16(_, dims) => write!(f, "PackedBf16({dims:?})"),
+            Self::Winograd(_, dims) => write!(f, "Winograd({dims:?})"),
         }
     }
 }
 
 impl ConvWeight {
-    /// Packs a `[Cout, Cin, k, k]` weight for our GEMM where it runs, else keeps the tensor.
-    fn pack(weight: Tensor, precision: ComputePrecision) -> Result<Self> {
+    /// Packs a `[Cout, Cin, k, k]` weight for our GEMM where it runs, else keeps the tensor;
+    /// in the Winograd domain where `geometry` (stride, padding) allows it.
+    fn pack(
+        weight: Tensor,
+        precision: ComputePrecision,
+        (stride, padding): (usize, usize),
+    ) -> Result<Self> {
         if !packable(&weight) {
             return Ok(Self::Tensor(weight));
         }
         let dims = weight.dims4()?;
-        with_host_data(&weight, |data| match precision {
-            ComputePrecision::Fp32 => {
+        let winograd = precision == ComputePrecision::Fp32
+            && winograd::eligible(dims, stride, padding)
+            && winograd_enabled();
+        with_host_data(&weight, |data| match (precision, winograd) {
+            (ComputePrecision::Fp32, false) => {
                 Self::Packed(Arc::new(conv::pack_weights(data, dims.0)), dims)
             }
-            ComputePrecision::Bf16 => {
+            (ComputePrecision::Bf16, false) => {
                 Self::PackedBf16(Arc::new(conv::pack_weights(data, dims.0)), dims)
             }
+            (_, true) => {
+                Self::Winograd(Arc::new(WinogradWeights::pack(data, dims.0, dims.1)), dims)
+            }
         })
+    }
+}
+
+/// Whether eligible 3x3 convolutions run by Winograd's algorithm: yes, unless the hidden
+/// setting `IMAGINE_WINOGRAD=0` asks for the direct convolution (for comparisons). Read once.
+fn winograd_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("IMAGINE_WINOGRAD").map_or(true, |v| v != "0"))
+}
+
+/// `conv2d(x, bias) (+ extra)` in the Winograd domain.
+fn winograd_conv<P: Precision>(
+    conv: &Conv2d,
+    weights: &WinogradWeights<P>,
+    x: &Tensor,
+    extra: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = conv::WinogradConv2dOp { weights };
+    match extra {
+        Some(e) => x
+            .contiguous()?
+            .apply_op3_no_bwd(&conv.bias, &e.contiguous()?, &op),
+        None => x.contiguous()?.apply_op2_no_bwd(&conv.bias, &op),
     }
 }
 
@@ -228,11 +270,12 @@ impl Conv2d {
             Err(e) => return Err(e),
         };
         let precision = packing_precision();
-        let weight = Arc::new(RwLock::new(ConvWeight::pack(weight, precision)?));
+        let geometry = (stride, padding);
+        let weight = Arc::new(RwLock::new(ConvWeight::pack(weight, precision, geometry)?));
         register(|| PatchTarget {
             name: vb.prefix(),
             shape: vec![cout, cin, kernel, kernel],
-            slot: WeightSlot::Conv(weight.clone()),
+            slot: WeightSlot::Conv(weight.clone(), geometry),
             precision,
         });
         Ok(Self {
@@ -254,6 +297,7 @@ impl Conv2d {
                 ConvWeight::PackedBf16(w, kernel) => {
                     return packed_conv(self, w, *kernel, x, Some(extra))
                 }
+                ConvWeight::Winograd(w, _) => return winograd_conv(self, w, x, Some(extra)),
                 ConvWeight::Tensor(_) => {}
             }
         }
@@ -270,11 +314,14 @@ impl Conv2d {
             ConvWeight::PackedBf16(w, kernel) if fast_path(x) => {
                 packed_conv(self, w, *kernel, x, None)
             }
-            ConvWeight::Packed(..) | ConvWeight::PackedBf16(..) => candle_core::bail!(
-                "conv2d: weights packed for f32 CPU, input is {:?} on {:?}",
-                x.dtype(),
-                x.device()
-            ),
+            ConvWeight::Winograd(w, _) if fast_path(x) => winograd_conv(self, w, x, None),
+            ConvWeight::Packed(..) | ConvWeight::PackedBf16(..) | ConvWeight::Winograd(..) => {
+                candle_core::bail!(
+                    "conv2d: weights packed for f32 CPU, input is {:?} on {:?}",
+                    x.dtype(),
+                    x.device()
+                )
+            }
             ConvWeight::Tensor(w) if fast_path(x) => x.contiguous()?.apply_op3_no_bwd(
                 w,
                 &self.bias,
