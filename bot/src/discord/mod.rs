@@ -157,12 +157,14 @@ pub async fn run(mut config: Config) -> Result<()> {
         })?;
     tracing::info!(store = %location, "database open");
     let requeued = store.requeue_running().await?;
-    crate::metrics::install(config.metrics_addr)?;
+    let health = crate::metrics::install(config.metrics_addr).await?;
+    health.watch_store(store.clone());
     let models = describe_models(&config).await?;
     // A gateway loads no model: its jobs run on `imagine worker` processes.
     let (engines, remote) = match (&config.role, &config.queue) {
         (Role::Gateway, Some(queue)) => {
             let remote = Remote::connect(queue, store.clone()).await?;
+            health.watch_queue(remote.client());
             tracing::info!(
                 url = queue.url,
                 slots = queue.slots,
