@@ -18,6 +18,7 @@
 //! - [`remix`]: Remix mode: the modal before a button, its custom_id, and applying it.
 //! - [`jetstream`]: the queue between a gateway and `imagine worker` processes (NATS JetStream).
 //! - [`retention`]: deleting the images of old jobs to stay within age and size limits.
+//! - [`shards`]: `--shards A-B --shard-total N`, and which guilds' jobs a gateway owns.
 
 pub mod bench_cmd;
 pub mod buttons;
@@ -40,5 +41,6 @@ pub mod region;
 pub mod remix;
 pub mod render;
 pub mod retention;
+pub mod shards;
 pub mod store;
 pub mod worker;

@@ -11,6 +11,7 @@
 //! - [`updates`]: live edits (positions, progress) off the engine's path, through [`courier`].
 //! - [`delivery`]: the outbox of ended jobs, over [`rest`]; [`place`]: where the bot may post.
 //! - [`shutdown`]: SIGTERM / Ctrl-C, bounded graceful stop.
+//! - [`recovery`]: the interrupted jobs a start takes back (only its own shards' when sharded).
 //! - [`image_prompt`]: the attached image, downloaded with limits and checked.
 //! - [`messages`]: the text and buttons of each job state.
 
@@ -28,6 +29,7 @@ pub mod info_cmd;
 pub mod messages;
 pub mod orphans;
 pub mod place;
+pub mod recovery;
 pub mod region_cmd;
 pub mod rest;
 pub mod runner;
@@ -156,7 +158,7 @@ pub async fn run(mut config: Config) -> Result<()> {
             StoreLocation::SqliteFile(_) => format!("cannot open {location}"),
         })?;
     tracing::info!(store = %location, "database open");
-    let requeued = store.requeue_running().await?;
+    let requeued = recovery::requeue_interrupted(&store, config.shards).await?;
     let health = crate::metrics::install(config.metrics_addr).await?;
     health.watch_store(store.clone());
     let models = describe_models(&config).await?;
@@ -184,7 +186,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         config.api_base.as_deref(),
         config.token.expose(),
     );
-    let (kept, abandoned) = orphans::resolve_at_start(&store, &rest).await?;
+    let (kept, abandoned) = orphans::resolve_at_start(&store, &rest, config.shards).await?;
     if kept + abandoned > 0 {
         tracing::info!(
             kept,
@@ -193,7 +195,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         );
     }
     let queue = JobQueue::new(config.queue_capacity, config.user_cap).with_workers(runners);
-    let unfinished = store.unfinished_jobs().await?;
+    let unfinished = recovery::unfinished_jobs(&store, config.shards).await?;
     if !unfinished.is_empty() {
         tracing::info!(
             jobs = unfinished.len(),
@@ -256,8 +258,11 @@ pub async fn run(mut config: Config) -> Result<()> {
         config.retention,
     );
     shutdown::on_signal(shutdown, client.shard_manager.clone());
+    let shards = config.shards;
+    tracing::info!(%shards, "connecting to Discord");
+    // serenity's range includes its end: `first..last` starts shards first to last.
     client
-        .start()
+        .start_shard_range(shards.first()..shards.last(), shards.total())
         .await
         .map_err(|e| anyhow::anyhow!("the Discord connection ended: {e}"))
 }
@@ -273,6 +278,8 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         s.rest.clone(),
         updates.clone(),
         config.data_dir.clone(),
+        config.http_timeout,
+        config.shards,
     );
     let faults = TestFaults::from_env();
     let runners: Vec<Arc<dyn runner::JobRunner>> = match &s.remote {

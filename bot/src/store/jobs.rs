@@ -235,6 +235,16 @@ impl Store {
         Ok(requeued)
     }
 
+    /// Jobs recorded as running, oldest first (a gateway sharing the store picks its own).
+    pub async fn running_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let rows: Vec<JobRow> = on_pool!(self, |pool, _d| sqlx::query_as(select_jobs!(
+            "WHERE status = 'running' ORDER BY id"
+        ))
+        .fetch_all(pool)
+        .await?);
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
     /// The job, if it exists.
     pub async fn job(&self, job: JobId) -> Result<Option<Job>, StoreError> {
         let row: Option<JobRow> = on_pool!(self, |pool, _d| sqlx::query_as(select_jobs!(
