@@ -4,7 +4,8 @@
 //! by its shard's gateway; every result is delivered exactly once (the ledger counts no double
 //! post, the transcript no second final edit), whichever gateway read it; a gateway killed
 //! mid-run loses nothing, and the other neither steals its queued jobs nor doubles its
-//! deliveries; `/health` says 503, naming the database, while PostgreSQL is down.
+//! deliveries; one killed mid-delivery has it done once by the other once its claim expires;
+//! `/health` says 503, naming the database, while PostgreSQL is down.
 
 mod common;
 
@@ -16,7 +17,7 @@ use common::*;
 use imagine::store::{JobId, JobStatus, PostgresUrl, Store};
 use imagine_tests::servers::nats::NatsServer;
 use imagine_tests::servers::postgres::Postgres;
-use imagine_tests::Simulator;
+use imagine_tests::{Entry, Fault, Simulator};
 use serenity::all::{ChannelId, UserId};
 
 /// A sharded bot's world: `w.channel` is in a guild on shard 0, `one` in a guild on shard 1,
@@ -264,6 +265,49 @@ async fn a_gateway_killed_mid_run_loses_nothing_and_the_other_steals_and_doubles
             "job {job}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_killed_mid_delivery_has_it_delivered_once_by_another() {
+    let s = sharded().await;
+    let a = start_gateway(&s, "a", "0-0", &[]).await;
+    let _worker = start_worker(s.w.dir.path(), "w1", &s.nats, &[]).await;
+    let run = run_imagine(
+        &s.w,
+        s.w.alice,
+        s.w.channel,
+        "mid-delivery fox --steps 2",
+        None,
+    );
+    s.w.sim.wait_callback(&run, WAIT).await.unwrap();
+    let path = original_path(&s.w.sim, &run.token);
+    // Discord never answers A's final edit (and does not apply it): A is killed holding the
+    // delivery's claim, its request in flight.
+    let pattern = format!("/webhooks/*/{}/messages/@original", run.token);
+    s.w.sim.fail_result_route("PATCH", &pattern, Fault::Hang, 1);
+    s.w.sim
+        .wait_for("A's final edit in flight", WAIT, |entries| {
+            entries.iter().find_map(|e| match e {
+                Entry::Note(n) if n.contains("hanging") && n.contains(&run.token) => Some(()),
+                _ => None,
+            })
+        })
+        .await
+        .unwrap();
+    a.kill9().await;
+    // B, running the other shard, takes the delivery over once A's claim has expired.
+    let _b = start_gateway(&s, "b", "1-1", &[]).await;
+    finished(&s.w.sim, std::slice::from_ref(&path)).await;
+    wait_says(&s, "b", 1, "taking over the delivery").await;
+    assert_eq!(deliveries_of(&s.w.sim, "mid-delivery fox"), 1);
+    assert_eq!(
+        final_edits(&s.w.sim, &path),
+        1,
+        "A's edit never landed, B's once"
+    );
+    let store = store(&s).await;
+    let job = store.job(JobId(1)).await.unwrap().unwrap();
+    assert!(job.delivery.delivered_at.is_some(), "recorded as delivered");
 }
 
 /// `GET /health`: the status and the body.
