@@ -133,6 +133,21 @@ async fn status(store: &Store, job: i64) -> Option<JobStatus> {
     store.job(JobId(job)).await.unwrap().map(|j| j.status)
 }
 
+async fn wait_status(store: &Store, job: i64, wanted: JobStatus) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = status(store, job).await;
+        if now == Some(wanted) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {job} never became {wanted:?} (is {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_gateways_answer_their_own_shards_and_deliver_every_result_once() {
     let s = sharded().await;
@@ -204,6 +219,56 @@ async fn two_gateways_answer_their_own_shards_and_deliver_every_result_once() {
         None,
         "the capped request wrote nothing"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_positions_count_the_jobs_waiting_at_every_gateway() {
+    let s = sharded().await;
+    let one_slot = [("IMAGINE_WORKER_SLOTS", "1")];
+    let _a = start_gateway(&s, "a", "0-0", &one_slot).await;
+    let _b = start_gateway(&s, "b", "1-1", &one_slot).await;
+    let _worker = start_worker(s.w.dir.path(), "w1", &s.nats, &[]).await;
+    let (alice, bob) = (s.w.alice, s.w.bob);
+    // Each gateway's one slot is taken (job 1 runs, job 2 waits for the worker) ...
+    let mut paths = vec![
+        submit(&s, alice, s.w.channel, "pos-a1 slow --steps 10").await,
+        submit(&s, bob, s.one, "pos-b1 slow --steps 10").await,
+    ];
+    let store = store(&s).await;
+    for job in [1, 2] {
+        wait_status(&store, job, JobStatus::Running).await;
+    }
+    // ... so job 3 waits in A's line, first of all; job 4 in B's, where it is alone, yet
+    // second in the bot's line.
+    for (job, user, channel, prompt, owner) in [
+        (3, alice, s.w.channel, "pos-a2 --steps 1", "a"),
+        (4, bob, s.one, "pos-b2 --steps 1", "b"),
+    ] {
+        let run = run_imagine(&s.w, user, channel, prompt, None);
+        let cb = s.w.sim.wait_callback(&run, WAIT).await.unwrap();
+        let place = job - 2;
+        assert_reply(&cb, &format!("position {place} in the queue"), false);
+        paths.push(original_path(&s.w.sim, &run.token));
+        wait_says(&s, owner, job, "job admitted").await;
+    }
+    // Once A hands job 3 to the workers, B moves job 4 up, though its own line did not move.
+    let last = paths[3].clone();
+    s.w.sim
+        .wait_for("job 4 shown first in line", WAIT, |entries| {
+            entries.iter().filter_map(Entry::as_rest).find_map(|c| {
+                let content = c.body["content"].as_str().unwrap_or("");
+                (c.method == "PATCH" && c.path == last && content.contains("position 1 in"))
+                    .then_some(())
+            })
+        })
+        .await
+        .unwrap();
+    for path in &paths {
+        finished(&s.w.sim, std::slice::from_ref(path)).await;
+    }
+    for prompt in ["pos-a1", "pos-b1", "pos-a2", "pos-b2"] {
+        assert_eq!(deliveries_of(&s.w.sim, prompt), 1, "{prompt}");
+    }
 }
 
 /// Clicks `label` under `msg`; the new job's message path.

@@ -12,8 +12,7 @@ use tracing::Instrument;
 
 use super::image_prompt::download_image;
 use super::shutdown::RESTARTING;
-use super::updates::Update;
-use super::{messages, orphans, Data, Error};
+use super::{messages, orphans, positions, Data, Error};
 use crate::queue::QueueError;
 use crate::store::{JobId, JobStatus, NewJob};
 
@@ -61,7 +60,7 @@ where
     let id = data.store.insert_admitting(new_job, image_url).await?;
     let span = tracing::info_span!("job", id = id.0);
     async move {
-        let expected = reservation.expected_position();
+        let expected = positions::expected(data, &reservation).await?;
         let job = data
             .store
             .job(id)
@@ -104,10 +103,7 @@ where
         }
         let position = reservation.commit(id);
         crate::metrics::job_admitted(new_job.kind);
-        if position != expected {
-            let wait = data.queue.wait_for(position);
-            data.updates.show(id, Update::Queued(position, wait));
-        }
+        positions::entered(data, id, position, expected);
         Ok(Admission::Accepted)
     }
     .instrument(span)

@@ -8,7 +8,8 @@
 //! - [`admission`]: queue slot, store, first message, then the line; [`orphans`]: first
 //!   replies that never reached Discord.
 //! - [`dispatcher`]: queue → [`engine_thread`] (supervised) → store.
-//! - [`updates`]: live edits (positions, progress) off the engine's path, through [`courier`].
+//! - [`updates`]: live edits (positions, progress) off the engine's path, through [`courier`];
+//!   [`positions`]: each waiting job's place (across gateways when sharded).
 //! - [`delivery`]: the outbox of ended jobs, over [`rest`]; [`place`]: where the bot may post.
 //! - [`shutdown`]: SIGTERM / Ctrl-C, bounded graceful stop.
 //! - [`recovery`]: the interrupted jobs a start takes back (only its own shards' when sharded).
@@ -29,6 +30,7 @@ pub mod info_cmd;
 pub mod messages;
 pub mod orphans;
 pub mod place;
+pub mod positions;
 pub mod recovery;
 pub mod region_cmd;
 pub mod rest;
@@ -86,6 +88,8 @@ pub struct BotState {
     pub updates: LiveUpdates,
     pub outbox: Outbox,
     pub shutdown: Shutdown,
+    /// A sharded gateway's view of the line all gateways share.
+    pub line: positions::SharedLine,
     http_client: reqwest::Client,
     courier: Courier,
 }
@@ -306,6 +310,7 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         updates,
         outbox,
         shutdown,
+        line: positions::SharedLine::default(),
         http_client: s.http_client,
         courier,
     }));
@@ -315,6 +320,7 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         remote.start(data.clone());
     }
     dispatcher::start(data.clone(), runners);
+    positions::start(data.clone());
     shutdown::drain(data.clone());
     data
 }

@@ -97,6 +97,21 @@ async fn one_outbox_at_a_time_claims_a_delivery_until_it_ends_or_expires(store: 
     assert!(store.claim_delivery(other, 1, 10_000).await.unwrap());
 }
 
+async fn the_shared_line_is_the_admitted_waiting_jobs_in_admission_order(store: Store) {
+    let first = store.insert_job(&new_job(1, "first")).await.unwrap();
+    let unconfirmed = store
+        .insert_admitting(&new_job(2, "unconfirmed"), None)
+        .await
+        .unwrap();
+    let running = store.insert_job(&new_job(3, "running")).await.unwrap();
+    store.mark_running(running).await.unwrap();
+    let last = store.insert_job(&new_job(4, "last")).await.unwrap();
+    assert_eq!(store.queued_jobs().await.unwrap(), [first, last]);
+    store.confirm_admission(unconfirmed).await.unwrap();
+    store.cancel_job(first).await.unwrap();
+    assert_eq!(store.queued_jobs().await.unwrap(), [unconfirmed, last]);
+}
+
 async fn running_jobs_are_not_delivered_and_stopped_ones_go_back_in_line(store: Store) {
     let id = store.insert_job(&new_job(1, "a dog")).await.unwrap();
     store.mark_running(id).await.unwrap();
@@ -133,5 +148,6 @@ on_both_backends! {
     an_ended_job_stays_in_the_outbox_until_delivered,
     one_outbox_at_a_time_claims_a_delivery_until_it_ends_or_expires,
     running_jobs_are_not_delivered_and_stopped_ones_go_back_in_line,
+    the_shared_line_is_the_admitted_waiting_jobs_in_admission_order,
     dead_tokens_are_forgotten_and_dm_notices_are_shown_once,
 }
