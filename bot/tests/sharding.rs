@@ -165,10 +165,10 @@ async fn two_gateways_answer_their_own_shards_and_deliver_every_result_once() {
         &s,
         alice,
         s.w.channel,
-        "zero-shard slow lighthouse --steps 4",
+        "zero-shard slow lighthouse --steps 12",
     )
     .await;
-    let one = submit(&s, alice, s.one, "one-shard slow lighthouse --steps 4").await;
+    let one = submit(&s, alice, s.one, "one-shard slow lighthouse --steps 12").await;
     // Alice has a job at each gateway: her third, by DM at A, passes A's own line but not
     // the cap, which counts her jobs at B too.
     let third = run_imagine(&s.w, alice, s.dm, "capped lighthouse", None);
@@ -289,7 +289,7 @@ async fn a_gateway_killed_mid_run_loses_nothing_and_the_other_steals_and_doubles
     let _b = start_gateway(&s, "b", "1-1", &one_slot).await;
     let worker = start_worker(s.w.dir.path(), "w1", &s.nats, &[]).await;
     let (alice, bob) = (s.w.alice, s.w.bob);
-    let first = submit(&s, alice, s.w.channel, "kill-a slow first --steps 6").await;
+    let first = submit(&s, alice, s.w.channel, "kill-a slow first --steps 25").await;
     let second = submit(&s, bob, s.w.channel, "kill-a slow second --steps 2").await;
     let third = submit(&s, bob, s.one, "kill-b third --steps 2").await;
     worker.wait_says(1, "job started").await;
