@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use imagine_engine::kernels::conv::{pack_weights, PackedConv2dOp, WinogradConv2dOp};
+use imagine_engine::kernels::conv::{pack_weights, PackedConv, PackedConv2dOp};
 use imagine_engine::kernels::matmul::{Bf16, Precision, F32};
 use imagine_engine::kernels::winograd::WinogradWeights;
 
@@ -45,13 +45,16 @@ fn row<P: Precision>(
     let direct = pack_weights::<P>(&data, cout);
     let wino = WinogradWeights::<P>::pack(&data, cout, cin);
     let op = PackedConv2dOp {
-        weights: &direct,
-        kernel: (cout, cin, 3, 3),
+        weights: PackedConv::Direct(&direct, (cout, cin, 3, 3)),
         stride: 1,
         padding: 1,
     };
     let d = time(runs, || x.apply_op2_no_bwd(&bias, &op))?;
-    let wop = WinogradConv2dOp { weights: &wino };
+    let wop = PackedConv2dOp {
+        weights: PackedConv::Winograd(&wino),
+        stride: 1,
+        padding: 1,
+    };
     let wg = time(runs, || x.apply_op2_no_bwd(&bias, &wop))?;
     let a = x.apply_op2_no_bwd(&bias, &op)?;
     let b = x.apply_op2_no_bwd(&bias, &wop)?;

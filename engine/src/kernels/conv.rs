@@ -23,13 +23,28 @@ pub struct Conv2dOp {
     pub padding: usize,
 }
 
-/// The same convolution with weights pre-packed for our GEMM: `conv2d(x, bias)`.
+/// The same convolution with weights prepared at load for our GEMM: `conv2d(x, bias)`.
 pub struct PackedConv2dOp<'a, P: Precision> {
-    pub weights: &'a PackedA<P>,
-    /// `(Cout, Cin, kh, kw)`.
-    pub kernel: (usize, usize, usize, usize),
+    pub weights: PackedConv<'a, P>,
     pub stride: usize,
     pub padding: usize,
+}
+
+/// A convolution's weights as prepared at load.
+pub enum PackedConv<'a, P: Precision> {
+    /// Packed for the direct convolution, with the `(Cout, Cin, kh, kw)` shape.
+    Direct(&'a PackedA<P>, (usize, usize, usize, usize)),
+    /// In the Winograd domain ([`winograd`]: 3x3, stride 1, padding 1).
+    Winograd(&'a WinogradWeights<P>),
+}
+
+impl<P: Precision> PackedConv<'_, P> {
+    fn kernel(&self) -> (usize, usize, usize, usize) {
+        match self {
+            Self::Direct(_, kernel) => *kernel,
+            Self::Winograd(w) => (w.cout(), w.cin(), 3, 3),
+        }
+    }
 }
 
 /// Packs a `[Cout, Cin, kh, kw]` weight (contiguous f32) for [`PackedConv2dOp`].
@@ -188,22 +203,32 @@ impl<P: Precision> PackedConv2dOp<'_, P> {
         bias: &[f32],
         extra: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(xl, self.kernel, self.stride, self.padding)?;
-        if bias.len() != g.cout || self.weights.rows() != g.cout || self.weights.cols() != g.k() {
-            candle_core::bail!(
-                "conv2d: packed weights do not match kernel {:?}",
-                self.kernel
-            );
+        let kernel = self.weights.kernel();
+        let g = Geometry::new(xl, kernel, self.stride, self.padding)?;
+        if bias.len() != g.cout {
+            candle_core::bail!("conv2d: bias of {} for {} channels", bias.len(), g.cout);
         }
         check_extra(&g, extra)?;
-        let out = conv(
-            &g,
-            x,
-            Weights::Packed(self.weights),
-            bias,
-            extra,
-            COL_BUDGET,
-        );
+        let out = match self.weights {
+            PackedConv::Direct(w, _) => {
+                if w.rows() != g.cout || w.cols() != g.k() {
+                    candle_core::bail!("conv2d: packed weights do not match kernel {kernel:?}");
+                }
+                conv(&g, x, Weights::Packed(w), bias, extra, COL_BUDGET)
+            }
+            PackedConv::Winograd(w) => {
+                if !winograd::eligible(kernel, g.stride, g.pad) {
+                    candle_core::bail!(
+                        "conv2d: Winograd weights for a {kernel:?} kernel, stride {}, padding {}",
+                        g.stride,
+                        g.pad
+                    );
+                }
+                let mut out = initial_output(&g, bias, extra);
+                winograd::accumulate(x, (g.batch, g.h, g.w), w, &mut out);
+                out
+            }
+        };
         Ok((
             CpuStorage::F32(out),
             Shape::from((g.batch, g.cout, g.ho, g.wo)),
@@ -224,71 +249,6 @@ fn check_extra(g: &Geometry, extra: Option<&[f32]>) -> Result<()> {
             g.wo
         ),
         _ => Ok(()),
-    }
-}
-
-/// A 3x3, stride-1, padding-1 convolution by Winograd's F(2x2, 3x3) ([`winograd`]):
-/// `conv2d(x, bias)`, or with a third operand `conv2d(x, bias) + extra` as
-/// [`PackedConv2dOp`] takes it.
-pub struct WinogradConv2dOp<'a, P: Precision> {
-    pub weights: &'a WinogradWeights<P>,
-}
-
-impl<P: Precision> WinogradConv2dOp<'_, P> {
-    fn run(
-        &self,
-        x: &[f32],
-        xl: &Layout,
-        bias: &[f32],
-        extra: Option<&[f32]>,
-    ) -> Result<(CpuStorage, Shape)> {
-        let kernel = (self.weights.cout(), self.weights.cin(), 3, 3);
-        let g = Geometry::new(xl, kernel, 1, 1)?;
-        if bias.len() != g.cout {
-            candle_core::bail!("conv2d: bias of {} for {} channels", bias.len(), g.cout);
-        }
-        check_extra(&g, extra)?;
-        let mut out = initial_output(&g, bias, extra);
-        winograd::accumulate(x, (g.batch, g.h, g.w), self.weights, &mut out);
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((g.batch, g.cout, g.ho, g.wo)),
-        ))
-    }
-}
-
-impl<P: Precision> CustomOp2 for WinogradConv2dOp<'_, P> {
-    fn name(&self) -> &'static str {
-        "imagine-conv2d-winograd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run(contiguous(xs, xl)?, xl, contiguous(bs, bl)?, None)
-    }
-}
-
-impl<P: Precision> CustomOp3 for WinogradConv2dOp<'_, P> {
-    fn name(&self) -> &'static str {
-        "imagine-conv2d-winograd-add"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-        es: &CpuStorage,
-        el: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let extra = Some(contiguous(es, el)?);
-        self.run(contiguous(xs, xl)?, xl, contiguous(bs, bl)?, extra)
     }
 }
 

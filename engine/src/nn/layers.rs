@@ -7,6 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::kernels::conv::PackedConv;
 use crate::kernels::matmul::{self, Bf16, PackedA, PackedB, Precision, F32};
 use crate::kernels::winograd::{self, WinogradWeights};
 use crate::kernels::{attention::AttentionOp, conv, elementwise, norm::GroupNormOp};
@@ -214,33 +215,15 @@ fn winograd_enabled() -> bool {
     *ENABLED.get_or_init(|| std::env::var("IMAGINE_WINOGRAD").map_or(true, |v| v != "0"))
 }
 
-/// `conv2d(x, bias) (+ extra)` in the Winograd domain.
-fn winograd_conv<P: Precision>(
-    conv: &Conv2d,
-    weights: &WinogradWeights<P>,
-    x: &Tensor,
-    extra: Option<&Tensor>,
-) -> Result<Tensor> {
-    let op = conv::WinogradConv2dOp { weights };
-    match extra {
-        Some(e) => x
-            .contiguous()?
-            .apply_op3_no_bwd(&conv.bias, &e.contiguous()?, &op),
-        None => x.contiguous()?.apply_op2_no_bwd(&conv.bias, &op),
-    }
-}
-
-/// `conv2d(x, bias) (+ extra)` with packed weights.
+/// `conv2d(x, bias) (+ extra)` with weights prepared at load.
 fn packed_conv<P: Precision>(
     conv: &Conv2d,
-    weights: &PackedA<P>,
-    kernel: (usize, usize, usize, usize),
+    weights: conv::PackedConv<P>,
     x: &Tensor,
     extra: Option<&Tensor>,
 ) -> Result<Tensor> {
     let op = conv::PackedConv2dOp {
         weights,
-        kernel,
         stride: conv.stride,
         padding: conv.padding,
     };
@@ -292,12 +275,14 @@ impl Conv2d {
         if fast_path(x) && fast_path(extra) {
             match &*read(&self.weight) {
                 ConvWeight::Packed(w, kernel) => {
-                    return packed_conv(self, w, *kernel, x, Some(extra))
+                    return packed_conv(self, PackedConv::Direct(w, *kernel), x, Some(extra))
                 }
                 ConvWeight::PackedBf16(w, kernel) => {
-                    return packed_conv(self, w, *kernel, x, Some(extra))
+                    return packed_conv(self, PackedConv::Direct(w, *kernel), x, Some(extra))
                 }
-                ConvWeight::Winograd(w, _) => return winograd_conv(self, w, x, Some(extra)),
+                ConvWeight::Winograd(w, _) => {
+                    return packed_conv(self, PackedConv::Winograd(w), x, Some(extra))
+                }
                 ConvWeight::Tensor(_) => {}
             }
         }
@@ -310,11 +295,15 @@ impl Conv2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &*read(&self.weight) {
-            ConvWeight::Packed(w, kernel) if fast_path(x) => packed_conv(self, w, *kernel, x, None),
-            ConvWeight::PackedBf16(w, kernel) if fast_path(x) => {
-                packed_conv(self, w, *kernel, x, None)
+            ConvWeight::Packed(w, kernel) if fast_path(x) => {
+                packed_conv(self, PackedConv::Direct(w, *kernel), x, None)
             }
-            ConvWeight::Winograd(w, _) if fast_path(x) => winograd_conv(self, w, x, None),
+            ConvWeight::PackedBf16(w, kernel) if fast_path(x) => {
+                packed_conv(self, PackedConv::Direct(w, *kernel), x, None)
+            }
+            ConvWeight::Winograd(w, _) if fast_path(x) => {
+                packed_conv(self, PackedConv::Winograd(w), x, None)
+            }
             ConvWeight::Packed(..) | ConvWeight::PackedBf16(..) | ConvWeight::Winograd(..) => {
                 candle_core::bail!(
                     "conv2d: weights packed for f32 CPU, input is {:?} on {:?}",
