@@ -8,11 +8,9 @@
 //! - [`admission`]: queue slot, store, first message, then the line; [`orphans`]: first
 //!   replies that never reached Discord.
 //! - [`dispatcher`]: queue → [`engine_thread`] (supervised) → store.
-//! - [`updates`]: live edits (positions, progress) off the engine's path, through [`courier`];
-//!   [`positions`]: each waiting job's place (across gateways when sharded).
+//! - [`updates`]: live edits (positions, progress) off the engine's path, through [`courier`].
 //! - [`delivery`]: the outbox of ended jobs, over [`rest`]; [`place`]: where the bot may post.
 //! - [`shutdown`]: SIGTERM / Ctrl-C, bounded graceful stop.
-//! - [`recovery`]: the interrupted jobs a start takes back (only its own shards' when sharded).
 //! - [`image_prompt`]: the attached image, downloaded with limits and checked.
 //! - [`messages`]: the text and buttons of each job state.
 
@@ -30,8 +28,6 @@ pub mod info_cmd;
 pub mod messages;
 pub mod orphans;
 pub mod place;
-pub mod positions;
-pub mod recovery;
 pub mod region_cmd;
 pub mod rest;
 pub mod runner;
@@ -88,8 +84,6 @@ pub struct BotState {
     pub updates: LiveUpdates,
     pub outbox: Outbox,
     pub shutdown: Shutdown,
-    /// A sharded gateway's view of the line all gateways share.
-    pub line: positions::SharedLine,
     http_client: reqwest::Client,
     courier: Courier,
 }
@@ -162,15 +156,13 @@ pub async fn run(mut config: Config) -> Result<()> {
             StoreLocation::SqliteFile(_) => format!("cannot open {location}"),
         })?;
     tracing::info!(store = %location, "database open");
-    let requeued = recovery::requeue_interrupted(&store, config.shards).await?;
-    let health = crate::metrics::install(config.metrics_addr).await?;
-    health.watch_store(store.clone());
+    let requeued = store.requeue_running().await?;
+    crate::metrics::install(config.metrics_addr)?;
     let models = describe_models(&config).await?;
     // A gateway loads no model: its jobs run on `imagine worker` processes.
     let (engines, remote) = match (&config.role, &config.queue) {
         (Role::Gateway, Some(queue)) => {
             let remote = Remote::connect(queue, store.clone()).await?;
-            health.watch_queue(remote.client());
             tracing::info!(
                 url = queue.url,
                 slots = queue.slots,
@@ -190,7 +182,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         config.api_base.as_deref(),
         config.token.expose(),
     );
-    let (kept, abandoned) = orphans::resolve_at_start(&store, &rest, config.shards).await?;
+    let (kept, abandoned) = orphans::resolve_at_start(&store, &rest).await?;
     if kept + abandoned > 0 {
         tracing::info!(
             kept,
@@ -199,7 +191,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         );
     }
     let queue = JobQueue::new(config.queue_capacity, config.user_cap).with_workers(runners);
-    let unfinished = recovery::unfinished_jobs(&store, config.shards).await?;
+    let unfinished = store.unfinished_jobs().await?;
     if !unfinished.is_empty() {
         tracing::info!(
             jobs = unfinished.len(),
@@ -262,11 +254,8 @@ pub async fn run(mut config: Config) -> Result<()> {
         config.retention,
     );
     shutdown::on_signal(shutdown, client.shard_manager.clone());
-    let shards = config.shards;
-    tracing::info!(%shards, "connecting to Discord");
-    // serenity's range includes its end: `first..last` starts shards first to last.
     client
-        .start_shard_range(shards.first()..shards.last(), shards.total())
+        .start()
         .await
         .map_err(|e| anyhow::anyhow!("the Discord connection ended: {e}"))
 }
@@ -282,8 +271,6 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         s.rest.clone(),
         updates.clone(),
         config.data_dir.clone(),
-        config.http_timeout,
-        config.shards,
     );
     let faults = TestFaults::from_env();
     let runners: Vec<Arc<dyn runner::JobRunner>> = match &s.remote {
@@ -310,7 +297,6 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         updates,
         outbox,
         shutdown,
-        line: positions::SharedLine::default(),
         http_client: s.http_client,
         courier,
     }));
@@ -320,7 +306,6 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         remote.start(data.clone());
     }
     dispatcher::start(data.clone(), runners);
-    positions::start(data.clone());
     shutdown::drain(data.clone());
     data
 }

@@ -3,8 +3,6 @@
 //! and waiting for what the bot posts. Each test file uses part of it.
 #![allow(dead_code)]
 
-pub mod workers;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -10,7 +10,6 @@ mod forms;
 mod mentions;
 mod rest;
 mod rules;
-mod sharding;
 
 use std::time::Duration;
 
