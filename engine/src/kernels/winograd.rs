@@ -318,26 +318,19 @@ fn transform_input(
     let r = |i: usize, c: usize| &s.rows[i][c * tw..][..tw];
     for c in 0..4 {
         let (r0, r1, r2, r3) = (r(0, c), r(1, c), r(2, c), r(3, c));
-        let out = |a: usize, dst: &mut [f32]| -> std::ops::Range<usize> {
+        // Bᵀ down the columns: rows r0 - r2, r1 + r2, r2 - r1, r1 - r3 (adding -q is exactly
+        // subtracting q).
+        let rows = [
+            (r0, r2, -1.0),
+            (r1, r2, 1.0),
+            (r2, r1, -1.0),
+            (r1, r3, -1.0),
+        ];
+        for (a, (p, q, sign)) in rows.into_iter().enumerate() {
             let start = (4 * a + c) * n + at;
-            debug_assert!(start + tw <= dst.len());
-            start..start + tw
-        };
-        let span = out(0, dst);
-        for (d, (p, q)) in dst[span].iter_mut().zip(r0.iter().zip(r2)) {
-            *d = p - q;
-        }
-        let span = out(1, dst);
-        for (d, (p, q)) in dst[span].iter_mut().zip(r1.iter().zip(r2)) {
-            *d = p + q;
-        }
-        let span = out(2, dst);
-        for (d, (p, q)) in dst[span].iter_mut().zip(r2.iter().zip(r1)) {
-            *d = p - q;
-        }
-        let span = out(3, dst);
-        for (d, (p, q)) in dst[span].iter_mut().zip(r1.iter().zip(r3)) {
-            *d = p - q;
+            for (d, (p, q)) in dst[start..start + tw].iter_mut().zip(p.iter().zip(q)) {
+                *d = p + sign * q;
+            }
         }
     }
 }
