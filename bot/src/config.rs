@@ -13,6 +13,7 @@ use clap::Args;
 use imagine_engine::{DeviceChoice, Precision, PrecisionChoice, Prediction};
 use serde::Deserialize;
 
+use crate::shards::ShardRange;
 use crate::store::{PostgresUrl, RetentionLimits, StoreLocation};
 
 /// A string that must never reach a log or an error message.
@@ -149,6 +150,14 @@ pub struct BotArgs {
     /// Worker: its name in logs and results [default: host name and process id].
     #[arg(long, env = "IMAGINE_WORKER_NAME")]
     pub worker_name: Option<String>,
+    /// Gateway: the Discord shards this process runs, `A-B` (or one, `A`) of shard_total;
+    /// other gateways on the same database and queue run the rest [default: all].
+    #[arg(long, env = "IMAGINE_SHARDS")]
+    pub shards: Option<String>,
+    /// How many shards all the bot's gateways run together (Discord wants one per ~1,000
+    /// servers) [default: 1].
+    #[arg(long, env = "IMAGINE_SHARD_TOTAL")]
+    pub shard_total: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +191,8 @@ struct FileConfig {
     job_ack_wait: Option<f64>,
     job_max_attempts: Option<u32>,
     worker_name: Option<String>,
+    shards: Option<String>,
+    shard_total: Option<u32>,
     #[serde(default)]
     models: BTreeMap<String, ModelEntry>,
 }
@@ -254,6 +265,8 @@ pub struct Config {
     pub role: Role,
     /// The JetStream queue between a gateway and its workers; `None` in one process.
     pub queue: Option<crate::jetstream::QueueSettings>,
+    /// The Discord shards this process runs (all of them unless sharded over gateways).
+    pub shards: ShardRange,
 }
 
 /// Which part of the bot a process runs.
@@ -415,6 +428,13 @@ impl Config {
             args.retention_days.or(file.retention_days),
             args.retention_max_gb.or(file.retention_max_gb),
         )?;
+        let shards = ShardRange::resolve(
+            args.shards.as_deref().or(file.shards.as_deref()),
+            args.shard_total.or(file.shard_total),
+        )?;
+        if role != Role::Worker {
+            check_shared_for_shards(shards, role, queue.is_some(), database_url.is_some())?;
+        }
         Ok(Config {
             token: Secret::new(token.trim()),
             default_model,
@@ -456,6 +476,7 @@ impl Config {
             retention,
             role,
             queue,
+            shards,
         })
         .and_then(Config::check_models_served)
     }
@@ -478,6 +499,32 @@ impl Config {
             None => StoreLocation::SqliteFile(self.db.clone()),
         }
     }
+}
+
+/// A process that runs only some of the shards has neighbours: the gateways running the others.
+/// They see one another's jobs (buttons, caps, recovery, delivery) only through a shared store
+/// and queue, so those must be PostgreSQL and JetStream, not a local file and threads.
+fn check_shared_for_shards(
+    shards: ShardRange,
+    role: Role,
+    has_queue: bool,
+    has_database: bool,
+) -> Result<()> {
+    if shards.is_whole() {
+        return Ok(());
+    }
+    let missing = match (role == Role::Gateway && has_queue, has_database) {
+        (true, true) => return Ok(()),
+        (false, false) => "a shared queue and database",
+        (false, true) => "a shared queue",
+        (true, false) => "a shared database",
+    };
+    bail!(
+        "shards {shards}: this process would run only part of the bot's shards, and the \
+         gateways running the rest need {missing} to see one another's jobs: run `imagine bot \
+         --role gateway` with queue_url (NATS JetStream, IMAGINE_QUEUE_URL) and database_url \
+         (PostgreSQL, IMAGINE_DATABASE_URL), or drop --shards to run every shard here"
+    )
 }
 
 /// `database_url`: unset or empty keeps the SQLite file; otherwise a PostgreSQL URL.
@@ -695,7 +742,42 @@ mod tests {
             job_ack_wait: None,
             job_max_attempts: None,
             worker_name: None,
+            shards: None,
+            shard_total: None,
         }
+    }
+
+    #[test]
+    fn a_part_of_the_shards_needs_the_shared_store_and_queue() {
+        let mut a = args();
+        a.shard_total = Some(2);
+        // All shards in one process: fine on SQLite.
+        let c = Config::resolve(&a).unwrap();
+        assert!(c.shards.is_whole());
+        assert_eq!(c.shards.total(), 2);
+        a.shards = Some("0-0".into());
+        let e = Config::resolve(&a).unwrap_err().to_string();
+        assert!(e.contains("shared queue and database"), "{e}");
+        assert!(e.contains("--role gateway"), "{e}");
+        a.role = Some("gateway".into());
+        a.queue_url = Some("nats://127.0.0.1:4222".into());
+        let e = Config::resolve(&a).unwrap_err().to_string();
+        assert!(e.contains("shared database"), "{e}");
+        assert!(e.contains("IMAGINE_DATABASE_URL"), "{e}");
+        a.database_url = Some("postgres://imagine@db/imagine".into());
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.shards.to_string(), "0-0 of 2");
+        a.shards = Some("0-2".into());
+        let e = Config::resolve(&a).unwrap_err().to_string();
+        assert!(e.contains("shard 2 does not exist"), "{e}");
+        // The file spells them like the flags.
+        let text = "shards = \"1-1\"\nshard_total = 2\n";
+        let (mut b, path) = (args(), Path::new("imagine.toml"));
+        b.role = Some("gateway".into());
+        b.queue_url = a.queue_url.clone();
+        b.database_url = a.database_url.clone();
+        let c = Config::resolve_with_file(&b, Some((path, text))).unwrap();
+        assert_eq!(c.shards.to_string(), "1-1 of 2");
     }
 
     #[test]

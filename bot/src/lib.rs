@@ -13,10 +13,12 @@
 //! - [`buttons`]: the `custom_id` codec of result buttons (U1..U4, V1..V4, reroll, vary).
 //! - [`store`]: the SQLite store of jobs and images, the single source of truth.
 //! - [`metrics`]: the Prometheus series (off unless `metrics_addr` is set).
+//! - [`health`]: `/health` (503 naming the database or queue that is down) beside `/metrics`.
 //! - [`region`]: Vary (Region): the areas a user picks, and painted masks, as masks.
 //! - [`remix`]: Remix mode: the modal before a button, its custom_id, and applying it.
 //! - [`jetstream`]: the queue between a gateway and `imagine worker` processes (NATS JetStream).
 //! - [`retention`]: deleting the images of old jobs to stay within age and size limits.
+//! - [`shards`]: `--shards A-B --shard-total N`, and which guilds' jobs a gateway owns.
 
 pub mod bench_cmd;
 pub mod buttons;
@@ -26,6 +28,7 @@ pub mod custom_zoom;
 pub mod discord;
 pub mod generate_cmd;
 pub mod hardware;
+pub mod health;
 pub mod image_input;
 pub mod jetstream;
 pub mod jobs;
@@ -38,5 +41,6 @@ pub mod region;
 pub mod remix;
 pub mod render;
 pub mod retention;
+pub mod shards;
 pub mod store;
 pub mod worker;

@@ -10,11 +10,13 @@
 //! no-op.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use poise::serenity_prelude as serenity;
 
+use crate::health::Health;
 use crate::queue::QueueError;
 use crate::store::JobKind;
 
@@ -36,24 +38,35 @@ const DURATION_BUCKETS: &[f64] = &[
     0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 ];
 
-/// Starts the exporter on `addr` (a no-op without one). Must run inside the tokio runtime,
-/// which then serves the endpoint. Fails if the address is taken or a recorder is already
-/// installed.
-pub fn install(addr: Option<SocketAddr>) -> Result<()> {
+/// How often the recorder's histograms are tidied (what `PrometheusBuilder::install` did).
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// Starts the exporter on `addr` (a no-op without one), with `/health` beside `/metrics`; the
+/// returned [`Health`] is told what the process depends on as it connects. Must run inside the
+/// tokio runtime, which then serves the endpoint. Fails if the address is taken or a recorder
+/// is already installed.
+pub async fn install(addr: Option<SocketAddr>) -> Result<Health> {
+    let health = Health::default();
     let Some(addr) = addr else {
-        return Ok(());
+        return Ok(health);
     };
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(JOB_DURATION.into()), DURATION_BUCKETS)
         .context("configuring the metrics histogram")?
-        .install()
-        .with_context(|| {
-            format!("cannot serve metrics on {addr}: is another program using that port? (metrics_addr)")
-        })?;
+        .build_recorder();
+    let handle = recorder.handle();
+    crate::health::serve(addr, handle.clone(), health.clone()).await?;
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is installed already"))?;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(UPKEEP).await;
+            handle.run_upkeep();
+        }
+    });
     describe();
-    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-    Ok(())
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics, health at /health");
+    Ok(health)
 }
 
 /// The `# HELP` lines, and series that exist from the start (a scrape before the first job

@@ -12,8 +12,8 @@ use tracing::Instrument;
 
 use super::image_prompt::download_image;
 use super::shutdown::RESTARTING;
-use super::updates::Update;
-use super::{messages, orphans, Data, Error};
+use super::{messages, orphans, positions, Data, Error};
+use crate::queue::QueueError;
 use crate::store::{JobId, JobStatus, NewJob};
 
 /// What became of a request.
@@ -53,10 +53,14 @@ where
             return Ok(Admission::Refused(e.to_string()));
         }
     };
+    if let Err(e) = cap_across_gateways(data, new_job.user_id).await? {
+        crate::metrics::job_refused((&e).into());
+        return Ok(Admission::Refused(e.to_string()));
+    }
     let id = data.store.insert_admitting(new_job, image_url).await?;
     let span = tracing::info_span!("job", id = id.0);
     async move {
-        let expected = reservation.expected_position();
+        let expected = positions::expected(data, &reservation).await?;
         let job = data
             .store
             .job(id)
@@ -99,14 +103,27 @@ where
         }
         let position = reservation.commit(id);
         crate::metrics::job_admitted(new_job.kind);
-        if position != expected {
-            let wait = data.queue.wait_for(position);
-            data.updates.show(id, Update::Queued(position, wait));
-        }
+        positions::entered(data, id, position, expected);
         Ok(Admission::Accepted)
     }
     .instrument(span)
     .await
+}
+
+/// A sharded bot's user may have jobs at the other gateways too (a server on another shard,
+/// DMs on shard 0), which this gateway's queue does not see: the per-user cap counts them
+/// all, in the shared store. Two gateways admitting the same user's jobs in the same instant
+/// may each let one through.
+async fn cap_across_gateways(data: &Data, user: u64) -> Result<Result<(), QueueError>, Error> {
+    if data.config.shards.is_whole() {
+        return Ok(Ok(()));
+    }
+    let cap = data.config.user_cap;
+    let active = data.store.active_jobs_for_user(user).await?;
+    if active >= i64::try_from(cap).unwrap_or(i64::MAX) {
+        return Ok(Err(QueueError::UserCap(cap)));
+    }
+    Ok(Ok(()))
 }
 
 /// The first reply failed: the job must never run. If the reply did reach Discord after all

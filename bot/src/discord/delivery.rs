@@ -7,6 +7,16 @@
 //! or DM message carries a nonce derived from the job id with `enforce_nonce`, so Discord
 //! answers a retried post with the message it already made.
 //!
+//! Never by two at once: gateways sharing the store (a sharded bot) each run an outbox, and
+//! any of them may have recorded a job's end. The gateway whose shards the job came from (its
+//! owner) delivers it: it also runs the job's live edits, and settles them first. Another
+//! gateway takes a job over only once it has waited past [`takeover_after`] (its owner is
+//! gone: no live edit of it can still be in flight). Either way the outbox claims the job in
+//! the store before sending ([`Store::claim_delivery`]), so exactly one sends it. A claim
+//! outlives the longest attempt; one left by a gateway killed mid-delivery expires, and another
+//! outbox (or the same gateway restarted) delivers the job then, once, by the same idempotent
+//! edit or nonce.
+//!
 //! Where to deliver, in order: the interaction's message while its token lives (14 minutes);
 //! a plain-DM job's own message; then a new message in the channel when the bot can post
 //! there; else (user-installed contexts, group DMs) a DM to the requester, announced on the
@@ -26,6 +36,7 @@ use super::dispatcher::resolve_images;
 use super::messages;
 use super::rest::{Rest, RestError, Upload};
 use super::updates::LiveUpdates;
+use crate::shards::ShardRange;
 use crate::store::{Job, JobId, JobStatus, Store};
 
 /// The first retry comes after this; each failure doubles it, up to [`MAX_BACKOFF`].
@@ -56,16 +67,56 @@ pub struct Outbox {
     updates: LiveUpdates,
     wake: Arc<Notify>,
     data_dir: PathBuf,
+    /// How long a claim on a job's delivery lasts: longer than any one attempt.
+    claim: Duration,
+    /// This gateway's shards: their jobs are its to deliver at once.
+    shards: ShardRange,
+    /// How long an ended job of another gateway's shards waits before this one takes it.
+    takeover: Duration,
 }
 
 impl Outbox {
-    pub fn new(store: Store, rest: Rest, updates: LiveUpdates, data_dir: PathBuf) -> Outbox {
+    /// `http_timeout` bounds each request of an attempt, and so the claims; `shards` are the
+    /// ones this gateway runs.
+    pub fn new(
+        store: Store,
+        rest: Rest,
+        updates: LiveUpdates,
+        data_dir: PathBuf,
+        http_timeout: Duration,
+        shards: ShardRange,
+    ) -> Outbox {
         Outbox {
             store,
             rest,
             updates,
             wake: Arc::new(Notify::new()),
             data_dir,
+            claim: claim_length(http_timeout),
+            shards,
+            takeover: takeover_after(http_timeout),
+        }
+    }
+
+    /// Whether this outbox delivers `job` now: its own shards' jobs at once, another
+    /// gateway's once that one has had its chance.
+    fn delivers(&self, job: &Job, now: i64) -> bool {
+        self.shards.covers(job.request.guild_id)
+            || job
+                .finished_at
+                .is_some_and(|ended| ended + self.takeover.as_millis() as i64 <= now)
+    }
+
+    /// Claims `job` for this outbox; false if another one holds it (or it was delivered).
+    async fn claim(&self, job: JobId) -> bool {
+        let now = now_ms();
+        let until = now + self.claim.as_millis() as i64;
+        match self.store.claim_delivery(job, now, until).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!("cannot claim the delivery: {e}");
+                false
+            }
         }
     }
 
@@ -100,7 +151,7 @@ impl Outbox {
     /// At a graceful stop: delivers until nothing is left or `deadline`.
     pub async fn flush(&self, deadline: Instant) {
         while Instant::now() < deadline {
-            match self.store.undelivered().await {
+            match self.left_to_deliver().await {
                 Ok(0) => return,
                 Ok(left) => tracing::info!(left, "delivering before stopping"),
                 Err(e) => {
@@ -114,17 +165,46 @@ impl Outbox {
         }
     }
 
+    /// Ended jobs not yet delivered that are this gateway's (all of them when it is the only
+    /// one): what a graceful stop waits for.
+    async fn left_to_deliver(&self) -> Result<i64, crate::store::StoreError> {
+        if self.shards.is_whole() {
+            return self.store.undelivered().await;
+        }
+        let pending = self.store.outbox(i64::MAX, 4096).await?;
+        let own = pending
+            .iter()
+            .filter(|j| self.shards.covers(j.request.guild_id))
+            .count();
+        Ok(own as i64)
+    }
+
     async fn deliver_due(&self) {
-        let due = match self.store.outbox(now_ms(), 32).await {
+        // Other gateways' jobs in the batch are skipped (their owners deliver them): read
+        // more rows per gateway, so they cannot crowd this one's out.
+        let batch = 32 * self.shards.total().min(16);
+        let due = match self.store.outbox(now_ms(), batch).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::warn!("cannot read the outbox: {e}");
                 return;
             }
         };
-        for job in due {
+        let now = now_ms();
+        for job in due.into_iter().filter(|j| self.delivers(j, now)) {
             let span = tracing::info_span!("job", id = job.id.0);
-            self.deliver(job).instrument(span).await;
+            async {
+                if !self.shards.covers(job.request.guild_id) {
+                    tracing::info!("taking over the delivery of another gateway's job");
+                }
+                if self.claim(job.id).await {
+                    self.deliver(job).await;
+                } else {
+                    tracing::debug!("another gateway is delivering it");
+                }
+            }
+            .instrument(span)
+            .await;
         }
     }
 
@@ -259,13 +339,20 @@ impl Outbox {
                 return;
             }
         };
-        for job in due {
+        // The notice replaces the live edits, which only the job's own gateway runs.
+        let own = due
+            .into_iter()
+            .filter(|j| self.shards.covers(j.request.guild_id));
+        for job in own {
             let span = tracing::info_span!("job", id = job.id.0);
             async {
                 let (Some(app), Some(token)) = (job.request.application_id, fresh_token(&job))
                 else {
                     return;
                 };
+                if !self.claim(job.id).await {
+                    return;
+                }
                 self.updates.settle(job.id).await;
                 let cancel = messages::cancel_row(job.id);
                 let body = body(&job, messages::coming_by_dm(&job), cancel, None);
@@ -276,6 +363,9 @@ impl Outbox {
                         }
                     }
                     Err(e) => tracing::warn!("cannot say the result will come by DM: {e}"),
+                }
+                if let Err(e) = self.store.release_delivery(job.id).await {
+                    tracing::warn!("cannot release the claim on the job: {e}");
                 }
             }
             .instrument(span)
@@ -302,6 +392,18 @@ fn body(
         "attachments": attachments,
         "allowed_mentions": messages::mentions_json(job),
     })
+}
+
+/// Another gateway's live edit of a job that ended was sent before the end was recorded and
+/// lasts at most `http_timeout`: past this, none can land after the final message.
+fn takeover_after(http_timeout: Duration) -> Duration {
+    http_timeout + Duration::from_secs(5)
+}
+
+/// A claim covers an attempt's requests (an edit, a post, opening a DM and posting there),
+/// each bounded by `http_timeout`, plus reading the images and the grid's encoding.
+fn claim_length(http_timeout: Duration) -> Duration {
+    http_timeout * 4 + Duration::from_secs(10)
 }
 
 /// The nonce of a job's final message: the same on every attempt, at most 25 characters.
@@ -333,6 +435,17 @@ mod tests {
         assert_eq!(backoff(0, None), Duration::from_secs(1));
         assert_eq!(backoff(3, None), Duration::from_secs(8));
         assert_eq!(backoff(40, None), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_claim_outlasts_every_request_of_an_attempt() {
+        assert_eq!(
+            claim_length(Duration::from_secs(30)),
+            Duration::from_secs(130)
+        );
+        assert!(claim_length(Duration::from_secs(1)) > Duration::from_secs(4));
+        // Another gateway waits out the owner's last live edit before taking a job over.
+        assert!(takeover_after(Duration::from_secs(30)) > Duration::from_secs(30));
     }
 
     #[test]

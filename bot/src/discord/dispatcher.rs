@@ -107,7 +107,7 @@ async fn run_one(data: &Data, engine: &dyn JobRunner, id: JobId) -> anyhow::Resu
         model = job.request.model,
         "job started"
     );
-    data.updates.show_positions(&data.queue);
+    super::positions::line_moved(data);
     let job = match with_inputs(data, job).await {
         Ok(job) => job,
         Err(why) => {

@@ -249,7 +249,7 @@ async fn cancel(data: &Data, job: &Job) -> Result<&'static str, Error> {
     match data.store.cancel_job(job.id).await {
         Ok(()) => {
             if withdrawn {
-                data.updates.show_positions(&data.queue);
+                super::positions::line_moved(data);
             }
             data.outbox.notify();
             Ok("Cancelled.")

@@ -8,9 +8,11 @@
 //! - [`admission`]: queue slot, store, first message, then the line; [`orphans`]: first
 //!   replies that never reached Discord.
 //! - [`dispatcher`]: queue → [`engine_thread`] (supervised) → store.
-//! - [`updates`]: live edits (positions, progress) off the engine's path, through [`courier`].
+//! - [`updates`]: live edits (positions, progress) off the engine's path, through [`courier`];
+//!   [`positions`]: each waiting job's place (across gateways when sharded).
 //! - [`delivery`]: the outbox of ended jobs, over [`rest`]; [`place`]: where the bot may post.
 //! - [`shutdown`]: SIGTERM / Ctrl-C, bounded graceful stop.
+//! - [`recovery`]: the interrupted jobs a start takes back (only its own shards' when sharded).
 //! - [`image_prompt`]: the attached image, downloaded with limits and checked.
 //! - [`messages`]: the text and buttons of each job state.
 
@@ -28,6 +30,8 @@ pub mod info_cmd;
 pub mod messages;
 pub mod orphans;
 pub mod place;
+pub mod positions;
+pub mod recovery;
 pub mod region_cmd;
 pub mod rest;
 pub mod runner;
@@ -84,6 +88,8 @@ pub struct BotState {
     pub updates: LiveUpdates,
     pub outbox: Outbox,
     pub shutdown: Shutdown,
+    /// A sharded gateway's view of the line all gateways share.
+    pub line: positions::SharedLine,
     http_client: reqwest::Client,
     courier: Courier,
 }
@@ -156,13 +162,15 @@ pub async fn run(mut config: Config) -> Result<()> {
             StoreLocation::SqliteFile(_) => format!("cannot open {location}"),
         })?;
     tracing::info!(store = %location, "database open");
-    let requeued = store.requeue_running().await?;
-    crate::metrics::install(config.metrics_addr)?;
+    let requeued = recovery::requeue_interrupted(&store, config.shards).await?;
+    let health = crate::metrics::install(config.metrics_addr).await?;
+    health.watch_store(store.clone());
     let models = describe_models(&config).await?;
     // A gateway loads no model: its jobs run on `imagine worker` processes.
     let (engines, remote) = match (&config.role, &config.queue) {
         (Role::Gateway, Some(queue)) => {
             let remote = Remote::connect(queue, store.clone()).await?;
+            health.watch_queue(remote.client());
             tracing::info!(
                 url = queue.url,
                 slots = queue.slots,
@@ -182,7 +190,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         config.api_base.as_deref(),
         config.token.expose(),
     );
-    let (kept, abandoned) = orphans::resolve_at_start(&store, &rest).await?;
+    let (kept, abandoned) = orphans::resolve_at_start(&store, &rest, config.shards).await?;
     if kept + abandoned > 0 {
         tracing::info!(
             kept,
@@ -191,7 +199,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         );
     }
     let queue = JobQueue::new(config.queue_capacity, config.user_cap).with_workers(runners);
-    let unfinished = store.unfinished_jobs().await?;
+    let unfinished = recovery::unfinished_jobs(&store, config.shards).await?;
     if !unfinished.is_empty() {
         tracing::info!(
             jobs = unfinished.len(),
@@ -254,8 +262,11 @@ pub async fn run(mut config: Config) -> Result<()> {
         config.retention,
     );
     shutdown::on_signal(shutdown, client.shard_manager.clone());
+    let shards = config.shards;
+    tracing::info!(%shards, "connecting to Discord");
+    // serenity's range includes its end: `first..last` starts shards first to last.
     client
-        .start()
+        .start_shard_range(shards.first()..shards.last(), shards.total())
         .await
         .map_err(|e| anyhow::anyhow!("the Discord connection ended: {e}"))
 }
@@ -271,6 +282,8 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         s.rest.clone(),
         updates.clone(),
         config.data_dir.clone(),
+        config.http_timeout,
+        config.shards,
     );
     let faults = TestFaults::from_env();
     let runners: Vec<Arc<dyn runner::JobRunner>> = match &s.remote {
@@ -297,6 +310,7 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         updates,
         outbox,
         shutdown,
+        line: positions::SharedLine::default(),
         http_client: s.http_client,
         courier,
     }));
@@ -306,6 +320,7 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         remote.start(data.clone());
     }
     dispatcher::start(data.clone(), runners);
+    positions::start(data.clone());
     shutdown::drain(data.clone());
     data
 }

@@ -8,6 +8,7 @@ use tracing::Instrument;
 use super::courier::fresh_token;
 use super::messages;
 use super::rest::Rest;
+use crate::shards::ShardRange;
 use crate::store::{Job, Store, StoreError};
 
 /// Tells the requester, on a first reply that may have reached Discord late, that the job was
@@ -24,11 +25,20 @@ pub async fn say_not_queued(rest: &Rest, job: &Job) {
     let _ = rest.edit_original(app, token, &body, None).await;
 }
 
-/// At start: admits the unconfirmed jobs whose first message exists, abandons the others.
-/// Returns (kept, abandoned).
-pub async fn resolve_at_start(store: &Store, rest: &Rest) -> Result<(usize, usize), StoreError> {
+/// At start: admits the unconfirmed jobs of this process's shards whose first message exists,
+/// abandons the others. Jobs of other shards are their gateway's: one may be admitting them
+/// right now. Returns (kept, abandoned).
+pub async fn resolve_at_start(
+    store: &Store,
+    rest: &Rest,
+    shards: ShardRange,
+) -> Result<(usize, usize), StoreError> {
     let (mut kept, mut abandoned) = (0, 0);
-    for job in store.unadmitted_jobs().await? {
+    let unadmitted = store.unadmitted_jobs().await?;
+    for job in unadmitted
+        .into_iter()
+        .filter(|j| shards.covers(j.request.guild_id))
+    {
         let span = tracing::info_span!("job", id = job.id.0);
         if resolve(store, rest, &job).instrument(span).await? {
             kept += 1;

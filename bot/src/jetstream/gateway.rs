@@ -59,6 +59,11 @@ impl Remote {
         })))
     }
 
+    /// The connection to the NATS server (for `/health`).
+    pub fn client(&self) -> async_nats::Client {
+        self.0.queue.client.clone()
+    }
+
     /// `slots` runners for the dispatcher: that many jobs are with the workers at once.
     pub fn runners(&self, slots: usize) -> Vec<Arc<dyn JobRunner>> {
         (0..slots)

@@ -58,13 +58,14 @@ pub async fn run(mut config: Config) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     config.data_dir = std::path::absolute(&config.data_dir)?;
-    crate::metrics::install(config.metrics_addr)?;
+    let health = crate::metrics::install(config.metrics_addr).await?;
     let factories = crate::discord::engines_factories(&config).await?;
     let queue = Queue::connect(
         &settings,
         &format!("imagine-worker {}", settings.worker_name),
     )
     .await?;
+    health.watch_queue(queue.client.clone());
     let served: Vec<String> = settings
         .served(&config.models)
         .into_iter()

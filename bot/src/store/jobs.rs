@@ -235,6 +235,27 @@ impl Store {
         Ok(requeued)
     }
 
+    /// Jobs recorded as running, oldest first (a gateway sharing the store picks its own).
+    pub async fn running_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let rows: Vec<JobRow> = on_pool!(self, |pool, _d| sqlx::query_as(select_jobs!(
+            "WHERE status = 'running' ORDER BY id"
+        ))
+        .fetch_all(pool)
+        .await?);
+        rows.into_iter().map(JobRow::into_job).collect()
+    }
+
+    /// The admitted jobs waiting in line (at any gateway sharing the store), in admission
+    /// order.
+    pub async fn queued_jobs(&self) -> Result<Vec<JobId>, StoreError> {
+        let ids: Vec<i64> = on_pool!(self, |pool, _d| sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE status = 'queued' AND admitted ORDER BY id"
+        )
+        .fetch_all(pool)
+        .await?);
+        Ok(ids.into_iter().map(JobId).collect())
+    }
+
     /// The job, if it exists.
     pub async fn job(&self, job: JobId) -> Result<Option<Job>, StoreError> {
         let row: Option<JobRow> = on_pool!(self, |pool, _d| sqlx::query_as(select_jobs!(

@@ -259,6 +259,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the database answers a trivial query (for `/health`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |pool, _d| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(drop)?);
+        Ok(())
+    }
+
     /// Closes every connection, waiting for those in use. Later calls fail.
     pub async fn close(&self) {
         on_pool!(self, |pool, _d| pool.close().await)

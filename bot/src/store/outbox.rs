@@ -62,12 +62,14 @@ impl Store {
         Ok(())
     }
 
-    /// Ended jobs not yet delivered whose next attempt is due at `now`, oldest first.
+    /// Ended jobs not yet delivered whose next attempt is due at `now` and that no outbox
+    /// holds a live claim on, oldest first.
     pub async fn outbox(&self, now: i64, limit: u32) -> Result<Vec<Job>, StoreError> {
         let rows: Vec<JobRow> = on_pool!(self, |pool, _d| sqlx::query_as(select_jobs!(
             "WHERE delivered_at IS NULL AND admitted
                AND status IN ('done', 'failed', 'cancelled')
                AND (next_delivery_at IS NULL OR next_delivery_at <= $1)
+               AND (delivery_claimed_until IS NULL OR delivery_claimed_until <= $1)
              ORDER BY id LIMIT $2"
         ))
         .bind(now)
@@ -75,6 +77,42 @@ impl Store {
         .fetch_all(pool)
         .await?);
         rows.into_iter().map(JobRow::into_job).collect()
+    }
+
+    /// Claims the job's delivery (or its "comes by DM" notice) for this outbox until `until`
+    /// (unix ms). False if it is delivered already or another outbox holds a claim that is
+    /// still live at `now`: then that one delivers it. One conditional `UPDATE`, so of two
+    /// gateways racing for a job exactly one wins.
+    pub async fn claim_delivery(
+        &self,
+        job: JobId,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let updated = on_pool!(self, |pool, _d| sqlx::query(
+            "UPDATE jobs SET delivery_claimed_until = $1
+             WHERE id = $2 AND delivered_at IS NULL
+               AND (delivery_claimed_until IS NULL OR delivery_claimed_until <= $3)",
+        )
+        .bind(until)
+        .bind(job.0)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(updated == 1)
+    }
+
+    /// Gives up a claim without delivering (a DM notice shown, a stop).
+    pub async fn release_delivery(&self, job: JobId) -> Result<(), StoreError> {
+        on_pool!(self, |pool, _d| sqlx::query(
+            "UPDATE jobs SET delivery_claimed_until = NULL WHERE id = $1"
+        )
+        .bind(job.0)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
     }
 
     /// How many ended jobs still wait for delivery.
@@ -92,7 +130,8 @@ impl Store {
     pub async fn mark_delivered(&self, job: JobId) -> Result<bool, StoreError> {
         let updated = on_pool!(self, |pool, _d| {
             sqlx::query(
-            "UPDATE jobs SET delivered_at = $1, next_delivery_at = NULL, interaction_token = NULL
+            "UPDATE jobs SET delivered_at = $1, next_delivery_at = NULL, interaction_token = NULL,
+                             delivery_claimed_until = NULL
              WHERE id = $2 AND delivered_at IS NULL
                AND status IN ('done', 'failed', 'cancelled')",
         )
@@ -108,7 +147,8 @@ impl Store {
     /// A delivery attempt failed; the next one is due at `retry_at` (unix ms).
     pub async fn delivery_failed(&self, job: JobId, retry_at: i64) -> Result<(), StoreError> {
         on_pool!(self, |pool, _d| sqlx::query(
-            "UPDATE jobs SET delivery_attempts = delivery_attempts + 1, next_delivery_at = $1
+            "UPDATE jobs SET delivery_attempts = delivery_attempts + 1, next_delivery_at = $1,
+                             delivery_claimed_until = NULL
              WHERE id = $2 AND delivered_at IS NULL",
         )
         .bind(retry_at)

@@ -65,6 +65,53 @@ async fn an_ended_job_stays_in_the_outbox_until_delivered(store: Store) {
     assert_eq!(store.undelivered().await.unwrap(), 0);
 }
 
+async fn one_outbox_at_a_time_claims_a_delivery_until_it_ends_or_expires(store: Store) {
+    let id = store
+        .insert_job(&new_job(1, "a claimed cat"))
+        .await
+        .unwrap();
+    store.mark_running(id).await.unwrap();
+    store.finish_job(id, &[image(0, 1)]).await.unwrap();
+    // Gateway A claims it until t=10 000; gateway B, at t=1 000, neither sees nor gets it.
+    assert!(store.claim_delivery(id, 1_000, 10_000).await.unwrap());
+    assert!(store.outbox(1_000, 10).await.unwrap().is_empty());
+    assert!(!store.claim_delivery(id, 1_000, 20_000).await.unwrap());
+    // A failed attempt ends the claim: whoever comes next (after the backoff) may take it.
+    store.delivery_failed(id, 2_000).await.unwrap();
+    assert_eq!(store.outbox(2_000, 10).await.unwrap().len(), 1);
+    assert!(store.claim_delivery(id, 2_000, 12_000).await.unwrap());
+    // A claim left by a gateway that died expires; then another one takes it over.
+    assert!(!store.claim_delivery(id, 11_999, 30_000).await.unwrap());
+    assert_eq!(store.outbox(12_000, 10).await.unwrap().len(), 1);
+    assert!(store.claim_delivery(id, 12_000, 30_000).await.unwrap());
+    // Delivered: nobody claims it again, not even after the claim's time.
+    assert!(store.mark_delivered(id).await.unwrap());
+    assert!(!store.claim_delivery(id, 40_000, 50_000).await.unwrap());
+    assert!(store.outbox(i64::MAX, 10).await.unwrap().is_empty());
+    // A released claim (a DM notice shown) frees the job at once.
+    let other = store.insert_job(&new_job(1, "a notice")).await.unwrap();
+    store.mark_running(other).await.unwrap();
+    store.fail_job(other, "no").await.unwrap();
+    assert!(store.claim_delivery(other, 0, 10_000).await.unwrap());
+    store.release_delivery(other).await.unwrap();
+    assert!(store.claim_delivery(other, 1, 10_000).await.unwrap());
+}
+
+async fn the_shared_line_is_the_admitted_waiting_jobs_in_admission_order(store: Store) {
+    let first = store.insert_job(&new_job(1, "first")).await.unwrap();
+    let unconfirmed = store
+        .insert_admitting(&new_job(2, "unconfirmed"), None)
+        .await
+        .unwrap();
+    let running = store.insert_job(&new_job(3, "running")).await.unwrap();
+    store.mark_running(running).await.unwrap();
+    let last = store.insert_job(&new_job(4, "last")).await.unwrap();
+    assert_eq!(store.queued_jobs().await.unwrap(), [first, last]);
+    store.confirm_admission(unconfirmed).await.unwrap();
+    store.cancel_job(first).await.unwrap();
+    assert_eq!(store.queued_jobs().await.unwrap(), [unconfirmed, last]);
+}
+
 async fn running_jobs_are_not_delivered_and_stopped_ones_go_back_in_line(store: Store) {
     let id = store.insert_job(&new_job(1, "a dog")).await.unwrap();
     store.mark_running(id).await.unwrap();
@@ -99,6 +146,8 @@ async fn dead_tokens_are_forgotten_and_dm_notices_are_shown_once(store: Store) {
 on_both_backends! {
     a_job_whose_first_reply_is_unconfirmed_is_not_resumed_and_can_be_abandoned,
     an_ended_job_stays_in_the_outbox_until_delivered,
+    one_outbox_at_a_time_claims_a_delivery_until_it_ends_or_expires,
     running_jobs_are_not_delivered_and_stopped_ones_go_back_in_line,
+    the_shared_line_is_the_admitted_waiting_jobs_in_admission_order,
     dead_tokens_are_forgotten_and_dm_notices_are_shown_once,
 }

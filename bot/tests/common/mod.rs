@@ -3,6 +3,8 @@
 //! and waiting for what the bot posts. Each test file uses part of it.
 #![allow(dead_code)]
 
+pub mod workers;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

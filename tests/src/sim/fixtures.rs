@@ -86,12 +86,23 @@ pub fn guild_create(parts: GuildParts<'_>) -> Value {
     })
 }
 
+/// The shard Discord sends a guild's events to, `(guild_id >> 22) % num_shards`; DMs go to
+/// shard 0.
+pub fn shard_of(guild: Option<u64>, num_shards: u32) -> u32 {
+    match guild {
+        Some(id) => ((id >> 22) % u64::from(num_shards.max(1))) as u32,
+        None => 0,
+    }
+}
+
+/// READY for the session identified as `shard` (`[id, num_shards]`), naming its guilds.
 pub fn ready(
     bot: &Value,
     application_id: u64,
     guild_ids: &[u64],
     session: &str,
     url: &str,
+    shard: [u32; 2],
 ) -> Value {
     let guilds: Vec<Value> = guild_ids
         .iter()
@@ -99,7 +110,7 @@ pub fn ready(
         .collect();
     json!({
         "v": 10, "user": bot, "guilds": guilds, "session_id": session,
-        "resume_gateway_url": url, "shard": [0, 1], "private_channels": [],
+        "resume_gateway_url": url, "shard": shard, "private_channels": [],
         "application": { "id": application_id.to_string(), "flags": 0 },
     })
 }

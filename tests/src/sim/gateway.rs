@@ -4,6 +4,14 @@
 //! get ACKs; RESUME of a known session replays what the bot missed and ends with RESUMED, while
 //! an unknown session gets INVALID_SESSION so the bot identifies afresh. Dispatches carry one
 //! increasing sequence number per session and are kept for replay.
+//!
+//! Sharding as Discord does it: IDENTIFY may carry `shard: [shard_id, num_shards]` (none means
+//! `[0, 1]`); a guild's events and interactions go only to the session of shard
+//! `(guild_id >> 22) % num_shards`, DMs only to shard 0; READY echoes the shard and names only
+//! its guilds. An impossible shard is closed with 4010 (Invalid shard), too few shards for the
+//! bot's guilds (over 2,500 per shard) with 4011 (Sharding required). A second IDENTIFY of a
+//! shard that has a live session replaces it: the older connection is told its session is
+//! invalid (op 9), as two processes fighting over one shard see on Discord.
 
 use std::sync::Arc;
 
@@ -21,6 +29,10 @@ use super::transcript::{Direction, Entry};
 /// Close code Discord uses for "unknown error, reconnect".
 pub(crate) const CLOSE_UNKNOWN_ERROR: u16 = 4000;
 const CLOSE_AUTHENTICATION_FAILED: u16 = 4004;
+const CLOSE_INVALID_SHARD: u16 = 4010;
+const CLOSE_SHARDING_REQUIRED: u16 = 4011;
+/// Discord requires sharding past this many guilds per shard.
+const MAX_GUILDS_PER_SHARD: usize = 2500;
 
 pub(super) async fn upgrade(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
     ws.on_upgrade(move |socket| connection(shared, socket))
@@ -75,13 +87,15 @@ async fn connection(shared: Arc<Shared>, socket: WebSocket) {
         }
     }
     let mut world = shared.world();
-    if world
-        .gateway
-        .live
-        .as_ref()
-        .is_some_and(|live| live.same_channel(&tx))
-    {
-        world.gateway.live = None;
+    world.gateway.forgotten.retain(|l| !l.same_channel(&tx));
+    for session in world.gateway.sessions.values_mut() {
+        if session
+            .live
+            .as_ref()
+            .is_some_and(|live| live.same_channel(&tx))
+        {
+            session.live = None;
+        }
     }
 }
 
@@ -101,35 +115,80 @@ fn token_matches(shared: &Shared, given: &str) -> bool {
     given == token || given.strip_prefix("Bot ") == Some(token)
 }
 
+/// IDENTIFY's `shard`: absent is `[0, 1]`; else two integers, `shard_id < num_shards`.
+fn identified_shard(value: &Value) -> Result<[u32; 2], String> {
+    if value.is_null() {
+        return Ok([0, 1]);
+    }
+    let pair = value
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .and_then(|a| Some([a[0].as_u64()?, a[1].as_u64()?]))
+        .ok_or_else(|| format!("shard {value} is not [shard_id, num_shards]"))?;
+    match pair {
+        [id, total] if total >= 1 && id < total && total <= u64::from(u32::MAX) => {
+            Ok([id as u32, total as u32])
+        }
+        [id, total] => Err(format!("shard [{id}, {total}] does not exist")),
+    }
+}
+
 fn identify(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value) {
     if !token_matches(shared, data["token"].as_str().unwrap_or("")) {
         let _ = tx.send(Outgoing::Close(CLOSE_AUTHENTICATION_FAILED));
         return;
     }
+    let shard = match identified_shard(&data["shard"]) {
+        Ok(shard) => shard,
+        Err(why) => {
+            shared.note(format!("IDENTIFY refused: {why}"));
+            let _ = tx.send(Outgoing::Close(CLOSE_INVALID_SHARD));
+            return;
+        }
+    };
+    let guilds = shared.world().bot_guild_ids().len();
+    if guilds > MAX_GUILDS_PER_SHARD * shard[1] as usize {
+        shared.note(format!(
+            "IDENTIFY refused: {guilds} guilds need more than {} shards",
+            shard[1]
+        ));
+        let _ = tx.send(Outgoing::Close(CLOSE_SHARDING_REQUIRED));
+        return;
+    }
     let session_id = format!("simulated-session-{}", shared.snowflake());
     let url = super::rest::gateway_url(shared);
-    let ready = {
+    let (ready, guild_ids) = {
         let mut world = shared.world();
-        let guild_ids = world.bot_guild_ids();
+        let guild_ids: Vec<u64> = world
+            .bot_guild_ids()
+            .into_iter()
+            .filter(|g| fixtures::shard_of(Some(*g), shard[1]) == shard[0])
+            .collect();
         let ready = fixtures::ready(
             &world.bot().json(),
             world.application_id,
             &guild_ids,
             &session_id,
             &url,
+            shard,
         );
         let intents = data["intents"].as_u64().unwrap_or(0);
-        world.gateway.session = Some(Session {
+        let session = Session {
             id: session_id,
             seq: 0,
             intents,
             sent: Vec::new(),
-        });
-        world.gateway.live = Some(tx.clone());
-        ready
+            shard,
+            live: Some(tx.clone()),
+        };
+        world.gateway.forgotten.retain(|l| !l.same_channel(tx));
+        let older = world.gateway.sessions.insert(shard, session);
+        if let Some(live) = older.and_then(|s| s.live).filter(|l| !l.same_channel(tx)) {
+            let _ = live.send(Outgoing::Frame(fixtures::invalid_session(false)));
+        }
+        (ready, guild_ids)
     };
-    dispatch(shared, "READY", ready);
-    let guild_ids = shared.world().bot_guild_ids();
+    dispatch_to(shared, |s| s.shard == shard, "READY", ready);
     for guild_id in guild_ids {
         dispatch_guild_create(shared, guild_id);
     }
@@ -141,25 +200,44 @@ fn resume(shared: &Shared, tx: &mpsc::UnboundedSender<Outgoing>, data: &Value) {
         let seen = data["seq"].as_u64().unwrap_or(0);
         let matches = world
             .gateway
-            .session
-            .as_ref()
-            .filter(|s| data["session_id"].as_str() == Some(s.id.as_str()));
+            .sessions
+            .values_mut()
+            .find(|s| data["session_id"].as_str() == Some(s.id.as_str()));
         match matches {
             Some(session) => {
                 for frame in session.sent.iter().filter(|f| f["s"].as_u64() > Some(seen)) {
                     let _ = tx.send(Outgoing::Frame(frame.clone()));
                 }
-                world.gateway.live = Some(tx.clone());
-                true
+                session.live = Some(tx.clone());
+                Some(session.shard)
             }
-            None => false,
+            None => None,
         }
     };
-    if known {
-        dispatch(shared, "RESUMED", serde_json::json!({}));
-    } else {
-        let _ = tx.send(Outgoing::Frame(fixtures::invalid_session(false)));
+    match known {
+        Some(shard) => {
+            dispatch_to(
+                shared,
+                |s| s.shard == shard,
+                "RESUMED",
+                serde_json::json!({}),
+            );
+        }
+        None => {
+            let _ = tx.send(Outgoing::Frame(fixtures::invalid_session(false)));
+        }
     }
+}
+
+/// The guild a dispatch is about, which picks its shard (`None`: a DM, shard 0).
+fn guild_of(name: &str, data: &Value) -> Option<u64> {
+    let id = match name {
+        "GUILD_CREATE" => &data["id"],
+        _ => &data["guild_id"],
+    };
+    id.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| id.as_u64())
 }
 
 /// The intent (bit, name) without which Discord withholds this dispatch.
@@ -174,35 +252,43 @@ fn required_intent(name: &str, data: &Value) -> Option<(u64, &'static str)> {
     }
 }
 
-/// Sends a dispatch in the current session (or keeps it for replay while the bot reconnects).
-/// Like Discord, withholds events the bot has no intent for (noted in the transcript).
-/// Returns false when no session exists: the bot never identified.
+/// Sends a dispatch to the session of the shard its guild belongs to (shard 0 for DMs), or
+/// keeps it for replay while that shard reconnects. Like Discord, withholds events the bot has
+/// no intent for (noted in the transcript). Returns false when no session of that shard
+/// exists: the bot never identified it.
 pub(crate) fn dispatch(shared: &Shared, name: &str, data: Value) -> bool {
-    let withheld = {
+    let guild = guild_of(name, &data);
+    dispatch_to(shared, |s| s.receives(guild), name, data)
+}
+
+/// Sends a dispatch to every session `to` picks; false if it picks none.
+fn dispatch_to(shared: &Shared, to: impl Fn(&Session) -> bool, name: &str, data: Value) -> bool {
+    let (found, withheld) = {
         let mut world = shared.world();
-        let gateway = &mut world.gateway;
-        let Some(session) = gateway.session.as_mut() else {
-            return false;
-        };
-        match required_intent(name, &data) {
-            Some((bit, intent)) if session.intents & bit == 0 => Some(intent),
-            _ => {
-                session.seq += 1;
-                let frame = fixtures::dispatch(session.seq, name, data);
-                session.sent.push(frame.clone());
-                if let Some(live) = &gateway.live {
-                    let _ = live.send(Outgoing::Frame(frame));
+        let mut found = false;
+        let mut withheld = None;
+        for session in world.gateway.sessions.values_mut().filter(|s| to(s)) {
+            found = true;
+            match required_intent(name, &data) {
+                Some((bit, intent)) if session.intents & bit == 0 => withheld = Some(intent),
+                _ => {
+                    session.seq += 1;
+                    let frame = fixtures::dispatch(session.seq, name, data.clone());
+                    session.sent.push(frame.clone());
+                    if let Some(live) = &session.live {
+                        let _ = live.send(Outgoing::Frame(frame));
+                    }
                 }
-                None
             }
         }
+        (found, withheld)
     };
     if let Some(intent) = withheld {
         shared.note(format!(
             "{name} withheld: the bot did not identify with intent {intent}"
         ));
     }
-    true
+    found
 }
 
 pub(crate) fn dispatch_guild_create(shared: &Shared, guild_id: u64) {

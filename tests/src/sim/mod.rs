@@ -233,8 +233,37 @@ impl Simulator {
         GuildId::new(self.insert_guild(name, false))
     }
 
+    /// Adds a guild the bot is in whose id puts it on `shard` of `num_shards` (Discord sends
+    /// its events only to that shard).
+    pub fn add_guild_on_shard(&self, name: &str, shard: u32, num_shards: u32) -> GuildId {
+        assert!(
+            shard < num_shards,
+            "shard {shard} of {num_shards} does not exist"
+        );
+        // A fresh snowflake with its time part moved back (by under num_shards ms) onto the
+        // shard; the low bits (the counter) keep it unique.
+        let fresh = self.shared.snowflake();
+        let millis = fresh >> 22;
+        let total = u64::from(num_shards);
+        let on_shard = millis - millis % total + u64::from(shard);
+        let millis = if on_shard > millis {
+            on_shard - total
+        } else {
+            on_shard
+        };
+        let id = (millis << 22) | (fresh & 0x3F_FFFF);
+        self.insert_guild_with_id(id, name, true);
+        gateway::dispatch_guild_create(&self.shared, id);
+        GuildId::new(id)
+    }
+
     fn insert_guild(&self, name: &str, bot_member: bool) -> u64 {
         let id = self.shared.snowflake();
+        self.insert_guild_with_id(id, name, bot_member);
+        id
+    }
+
+    fn insert_guild_with_id(&self, id: u64, name: &str, bot_member: bool) {
         let owner_id = self.shared.world().bot().id;
         let record = GuildRecord {
             id,
@@ -244,7 +273,6 @@ impl Simulator {
             bot_member,
         };
         self.shared.world().guilds.insert(id, record);
-        id
     }
 
     /// Adds a group DM (channel type 3) among `users`. The bot is never a member: only users
@@ -361,20 +389,52 @@ impl Simulator {
         self.shared.world().faults.push(rule);
     }
 
-    /// Closes the bot's gateway connection (close code 4000) so it must RESUME. Dispatches sent
-    /// meanwhile are replayed on RESUME. Returns false when no connection was open.
+    /// Closes the bot's gateway connections, every shard's (close code 4000), so it must
+    /// RESUME. Dispatches sent meanwhile are replayed on RESUME. Returns false when no
+    /// connection was open.
     pub fn drop_gateway(&self) -> bool {
-        let live = self.shared.world().gateway.live.take();
-        live.is_some_and(|tx| {
-            tx.send(Outgoing::Close(gateway::CLOSE_UNKNOWN_ERROR))
-                .is_ok()
-        })
+        let lives: Vec<_> = {
+            let mut world = self.shared.world();
+            let gateway = &mut world.gateway;
+            let mut lives: Vec<_> = gateway.forgotten.drain(..).collect();
+            lives.extend(gateway.sessions.values_mut().filter_map(|s| s.live.take()));
+            lives
+        };
+        let mut closed = false;
+        for tx in lives {
+            closed |= tx
+                .send(Outgoing::Close(gateway::CLOSE_UNKNOWN_ERROR))
+                .is_ok();
+        }
+        closed
     }
 
-    /// Forgets the gateway session: a later RESUME gets INVALID_SESSION and must re-identify.
+    /// Forgets the gateway sessions: a later RESUME gets INVALID_SESSION and must re-identify.
     pub fn forget_session(&self) {
-        self.shared.world().gateway.session = None;
+        let mut world = self.shared.world();
+        let gateway = &mut world.gateway;
+        let lives = std::mem::take(&mut gateway.sessions)
+            .into_values()
+            .filter_map(|s| s.live);
+        gateway.forgotten.extend(lives);
+        drop(world);
         self.shared.note("gateway session forgotten");
+    }
+
+    /// The shards (`[shard_id, num_shards]`) with a session whose connection is open now.
+    pub fn connected_shards(&self) -> Vec<[u32; 2]> {
+        let world = self.shared.world();
+        let sessions = world.gateway.sessions.values();
+        sessions
+            .filter(|s| s.live.is_some())
+            .map(|s| s.shard)
+            .collect()
+    }
+
+    /// The shard Discord sends `guild`'s events to when the bot runs `num_shards` shards
+    /// (`None`, DMs: shard 0).
+    pub fn shard_of(guild: Option<GuildId>, num_shards: u32) -> u32 {
+        fixtures::shard_of(guild.map(GuildId::get), num_shards)
     }
 
     /// How many WebSocket connections the bot has opened so far.

@@ -178,13 +178,26 @@ pub(crate) struct Session {
     pub intents: u64,
     /// Every dispatch of this session, for replay on RESUME.
     pub sent: Vec<Value>,
+    /// The shard the session identified as: `[shard_id, num_shards]` (`[0, 1]` unsharded).
+    pub shard: [u32; 2],
+    /// The connection that identified or resumed it, if one is open.
+    pub live: Option<mpsc::UnboundedSender<Outgoing>>,
+}
+
+impl Session {
+    /// Whether Discord sends this session the events of `guild` (`None`: DMs, shard 0).
+    pub fn receives(&self, guild: Option<u64>) -> bool {
+        self.shard[0] == fixtures::shard_of(guild, self.shard[1])
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct GatewayState {
-    pub session: Option<Session>,
-    /// The connection that identified or resumed, if one is open.
-    pub live: Option<mpsc::UnboundedSender<Outgoing>>,
+    /// One session per shard the bot identified, by `[shard_id, num_shards]`.
+    pub sessions: BTreeMap<[u32; 2], Session>,
+    /// Open connections whose session the simulator forgot: they carry nothing until they
+    /// identify again.
+    pub forgotten: Vec<mpsc::UnboundedSender<Outgoing>>,
     pub connections: u64,
 }
 

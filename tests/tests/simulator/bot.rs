@@ -103,6 +103,18 @@ async fn menu(ctx: Context<'_>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Says which shard received it.
+#[poise::command(
+    slash_command,
+    install_context = "Guild|User",
+    interaction_context = "Guild|BotDm"
+)]
+async fn shard(ctx: Context<'_>) -> Result<(), Error> {
+    ctx.say(format!("shard {}", ctx.serenity_context().shard_id.0))
+        .await?;
+    Ok(())
+}
+
 /// Never answers: Discord shows "The application did not respond" after 3 s.
 #[poise::command(
     slash_command,
@@ -182,9 +194,25 @@ pub async fn start(sim: &Simulator) {
 }
 
 pub async fn start_with_intents(sim: &Simulator, intents: GatewayIntents) {
+    let mut client = client(sim, intents).await;
+    tokio::spawn(async move {
+        let _ = client.start().await;
+    });
+}
+
+/// Starts the bot running shards `first..=last` of `total`, as one process of a sharded bot.
+pub async fn start_shards(sim: &Simulator, first: u32, last: u32, total: u32) {
+    let mut client = client(sim, GatewayIntents::non_privileged()).await;
+    tokio::spawn(async move {
+        // serenity's range includes its end.
+        let _ = client.start_shard_range(first..last, total).await;
+    });
+}
+
+async fn client(sim: &Simulator, intents: GatewayIntents) -> serenity::Client {
     let framework = poise::Framework::builder()
         .options(poise::FrameworkOptions {
-            commands: vec![imagine(), ignore(), form(), menu()],
+            commands: vec![imagine(), ignore(), form(), menu(), shard()],
             event_handler: |framework, event| Box::pin(on_event(framework, event)),
             ..Default::default()
         })
@@ -195,11 +223,8 @@ pub async fn start_with_intents(sim: &Simulator, intents: GatewayIntents) {
             })
         })
         .build();
-    let mut client = ClientBuilder::new_with_http(sim.bot_http(), intents)
+    ClientBuilder::new_with_http(sim.bot_http(), intents)
         .framework(framework)
         .await
-        .expect("the bot's client builds");
-    tokio::spawn(async move {
-        let _ = client.start().await;
-    });
+        .expect("the bot's client builds")
 }

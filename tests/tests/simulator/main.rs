@@ -10,6 +10,7 @@ mod forms;
 mod mentions;
 mod rest;
 mod rules;
+mod sharding;
 
 use std::time::Duration;
 

@@ -23,9 +23,14 @@ pub(super) async fn gateway(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({ "url": gateway_url(&shared) }))
 }
 
+/// Discord recommends about one shard per 1,000 guilds.
+const GUILDS_PER_RECOMMENDED_SHARD: usize = 1000;
+
 pub(super) async fn gateway_bot(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let guilds = shared.world().bot_guild_ids().len();
+    let shards = guilds.div_ceil(GUILDS_PER_RECOMMENDED_SHARD).max(1);
     Json(json!({
-        "url": gateway_url(&shared), "shards": 1,
+        "url": gateway_url(&shared), "shards": shards,
         "session_start_limit": { "total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1 },
     }))
 }

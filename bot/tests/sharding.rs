@@ -1,0 +1,428 @@
+//! A sharded bot, end to end: two gateway processes (the real binary, `--shards 0-0` and
+//! `--shards 1-1` of 2) on one real PostgreSQL and one nats-server, with `imagine worker`s,
+//! against the simulator with a guild on each shard and a DM. Each place's jobs are answered
+//! by its shard's gateway; every result is delivered exactly once (the ledger counts no double
+//! post, the transcript no second final edit), whichever gateway read it; a gateway killed
+//! mid-run loses nothing, and the other neither steals its queued jobs nor doubles its
+//! deliveries; one killed mid-delivery has it done once by the other once its claim expires;
+//! `/health` says 503, naming the database, while PostgreSQL is down.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::workers::*;
+use common::*;
+use imagine::store::{JobId, JobStatus, PostgresUrl, Store};
+use imagine_tests::servers::nats::NatsServer;
+use imagine_tests::servers::postgres::Postgres;
+use imagine_tests::{Entry, Fault, Simulator};
+use serenity::all::{ChannelId, UserId};
+
+/// A sharded bot's world: `w.channel` is in a guild on shard 0, `one` in a guild on shard 1,
+/// `dm` is Alice's DM with the bot (shard 0).
+struct Sharded {
+    w: World,
+    one: ChannelId,
+    dm: ChannelId,
+    pg: Postgres,
+    database: String,
+    nats: NatsServer,
+}
+
+async fn sharded() -> Sharded {
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let database = pg.create_database();
+    let nats = NatsServer::start();
+    let sim = Simulator::start().await;
+    let zero = sim.add_guild_on_shard("Shard Zero Club", 0, 2);
+    let one = sim.add_guild_on_shard("Shard One Club", 1, 2);
+    let channel = sim.add_channel(zero, "art");
+    let one = sim.add_channel(one, "art");
+    let alice = sim.add_user("alice");
+    let bob = sim.add_user("bob");
+    let dm = sim.dm_channel(alice).unwrap();
+    let w = World {
+        sim,
+        channel,
+        alice,
+        bob,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    Sharded {
+        w,
+        one,
+        dm,
+        pg,
+        database,
+        nats,
+    }
+}
+
+/// A gateway running `shards` of 2, logging to `<dir>/<name>/bot.log`; all gateways share the
+/// data folder, as the README sets them up.
+async fn start_gateway(s: &Sharded, name: &str, shards: &str, env: &[(&str, &str)]) -> Bot {
+    let own = s.w.dir.path().join(name);
+    std::fs::create_dir_all(&own).unwrap();
+    let data = s.w.dir.path().join("data");
+    let url = s.nats.url();
+    let mut all = vec![
+        ("IMAGINE_ROLE", "gateway"),
+        ("IMAGINE_QUEUE_URL", url.as_str()),
+        ("IMAGINE_DATABASE_URL", s.database.as_str()),
+        ("IMAGINE_SHARDS", shards),
+        ("IMAGINE_SHARD_TOTAL", "2"),
+        ("IMAGINE_DATA_DIR", data.to_str().unwrap()),
+        ("IMAGINE_WORKER_SLOTS", "2"),
+        // Short, so a job of a killed gateway is taken over within seconds.
+        ("IMAGINE_HTTP_TIMEOUT", "5"),
+    ];
+    all.extend_from_slice(env);
+    start_bot(&s.w.sim, &own, &all).await
+}
+
+fn log_of(s: &Sharded, name: &str) -> PathBuf {
+    s.w.dir.path().join(name).join("bot.log")
+}
+
+/// Whether the gateway's log has a line about `job` saying `what`.
+fn says(s: &Sharded, name: &str, job: i64, what: &str) -> bool {
+    let span = format!("job{{id={job}}}");
+    std::fs::read_to_string(log_of(s, name))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains(&span) && l.contains(what))
+}
+
+/// Waits until the gateway's log says `what` about `job` (it logs just after answering).
+async fn wait_says(s: &Sharded, name: &str, job: i64, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !says(s, name, job, what) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway {name} never said {what:?} about job {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `/imagine prompt` in `channel`, waits for the queued answer; the message's path.
+async fn submit(s: &Sharded, user: UserId, channel: ChannelId, prompt: &str) -> String {
+    let run = run_imagine(&s.w, user, channel, prompt, None);
+    let cb = s.w.sim.wait_callback(&run, WAIT).await.unwrap();
+    assert_eq!(cb.kind, 4, "answered at once: {}", cb.data);
+    original_path(&s.w.sim, &run.token)
+}
+
+/// Final results (buttons) written to the message at `path`: more than one means two
+/// deliveries of one job raced, even if they looked the same.
+fn final_edits(sim: &Simulator, path: &str) -> usize {
+    count(&sim.transcript().entries, |c| {
+        c.method == "PATCH" && c.path == path && c.status < 300 && has_buttons(&c.response)
+    })
+}
+
+async fn store(s: &Sharded) -> Store {
+    Store::connect_postgres(&PostgresUrl::parse(&s.database).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn status(store: &Store, job: i64) -> Option<JobStatus> {
+    store.job(JobId(job)).await.unwrap().map(|j| j.status)
+}
+
+async fn wait_status(store: &Store, job: i64, wanted: JobStatus) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = status(store, job).await;
+        if now == Some(wanted) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {job} never became {wanted:?} (is {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateways_answer_their_own_shards_and_deliver_every_result_once() {
+    let s = sharded().await;
+    let cap = [("IMAGINE_USER_CAP", "2")];
+    let _a = start_gateway(&s, "a", "0-0", &cap).await;
+    let _b = start_gateway(&s, "b", "1-1", &cap).await;
+    let _workers = [
+        start_worker(s.w.dir.path(), "w1", &s.nats, &[]).await,
+        start_worker(s.w.dir.path(), "w2", &s.nats, &[]).await,
+    ];
+    let (alice, bob) = (s.w.alice, s.w.bob);
+    // Jobs 1, 2 and 3, one at a time so their ids are known: Alice's in the servers on
+    // shards 0 and 1, Bob's by DM (shard 0).
+    let zero = submit(
+        &s,
+        alice,
+        s.w.channel,
+        "zero-shard slow lighthouse --steps 12",
+    )
+    .await;
+    let one = submit(&s, alice, s.one, "one-shard slow lighthouse --steps 12").await;
+    // Alice has a job at each gateway: her third, by DM at A, passes A's own line but not
+    // the cap, which counts her jobs at B too.
+    let third = run_imagine(&s.w, alice, s.dm, "capped lighthouse", None);
+    let cb = s.w.sim.wait_callback(&third, WAIT).await.unwrap();
+    assert_reply(&cb, "You already have 2 jobs", true);
+    let bob_dm = s.w.sim.dm_channel(bob).unwrap();
+    let dm = submit(&s, bob, bob_dm, "dm-shard lighthouse --steps 2").await;
+    // Each was admitted by the gateway of its place's shard, and only by it.
+    for (job, owner, other) in [(1, "a", "b"), (2, "b", "a"), (3, "a", "b")] {
+        wait_says(&s, owner, job, "job admitted").await;
+        assert!(
+            !says(&s, other, job, "job admitted"),
+            "job {job} not by {other}"
+        );
+    }
+    let mut grids = Vec::new();
+    for path in [&zero, &one, &dm] {
+        grids.push(finished(&s.w.sim, std::slice::from_ref(path)).await);
+    }
+    // U2 under the grid of shard 1's server: its gateway serves it, whoever read the result.
+    let u2 = run_click(&s, alice, &grids[1], "U2");
+    let single = finished(&s.w.sim, std::slice::from_ref(&u2)).await;
+    assert_eq!(png_of(&s.w.sim, &single).dimensions(), (64, 64));
+    wait_says(&s, "b", 4, "job admitted").await;
+
+    let sim = &s.w.sim;
+    assert_eq!(deliveries_of(sim, "zero-shard slow lighthouse"), 1);
+    assert_eq!(
+        deliveries_of(sim, "one-shard slow lighthouse"),
+        2,
+        "the grid and U2"
+    );
+    assert_eq!(deliveries_of(sim, "dm-shard lighthouse"), 1);
+    assert_eq!(deliveries_of(sim, "capped lighthouse"), 0);
+    for path in [&zero, &one, &dm, &u2] {
+        assert_eq!(final_edits(sim, path), 1, "one final edit of {path}");
+    }
+    let store = store(&s).await;
+    for job in 1..=4 {
+        assert_eq!(
+            status(&store, job).await,
+            Some(JobStatus::Done),
+            "job {job}"
+        );
+    }
+    assert_eq!(
+        status(&store, 5).await,
+        None,
+        "the capped request wrote nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_positions_count_the_jobs_waiting_at_every_gateway() {
+    let s = sharded().await;
+    let one_slot = [("IMAGINE_WORKER_SLOTS", "1")];
+    let _a = start_gateway(&s, "a", "0-0", &one_slot).await;
+    let _b = start_gateway(&s, "b", "1-1", &one_slot).await;
+    let _worker = start_worker(s.w.dir.path(), "w1", &s.nats, &[]).await;
+    let (alice, bob) = (s.w.alice, s.w.bob);
+    // Each gateway's one slot is taken (job 1 runs, job 2 waits for the worker) ...
+    let mut paths = vec![
+        submit(&s, alice, s.w.channel, "pos-a1 slow --steps 10").await,
+        submit(&s, bob, s.one, "pos-b1 slow --steps 10").await,
+    ];
+    let store = store(&s).await;
+    for job in [1, 2] {
+        wait_status(&store, job, JobStatus::Running).await;
+    }
+    // ... so job 3 waits in A's line, first of all; job 4 in B's, where it is alone, yet
+    // second in the bot's line.
+    for (job, user, channel, prompt, owner) in [
+        (3, alice, s.w.channel, "pos-a2 --steps 1", "a"),
+        (4, bob, s.one, "pos-b2 --steps 1", "b"),
+    ] {
+        let run = run_imagine(&s.w, user, channel, prompt, None);
+        let cb = s.w.sim.wait_callback(&run, WAIT).await.unwrap();
+        let place = job - 2;
+        assert_reply(&cb, &format!("position {place} in the queue"), false);
+        paths.push(original_path(&s.w.sim, &run.token));
+        wait_says(&s, owner, job, "job admitted").await;
+    }
+    // Once A hands job 3 to the workers, B moves job 4 up, though its own line did not move.
+    let last = paths[3].clone();
+    s.w.sim
+        .wait_for("job 4 shown first in line", WAIT, |entries| {
+            entries.iter().filter_map(Entry::as_rest).find_map(|c| {
+                let content = c.body["content"].as_str().unwrap_or("");
+                (c.method == "PATCH" && c.path == last && content.contains("position 1 in"))
+                    .then_some(())
+            })
+        })
+        .await
+        .unwrap();
+    for path in &paths {
+        finished(&s.w.sim, std::slice::from_ref(path)).await;
+    }
+    for prompt in ["pos-a1", "pos-b1", "pos-a2", "pos-b2"] {
+        assert_eq!(deliveries_of(&s.w.sim, prompt), 1, "{prompt}");
+    }
+}
+
+/// Clicks `label` under `msg`; the new job's message path.
+fn run_click(s: &Sharded, user: UserId, msg: &serenity::all::Message, label: &str) -> String {
+    let run =
+        s.w.sim
+            .click_button(user, msg.id, &button(msg, label))
+            .unwrap();
+    original_path(&s.w.sim, &run.token)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_killed_mid_run_loses_nothing_and_the_other_steals_and_doubles_nothing() {
+    let s = sharded().await;
+    // One job with the workers at a time per gateway: A's second job waits in A's line.
+    let one_slot = [("IMAGINE_WORKER_SLOTS", "1")];
+    let a = start_gateway(&s, "a", "0-0", &one_slot).await;
+    let _b = start_gateway(&s, "b", "1-1", &one_slot).await;
+    let worker = start_worker(s.w.dir.path(), "w1", &s.nats, &[]).await;
+    let (alice, bob) = (s.w.alice, s.w.bob);
+    let first = submit(&s, alice, s.w.channel, "kill-a slow first --steps 25").await;
+    let second = submit(&s, bob, s.w.channel, "kill-a slow second --steps 2").await;
+    let third = submit(&s, bob, s.one, "kill-b third --steps 2").await;
+    worker.wait_says(1, "job started").await;
+    a.kill9().await;
+
+    // B reads job 1's result and, A being gone, takes its delivery over.
+    let grid = finished(&s.w.sim, std::slice::from_ref(&first)).await;
+    wait_says(&s, "b", 1, "taking over the delivery").await;
+    finished(&s.w.sim, std::slice::from_ref(&third)).await;
+    // Job 2 never left A's line: B leaves it alone (it is A's to resume).
+    let store = store(&s).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(status(&store, 2).await, Some(JobStatus::Queued));
+    assert!(!says(&s, "b", 2, ""), "B never touched job 2");
+
+    // A restarted resumes its own job 2; its buttons work again.
+    let _a = start_gateway(&s, "a", "0-0", &one_slot).await;
+    finished(&s.w.sim, std::slice::from_ref(&second)).await;
+    let u1 = run_click(&s, alice, &grid, "U1");
+    finished(&s.w.sim, std::slice::from_ref(&u1)).await;
+    wait_says(&s, "a", 4, "job admitted").await;
+
+    let sim = &s.w.sim;
+    assert_eq!(
+        deliveries_of(sim, "kill-a slow first"),
+        2,
+        "the grid and U1"
+    );
+    assert_eq!(deliveries_of(sim, "kill-a slow second"), 1);
+    assert_eq!(deliveries_of(sim, "kill-b third"), 1);
+    for path in [&first, &second, &third, &u1] {
+        assert_eq!(final_edits(sim, path), 1, "one final edit of {path}");
+    }
+    for job in 1..=4 {
+        assert_eq!(
+            status(&store, job).await,
+            Some(JobStatus::Done),
+            "job {job}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_killed_mid_delivery_has_it_delivered_once_by_another() {
+    let s = sharded().await;
+    let a = start_gateway(&s, "a", "0-0", &[]).await;
+    let _worker = start_worker(s.w.dir.path(), "w1", &s.nats, &[]).await;
+    let run = run_imagine(
+        &s.w,
+        s.w.alice,
+        s.w.channel,
+        "mid-delivery fox --steps 2",
+        None,
+    );
+    s.w.sim.wait_callback(&run, WAIT).await.unwrap();
+    let path = original_path(&s.w.sim, &run.token);
+    // Discord never answers A's final edit (and does not apply it): A is killed holding the
+    // delivery's claim, its request in flight.
+    let pattern = format!("/webhooks/*/{}/messages/@original", run.token);
+    s.w.sim.fail_result_route("PATCH", &pattern, Fault::Hang, 1);
+    s.w.sim
+        .wait_for("A's final edit in flight", WAIT, |entries| {
+            entries.iter().find_map(|e| match e {
+                Entry::Note(n) if n.contains("hanging") && n.contains(&run.token) => Some(()),
+                _ => None,
+            })
+        })
+        .await
+        .unwrap();
+    a.kill9().await;
+    // B, running the other shard, takes the delivery over once A's claim has expired.
+    let _b = start_gateway(&s, "b", "1-1", &[]).await;
+    finished(&s.w.sim, std::slice::from_ref(&path)).await;
+    wait_says(&s, "b", 1, "taking over the delivery").await;
+    assert_eq!(deliveries_of(&s.w.sim, "mid-delivery fox"), 1);
+    assert_eq!(
+        final_edits(&s.w.sim, &path),
+        1,
+        "A's edit never landed, B's once"
+    );
+    let store = store(&s).await;
+    let job = store.job(JobId(1)).await.unwrap().unwrap();
+    assert!(job.delivery.delivered_at.is_some(), "recorded as delivered");
+}
+
+/// `GET /health`: the status and the body.
+async fn health_of(client: &reqwest::Client, addr: &str) -> (u16, String) {
+    let answer = client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .expect("the gateway answers /health");
+    (answer.status().as_u16(), answer.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_says_503_and_names_the_database_while_postgresql_is_down() {
+    let mut s = sharded().await;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let _a = start_gateway(&s, "a", "0-0", &[("IMAGINE_METRICS_ADDR", &metrics)]).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let health = || health_of(&client, &metrics);
+    assert_eq!(health().await, (200, "OK".to_string()));
+    tokio::task::block_in_place(|| s.pg.stop());
+    let (code, why) = health().await;
+    assert_eq!(code, 503, "{why}");
+    assert!(why.starts_with("database down: "), "{why}");
+    assert!(!why.contains("queue"), "the queue is up: {why}");
+    // The queue server going too is named as well.
+    s.nats.stop();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, why) = health().await;
+        if why.contains("queue down: ") {
+            assert_eq!(code, 503);
+            assert!(why.contains("database down: "), "{why}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The metrics are still served beside it.
+    let text = client
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("imagine_queue_depth"), "{text}");
+}
