@@ -29,9 +29,16 @@ struct Sharded {
     pg: Postgres,
     database: String,
     nats: NatsServer,
+    /// Held for the whole test (dropped last, after its processes): each test runs two
+    /// gateways, workers, PostgreSQL and nats-server, and their timings (a job still running
+    /// when a gateway is killed, a position shown before the line moves on) hold only when
+    /// the tests of this file do not also compete with each other for a 2-core machine.
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
 
 async fn sharded() -> Sharded {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
     let database = pg.create_database();
     let nats = NatsServer::start();
@@ -57,6 +64,7 @@ async fn sharded() -> Sharded {
         pg,
         database,
         nats,
+        _one_at_a_time,
     }
 }
 
