@@ -126,14 +126,22 @@ impl Reservation {
         s.waiting.len() + s.reserved.len()
     }
 
-    /// Puts the job in line; returns its position (1 = next).
+    /// Puts the job in line; returns its position (1 = next). The line is in the order the
+    /// store admitted its jobs (job ids grow with each): a job whose admission took longer
+    /// (its first message slow to confirm, an image prompt downloading) keeps its place ahead
+    /// of the jobs asked for after it that have not started yet.
     pub fn commit(mut self, job: JobId) -> usize {
         self.committed = true;
         let mut s = self.queue.lock();
         release(&mut s, self.user);
-        s.waiting.push_back((job, self.user));
-        let position = s.waiting.len();
-        crate::metrics::queue_depth(position);
+        let at = s
+            .waiting
+            .iter()
+            .position(|(j, _)| *j > job)
+            .unwrap_or(s.waiting.len());
+        s.waiting.insert(at, (job, self.user));
+        let position = at + 1;
+        crate::metrics::queue_depth(s.waiting.len());
         drop(s);
         self.queue.ready.notify_waiters();
         position
@@ -326,6 +334,29 @@ mod tests {
             waiting.is_err(),
             "a second job must not start while one runs"
         );
+        q.finish(JobId(1));
+        assert_eq!(q.next().await, JobId(2));
+    }
+
+    #[tokio::test]
+    async fn a_slower_admission_keeps_its_place_ahead_of_later_jobs() {
+        let q = JobQueue::new(8, 8);
+        assert_eq!(q.reserve(1).unwrap().commit(JobId(1)), 1);
+        assert_eq!(q.next().await, JobId(1), "job 1 runs");
+        // Job 2 was written first but its first message took longer than job 3's and 4's.
+        let slow = q.reserve(2).unwrap();
+        assert_eq!(q.reserve(3).unwrap().commit(JobId(3)), 1);
+        assert_eq!(q.reserve(4).unwrap().commit(JobId(4)), 2);
+        assert_eq!(
+            slow.commit(JobId(2)),
+            1,
+            "ahead of the jobs asked for after it"
+        );
+        assert_eq!(
+            q.positions(),
+            vec![(JobId(2), 1), (JobId(3), 2), (JobId(4), 3)]
+        );
+        // A started job is not overtaken: ids only order the waiting.
         q.finish(JobId(1));
         assert_eq!(q.next().await, JobId(2));
     }

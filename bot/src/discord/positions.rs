@@ -55,6 +55,11 @@ pub fn entered(data: &Data, job: JobId, position: usize, announced: usize) {
         let wait = data.queue.wait_for(position);
         data.updates.show(job, Update::Queued(position, wait));
     }
+    // It took its place ahead of later jobs (its admission was the slower): each moved back.
+    for (behind, place) in data.queue.positions().into_iter().skip(position) {
+        let wait = data.queue.wait_for(place);
+        data.updates.show(behind, Update::Queued(place, wait));
+    }
 }
 
 /// The line moved (a job started, one was cancelled): show the new places.
