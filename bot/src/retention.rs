@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::buttons::ButtonAction;
+use crate::jetstream::shared_images::SharedImages;
 use crate::store::{Job, JobKind, Purge, RetentionLimits, Store, StoreError};
 use crate::worker::latents_path;
 
@@ -28,7 +29,13 @@ pub struct PassOutcome {
 
 /// Runs a pass now and then every [`PASS_INTERVAL`], for as long as the runtime lives. Does
 /// nothing when retention is off.
-pub fn spawn(store: Store, data_dir: PathBuf, limits: RetentionLimits) {
+/// `shared`: a sharded gateway's images bucket, where a purged job's images go too.
+pub fn spawn(
+    store: Store,
+    data_dir: PathBuf,
+    limits: RetentionLimits,
+    shared: Option<SharedImages>,
+) {
     if limits.is_off() {
         return;
     }
@@ -37,7 +44,7 @@ pub fn spawn(store: Store, data_dir: PathBuf, limits: RetentionLimits) {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            if let Err(e) = run_pass(&store, &data_dir, &limits).await {
+            if let Err(e) = run_pass(&store, &data_dir, &limits, shared.as_ref()).await {
                 tracing::warn!("retention pass failed, trying again in an hour: {e:#}");
             }
         }
@@ -49,7 +56,21 @@ pub async fn run_pass(
     store: &Store,
     data_dir: &Path,
     limits: &RetentionLimits,
+    shared: Option<&SharedImages>,
 ) -> Result<PassOutcome> {
+    if shared.is_some() {
+        // Each gateway of a sharded bot holds copies of images (those it recorded or
+        // fetched): the ones another gateway's pass purged go here too.
+        let swept = sweep_purged_copies(store, data_dir).await?;
+        if swept.jobs > 0 {
+            crate::metrics::images_purged(swept.jobs, swept.bytes);
+            tracing::info!(
+                jobs = swept.jobs,
+                bytes = swept.bytes,
+                "retention: deleted this gateway's copies of images purged elsewhere"
+            );
+        }
+    }
     let inventory = store
         .retention_inventory()
         .await
@@ -72,6 +93,10 @@ pub async fn run_pass(
         .into_iter()
         .filter(|p| marked.contains(&p.job))
         .collect();
+    if let Some(shared) = shared {
+        let files: Vec<PathBuf> = plan.iter().flat_map(|p| p.files.clone()).collect();
+        shared.delete(&files).await;
+    }
     let data_dir = data_dir.to_path_buf();
     let outcome = tokio::task::spawn_blocking(move || delete(&plan, &data_dir)).await?;
     crate::metrics::images_purged(outcome.jobs, outcome.bytes);
@@ -106,6 +131,46 @@ fn delete(plan: &[Purge], data_dir: &Path) -> PassOutcome {
     outcome
 }
 
+/// Deletes the folders under `jobs/` of the jobs the store says were purged.
+async fn sweep_purged_copies(store: &Store, data_dir: &Path) -> Result<PassOutcome> {
+    let jobs = data_dir.join("jobs");
+    let listed = {
+        let jobs = jobs.clone();
+        tokio::task::spawn_blocking(move || job_folders(&jobs)).await?
+    };
+    let mut purged = Vec::new();
+    for id in listed {
+        if store.images_purged(crate::store::JobId(id)).await? {
+            purged.push(id);
+        }
+    }
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut outcome = PassOutcome::default();
+        for id in purged {
+            let folder = jobs.join(id.to_string());
+            let files = std::fs::read_dir(&folder).into_iter().flatten().flatten();
+            for file in files {
+                outcome.bytes += remove_file(&file.path());
+            }
+            let _ = std::fs::remove_dir(&folder);
+            outcome.jobs += 1;
+        }
+        outcome
+    })
+    .await?;
+    Ok(outcome)
+}
+
+/// The job ids of the folders under `jobs`.
+fn job_folders(jobs: &Path) -> Vec<i64> {
+    std::fs::read_dir(jobs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
+        .collect()
+}
+
 /// Deletes `path`, returning the bytes freed; a file already gone is fine.
 fn remove_file(path: &Path) -> u64 {
     let Ok(meta) = std::fs::metadata(path) else {
@@ -135,7 +200,15 @@ pub async fn cleaned_up(
         (ButtonAction::Reroll, Some(path)) => PathBuf::from(path),
         _ => return Ok(None),
     };
-    if tokio::fs::try_exists(&start).await.unwrap_or(true) {
+    // Another job's image: gone when that job's images were purged (it may be on another
+    // gateway's disk, in a sharded bot, until fetched). An image prompt: gone when its file is.
+    let source_job = crate::jetstream::shared_images::key_of(&start)
+        .and_then(|key| key.split('/').nth(1)?.parse::<i64>().ok());
+    let gone = match source_job {
+        Some(id) => store.images_purged(crate::store::JobId(id)).await?,
+        None => !tokio::fs::try_exists(&start).await.unwrap_or(true),
+    };
+    if !gone {
         return Ok(None);
     }
     Ok(Some(

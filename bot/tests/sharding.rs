@@ -5,7 +5,9 @@
 //! post, the transcript no second final edit), whichever gateway read it; a gateway killed
 //! mid-run loses nothing, and the other neither steals its queued jobs nor doubles its
 //! deliveries; one killed mid-delivery has it done once by the other once its claim expires;
-//! `/health` says 503, naming the database, while PostgreSQL is down.
+//! `/health` says 503, naming the database, while PostgreSQL is down. Each gateway has a data
+//! folder of its own: images one recorded reach the other through the queue's images bucket.
+//! `IMAGINE_TEST_KEEP_DIRS=1` keeps each test's folder, with every process's log.
 
 mod common;
 
@@ -50,12 +52,18 @@ async fn sharded() -> Sharded {
     let alice = sim.add_user("alice");
     let bob = sim.add_user("bob");
     let dm = sim.dm_channel(alice).unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("IMAGINE_TEST_KEEP_DIRS").is_some() {
+        // Every process's log stays for a look after a failure.
+        dir.disable_cleanup(true);
+        eprintln!("logs kept in {}", dir.path().display());
+    }
     let w = World {
         sim,
         channel,
         alice,
         bob,
-        dir: tempfile::tempdir().unwrap(),
+        dir,
     };
     Sharded {
         w,
@@ -68,12 +76,11 @@ async fn sharded() -> Sharded {
     }
 }
 
-/// A gateway running `shards` of 2, logging to `<dir>/<name>/bot.log`; all gateways share the
-/// data folder, as the README sets them up.
+/// A gateway running `shards` of 2, logging to `<dir>/<name>/bot.log`, with its own data
+/// folder `<dir>/<name>/data`, as on a machine of its own: no disk is shared.
 async fn start_gateway(s: &Sharded, name: &str, shards: &str, env: &[(&str, &str)]) -> Bot {
     let own = s.w.dir.path().join(name);
     std::fs::create_dir_all(&own).unwrap();
-    let data = s.w.dir.path().join("data");
     let url = s.nats.url();
     let mut all = vec![
         ("IMAGINE_ROLE", "gateway"),
@@ -81,7 +88,6 @@ async fn start_gateway(s: &Sharded, name: &str, shards: &str, env: &[(&str, &str
         ("IMAGINE_DATABASE_URL", s.database.as_str()),
         ("IMAGINE_SHARDS", shards),
         ("IMAGINE_SHARD_TOTAL", "2"),
-        ("IMAGINE_DATA_DIR", data.to_str().unwrap()),
         ("IMAGINE_WORKER_SLOTS", "2"),
         // Short, so a job of a killed gateway is taken over within seconds.
         ("IMAGINE_HTTP_TIMEOUT", "5"),
@@ -113,6 +119,20 @@ async fn wait_says(s: &Sharded, name: &str, job: i64, what: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Image `k` (0 = top left) of a 2x2 grid.
+fn grid_quadrant(grid: &image::RgbImage, k: u32) -> image::RgbImage {
+    let (w, h) = (grid.width() / 2, grid.height() / 2);
+    image::imageops::crop_imm(grid, (k % 2) * w, (k / 2) * h, w, h).to_image()
+}
+
+/// Whether the gateway's log says it fetched `key` from the images bucket.
+fn fetched(s: &Sharded, name: &str, key: &str) -> bool {
+    std::fs::read_to_string(log_of(s, name))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("fetched an image another gateway recorded") && l.contains(key))
 }
 
 /// Sends `/imagine prompt` in `channel`, waits for the queued answer; the message's path.
@@ -297,10 +317,13 @@ async fn a_gateway_killed_mid_run_loses_nothing_and_the_other_steals_and_doubles
     let _b = start_gateway(&s, "b", "1-1", &one_slot).await;
     let worker = start_worker(s.w.dir.path(), "w1", &s.nats, &[]).await;
     let (alice, bob) = (s.w.alice, s.w.bob);
-    let first = submit(&s, alice, s.w.channel, "kill-a slow first --steps 25").await;
+    // Job 1 is with the worker before job 2 is asked for: two requests a moment apart may
+    // enter the line in either order (each waits on Discord for its first message).
+    let first = submit(&s, alice, s.w.channel, "kill-a slow first --steps 30").await;
+    worker.wait_says(1, "job started").await;
     let second = submit(&s, bob, s.w.channel, "kill-a slow second --steps 2").await;
     let third = submit(&s, bob, s.one, "kill-b third --steps 2").await;
-    worker.wait_says(1, "job started").await;
+    wait_says(&s, "a", 2, "job admitted").await;
     a.kill9().await;
 
     // B reads job 1's result and, A being gone, takes its delivery over.
@@ -316,9 +339,17 @@ async fn a_gateway_killed_mid_run_loses_nothing_and_the_other_steals_and_doubles
     // A restarted resumes its own job 2; its buttons work again.
     let _a = start_gateway(&s, "a", "0-0", &one_slot).await;
     finished(&s.w.sim, std::slice::from_ref(&second)).await;
+    // U1's source image was recorded by B, on B's disk: A fetched it from the queue's
+    // images bucket.
     let u1 = run_click(&s, alice, &grid, "U1");
-    finished(&s.w.sim, std::slice::from_ref(&u1)).await;
+    let single = finished(&s.w.sim, std::slice::from_ref(&u1)).await;
     wait_says(&s, "a", 4, "job admitted").await;
+    assert!(fetched(&s, "a", "jobs/1/0.png"), "A fetched B's image");
+    assert_eq!(
+        png_of(&s.w.sim, &single),
+        grid_quadrant(&png_of(&s.w.sim, &grid), 0),
+        "U1 is the grid's first image"
+    );
 
     let sim = &s.w.sim;
     assert_eq!(
@@ -372,6 +403,8 @@ async fn a_gateway_killed_mid_delivery_has_it_delivered_once_by_another() {
     let _b = start_gateway(&s, "b", "1-1", &[]).await;
     finished(&s.w.sim, std::slice::from_ref(&path)).await;
     wait_says(&s, "b", 1, "taking over the delivery").await;
+    // A recorded the images, on its own disk: B fetched them to deliver.
+    assert!(fetched(&s, "b", "jobs/1/0.png"), "B fetched A's images");
     assert_eq!(deliveries_of(&s.w.sim, "mid-delivery fox"), 1);
     assert_eq!(
         final_edits(&s.w.sim, &path),

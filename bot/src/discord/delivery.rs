@@ -36,6 +36,7 @@ use super::dispatcher::resolve_images;
 use super::messages;
 use super::rest::{Rest, RestError, Upload};
 use super::updates::LiveUpdates;
+use crate::jetstream::shared_images::SharedImages;
 use crate::shards::ShardRange;
 use crate::store::{Job, JobId, JobStatus, Store};
 
@@ -67,6 +68,8 @@ pub struct Outbox {
     updates: LiveUpdates,
     wake: Arc<Notify>,
     data_dir: PathBuf,
+    /// A sharded bot's images recorded by other gateways, fetched when this one delivers.
+    shared: Option<SharedImages>,
     /// How long a claim on a job's delivery lasts: longer than any one attempt.
     claim: Duration,
     /// This gateway's shards: their jobs are its to deliver at once.
@@ -83,6 +86,7 @@ impl Outbox {
         rest: Rest,
         updates: LiveUpdates,
         data_dir: PathBuf,
+        shared: Option<SharedImages>,
         http_timeout: Duration,
         shards: ShardRange,
     ) -> Outbox {
@@ -92,6 +96,7 @@ impl Outbox {
             updates,
             wake: Arc::new(Notify::new()),
             data_dir,
+            shared,
             claim: claim_length(http_timeout),
             shards,
             takeover: takeover_after(http_timeout),
@@ -263,7 +268,12 @@ impl Outbox {
                 file: None,
             });
         }
-        let images = resolve_images(&self.data_dir, self.store.images(job.id).await?);
+        let images = resolve_images(
+            &self.data_dir,
+            self.shared.as_ref(),
+            self.store.images(job.id).await?,
+        )
+        .await;
         let owned = job.clone();
         // Reading, assembling and encoding the grid is blocking work.
         let (name, bytes) =

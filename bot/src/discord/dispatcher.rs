@@ -16,6 +16,7 @@ use super::image_prompt::download_image;
 use super::runner::JobRunner;
 use super::updates::Update;
 use super::Data;
+use crate::jetstream::shared_images::{key_of, SharedImages};
 use crate::queue::StopReason;
 use crate::store::{ImageRecord, Job, JobId, StoreError};
 
@@ -199,11 +200,19 @@ async fn record_end(data: &Data, id: JobId, end: JobEnd) -> anyhow::Result<()> {
 async fn with_inputs(data: &Data, mut job: Job) -> Result<Job, String> {
     let params = &mut job.request.params;
     if let Some(path) = &params.init_image {
-        params.init_image = Some(
-            stored_path(&data.data_dir, Path::new(path))
-                .to_string_lossy()
-                .into_owned(),
-        );
+        let mut local = stored_path(&data.data_dir, Path::new(path));
+        if let Some(shared) = &data.shared_images {
+            // A button's source image, which another gateway may have recorded (an image
+            // prompt, under `inputs/`, is always this one's: downloaded at admission, or again
+            // below).
+            if key_of(&local).is_some() {
+                match shared.fetch(&local).await {
+                    Ok(fetched) => local = fetched,
+                    Err(e) => tracing::warn!("cannot fetch the source image: {e:#}"),
+                }
+            }
+        }
+        params.init_image = Some(local.to_string_lossy().into_owned());
     }
     if let (Some(url), Some(path)) = (&job.delivery.image_url, &params.init_image) {
         if !Path::new(path).exists() {
@@ -220,8 +229,11 @@ async fn with_inputs(data: &Data, mut job: Job) -> Result<Job, String> {
 /// Where a stored image path points. New rows hold absolute paths. Older rows hold the data
 /// folder as it was configured (often relative to where the bot was started), then
 /// `jobs/...` or `inputs/...`: those are found again under today's data folder.
+///
+/// An absolute path that is not there (another gateway's data folder, in a sharded bot; a
+/// data folder moved) is looked for under this data folder the same way.
 pub fn stored_path(data_dir: &Path, stored: &Path) -> std::path::PathBuf {
-    if stored.is_absolute() {
+    if stored.is_absolute() && (stored.exists() || stored.starts_with(data_dir)) {
         return stored.to_path_buf();
     }
     let parts: Vec<_> = stored.components().collect();
@@ -236,15 +248,24 @@ pub fn stored_path(data_dir: &Path, stored: &Path) -> std::path::PathBuf {
     }
 }
 
-/// Image records with their paths resolved by [`stored_path`].
-pub fn resolve_images(data_dir: &Path, images: Vec<ImageRecord>) -> Vec<ImageRecord> {
-    images
+/// Image records with their paths resolved by [`stored_path`], and, in a sharded bot, the
+/// files another gateway recorded fetched into this one's data folder.
+pub async fn resolve_images(
+    data_dir: &Path,
+    shared: Option<&SharedImages>,
+    images: Vec<ImageRecord>,
+) -> Vec<ImageRecord> {
+    let images = images
         .into_iter()
         .map(|mut r| {
             r.path = stored_path(data_dir, &r.path);
             r
         })
-        .collect()
+        .collect();
+    match shared {
+        Some(shared) => shared.localize(images).await,
+        None => images,
+    }
 }
 
 #[cfg(test)]
@@ -263,9 +284,19 @@ mod tests {
             Path::new("/srv/imagine/data/inputs/1-2.png")
         );
         assert_eq!(
-            stored_path(data, Path::new("/abs/jobs/3/0.png")),
-            Path::new("/abs/jobs/3/0.png"),
-            "absolute paths are kept"
+            stored_path(data, Path::new("/srv/imagine/data/jobs/9/0.png")),
+            Path::new("/srv/imagine/data/jobs/9/0.png"),
+            "paths in the data folder are kept"
+        );
+        let elsewhere = tempfile::tempdir().unwrap();
+        let there = elsewhere.path().join("jobs/3/0.png");
+        std::fs::create_dir_all(there.parent().unwrap()).unwrap();
+        std::fs::write(&there, b"png").unwrap();
+        assert_eq!(stored_path(data, &there), there, "existing files are kept");
+        assert_eq!(
+            stored_path(data, Path::new("/another/gateway/data/jobs/3/0.png")),
+            Path::new("/srv/imagine/data/jobs/3/0.png"),
+            "a path that is not here is looked for in this data folder"
         );
     }
 }

@@ -32,8 +32,12 @@ pub async fn on_reaction(data: &Data, reaction: &Reaction) -> anyhow::Result<()>
     if job.status != JobStatus::Done {
         return Ok(());
     }
-    let images =
-        super::dispatcher::resolve_images(&data.data_dir, data.store.images(job.id).await?);
+    let images = super::dispatcher::resolve_images(
+        &data.data_dir,
+        data.shared_images.as_ref(),
+        data.store.images(job.id).await?,
+    )
+    .await;
     let seeds: Vec<String> = images.iter().map(|i| i.seed.to_string()).collect();
     let parameters = match images.first() {
         Some(first) => {

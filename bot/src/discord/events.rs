@@ -139,7 +139,12 @@ async fn on_click(
             .await?;
         return Ok(());
     }
-    let images = resolve_images(&data.data_dir, data.store.images(parent.id).await?);
+    let images = resolve_images(
+        &data.data_dir,
+        data.shared_images.as_ref(),
+        data.store.images(parent.id).await?,
+    )
+    .await;
     let who = Requester {
         user_id: click.user.id.get(),
         channel_id: click.channel_id.get(),

@@ -133,7 +133,12 @@ async fn finished_parent(
             "That image's model is no longer configured on this bot.".into(),
         ));
     };
-    let images = resolve_images(&data.data_dir, data.store.images(parent.id).await?);
+    let images = resolve_images(
+        &data.data_dir,
+        data.shared_images.as_ref(),
+        data.store.images(parent.id).await?,
+    )
+    .await;
     Ok(Ok((parent, info, images)))
 }
 

@@ -51,6 +51,7 @@ use poise::serenity_prelude::{self as serenity, GatewayIntents, HttpBuilder};
 
 use crate::config::{short_name, Config, Role};
 use crate::jetstream::gateway::Remote;
+use crate::jetstream::shared_images::SharedImages;
 use crate::queue::JobQueue;
 use crate::store::{Store, StoreLocation};
 use crate::worker::Engines;
@@ -84,6 +85,8 @@ pub struct BotState {
     pub models: BTreeMap<String, ModelInfo>,
     /// Absolute (resolved at start), so stored paths do not depend on where the bot started.
     pub data_dir: PathBuf,
+    /// A sharded gateway's view of the finished images the other gateways recorded.
+    pub shared_images: Option<SharedImages>,
     pub rest: Rest,
     pub updates: LiveUpdates,
     pub outbox: Outbox,
@@ -169,7 +172,9 @@ pub async fn run(mut config: Config) -> Result<()> {
     // A gateway loads no model: its jobs run on `imagine worker` processes.
     let (engines, remote) = match (&config.role, &config.queue) {
         (Role::Gateway, Some(queue)) => {
-            let remote = Remote::connect(queue, store.clone()).await?;
+            // A gateway of several keeps the images it records for the others.
+            let share_into = (!config.shards.is_whole()).then_some(config.data_dir.as_path());
+            let remote = Remote::connect(queue, store.clone(), share_into).await?;
             health.watch_queue(remote.client());
             tracing::info!(
                 url = queue.url,
@@ -211,6 +216,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         queue.resume(job.id, job.request.user_id);
     }
     let store_for_retention = store.clone();
+    let shared_for_retention = remote.as_ref().and_then(Remote::shared_images);
     let shutdown = Shutdown::new(config.shutdown_timeout);
     let pending = Mutex::new(Some(Startup {
         store,
@@ -260,6 +266,7 @@ pub async fn run(mut config: Config) -> Result<()> {
         store_for_retention,
         config.data_dir.clone(),
         config.retention,
+        shared_for_retention,
     );
     shutdown::on_signal(shutdown, client.shard_manager.clone());
     let shards = config.shards;
@@ -277,11 +284,13 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         http: ctx.http.clone(),
     };
     let updates = LiveUpdates::start(s.store.clone(), courier.clone());
+    let shared_images = s.remote.as_ref().and_then(Remote::shared_images);
     let outbox = Outbox::new(
         s.store.clone(),
         s.rest.clone(),
         updates.clone(),
         config.data_dir.clone(),
+        shared_images.clone(),
         config.http_timeout,
         config.shards,
     );
@@ -304,6 +313,7 @@ fn serve(ctx: &serenity::Context, s: Startup, config: Config, shutdown: Shutdown
         store: s.store,
         queue: s.queue,
         data_dir: config.data_dir.clone(),
+        shared_images,
         config,
         models: s.models,
         rest: s.rest,

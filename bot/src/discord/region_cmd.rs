@@ -64,7 +64,12 @@ pub async fn region(
         return private(ctx, msg).await;
     }
     ctx.defer().await?;
-    let images = resolve_images(&data.data_dir, data.store.images(parent.id).await?);
+    let images = resolve_images(
+        &data.data_dir,
+        data.shared_images.as_ref(),
+        data.store.images(parent.id).await?,
+    )
+    .await;
     let Some(picture) = images.iter().find(|r| r.idx == 0) else {
         return refuse_after_defer(ctx, "That job's image is no longer available.".into()).await;
     };

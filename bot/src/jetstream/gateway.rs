@@ -16,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::shared_images::SharedImages;
 use super::wire::{compute_of, InputFiles, JobOrder, JobResult, Outcome, PERCENT_HEADER};
 use super::{job_subject, retrying, stop_subject, Queue, QueueSettings};
 use crate::discord::dispatcher::INTERNAL_ERROR;
@@ -28,7 +29,7 @@ use crate::worker::{hex_sha256, latents_path, write_atomically, JobProgress};
 
 /// How long handing a job over may keep failing (the server restarting) before the job fails
 /// visibly.
-const PUBLISH_LIMIT: Duration = Duration::from_secs(120);
+pub(super) const PUBLISH_LIMIT: Duration = Duration::from_secs(120);
 /// How often a waiting job checks its stop flag.
 const STOP_POLL: Duration = Duration::from_millis(250);
 /// How often a waiting job looks in the store for an end recorded without it (a result read
@@ -47,16 +48,34 @@ struct Inner {
     store: Store,
     /// The dispatcher's channel of each job handed out, by job id.
     waiters: Mutex<HashMap<i64, mpsc::UnboundedSender<EngineEvent>>>,
+    /// A sharded bot's finished images, kept for the other gateways.
+    shared: Option<SharedImages>,
 }
 
 impl Remote {
-    pub async fn connect(settings: &QueueSettings, store: Store) -> Result<Remote> {
+    /// `share_into`: this gateway's data folder, when it is one of several (a sharded bot):
+    /// the images it records are then kept for the others, and theirs fetched into it.
+    pub async fn connect(
+        settings: &QueueSettings,
+        store: Store,
+        share_into: Option<&Path>,
+    ) -> Result<Remote> {
         let queue = Queue::connect(settings, "imagine-gateway").await?;
+        let shared = match share_into {
+            Some(data_dir) => Some(SharedImages::open(&queue.js, data_dir).await?),
+            None => None,
+        };
         Ok(Remote(Arc::new(Inner {
             queue,
             store,
             waiters: Mutex::default(),
+            shared,
         })))
+    }
+
+    /// The images shared with the other gateways (a sharded bot's).
+    pub fn shared_images(&self) -> Option<SharedImages> {
+        self.0.shared.clone()
     }
 
     /// The connection to the NATS server (for `/health`).
@@ -406,7 +425,13 @@ async fn fetch_images(
         }
         if let Some(name) = &image.latents {
             let latents = download(inner, name).await?;
+            if let Some(shared) = &inner.shared {
+                shared.put(&latents_path(&path), &latents).await?;
+            }
             write_file(&latents_path(&path), latents).await?;
+        }
+        if let Some(shared) = &inner.shared {
+            shared.put(&path, &bytes).await?;
         }
         write_file(&path, bytes).await?;
         records.push(ImageRecord {
@@ -451,13 +476,19 @@ impl AsFiles for &Inner {
     }
 }
 
+impl AsFiles for &async_nats::jetstream::object_store::ObjectStore {
+    fn files(&self) -> &async_nats::jetstream::object_store::ObjectStore {
+        self
+    }
+}
+
 impl AsFiles for &Queue {
     fn files(&self) -> &async_nats::jetstream::object_store::ObjectStore {
         &self.files
     }
 }
 
-async fn write_file(path: &Path, bytes: Vec<u8>) -> Result<()> {
+pub(super) async fn write_file(path: &Path, bytes: Vec<u8>) -> Result<()> {
     let path: PathBuf = path.to_path_buf();
     tokio::task::spawn_blocking(move || write_atomically(&path, &bytes)).await?
 }

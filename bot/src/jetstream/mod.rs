@@ -7,7 +7,9 @@
 //!   it explicitly, and sends in-progress acks while it runs, so only a dead worker's job is
 //!   redelivered (after `job_ack_wait`). A job delivered more than `job_max_attempts` times
 //!   fails visibly.
-//! - Inputs and images: the object store bucket `imagine-files` (no shared disk).
+//! - Inputs and images: the object store bucket `imagine-files` (no shared disk). The
+//!   gateways of a sharded bot also keep finished images in `imagine-images`
+//!   ([`shared_images`]), so any of them can deliver a job or serve its buttons.
 //! - Progress: plain NATS messages on `imagine.progress.<job>` (lossy by design).
 //! - Results: the work-queue stream `IMAGINE_RESULTS`, consumed by the gateway, which writes
 //!   them to the store; the outbox then delivers each job once.
@@ -19,6 +21,7 @@
 
 pub mod gateway;
 pub mod settings;
+pub mod shared_images;
 pub mod wire;
 pub mod worker;
 
