@@ -467,3 +467,92 @@ async fn health_says_503_and_names_the_database_while_postgresql_is_down() {
         .unwrap();
     assert!(text.contains("imagine_queue_depth"), "{text}");
 }
+
+/// Whether the queue's images bucket holds `key`.
+async fn in_bucket(s: &Sharded, key: &str) -> bool {
+    let client = async_nats::connect(s.nats.url()).await.unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_object_store("imagine-images")
+        .await
+        .unwrap();
+    // A deleted object keeps a marker: its info says so.
+    bucket.info(key).await.is_ok_and(|info| !info.deleted)
+}
+
+async fn wait_gone(path: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never deleted",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_purges_an_image_from_the_bucket_and_every_gateways_copy() {
+    let s = sharded().await;
+    let a = start_gateway(&s, "a", "0-0", &[]).await;
+    let b = start_gateway(&s, "b", "1-1", &[]).await;
+    let _worker = start_worker(s.w.dir.path(), "w1", &s.nats, &[]).await;
+    let alice = s.w.alice;
+    // Job 1 is B's, but B dies while it runs: A records it (its disk, and the bucket).
+    let path = submit(&s, alice, s.one, "kept-then-purged slow --steps 10").await;
+    wait_status(&store(&s).await, 1, JobStatus::Running).await;
+    b.kill9().await;
+    let grid = finished(&s.w.sim, std::slice::from_ref(&path)).await;
+    let (a_jobs, b_jobs) = (
+        s.w.dir.path().join("a/data/jobs/1"),
+        s.w.dir.path().join("b/data/jobs/1"),
+    );
+    assert!(a_jobs.join("0.png").exists() && !b_jobs.exists());
+    assert!(in_bucket(&s, "jobs/1/0.png").await);
+    // B, back, serves U1 under it: it fetches the source image into its own folder.
+    let b = start_gateway(&s, "b", "1-1", &[]).await;
+    let u1 = run_click(&s, alice, &grid, "U1");
+    finished(&s.w.sim, std::slice::from_ref(&u1)).await;
+    assert!(fetched(&s, "b", "jobs/1/0.png") && b_jobs.join("0.png").exists());
+    let store = store(&s).await;
+    for job in [1, 2] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while store
+            .job(JobId(job))
+            .await
+            .unwrap()
+            .unwrap()
+            .delivery
+            .delivered_at
+            .is_none()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job} delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // A restarted with a 1,000-byte limit purges job 1: its files and the bucket's copy.
+    let tiny = [("IMAGINE_RETENTION_MAX_GB", "0.000001")];
+    a.kill9().await;
+    let _a = start_gateway(&s, "a", "0-0", &tiny).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !store.images_purged(JobId(1)).await.unwrap() {
+        assert!(tokio::time::Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_gone(&a_jobs).await;
+    assert!(!in_bucket(&s, "jobs/1/0.png").await, "gone from the bucket");
+    // B's next pass deletes the copy it fetched.
+    b.kill9().await;
+    let _b = start_gateway(&s, "b", "1-1", &tiny).await;
+    wait_gone(&b_jobs).await;
+    let pressed =
+        s.w.sim
+            .click_button(alice, grid.id, &button(&grid, "U2"))
+            .unwrap();
+    let cb = s.w.sim.wait_callback(&pressed, WAIT).await.unwrap();
+    assert_reply(&cb, "This job's images were cleaned up", true);
+}
