@@ -556,3 +556,39 @@ async fn retention_purges_an_image_from_the_bucket_and_every_gateways_copy() {
     let cb = s.w.sim.wait_callback(&pressed, WAIT).await.unwrap();
     assert_reply(&cb, "This job's images were cleaned up", true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_sharded_later_shares_the_images_it_recorded_before() {
+    let s = sharded().await;
+    // One gateway running both shards (not sharded): its images stay on its disk.
+    let whole = start_gateway(&s, "a", "0-1", &[]).await;
+    let _worker = start_worker(s.w.dir.path(), "w1", &s.nats, &[]).await;
+    // serenity starts a process's shards a few seconds apart.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !s.w.sim.connected_shards().contains(&[1, 2]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shard 1 never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path = submit(&s, s.w.alice, s.one, "before-sharding --steps 1").await;
+    let grid = finished(&s.w.sim, std::slice::from_ref(&path)).await;
+    whole.kill9().await;
+    // Sharded: A (shard 0) on the old folder shares them; B (shard 1, the grid's server, a
+    // new machine) serves its buttons.
+    let _a = start_gateway(&s, "a", "0-0", &[]).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !in_bucket(&s, "jobs/1/3.png").await {
+        assert!(tokio::time::Instant::now() < deadline, "never shared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _b = start_gateway(&s, "b", "1-1", &[]).await;
+    let u4 = run_click(&s, s.w.alice, &grid, "U4");
+    let single = finished(&s.w.sim, std::slice::from_ref(&u4)).await;
+    assert!(fetched(&s, "b", "jobs/1/3.png"));
+    assert_eq!(
+        png_of(&s.w.sim, &single),
+        grid_quadrant(&png_of(&s.w.sim, &grid), 3)
+    );
+}

@@ -217,6 +217,16 @@ pub async fn run(mut config: Config) -> Result<()> {
     }
     let store_for_retention = store.clone();
     let shared_for_retention = remote.as_ref().and_then(Remote::shared_images);
+    if let Some(shared) = shared_for_retention.clone() {
+        let store = store.clone();
+        tokio::spawn(async move {
+            match shared.backfill(&store).await {
+                Ok(0) => {}
+                Ok(files) => tracing::info!(files, "shared the images recorded before sharding"),
+                Err(e) => tracing::warn!("cannot share the images recorded before sharding: {e:#}"),
+            }
+        });
+    }
     let shutdown = Shutdown::new(config.shutdown_timeout);
     let pending = Mutex::new(Some(Startup {
         store,

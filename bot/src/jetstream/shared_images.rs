@@ -4,15 +4,18 @@
 //! latents kept beside a fast-decoded grid's image). Another gateway that needs them (to
 //! deliver a job it took over, or for a button under a result it did not record) finds them
 //! missing from its own data folder and fetches them once; from then on they are local.
-//! Retention deletes a purged job's objects with its files.
+//! Retention deletes a purged job's objects with its files. A gateway that starts sharded puts
+//! what its folder holds and the bucket lacks (a bot sharded later) into the bucket.
 
+use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, object_store};
+use futures_util::StreamExt;
 
 use super::gateway::{download, write_file};
-use crate::store::ImageRecord;
+use crate::store::{ImageRecord, JobId, Store};
 use crate::worker::latents_path;
 
 pub const IMAGES_BUCKET: &str = "imagine-images";
@@ -107,6 +110,39 @@ impl SharedImages {
         Ok(local)
     }
 
+    /// Puts the finished images of this data folder that the bucket lacks into it: those
+    /// recorded before the bot was sharded, so their buttons work on every gateway. Skips
+    /// purged jobs (their files are about to go). Returns how many files it put.
+    pub async fn backfill(&self, store: &Store) -> Result<usize> {
+        let mut known = HashSet::new();
+        let mut listed = self
+            .bucket
+            .list()
+            .await
+            .context("listing the images bucket")?;
+        while let Some(info) = listed.next().await {
+            known.insert(info.context("listing the images bucket")?.name);
+        }
+        let jobs = self.data_dir.join("jobs");
+        let files = tokio::task::spawn_blocking(move || job_files(&jobs)).await?;
+        let mut put = 0;
+        for (job, path) in files {
+            let Some(key) = key_of(&path).filter(|k| !known.contains(k)) else {
+                continue;
+            };
+            if store.images_purged(JobId(job)).await? {
+                continue;
+            }
+            let bytes = tokio::fs::read(&path)
+                .await
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            self.put(&path, &bytes).await?;
+            tracing::debug!(key, "shared an image recorded before sharding");
+            put += 1;
+        }
+        Ok(put)
+    }
+
     /// Deletes a purged job's objects (absent ones are fine).
     pub async fn delete(&self, paths: &[PathBuf]) {
         for path in paths {
@@ -117,6 +153,30 @@ impl SharedImages {
             }
         }
     }
+}
+
+/// Each file under `jobs/<id>/`, with its job id.
+fn job_files(jobs: &Path) -> Vec<(i64, PathBuf)> {
+    let mut files = Vec::new();
+    for folder in std::fs::read_dir(jobs).into_iter().flatten().flatten() {
+        let Some(job) = folder
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        for file in std::fs::read_dir(folder.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if file.file_type().is_ok_and(|t| t.is_file()) {
+                files.push((job, file.path()));
+            }
+        }
+    }
+    files
 }
 
 /// The object key of a finished job's file: its path from the data folder's `jobs` folder
