@@ -135,22 +135,7 @@ async fn retention_deletes_old_images_and_their_buttons_say_they_were_cleaned_up
     assert!(job_dir.join("0.png").exists());
     // Retention never takes a result the outbox has not marked delivered: let it.
     let store = Store::open(w.dir.path().join("imagine.db")).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while store
-        .job(job)
-        .await
-        .unwrap()
-        .unwrap()
-        .delivery
-        .delivered_at
-        .is_none()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never marked delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_delivered(&store, job).await;
     drop(bot);
 
     // Restarted with a 1,000-byte limit: the pass at start deletes the grid's images.

@@ -516,22 +516,7 @@ async fn retention_purges_an_image_from_the_bucket_and_every_gateways_copy() {
     assert!(fetched(&s, "b", "jobs/1/0.png") && b_jobs.join("0.png").exists());
     let store = store(&s).await;
     for job in [1, 2] {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while store
-            .job(JobId(job))
-            .await
-            .unwrap()
-            .unwrap()
-            .delivery
-            .delivered_at
-            .is_none()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job {job} delivered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_delivered(&store, JobId(job)).await;
     }
 
     // A restarted with a 1,000-byte limit purges job 1: its files and the bucket's copy.

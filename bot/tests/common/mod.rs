@@ -342,3 +342,20 @@ pub async fn click(w: &World, user: UserId, msg: &Message, label: &str) -> Messa
     assert_eq!(cb.kind, 4, "{label}: a new message for the new job");
     finished(&w.sim, &[original_path(&w.sim, &run.token)]).await
 }
+
+/// Waits until the outbox has marked `job` delivered (retention never takes a result before).
+pub async fn wait_delivered(store: &imagine::store::Store, job: imagine::store::JobId) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = store.job(job).await.unwrap().expect("the job exists");
+        if found.delivery.delivered_at.is_some() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {} never marked delivered",
+            job.0
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
