@@ -12,26 +12,6 @@ use imagine::buttons::ButtonId;
 use imagine::store::Store;
 use imagine_tests::Fault;
 
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn scrape(addr: &str) -> String {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let response = client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("the metrics endpoint answers");
-    assert!(response.status().is_success(), "{}", response.status());
-    response.text().await.unwrap()
-}
-
 /// The value of the series `name` with exactly `labels`, in Prometheus' text format.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let want: BTreeMap<&str, &str> = labels.iter().copied().collect();

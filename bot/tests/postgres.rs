@@ -118,11 +118,7 @@ fn total(metrics: &str, name: &str) -> f64 {
 async fn store_errors_are_counted_when_postgres_goes_away() {
     let mut pg = start_postgres().await;
     let url = pg.create_database();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let env = [
         ("IMAGINE_DATABASE_URL", url.as_str()),
@@ -191,11 +187,7 @@ async fn a_bad_or_unreachable_database_url_stops_the_bot_with_a_clear_message() 
     );
 
     // Nothing listens on this port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("postgres://imagine:hunter2@127.0.0.1:{port}/imagine");
     let (status, said) = bot_with_database_url(&url).await;
     assert!(!status.success());

@@ -252,10 +252,7 @@ async fn the_gateway_keeps_positions_and_caps_and_a_worker_serves_health_and_met
     let w = world().await;
     let nats = NatsServer::start();
     let _gateway = start_gateway(&w, &nats, 1, &[]).await;
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .to_string();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let worker = start_worker(
         w.dir.path(),
         "w1",
@@ -287,14 +284,7 @@ async fn the_gateway_keeps_positions_and_caps_and_a_worker_serves_health_and_met
         .await
         .expect("the worker answers /health");
     assert!(health.status().is_success(), "{}", health.status());
-    let text = client
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&metrics).await;
     let line = text
         .lines()
         .find(|l| l.starts_with("imagine_job_duration_seconds_count") && l.contains("tiny-sd15"))

@@ -429,11 +429,7 @@ async fn health_of(client: &reqwest::Client, addr: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_says_503_and_names_the_database_while_postgresql_is_down() {
     let mut s = sharded().await;
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let metrics = format!("127.0.0.1:{}", free_port());
     let _a = start_gateway(&s, "a", "0-0", &[("IMAGINE_METRICS_ADDR", &metrics)]).await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let health = || health_of(&client, &metrics);
@@ -457,14 +453,7 @@ async fn health_says_503_and_names_the_database_while_postgresql_is_down() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The metrics are still served beside it.
-    let text = client
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&metrics).await;
     assert!(text.contains("imagine_queue_depth"), "{text}");
 }
 

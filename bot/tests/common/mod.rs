@@ -359,3 +359,24 @@ pub async fn wait_delivered(store: &imagine::store::Store, job: imagine::store::
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /metrics` of the process serving `addr`: Prometheus's text.
+pub async fn scrape(addr: &str) -> String {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("the metrics endpoint answers");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.text().await.unwrap()
+}
